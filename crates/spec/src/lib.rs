@@ -1,0 +1,499 @@
+//! tether's declaration: `tether.yaml` (plus `.tether/sidecars/NAME.yaml` beside it), read into a
+//! positioned tree, validated field by field with every problem reported at once, and resolved
+//! into [`model::Declaration`] with all defaults filled in.
+//!
+//! Pure: the only I/O is reading the declaration files.
+
+pub mod check;
+pub mod diag;
+pub mod model;
+pub mod validate;
+pub mod values;
+pub mod yaml;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+
+use check::Ctx;
+pub use diag::{Diagnostic, Sources};
+use diag::{FileId, Span};
+pub use model::Declaration;
+use model::{Condition, NetworkMode, Origin, RestartPolicy};
+use validate::SidecarAt;
+use yaml::Value;
+
+/// The declaration file tether looks for.
+pub const FILE_NAME: &str = "tether.yaml";
+/// Where one-sidecar-per-file declarations live, beside `tether.yaml`.
+pub const SIDECARS_DIR: &str = ".tether/sidecars";
+
+/// A declaration that passed validation, with the files it was read from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub declaration: Declaration,
+    pub sources: Sources,
+}
+
+#[derive(Debug)]
+pub enum LoadError {
+    /// No `tether.yaml` in the folder or any parent.
+    NotFound { start: PathBuf },
+    Io { path: PathBuf, error: std::io::Error },
+    /// The declaration has problems; nothing may be started.
+    Invalid {
+        sources: Sources,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound { start } => write!(
+                f,
+                "no {FILE_NAME} in {} or any folder above it",
+                start.display()
+            ),
+            Self::Io { path, error } => write!(f, "cannot read {}: {error}", path.display()),
+            Self::Invalid { diagnostics, .. } => {
+                write!(f, "the declaration has {} problem(s)", diagnostics.len())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Finds `tether.yaml` in `start` or the nearest parent that has one.
+pub fn find(start: &Path) -> Result<PathBuf, LoadError> {
+    let mut dir = Some(start);
+    while let Some(d) = dir {
+        let candidate = d.join(FILE_NAME);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    Err(LoadError::NotFound {
+        start: start.to_path_buf(),
+    })
+}
+
+/// One declaration file's name (as shown to the user) and text.
+pub struct SourceText {
+    pub name: String,
+    pub text: String,
+}
+
+/// Reads and validates the declaration at `path` and the sidecar files beside it.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|error| LoadError::Io {
+            path: p.to_path_buf(),
+            error,
+        })
+    };
+    let main = SourceText {
+        name: path.display().to_string(),
+        text: read(path)?,
+    };
+    let parent = path.parent().unwrap_or(Path::new(""));
+    let mut extra = Vec::new();
+    let dir = parent.join(SIDECARS_DIR);
+    if dir.is_dir() {
+        let entries = std::fs::read_dir(&dir).map_err(|error| LoadError::Io {
+            path: dir.clone(),
+            error,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml")
+                    )
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            extra.push(SourceText {
+                name: file.display().to_string(),
+                text: read(&file)?,
+            });
+        }
+    }
+    let root = std::fs::canonicalize(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    })
+    .map_err(|error| LoadError::Io {
+        path: parent.to_path_buf(),
+        error,
+    })?;
+    load_texts(main, extra, &root)
+}
+
+/// Validates a declaration given as text. `root` is the project folder (its name is the default
+/// project name). Sidecar files are named `.../NAME.yaml`; the sidecar is called NAME.
+pub fn load_texts(
+    main: SourceText,
+    sidecar_files: Vec<SourceText>,
+    root: &Path,
+) -> Result<Loaded, LoadError> {
+    let mut sources = Sources::default();
+    let mut diags = Vec::new();
+    let main_id = sources.add(&main.name, &main.text);
+    let main_tree = match yaml::parse(&main.text) {
+        Ok(t) => Some(t),
+        Err(d) => {
+            diags.push(d.in_file(main_id));
+            None
+        }
+    };
+
+    let mut sidecars: Vec<SidecarAt> = Vec::new();
+    let mut top = Top::default();
+    if let Some(tree) = &main_tree {
+        let mut cx = Ctx {
+            file: main_id,
+            diags: &mut diags,
+        };
+        top = top_level(&mut cx, tree, &main.name, &mut sidecars);
+    }
+
+    for file in &sidecar_files {
+        let id = sources.add(&file.name, &file.text);
+        let mut cx = Ctx {
+            file: id,
+            diags: &mut diags,
+        };
+        let name = Path::new(&file.name)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_owned();
+        let tree = match yaml::parse(&file.text) {
+            Ok(t) => t,
+            Err(d) => {
+                cx.diags.push(d.in_file(id));
+                continue;
+            }
+        };
+        let at = Span::point(diag::Point::start());
+        let origin = Origin {
+            file: file.name.clone(),
+            line: 1,
+        };
+        if let Some(prev) = sidecars.iter().find(|s| s.sidecar.name == name) {
+            cx.diags.push(
+                Diagnostic::new(format!(
+                    "sidecar `{name}` is declared twice: in {} and in this file",
+                    sources.get(prev.file).map(|f| f.name.as_str()).unwrap_or("?")
+                ))
+                .path(format!("sidecars.{name}"))
+                .at(at)
+                .in_file(id)
+                .also_in(prev.file, prev.name_span, "also declared here")
+                .hint("keep one of the two declarations"),
+            );
+            continue;
+        }
+        if let Some(s) = validate::sidecar(&mut cx, &name, &tree, at, origin) {
+            sidecars.push(SidecarAt {
+                sidecar: s,
+                name_span: at,
+                file: id,
+            });
+        }
+    }
+
+    cross_check(&mut diags, &sources, &sidecars, &top);
+
+    if !diags.is_empty() {
+        return Err(LoadError::Invalid {
+            sources,
+            diagnostics: diags,
+        });
+    }
+    let project = top.project.unwrap_or_else(|| {
+        let folder = root
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(values::sanitize_label)
+            .unwrap_or_default();
+        if folder.is_empty() {
+            "tether".to_owned()
+        } else {
+            folder
+        }
+    });
+    let declaration = Declaration {
+        version: 1,
+        project,
+        env_prefix: top.env_prefix.unwrap_or_else(|| "TETHER".to_owned()),
+        file: main.name,
+        root: root.display().to_string(),
+        sidecars: sidecars
+            .into_iter()
+            .map(|s| (s.sidecar.name.clone(), s.sidecar))
+            .collect(),
+        workload: top.workload.map(|(w, _)| w),
+        init: top.init.map(|i| i.init),
+    };
+    Ok(Loaded {
+        declaration,
+        sources,
+    })
+}
+
+#[derive(Default)]
+struct Top {
+    file: FileId,
+    project: Option<String>,
+    env_prefix: Option<String>,
+    workload: Option<(model::Workload, Option<(String, Span)>)>,
+    init: Option<validate::InitAt>,
+}
+
+fn top_level(
+    cx: &mut Ctx<'_>,
+    tree: &yaml::Node,
+    file_name: &str,
+    sidecars: &mut Vec<SidecarAt>,
+) -> Top {
+    let mut top = Top {
+        file: cx.file,
+        ..Top::default()
+    };
+    let start = Span::point(diag::Point::start());
+    let Some(f) = cx.fields(tree, "", start, validate::TOP_FIELDS, "the declaration") else {
+        return top;
+    };
+    match f.get("version") {
+        Some(n) => {
+            cx.int_in(n, "version", 1, 1);
+        }
+        None => {
+            cx.error("version", start, "`version` is required")
+                .with_hint("add `version: 1` at the top of the file");
+        }
+    }
+    if let Some(n) = f.get("project")
+        && let Some(p) = cx.string(n, "project")
+        && cx.dns_label(&p, "project", n.span)
+    {
+        top.project = Some(p);
+    }
+    if let Some(n) = f.get("env_prefix")
+        && let Some(p) = cx.string(n, "env_prefix")
+    {
+        let ok = p.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && p.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            top.env_prefix = Some(p);
+        } else {
+            cx.error("env_prefix", n.span, format!("`{p}` is not an environment prefix"))
+                .with_label("uppercase letters, digits and `_`, starting with a letter");
+        }
+    }
+    if let Some(n) = f.get("sidecars") {
+        match &n.value {
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    let origin = Origin {
+                        file: file_name.to_owned(),
+                        line: k.span.start.line,
+                    };
+                    if let Some(s) = validate::sidecar(cx, &k.name, v, k.span, origin) {
+                        sidecars.push(SidecarAt {
+                            sidecar: s,
+                            name_span: k.span,
+                            file: cx.file,
+                        });
+                    }
+                }
+            }
+            _ => {
+                cx.error(
+                    "sidecars",
+                    n.span,
+                    format!("expected a mapping of name: sidecar, found {}", n.kind_name()),
+                );
+            }
+        }
+    }
+    if let Some(n) = f.get("workload") {
+        let owner = f.key("workload").map(|k| k.span).unwrap_or(start);
+        top.workload = validate::workload(cx, n, owner);
+    }
+    if let Some(n) = f.get("init") {
+        let owner = f.key("init").map(|k| k.span).unwrap_or(start);
+        top.init = validate::init(cx, n, owner);
+    }
+    top
+}
+
+/// Rules that span several fields or files.
+fn cross_check(diags: &mut Vec<Diagnostic>, sources: &Sources, sidecars: &[SidecarAt], top: &Top) {
+    // Two network-facing sidecars may not answer to the same DNS name.
+    let mut seen: HashMap<&str, &SidecarAt> = HashMap::new();
+    for s in sidecars.iter().filter(|s| !s.sidecar.disable) {
+        for alias in s.sidecar.all_aliases() {
+            match seen.get(alias) {
+                Some(prev) if prev.sidecar.name != s.sidecar.name => {
+                    diags.push(
+                        Diagnostic::new(format!(
+                            "sidecars `{}` and `{}` both answer to the name `{alias}`",
+                            prev.sidecar.name, s.sidecar.name
+                        ))
+                        .path(format!("sidecars.{}", s.sidecar.name))
+                        .at(s.name_span)
+                        .in_file(s.file)
+                        .also_in(prev.file, prev.name_span, format!("`{alias}` is taken here"))
+                        .hint("the canonical alias is the sidecar name, or `interface.name` for mcp; rename one, or change its `aliases`"),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(alias, s);
+                }
+            }
+        }
+    }
+
+    if let Some((w, Some((name, span)))) = &top.workload
+        && w.network_mode == NetworkMode::SharedNamespace
+    {
+        match sidecars.iter().find(|s| &s.sidecar.name == name) {
+            None => {
+                let names: Vec<&str> = sidecars.iter().map(|s| s.sidecar.name.as_str()).collect();
+                let mut d = Diagnostic::new(format!("no sidecar is named `{name}`"))
+                    .path("workload.sidecar")
+                    .at(*span)
+                    .in_file(top.file);
+                d.hints.push(match values::did_you_mean(name, &names) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None if names.is_empty() => "declare the sidecar under `sidecars:`".to_owned(),
+                    None => format!("declared sidecars: {}", names.join(", ")),
+                });
+                diags.push(d);
+            }
+            Some(s) if s.sidecar.disable => diags.push(
+                Diagnostic::new(format!("sidecar `{name}` is disabled, so its namespace cannot be joined"))
+                    .path("workload.sidecar")
+                    .at(*span)
+                    .in_file(top.file),
+            ),
+            Some(_) => {}
+        }
+    }
+
+    if let Some(init) = &top.init {
+        check_dependencies(diags, top.file, init);
+    }
+    let _ = sources;
+}
+
+fn check_dependencies(diags: &mut Vec<Diagnostic>, file: FileId, init: &validate::InitAt) {
+    let daemons = &init.init.daemons;
+    let names: Vec<&str> = daemons.keys().map(String::as_str).collect();
+    let mut graph: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, d) in daemons {
+        for (dep, cond) in &d.depends_on {
+            let span = init.depends_spans[&(name.clone(), dep.clone())];
+            let path = format!("init.daemons.{name}.depends_on.{dep}");
+            let Some(target) = daemons.get(dep) else {
+                let mut diag = Diagnostic::new(format!("no daemon is named `{dep}`"))
+                    .path(path)
+                    .at(span)
+                    .in_file(file);
+                if init.init.steps.iter().any(|s| &s.name == dep) {
+                    diag.hints.push(format!("`{dep}` is a step; steps all finish before any daemon starts"));
+                } else if let Some(s) = values::did_you_mean(dep, &names) {
+                    diag.hints.push(format!("did you mean `{s}`?"));
+                } else {
+                    diag.hints.push(format!("daemons: {}", names.join(", ")));
+                }
+                diags.push(diag);
+                continue;
+            };
+            if *cond == Condition::Completed && target.restart.policy == RestartPolicy::Always {
+                diags.push(
+                    Diagnostic::new(format!(
+                        "`{dep}` restarts always, so it never completes"
+                    ))
+                    .path(path)
+                    .at(span)
+                    .in_file(file)
+                    .hint(format!("wait for `ready` or `started`, or give `{dep}` restart policy `on-failure` or `never`")),
+                );
+            }
+            graph.entry(name.as_str()).or_default().push(dep.as_str());
+        }
+    }
+    if let Some(cycle) = find_cycle(&names, &graph) {
+        let first = cycle[0];
+        let second = cycle[1];
+        let span = init.depends_spans[&(first.to_owned(), second.to_owned())];
+        diags.push(
+            Diagnostic::new(format!("daemons depend on each other in a cycle: {}", cycle.join(" -> ")))
+                .path(format!("init.daemons.{first}.depends_on"))
+                .at(span)
+                .in_file(file)
+                .hint("remove one of these dependencies"),
+        );
+    }
+}
+
+/// The first dependency cycle in declaration order, as `a, b, ..., a`.
+fn find_cycle<'a>(names: &[&'a str], graph: &BTreeMap<&'a str, Vec<&'a str>>) -> Option<Vec<&'a str>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let mut marks: IndexMap<&str, Mark> = names.iter().map(|n| (*n, Mark::New)).collect();
+    fn visit<'a>(
+        n: &'a str,
+        graph: &BTreeMap<&'a str, Vec<&'a str>>,
+        marks: &mut IndexMap<&'a str, Mark>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<Vec<&'a str>> {
+        marks.insert(n, Mark::Active);
+        stack.push(n);
+        for dep in graph.get(n).map(Vec::as_slice).unwrap_or_default() {
+            match marks.get(dep).copied() {
+                Some(Mark::Active) => {
+                    let from = stack.iter().position(|s| s == dep).unwrap_or(0);
+                    let mut cycle: Vec<&str> = stack[from..].to_vec();
+                    cycle.push(dep);
+                    return Some(cycle);
+                }
+                Some(Mark::New) => {
+                    if let Some(c) = visit(dep, graph, marks, stack) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        marks.insert(n, Mark::Done);
+        None
+    }
+    for n in names {
+        if marks[n] == Mark::New {
+            let mut stack = Vec::new();
+            if let Some(c) = visit(n, graph, &mut marks, &mut stack) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,1089 @@
+//! The section validators: tree in, model out, every problem recorded.
+
+use indexmap::IndexMap;
+
+use crate::check::{Ctx, Fields, join, one_of};
+use crate::diag::Span;
+use crate::model::*;
+use crate::values;
+use crate::yaml::{Node, Value};
+
+pub const TOP_FIELDS: &[&str] = &["version", "project", "env_prefix", "sidecars", "workload", "init"];
+pub const SIDECAR_FIELDS: &[&str] = &[
+    "image",
+    "entrypoint",
+    "command",
+    "description",
+    "disable",
+    "lifecycle",
+    "interface",
+    "aliases",
+    "readiness",
+    "env",
+    "secrets",
+    "mounts",
+    "networks",
+    "resources",
+];
+pub const INTERFACE_FIELDS: &[&str] = &["kind", "port", "name", "path", "transport", "volume", "mountpoint"];
+pub const READINESS_FIELDS: &[&str] = &["mode", "path", "command", "pattern", "timeout", "interval", "start_period"];
+pub const SECRET_FIELDS: &[&str] = &["name", "from"];
+pub const RESOURCES_FIELDS: &[&str] = &["memory", "cpus", "gpus"];
+pub const WORKLOAD_FIELDS: &[&str] = &["image", "command", "env", "network_mode", "sidecar"];
+pub const INIT_FIELDS: &[&str] = &["steps", "daemons", "select_env", "health", "shutdown", "notify", "logs"];
+pub const STEP_FIELDS: &[&str] = &["name", "command", "fatal", "timeout", "env", "workdir", "user"];
+pub const DAEMON_FIELDS: &[&str] = &[
+    "command",
+    "env",
+    "workdir",
+    "user",
+    "depends_on",
+    "readiness",
+    "liveness",
+    "restart",
+    "on_exit",
+    "stop",
+    "success_codes",
+    "log_files",
+];
+pub const CHECK_FIELDS: &[&str] = &["mode", "host", "port", "url", "command", "pattern", "timeout", "interval"];
+pub const LIVENESS_FIELDS: &[&str] = &[
+    "mode",
+    "host",
+    "port",
+    "url",
+    "command",
+    "interval",
+    "timeout",
+    "failure_threshold",
+];
+pub const RESTART_FIELDS: &[&str] = &["policy", "backoff", "max_restarts"];
+pub const BACKOFF_FIELDS: &[&str] = &["initial", "max", "multiplier", "reset_after"];
+pub const STOP_FIELDS: &[&str] = &["signal", "grace"];
+pub const HEALTH_FIELDS: &[&str] = &["listen"];
+pub const SHUTDOWN_FIELDS: &[&str] = &["grace", "order"];
+pub const NOTIFY_FIELDS: &[&str] = &["command", "url"];
+pub const LOGS_FIELDS: &[&str] = &["prefix", "timestamps", "format"];
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A sidecar as read from one file, with where its name was written.
+pub struct SidecarAt {
+    pub sidecar: Sidecar,
+    pub name_span: Span,
+    pub file: crate::diag::FileId,
+}
+
+// ---------------------------------------------------------------------------------------------
+// sidecars
+
+pub fn sidecar(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    node: &Node,
+    name_span: Span,
+    origin: Origin,
+) -> Option<Sidecar> {
+    let path = format!("sidecars.{name}");
+    let name_ok = cx.dns_label(name, &path, name_span);
+    let f = cx.fields(node, &path, name_span, SIDECAR_FIELDS, "a sidecar")?;
+    let before = cx.diags.len();
+
+    let image = cx
+        .require(&f, "image", "the image to run, for example `redis:7`")
+        .and_then(|n| cx.nonempty_string(n, &f.at("image")));
+    let entrypoint = f.get("entrypoint").and_then(|n| cx.command(n, &f.at("entrypoint")));
+    let command = f.get("command").and_then(|n| cx.string_list(n, &f.at("command")));
+    let description = f.get("description").and_then(|n| cx.string(n, &f.at("description")));
+    let disable = f
+        .get("disable")
+        .map(|n| cx.bool(n, &f.at("disable")).unwrap_or(false))
+        .unwrap_or(false);
+    let lifecycle = cx
+        .require(
+            &f,
+            "lifecycle",
+            "`shared` (one container reused across runs) or `session` (one per run)",
+        )
+        .and_then(|n| cx.choice(n, &f.at("lifecycle"), &["shared", "session"], "a lifecycle"))
+        .map(|l| if l == "shared" { Lifecycle::Shared } else { Lifecycle::Session });
+    let interface = cx
+        .require(&f, "interface", "`kind` is one of port, mcp, volume, none, for example `{ kind: port, port: 6379 }`")
+        .and_then(|n| interface(cx, n, &f));
+    let aliases = aliases(cx, &f, interface.as_ref());
+    let readiness = readiness(cx, &f, interface.as_ref());
+    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or_default();
+    let secrets = secrets(cx, &f);
+    let mounts = mounts(cx, &f, lifecycle);
+    let networks = networks(cx, &f);
+    let resources = f
+        .get("resources")
+        .and_then(|n| resources(cx, n, &f.at("resources"), f.key("resources").map(|k| k.span).unwrap_or(f.span)));
+
+    if cx.diags.len() != before || !name_ok {
+        return None;
+    }
+    Some(Sidecar {
+        name: name.to_owned(),
+        origin,
+        image: image?,
+        entrypoint,
+        command,
+        description,
+        disable,
+        lifecycle: lifecycle?,
+        interface: interface?,
+        aliases: aliases?,
+        readiness: readiness?,
+        env: env?,
+        secrets: secrets?,
+        mounts: mounts?,
+        networks: networks?,
+        resources: resources.unwrap_or_default(),
+    })
+}
+
+fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Interface> {
+    let path = parent.at("interface");
+    let owner = parent.key("interface").map(|k| k.span).unwrap_or(parent.span);
+    let f = cx.fields(node, &path, owner, INTERFACE_FIELDS, "an interface")?;
+    let kinds = ["port", "mcp", "volume", "none"];
+    let kind = cx
+        .require(&f, "kind", "one of port, mcp, volume, none")
+        .and_then(|n| cx.choice(n, &f.at("kind"), &kinds, "an interface kind"))?;
+    let allowed: &[&str] = match kind {
+        "port" => &["kind", "port"],
+        "mcp" => &["kind", "port", "name", "path", "transport"],
+        "volume" => &["kind", "volume", "mountpoint"],
+        _ => &["kind"],
+    };
+    let mut ok = true;
+    for (k, _) in f.entries {
+        if INTERFACE_FIELDS.contains(&k.name.as_str()) && !allowed.contains(&k.name.as_str()) {
+            cx.error(&f.at(&k.name), k.span, format!("`{}` does not apply to an interface of kind `{kind}`", k.name))
+                .with_hint(format!("kind `{kind}` takes: {}", allowed.join(", ")));
+            ok = false;
+        }
+    }
+    let result = match kind {
+        "port" => {
+            let port = cx
+                .require(&f, "port", "the port the sidecar listens on, 1 to 65535")
+                .and_then(|n| cx.port(n, &f.at("port")));
+            Interface::Port { port: port? }
+        }
+        "mcp" => {
+            let port = cx
+                .require(&f, "port", "the port the MCP server listens on, 1 to 65535")
+                .and_then(|n| cx.port(n, &f.at("port")));
+            let name = cx
+                .require(&f, "name", "the MCP server's name, also its DNS name on the network")
+                .and_then(|n| {
+                    let s = cx.string(n, &f.at("name"))?;
+                    cx.dns_label(&s, &f.at("name"), n.span).then_some(s)
+                });
+            let path = match f.get("path") {
+                Some(n) => cx.string(n, &f.at("path")).and_then(|p| {
+                    if p.starts_with('/') {
+                        Some(p)
+                    } else {
+                        cx.error(&f.at("path"), n.span, format!("`{p}` must start with `/`"));
+                        None
+                    }
+                }),
+                None => Some("/mcp".to_owned()),
+            };
+            let transport = match f.get("transport") {
+                Some(n) => cx.choice(n, &f.at("transport"), &["http"], "a supported MCP transport").map(str::to_owned),
+                None => Some("http".to_owned()),
+            };
+            Interface::Mcp {
+                port: port?,
+                name: name?,
+                path: path?,
+                transport: transport?,
+            }
+        }
+        "volume" => {
+            let volume = cx
+                .require(&f, "volume", "the name of the volume shared with the workload")
+                .and_then(|n| {
+                    let s = cx.string(n, &f.at("volume"))?;
+                    match values::check_engine_name(&s) {
+                        Ok(()) => Some(s),
+                        Err(e) => {
+                            cx.error(&f.at("volume"), n.span, e);
+                            None
+                        }
+                    }
+                });
+            let mountpoint = cx
+                .require(&f, "mountpoint", "an absolute path inside the containers, for example `/data`")
+                .and_then(|n| absolute_path(cx, n, &f.at("mountpoint")));
+            Interface::Volume {
+                volume: volume?,
+                mountpoint: mountpoint?,
+            }
+        }
+        _ => Interface::None,
+    };
+    ok.then_some(result)
+}
+
+fn absolute_path(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
+    let s = cx.string(node, path)?;
+    if s.starts_with('/') {
+        Some(s)
+    } else {
+        cx.error(path, node.span, format!("`{s}` is not an absolute path"))
+            .with_label("expected a path starting with `/`");
+        None
+    }
+}
+
+fn aliases(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) -> Option<Vec<String>> {
+    let Some(node) = f.get("aliases") else {
+        return Some(Vec::new());
+    };
+    let path = f.at("aliases");
+    if let Some(i @ (Interface::Volume { .. } | Interface::None)) = interface {
+        cx.error(&path, f.key("aliases").map(|k| k.span).unwrap_or(node.span), format!("aliases do not apply to an interface of kind `{}`", i.kind()))
+            .with_hint("only `port` and `mcp` sidecars are reachable by name");
+        return None;
+    }
+    let items = cx.seq(node, &path)?;
+    let mut out: Vec<String> = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let Some(s) = cx.string(item, &p) else {
+            ok = false;
+            continue;
+        };
+        if let Err(e) = values::check_dns_name(&s) {
+            cx.error(&p, item.span, e).with_label("not a DNS name");
+            ok = false;
+        } else if out.contains(&s) {
+            cx.error(&p, item.span, format!("alias `{s}` is listed twice"));
+            ok = false;
+        } else {
+            out.push(s);
+        }
+    }
+    ok.then_some(out)
+}
+
+fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) -> Option<Readiness> {
+    let path = f.at("readiness");
+    let owner = f.key("readiness").map(|k| k.span).unwrap_or(f.span);
+    let has_port = interface.map(|i| i.port().is_some());
+    let modes = ["tcp", "http", "exec", "healthcheck", "log", "none"];
+    let r = match f.get("readiness") {
+        Some(n) => cx.fields(n, &path, owner, READINESS_FIELDS, "readiness")?,
+        None => Fields {
+            path: path.clone(),
+            span: owner,
+            entries: &[],
+        },
+    };
+    let mode = match r.get("mode") {
+        Some(n) => cx.choice(n, &r.at("mode"), &modes, "a readiness mode")?,
+        None => match (has_port, interface) {
+            (Some(true), _) => "tcp",
+            (Some(false), Some(i)) => {
+                cx.error(&r.at("mode"), owner, format!("a sidecar of kind `{}` must say how it becomes ready", i.kind()))
+                    .with_hint("add `readiness: { mode: exec, command: [...] }`, `mode: healthcheck`, `mode: log` or `mode: none`");
+                return None;
+            }
+            _ => return None,
+        },
+    };
+    if matches!(mode, "tcp" | "http")
+        && has_port == Some(false)
+        && let Some(n) = r.get("mode")
+    {
+        cx.error(&r.at("mode"), n.span, format!("`{mode}` readiness needs a port, and this sidecar's interface has none"))
+            .with_hint("use `exec`, `healthcheck`, `log` or `none`, or give the sidecar a `port` or `mcp` interface");
+        return None;
+    }
+    let applies: &[(&str, &[&str])] = &[("path", &["http"]), ("command", &["exec", "healthcheck"]), ("pattern", &["log"])];
+    let mut ok = true;
+    for (field, modes_for) in applies {
+        if let Some(k) = r.key(field)
+            && !modes_for.contains(&mode)
+        {
+            cx.error(&r.at(field), k.span, format!("`{field}` does not apply to readiness mode `{mode}`"))
+                .with_hint(format!("`{field}` is used by mode {}", one_of(modes_for)));
+            ok = false;
+        }
+    }
+    let probe = match mode {
+        "tcp" => Some(Probe::Tcp),
+        "http" => {
+            let p = match r.get("path") {
+                Some(n) => cx.string(n, &r.at("path")).and_then(|p| {
+                    if p.starts_with('/') {
+                        Some(p)
+                    } else {
+                        cx.error(&r.at("path"), n.span, format!("`{p}` must start with `/`"));
+                        None
+                    }
+                }),
+                None => Some("/".to_owned()),
+            };
+            p.map(|path| Probe::Http { path })
+        }
+        "exec" => cx
+            .require(&r, "command", "the command run inside the sidecar; exit 0 means ready")
+            .and_then(|n| cx.command(n, &r.at("command")))
+            .map(|command| Probe::Exec { command }),
+        "healthcheck" => match r.get("command") {
+            Some(n) => cx.command(n, &r.at("command")).map(|c| Probe::Healthcheck { command: Some(c) }),
+            None => Some(Probe::Healthcheck { command: None }),
+        },
+        "log" => cx
+            .require(&r, "pattern", "a regular expression matched against each line the sidecar prints")
+            .and_then(|n| regex(cx, n, &r.at("pattern")))
+            .map(|pattern| Probe::Log { pattern }),
+        _ => Some(Probe::None),
+    };
+    let timeout = r.get("timeout").map(|n| cx.duration(n, &r.at("timeout"))).unwrap_or(Some(DEFAULT_TIMEOUT));
+    let interval = r.get("interval").map(|n| cx.duration(n, &r.at("interval"))).unwrap_or(Some(DEFAULT_INTERVAL));
+    let start_period = match r.get("start_period") {
+        Some(n) => Some(Some(cx.duration(n, &r.at("start_period"))?)),
+        None => Some(None),
+    };
+    if !ok {
+        return None;
+    }
+    Some(Readiness {
+        probe: probe?,
+        timeout: timeout?,
+        interval: interval?,
+        start_period: start_period?,
+    })
+}
+
+fn regex(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
+    let s = cx.string(node, path)?;
+    match regex::Regex::new(&s) {
+        Ok(_) => Some(s),
+        Err(e) => {
+            let first = e.to_string().lines().last().unwrap_or("invalid").trim().to_owned();
+            cx.error(path, node.span, format!("`{s}` is not a valid regular expression: {first}"));
+            None
+        }
+    }
+}
+
+fn secrets(cx: &mut Ctx<'_>, f: &Fields<'_>) -> Option<Vec<Secret>> {
+    let Some(node) = f.get("secrets") else {
+        return Some(Vec::new());
+    };
+    let path = f.at("secrets");
+    let items = cx.seq(node, &path)?;
+    let mut out: Vec<Secret> = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let Some(s) = cx.fields(item, &p, item.span, SECRET_FIELDS, "a secret") else {
+            ok = false;
+            continue;
+        };
+        let name = cx
+            .require(&s, "name", "the file name under /run/secrets/")
+            .and_then(|n| {
+                let v = cx.string(n, &s.at("name"))?;
+                let valid = v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                if !valid {
+                    cx.error(&s.at("name"), n.span, format!("`{v}` is not a secret name"))
+                        .with_label("letters, digits, `.`, `_` and `-`");
+                    return None;
+                }
+                if let Some(prev) = out.iter().find(|x| x.name == v) {
+                    cx.error(&s.at("name"), n.span, format!("secret `{}` is declared twice", prev.name));
+                    return None;
+                }
+                Some(v)
+            });
+        let from = cx
+            .require(&s, "from", "`env:VAR` (a host environment variable) or `file:PATH` (a host file)")
+            .and_then(|n| {
+                let v = cx.string(n, &s.at("from"))?;
+                if let Some(var) = v.strip_prefix("env:") {
+                    match values::check_env_name(var) {
+                        Ok(()) => Some(SecretSource::Env(var.to_owned())),
+                        Err(e) => {
+                            cx.error(&s.at("from"), n.span, e);
+                            None
+                        }
+                    }
+                } else if let Some(p) = v.strip_prefix("file:").filter(|p| !p.is_empty()) {
+                    Some(SecretSource::File(p.to_owned()))
+                } else {
+                    cx.error(&s.at("from"), n.span, format!("`{v}` is not a secret source"))
+                        .with_label("expected `env:VAR` or `file:PATH`")
+                        .with_hint("secret values are never written in the declaration; name where to read them");
+                    None
+                }
+            });
+        match (name, from) {
+            (Some(name), Some(from)) => out.push(Secret { name, from }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn mounts(cx: &mut Ctx<'_>, f: &Fields<'_>, lifecycle: Option<Lifecycle>) -> Option<Vec<Mount>> {
+    let Some(node) = f.get("mounts") else {
+        return Some(Vec::new());
+    };
+    let path = f.at("mounts");
+    let items = cx.seq(node, &path)?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let Some(s) = cx.string(item, &p) else {
+            ok = false;
+            continue;
+        };
+        match values::parse_mount(&s) {
+            Ok(m @ Mount::Workspace { .. }) if lifecycle == Some(Lifecycle::Shared) => {
+                cx.error(&p, item.span, "a `shared` sidecar may not mount the workspace")
+                    .with_label("reused across runs")
+                    .with_hint("a shared container outlives the run, so it would show one run's workspace to the next; make this sidecar `lifecycle: session`");
+                drop(m);
+                ok = false;
+            }
+            Ok(m) => out.push(m),
+            Err(e) => {
+                cx.error(&p, item.span, e).with_hint(values::MOUNT_HELP);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn networks(cx: &mut Ctx<'_>, f: &Fields<'_>) -> Option<Vec<String>> {
+    let Some(node) = f.get("networks") else {
+        return Some(Vec::new());
+    };
+    let path = f.at("networks");
+    let items = cx.string_list(node, &path)?;
+    let mut ok = true;
+    let Value::Seq(nodes) = &node.value else { return None };
+    for (i, (name, n)) in items.iter().zip(nodes).enumerate() {
+        if let Err(e) = values::check_engine_name(name) {
+            cx.error(&format!("{path}[{i}]"), n.span, format!("network {e}"));
+            ok = false;
+        }
+    }
+    ok.then_some(items)
+}
+
+fn resources(cx: &mut Ctx<'_>, node: &Node, path: &str, owner: Span) -> Option<Resources> {
+    let f = cx.fields(node, path, owner, RESOURCES_FIELDS, "resources")?;
+    let memory = match f.get("memory") {
+        Some(n) => Some(cx.size(n, &f.at("memory"))?),
+        None => None,
+    };
+    let cpus = match f.get("cpus") {
+        Some(n) => {
+            let v = cx.number(n, &f.at("cpus"))?;
+            if v <= 0.0 || !v.is_finite() {
+                cx.error(&f.at("cpus"), n.span, format!("{v} is not a positive number of CPUs"))
+                    .with_label("for example 0.5 or 2");
+                return None;
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    let gpus = match f.get("gpus") {
+        Some(n) => Some(gpus(cx, n, &f.at("gpus"))?),
+        None => None,
+    };
+    Some(Resources { memory, cpus, gpus })
+}
+
+fn gpus(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Gpus> {
+    const HELP: &str = "expected `all`, a count, or `device=ID,...`";
+    if let Value::Scalar(s) = &node.value
+        && let crate::yaml::Typed::Int(_) = s.typed()
+    {
+        return cx.int_in(node, path, 1, 1024).map(|n| Gpus::Count(n as u32));
+    }
+    let s = cx.string(node, path)?;
+    if s == "all" {
+        return Some(Gpus::All);
+    }
+    if let Some(ids) = s.strip_prefix("device=") {
+        let ids: Vec<String> = ids.split(',').map(str::to_owned).collect();
+        if ids.iter().all(|i| !i.is_empty()) {
+            return Some(Gpus::Devices(ids));
+        }
+    }
+    cx.error(path, node.span, format!("`{s}` is not a GPU request")).with_label(HELP);
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// workload
+
+pub fn workload(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<(Workload, Option<(String, Span)>)> {
+    let f = cx.fields(node, "workload", owner, WORKLOAD_FIELDS, "the workload")?;
+    let image = f.get("image").and_then(|n| cx.nonempty_string(n, &f.at("image")));
+    let command = f.get("command").and_then(|n| cx.string_list(n, &f.at("command")));
+    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or_default();
+    let mode = match f.get("network_mode") {
+        Some(n) => cx
+            .choice(n, &f.at("network_mode"), &["network", "shared-namespace"], "a network mode")
+            .map(|m| if m == "network" { NetworkMode::Network } else { NetworkMode::SharedNamespace }),
+        None => Some(NetworkMode::Network),
+    };
+    let sidecar = match f.get("sidecar") {
+        Some(n) => cx.string(n, &f.at("sidecar")).map(|s| Some((s, n.span))),
+        None => Some(None),
+    };
+    let (mode, sidecar) = (mode?, sidecar?);
+    match (mode, &sidecar) {
+        (NetworkMode::SharedNamespace, None) => {
+            let span = f.key("network_mode").map(|k| k.span).unwrap_or(owner);
+            cx.error(&f.at("sidecar"), span, "`shared-namespace` needs `sidecar`: the sidecar whose network namespace the workload joins")
+                .with_hint("add `sidecar: NAME`");
+            return None;
+        }
+        (NetworkMode::Network, Some((_, span))) => {
+            cx.error(&f.at("sidecar"), *span, "`sidecar` only applies with `network_mode: shared-namespace`")
+                .with_hint("with `network_mode: network` the workload reaches every sidecar by name");
+            return None;
+        }
+        _ => {}
+    }
+    Some((
+        Workload {
+            image,
+            command,
+            env: env?,
+            network_mode: mode,
+            sidecar: sidecar.as_ref().map(|(s, _)| s.clone()),
+        },
+        sidecar,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// init
+
+/// The init section, plus the spans of `depends_on` entries for the cross-checks.
+pub struct InitAt {
+    pub init: Init,
+    pub depends_spans: IndexMap<(String, String), Span>,
+}
+
+pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
+    let f = cx.fields(node, "init", owner, INIT_FIELDS, "the init section")?;
+    let before = cx.diags.len();
+    let mut names: IndexMap<String, Span> = IndexMap::new();
+    let mut depends_spans = IndexMap::new();
+
+    let mut steps = Vec::new();
+    if let Some(n) = f.get("steps")
+        && let Some(items) = cx.seq(n, "init.steps")
+    {
+        for (i, item) in items.iter().enumerate() {
+            if let Some(s) = step(cx, item, &format!("init.steps[{i}]"), &mut names) {
+                steps.push(s);
+            }
+        }
+    }
+    let mut daemons = IndexMap::new();
+    if let Some(n) = f.get("daemons") {
+        match &n.value {
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    let path = format!("init.daemons.{}", k.name);
+                    if !cx.dns_label(&k.name, &path, k.span) {
+                        continue;
+                    }
+                    if let Some(prev) = names.get(&k.name) {
+                        cx.error(&path, k.span, format!("`{}` is already the name of a step", k.name))
+                            .with_also(*prev, "step named here");
+                        continue;
+                    }
+                    names.insert(k.name.clone(), k.span);
+                    if let Some(d) = daemon(cx, &k.name, v, k.span, &mut depends_spans) {
+                        daemons.insert(k.name.clone(), d);
+                    }
+                }
+            }
+            _ => {
+                cx.error("init.daemons", n.span, format!("expected a mapping of name: daemon, found {}", n.kind_name()));
+            }
+        }
+    }
+    if !f.has("steps") && !f.has("daemons") {
+        cx.error("init", owner, "declares no steps and no daemons")
+            .with_hint("add `daemons:` (long-running processes) or `steps:` (one-shot commands)");
+    }
+    let select_env = match f.get("select_env") {
+        Some(n) => cx.string(n, "init.select_env").and_then(|s| match values::check_env_name(&s) {
+            Ok(()) => Some(s),
+            Err(e) => {
+                cx.error("init.select_env", n.span, e);
+                None
+            }
+        }),
+        None => Some("TETHER_DAEMONS".to_owned()),
+    };
+    let health = match f.get("health") {
+        Some(n) => {
+            let owner = f.key("health").map(|k| k.span).unwrap_or(owner);
+            cx.fields(n, "init.health", owner, HEALTH_FIELDS, "health").and_then(|h| {
+                let listen = cx.require(&h, "listen", "the address to serve /healthz, /readyz and /status on, for example `0.0.0.0:9090`")?;
+                listen_address(cx, listen, "init.health.listen").map(|listen| Health { listen })
+            })
+        }
+        None => None,
+    };
+    let shutdown = match f.get("shutdown") {
+        Some(n) => {
+            let owner = f.key("shutdown").map(|k| k.span).unwrap_or(owner);
+            cx.fields(n, "init.shutdown", owner, SHUTDOWN_FIELDS, "shutdown").and_then(|s| {
+                let grace = s.get("grace").map(|n| cx.duration(n, "init.shutdown.grace")).unwrap_or(Some(Duration::from_secs(8)));
+                let order = match s.get("order") {
+                    Some(n) => cx
+                        .choice(n, "init.shutdown.order", &["reverse-dependency", "parallel"], "a shutdown order")
+                        .map(|o| if o == "parallel" { ShutdownOrder::Parallel } else { ShutdownOrder::ReverseDependency }),
+                    None => Some(ShutdownOrder::ReverseDependency),
+                };
+                Some(Shutdown { grace: grace?, order: order? })
+            })
+        }
+        None => Some(Shutdown { grace: Duration::from_secs(8), order: ShutdownOrder::ReverseDependency }),
+    };
+    let notify = match f.get("notify") {
+        Some(n) => {
+            let owner = f.key("notify").map(|k| k.span).unwrap_or(owner);
+            cx.fields(n, "init.notify", owner, NOTIFY_FIELDS, "notify").and_then(|nf| {
+                match (nf.get("command"), nf.get("url")) {
+                    (Some(c), None) => cx.command(c, "init.notify.command").map(Notify::Command),
+                    (None, Some(u)) => http_url(cx, u, "init.notify.url").map(Notify::Url),
+                    _ => {
+                        cx.error("init.notify", owner, "give exactly one of `command` or `url`")
+                            .with_hint("`command` receives each event as JSON on stdin; `url` receives it as an HTTP POST");
+                        None
+                    }
+                }
+            })
+        }
+        None => None,
+    };
+    let logs = match f.get("logs") {
+        Some(n) => {
+            let owner = f.key("logs").map(|k| k.span).unwrap_or(owner);
+            cx.fields(n, "init.logs", owner, LOGS_FIELDS, "logs").and_then(|l| {
+                let prefix = match l.get("prefix") {
+                    Some(n) => {
+                        let p = cx.text(n, "init.logs.prefix")?;
+                        let unknown = p.replace("{name}", "");
+                        if unknown.contains('{') || unknown.contains('}') {
+                            cx.error("init.logs.prefix", n.span, format!("`{p}` has a placeholder other than `{{name}}`"))
+                                .with_hint("`{name}` is replaced by the daemon's name, for example `[{name}] `");
+                            return None;
+                        }
+                        Some(p)
+                    }
+                    None => Some("[{name}] ".to_owned()),
+                };
+                let timestamps = l.get("timestamps").map(|n| cx.bool(n, "init.logs.timestamps")).unwrap_or(Some(false));
+                let format = match l.get("format") {
+                    Some(n) => cx
+                        .choice(n, "init.logs.format", &["text", "json"], "a log format")
+                        .map(|x| if x == "json" { LogFormat::Json } else { LogFormat::Text }),
+                    None => Some(LogFormat::Text),
+                };
+                Some(Logs { prefix: prefix?, timestamps: timestamps?, format: format? })
+            })
+        }
+        None => Some(Logs { prefix: "[{name}] ".to_owned(), timestamps: false, format: LogFormat::Text }),
+    };
+    if cx.diags.len() != before {
+        return None;
+    }
+    Some(InitAt {
+        init: Init {
+            steps,
+            daemons,
+            select_env: select_env?,
+            health,
+            shutdown: shutdown?,
+            notify,
+            logs: logs?,
+        },
+        depends_spans,
+    })
+}
+
+fn listen_address(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
+    let s = cx.text(node, path)?;
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, p),
+        None => ("", s.as_str()),
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = host.is_empty()
+        || host.parse::<std::net::IpAddr>().is_ok()
+        || (host.starts_with('[') && host.ends_with(']') && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok())
+        || values::check_dns_name(&host.to_ascii_lowercase()).is_ok();
+    if !port_ok || !host_ok {
+        cx.error(path, node.span, format!("`{s}` is not a listen address"))
+            .with_label("expected HOST:PORT, for example `0.0.0.0:9090` or `:9090`");
+        return None;
+    }
+    if host.is_empty() {
+        return Some(format!("0.0.0.0:{port}"));
+    }
+    Some(s)
+}
+
+fn http_url(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
+    let s = cx.string(node, path)?;
+    let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') => Some(s),
+        _ => {
+            cx.error(path, node.span, format!("`{s}` is not an http:// or https:// URL"))
+                .with_label("for example `http://127.0.0.1:8080/ready`");
+            None
+        }
+    }
+}
+
+fn step(cx: &mut Ctx<'_>, node: &Node, path: &str, names: &mut IndexMap<String, Span>) -> Option<Step> {
+    let f = cx.fields(node, path, node.span, STEP_FIELDS, "a step")?;
+    let name = cx.require(&f, "name", "a DNS label naming the step in logs").and_then(|n| {
+        let s = cx.string(n, &f.at("name"))?;
+        if !cx.dns_label(&s, &f.at("name"), n.span) {
+            return None;
+        }
+        if let Some(prev) = names.get(&s) {
+            cx.error(&f.at("name"), n.span, format!("the name `{s}` is used twice"))
+                .with_also(*prev, "first used here");
+            return None;
+        }
+        names.insert(s.clone(), n.span);
+        Some(s)
+    });
+    let command = cx.require(&f, "command", "the command to run, as a list: [program, arg, ...]").and_then(|n| cx.command(n, &f.at("command")));
+    let fatal = f.get("fatal").map(|n| cx.bool(n, &f.at("fatal"))).unwrap_or(Some(true));
+    let timeout = match f.get("timeout") {
+        Some(n) => Some(Some(cx.duration(n, &f.at("timeout"))?)),
+        None => Some(None),
+    };
+    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or_default();
+    let workdir = f.get("workdir").and_then(|n| absolute_path(cx, n, &f.at("workdir")));
+    let user = f.get("user").and_then(|n| user(cx, n, &f.at("user")));
+    Some(Step {
+        name: name?,
+        command: command?,
+        fatal: fatal?,
+        timeout: timeout?,
+        env: env?,
+        workdir,
+        user,
+    })
+}
+
+fn user(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
+    let s = cx.text(node, path)?;
+    let ok = !s.is_empty()
+        && s.split(':').count() <= 2
+        && s.split(':').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')));
+    if !ok {
+        cx.error(path, node.span, format!("`{s}` is not a user"))
+            .with_label("expected USER, UID, USER:GROUP or UID:GID");
+        return None;
+    }
+    Some(s)
+}
+
+fn daemon(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    node: &Node,
+    name_span: Span,
+    depends_spans: &mut IndexMap<(String, String), Span>,
+) -> Option<Daemon> {
+    let path = format!("init.daemons.{name}");
+    let f = cx.fields(node, &path, name_span, DAEMON_FIELDS, "a daemon")?;
+    let before = cx.diags.len();
+    let command = cx.require(&f, "command", "the program to run, as a list: [program, arg, ...]").and_then(|n| cx.command(n, &f.at("command")));
+    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or_default();
+    let workdir = f.get("workdir").and_then(|n| absolute_path(cx, n, &f.at("workdir")));
+    let user = f.get("user").and_then(|n| user(cx, n, &f.at("user")));
+    let mut depends_on = IndexMap::new();
+    if let Some(n) = f.get("depends_on") {
+        let p = f.at("depends_on");
+        match &n.value {
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(dep) = cx.string(item, &format!("{p}[{i}]")) {
+                        depends_spans.insert((name.to_owned(), dep.clone()), item.span);
+                        depends_on.insert(dep, Condition::Ready);
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    let c = cx.choice(v, &join(&p, &k.name), &["started", "ready", "completed"], "a dependency condition");
+                    if let Some(c) = c {
+                        depends_spans.insert((name.to_owned(), k.name.clone()), k.span);
+                        depends_on.insert(
+                            k.name.clone(),
+                            match c {
+                                "started" => Condition::Started,
+                                "ready" => Condition::Ready,
+                                _ => Condition::Completed,
+                            },
+                        );
+                    }
+                }
+            }
+            _ => {
+                cx.error(&p, n.span, format!("expected a list of daemon names, or name: condition, found {}", n.kind_name()));
+            }
+        }
+    }
+    let readiness = match f.get("readiness") {
+        Some(n) => {
+            let owner = f.key("readiness").map(|k| k.span).unwrap_or(name_span);
+            cx.fields(n, &f.at("readiness"), owner, CHECK_FIELDS, "readiness").and_then(|r| {
+                let check = check(cx, &r, &["tcp", "http", "exec", "log", "notify", "none"], owner)?;
+                let timeout = r.get("timeout").map(|n| cx.duration(n, &r.at("timeout"))).unwrap_or(Some(DEFAULT_TIMEOUT))?;
+                let interval = r.get("interval").map(|n| cx.duration(n, &r.at("interval"))).unwrap_or(Some(DEFAULT_INTERVAL))?;
+                Some(DaemonReadiness { check, timeout, interval })
+            })
+        }
+        None => Some(DaemonReadiness { check: Check::None, timeout: DEFAULT_TIMEOUT, interval: DEFAULT_INTERVAL }),
+    };
+    let liveness = match f.get("liveness") {
+        Some(n) => {
+            let owner = f.key("liveness").map(|k| k.span).unwrap_or(name_span);
+            cx.fields(n, &f.at("liveness"), owner, LIVENESS_FIELDS, "liveness").and_then(|r| {
+                let check = check(cx, &r, &["tcp", "http", "exec"], owner)?;
+                let interval = r.get("interval").map(|n| cx.duration(n, &r.at("interval"))).unwrap_or(Some(Duration::from_secs(10)))?;
+                let timeout = r.get("timeout").map(|n| cx.duration(n, &r.at("timeout"))).unwrap_or(Some(Duration::from_secs(5)))?;
+                let failure_threshold = r
+                    .get("failure_threshold")
+                    .map(|n| cx.int_in(n, &r.at("failure_threshold"), 1, 1000))
+                    .unwrap_or(Some(3))? as u32;
+                Some(Some(Liveness { check, interval, timeout, failure_threshold }))
+            })
+        }
+        None => Some(None),
+    };
+    let restart = match f.get("restart") {
+        Some(n) => {
+            let owner = f.key("restart").map(|k| k.span).unwrap_or(name_span);
+            cx.fields(n, &f.at("restart"), owner, RESTART_FIELDS, "restart").and_then(|r| restart(cx, &r))
+        }
+        None => Some(default_restart()),
+    };
+    let on_exit = match f.get("on_exit") {
+        Some(n) => cx
+            .choice(n, &f.at("on_exit"), &["ignore", "shutdown"], "an exit policy")
+            .map(|o| if o == "shutdown" { OnExit::Shutdown } else { OnExit::Ignore }),
+        None => Some(OnExit::Ignore),
+    };
+    let stop = match f.get("stop") {
+        Some(n) => {
+            let owner = f.key("stop").map(|k| k.span).unwrap_or(name_span);
+            cx.fields(n, &f.at("stop"), owner, STOP_FIELDS, "stop").and_then(|s| {
+                let signal = match s.get("signal") {
+                    Some(n) => {
+                        let t = cx.text(n, &s.at("signal"))?;
+                        match Signal::parse(&t) {
+                            Some(sig) => sig,
+                            None => {
+                                cx.error(&s.at("signal"), n.span, format!("`{t}` is not a signal"))
+                                    .with_label("for example SIGTERM, SIGINT, SIGQUIT or 15");
+                                return None;
+                            }
+                        }
+                    }
+                    None => Signal::TERM,
+                };
+                let grace = match s.get("grace") {
+                    Some(n) => Some(cx.duration(n, &s.at("grace"))?),
+                    None => None,
+                };
+                Some(Stop { signal, grace })
+            })
+        }
+        None => Some(Stop { signal: Signal::TERM, grace: None }),
+    };
+    let success_codes = match f.get("success_codes") {
+        Some(n) => {
+            let p = f.at("success_codes");
+            cx.seq(n, &p).and_then(|items| {
+                let codes: Vec<Option<i64>> = items.iter().enumerate().map(|(i, it)| cx.int_in(it, &format!("{p}[{i}]"), 0, 255)).collect();
+                codes.into_iter().map(|c| c.map(|c| c as i32)).collect::<Option<Vec<_>>>()
+            })
+        }
+        None => Some(vec![0]),
+    };
+    let log_files = match f.get("log_files") {
+        Some(n) => {
+            let p = f.at("log_files");
+            cx.seq(n, &p).and_then(|items| {
+                let files: Vec<Option<String>> = items.iter().enumerate().map(|(i, it)| absolute_path(cx, it, &format!("{p}[{i}]"))).collect();
+                files.into_iter().collect::<Option<Vec<_>>>()
+            })
+        }
+        None => Some(Vec::new()),
+    };
+    if cx.diags.len() != before {
+        return None;
+    }
+    Some(Daemon {
+        name: name.to_owned(),
+        command: command?,
+        env: env?,
+        workdir,
+        user,
+        depends_on,
+        readiness: readiness?,
+        liveness: liveness?,
+        restart: restart?,
+        on_exit: on_exit?,
+        stop: stop?,
+        success_codes: success_codes?,
+        log_files: log_files?,
+    })
+}
+
+pub fn default_restart() -> Restart {
+    Restart {
+        policy: RestartPolicy::OnFailure,
+        backoff: default_backoff(),
+        max_restarts: None,
+    }
+}
+
+fn default_backoff() -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+        multiplier: 2.0,
+        reset_after: Duration::from_secs(60),
+    }
+}
+
+fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
+    let policy = match r.get("policy") {
+        Some(n) => cx
+            .choice(n, &r.at("policy"), &["never", "on-failure", "always"], "a restart policy")
+            .map(|p| match p {
+                "never" => RestartPolicy::Never,
+                "always" => RestartPolicy::Always,
+                _ => RestartPolicy::OnFailure,
+            }),
+        None => Some(RestartPolicy::OnFailure),
+    };
+    let backoff = match r.get("backoff") {
+        Some(n) => {
+            let owner = r.key("backoff").map(|k| k.span).unwrap_or(r.span);
+            cx.fields(n, &r.at("backoff"), owner, BACKOFF_FIELDS, "backoff").and_then(|b| {
+                let d = default_backoff();
+                let initial = b.get("initial").map(|n| cx.duration(n, &b.at("initial"))).unwrap_or(Some(d.initial));
+                let max = b.get("max").map(|n| cx.duration(n, &b.at("max"))).unwrap_or(Some(d.max));
+                let multiplier = match b.get("multiplier") {
+                    Some(n) => cx.number(n, &b.at("multiplier")).and_then(|m| {
+                        if (1.0..=100.0).contains(&m) {
+                            Some(m)
+                        } else {
+                            cx.error(&b.at("multiplier"), n.span, format!("{m} is out of range"))
+                                .with_label("expected a number from 1 to 100");
+                            None
+                        }
+                    }),
+                    None => Some(d.multiplier),
+                };
+                let reset_after = b.get("reset_after").map(|n| cx.duration(n, &b.at("reset_after"))).unwrap_or(Some(d.reset_after));
+                let (initial, max) = (initial?, max?);
+                if initial > max {
+                    let span = b.key("max").or(b.key("initial")).map(|k| k.span).unwrap_or(owner);
+                    cx.error(&b.at("max"), span, format!("the longest backoff ({max}) is shorter than the first ({initial})"));
+                    return None;
+                }
+                Some(Backoff { initial, max, multiplier: multiplier?, reset_after: reset_after? })
+            })
+        }
+        None => Some(default_backoff()),
+    };
+    let max_restarts = match r.get("max_restarts") {
+        Some(n) => Some(Some(cx.int_in(n, &r.at("max_restarts"), 0, u32::MAX as i64)? as u32)),
+        None => Some(None),
+    };
+    Some(Restart { policy: policy?, backoff: backoff?, max_restarts: max_restarts? })
+}
+
+/// A daemon readiness or liveness check; `modes` are the ones allowed here.
+fn check(cx: &mut Ctx<'_>, r: &Fields<'_>, modes: &[&str], owner: Span) -> Option<Check> {
+    let mode = match r.get("mode") {
+        Some(n) => cx.choice(n, &r.at("mode"), modes, "a check mode")?,
+        None => {
+            cx.error(&r.at("mode"), owner, "`mode` is required")
+                .with_hint(format!("one of {}", one_of(modes)));
+            return None;
+        }
+    };
+    let applies: &[(&str, &[&str])] = &[
+        ("host", &["tcp"]),
+        ("port", &["tcp"]),
+        ("url", &["http"]),
+        ("command", &["exec"]),
+        ("pattern", &["log"]),
+    ];
+    let mut ok = true;
+    for (field, for_modes) in applies {
+        if let Some(k) = r.key(field)
+            && !for_modes.contains(&mode)
+        {
+            cx.error(&r.at(field), k.span, format!("`{field}` does not apply to mode `{mode}`"))
+                .with_hint(format!("`{field}` is used by mode {}", one_of(for_modes)));
+            ok = false;
+        }
+    }
+    let check = match mode {
+        "tcp" => {
+            let port = cx.require(r, "port", "the port to dial, 1 to 65535").and_then(|n| cx.port(n, &r.at("port")));
+            let host = match r.get("host") {
+                Some(n) => cx.nonempty_string(n, &r.at("host")),
+                None => Some("127.0.0.1".to_owned()),
+            };
+            Check::Tcp { host: host?, port: port? }
+        }
+        "http" => {
+            let url = cx.require(r, "url", "the URL to GET; a 2xx answer passes").and_then(|n| http_url(cx, n, &r.at("url")));
+            Check::Http { url: url? }
+        }
+        "exec" => Check::Exec {
+            command: cx.require(r, "command", "the command to run; exit 0 passes").and_then(|n| cx.command(n, &r.at("command")))?,
+        },
+        "log" => Check::Log {
+            pattern: cx
+                .require(r, "pattern", "a regular expression matched against each line the daemon prints")
+                .and_then(|n| regex(cx, n, &r.at("pattern")))?,
+        },
+        "notify" => Check::Notify,
+        _ => Check::None,
+    };
+    ok.then_some(check)
+}

@@ -1,0 +1,364 @@
+//! Parsers for the small value languages of the declaration: durations, sizes, names, mounts.
+//! Each returns a message that says what is allowed.
+
+use crate::model::{DEFAULT_WORKSPACE_TARGET, Duration, Mount};
+
+pub const DURATION_HELP: &str = "use 500ms, 30s, 2m, 1h or a number of seconds";
+
+/// `500ms`, `30s`, `2m`, `1h`, `1.5s`, or bare seconds. Zero and negative values are errors.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1_000.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        (t, 1_000.0)
+    };
+    let valid_number = !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && number.bytes().filter(|b| *b == b'.').count() <= 1
+        && !number.starts_with('.')
+        && !number.ends_with('.');
+    if !valid_number {
+        if number.starts_with('-') {
+            return Err(format!("`{text}` is negative; a duration must be positive"));
+        }
+        return Err(format!("`{text}` is not a duration ({DURATION_HELP})"));
+    }
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration ({DURATION_HELP})"))?;
+    duration_from_ms(value * unit_ms, text)
+}
+
+/// A bare YAML number as seconds.
+pub fn duration_from_secs(secs: f64, text: &str) -> Result<Duration, String> {
+    if secs < 0.0 {
+        return Err(format!("`{text}` is negative; a duration must be positive"));
+    }
+    duration_from_ms(secs * 1000.0, text)
+}
+
+fn duration_from_ms(ms: f64, text: &str) -> Result<Duration, String> {
+    if !ms.is_finite() || ms > 1.0e12 {
+        return Err(format!("`{text}` is too long for a duration"));
+    }
+    if ms < 1.0 {
+        return Err(format!(
+            "`{text}` is zero; a duration must be at least 1ms"
+        ));
+    }
+    Ok(Duration::from_millis(ms.round() as u64))
+}
+
+/// `256m`, `1g`, `512k`, `1.5g`, `1gb`, `1GiB`, or a number of bytes. Units are binary, as in Docker.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    const HELP: &str = "use a number of bytes or a size like 512k, 256m, 1g";
+    let lower = text.trim().to_ascii_lowercase();
+    let stripped = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (number, factor): (&str, u64) = match stripped.as_bytes().last() {
+        Some(b'k') => (&stripped[..stripped.len() - 1], 1 << 10),
+        Some(b'm') => (&stripped[..stripped.len() - 1], 1 << 20),
+        Some(b'g') => (&stripped[..stripped.len() - 1], 1 << 30),
+        Some(b't') => (&stripped[..stripped.len() - 1], 1 << 40),
+        _ => (stripped, 1),
+    };
+    if number.starts_with('-') {
+        return Err(format!("`{text}` is negative; a size must be positive"));
+    }
+    let ok = !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && number.bytes().filter(|b| *b == b'.').count() <= 1;
+    let value: f64 = if ok { number.parse().ok() } else { None }
+        .ok_or_else(|| format!("`{text}` is not a size ({HELP})"))?;
+    let bytes = value * factor as f64;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 / 2.0 {
+        return Err(format!("`{text}` is too large"));
+    }
+    if bytes < 1.0 {
+        return Err(format!("`{text}` is zero; a size must be positive"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// A DNS label: lowercase letters, digits and `-`, not starting or ending with `-`, at most 63.
+pub fn check_dns_label(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a name cannot be empty".into());
+    }
+    if name.len() > 63 {
+        return Err(format!(
+            "`{name}` is {} characters long; a name has at most 63",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "`{name}` contains `{c}`; a name uses lowercase letters, digits and `-`"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!("`{name}` starts or ends with `-`"));
+    }
+    Ok(())
+}
+
+/// A DNS name made of labels: each label at most 63 characters, the whole at most 253.
+pub fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err(format!(
+            "`{name}` is {} characters long; a DNS name has at most 253",
+            name.len()
+        ));
+    }
+    for label in name.split('.') {
+        let lower = label.to_ascii_lowercase();
+        check_dns_label(&lower).map_err(|e| {
+            if label.is_empty() {
+                format!("`{name}` has an empty label")
+            } else {
+                e
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// A name turned into a DNS label: lowercase, runs of other characters as `-`, at most 63.
+pub fn sanitize_label(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let mut out = out.trim_matches('-').to_owned();
+    out.truncate(63);
+    out.trim_end_matches('-').to_owned()
+}
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not an environment variable name (letters, digits and `_`, not starting with a digit)"
+        ))
+    }
+}
+
+/// A Docker volume or network name.
+pub fn check_engine_name(name: &str) -> Result<(), String> {
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid name (letters, digits, `_`, `.`, `-`, starting with a letter or digit)"
+        ))
+    }
+}
+
+pub const MOUNT_HELP: &str =
+    "allowed: workspace[:TARGET][:ro|rw], docker-socket[:ro|rw], volume:NAME:TARGET[:ro|rw]";
+
+/// The mount words: `workspace[:TARGET][:ro|rw]`, `docker-socket[:ro|rw]`,
+/// `volume:NAME:TARGET[:ro|rw]`. Raw host paths are refused.
+pub fn parse_mount(text: &str) -> Result<Mount, String> {
+    let mut parts: Vec<&str> = text.split(':').collect();
+    let read_only = match parts.last() {
+        Some(&"ro") if parts.len() > 1 => {
+            parts.pop();
+            Some(true)
+        }
+        Some(&"rw") if parts.len() > 1 => {
+            parts.pop();
+            Some(false)
+        }
+        _ => None,
+    };
+    let target = |t: &str| -> Result<String, String> {
+        if t.starts_with('/') && !t.contains("..") {
+            Ok(t.to_owned())
+        } else {
+            Err(format!(
+                "the target `{t}` in `{text}` must be an absolute path inside the container"
+            ))
+        }
+    };
+    match parts.as_slice() {
+        ["workspace"] => Ok(Mount::Workspace {
+            target: DEFAULT_WORKSPACE_TARGET.into(),
+            read_only: read_only.unwrap_or(false),
+        }),
+        ["workspace", t] => Ok(Mount::Workspace {
+            target: target(t)?,
+            read_only: read_only.unwrap_or(false),
+        }),
+        ["docker-socket"] => Ok(Mount::DockerSocket {
+            read_only: read_only.unwrap_or(false),
+        }),
+        ["volume", name, t] => {
+            check_engine_name(name).map_err(|e| format!("volume {e}"))?;
+            Ok(Mount::Volume {
+                name: (*name).to_owned(),
+                target: target(t)?,
+                read_only: read_only.unwrap_or(false),
+            })
+        }
+        [first, ..] if first.starts_with('/') || first.starts_with('.') || first.starts_with('~') => {
+            Err(format!(
+                "`{text}` is a host path; tether mounts only named things, never a raw host path"
+            ))
+        }
+        _ => Err(format!("`{text}` is not a mount word")),
+    }
+}
+
+/// Suggests the closest of `candidates` to `word`, if one is close enough to be a typo.
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = |t: &str| parse_duration(t).unwrap().as_millis();
+        assert_eq!(ok("500ms"), 500);
+        assert_eq!(ok("30s"), 30_000);
+        assert_eq!(ok("2m"), 120_000);
+        assert_eq!(ok("1h"), 3_600_000);
+        assert_eq!(ok("1.5s"), 1_500);
+        assert_eq!(ok("45"), 45_000);
+        assert_eq!(
+            parse_duration("0s").unwrap_err(),
+            "`0s` is zero; a duration must be at least 1ms"
+        );
+        assert_eq!(
+            parse_duration("-5s").unwrap_err(),
+            "`-5s` is negative; a duration must be positive"
+        );
+        assert_eq!(
+            parse_duration("soon").unwrap_err(),
+            "`soon` is not a duration (use 500ms, 30s, 2m, 1h or a number of seconds)"
+        );
+        for bad in ["", "s", "1.s", ".5s", "1..2s", "5 m", "1d", "1e3s", "1m30s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(parse_duration("99999999999999h").is_err());
+        assert!(duration_from_secs(-1.0, "-1").is_err());
+        assert!(duration_from_secs(0.0, "0").is_err());
+        assert_eq!(duration_from_secs(0.25, "0.25").unwrap().as_millis(), 250);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256m").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("512kb").unwrap(), 512 << 10);
+        assert!(parse_size("0m").is_err());
+        assert!(parse_size("-1g").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999t").is_err());
+    }
+
+    #[test]
+    fn labels() {
+        assert!(check_dns_label("cache-1").is_ok());
+        assert!(check_dns_label("Cache").is_err());
+        assert!(check_dns_label("-a").is_err());
+        assert!(check_dns_label(&"a".repeat(64)).is_err());
+        assert!(check_dns_name("db.internal").is_ok());
+        assert!(check_dns_name("db..internal").is_err());
+        assert!(check_dns_name(&format!("{}.x", "a".repeat(63))).is_ok());
+        assert!(check_dns_name(&["a"; 128].join(".")).is_err());
+        assert_eq!(sanitize_label("My_Project.v2"), "my-project-v2");
+        assert_eq!(sanitize_label("___"), "");
+        assert_eq!(sanitize_label(&"x".repeat(80)).len(), 63);
+    }
+
+    #[test]
+    fn mounts() {
+        assert_eq!(
+            parse_mount("workspace").unwrap(),
+            Mount::Workspace {
+                target: "/workspace".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(
+            parse_mount("workspace:/src:ro").unwrap(),
+            Mount::Workspace {
+                target: "/src".into(),
+                read_only: true
+            }
+        );
+        assert_eq!(
+            parse_mount("workspace:ro").unwrap(),
+            Mount::Workspace {
+                target: "/workspace".into(),
+                read_only: true
+            }
+        );
+        assert_eq!(
+            parse_mount("docker-socket:ro").unwrap(),
+            Mount::DockerSocket { read_only: true }
+        );
+        assert_eq!(
+            parse_mount("volume:cache-data:/data").unwrap(),
+            Mount::Volume {
+                name: "cache-data".into(),
+                target: "/data".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(
+            parse_mount("/etc:/etc").unwrap_err(),
+            "`/etc:/etc` is a host path; tether mounts only named things, never a raw host path"
+        );
+        assert!(parse_mount("workspace:src").is_err());
+        assert!(parse_mount("volume:x").is_err());
+        assert!(parse_mount("home").is_err());
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(did_you_mean("imag", &["image", "env"]), Some("image"));
+        assert_eq!(did_you_mean("lifecyle", &["lifecycle", "image"]), Some("lifecycle"));
+        assert_eq!(did_you_mean("zzzzzz", &["image", "env"]), None);
+    }
+}
