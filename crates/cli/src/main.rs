@@ -1,1 +1,250 @@
-fn main(){}
+//! The `tether` binary: arguments in, output out. Decisions live in the library crates.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tether_spec::{LoadError, Loaded};
+
+/// Exit codes, decided in one place (see README).
+mod exit {
+    pub const OK: u8 = 0;
+    /// A declaration or usage error.
+    pub const INVALID: u8 = 1;
+    /// An internal or engine error.
+    pub const INTERNAL: u8 = 2;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "Declare sidecars once; run them beside a workload, under one PID 1, or on a cluster",
+    after_help = "Examples:\n  tether check                      validate ./tether.yaml (or the nearest one above)\n  tether config --json              the resolved declaration, defaults filled in\n  tether plan -- docker run --rm app:dev pytest\n                                    what `tether run` would start, and the rewritten command\n  tether schema > tether.schema.json\n                                    a JSON Schema for editors"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct FileArg {
+    /// The declaration file [default: tether.yaml in this folder or the nearest parent]
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the declaration and report every problem with its file, line and column
+    #[command(after_help = "Examples:\n  tether check\n  tether check -f deploy/tether.yaml\n  tether check --json | jq '.[].message'\n\nExit status: 0 when valid, 1 with every problem listed.")]
+    Check {
+        #[command(flatten)]
+        file: FileArg,
+        /// Print problems as a JSON array on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the resolved declaration: defaults filled in, each sidecar with the file it came from
+    #[command(after_help = "Examples:\n  tether config\n  tether config --json | jq '.sidecars | keys'")]
+    Config {
+        #[command(flatten)]
+        file: FileArg,
+        /// Print JSON instead of YAML
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of tether.yaml, for editors
+    #[command(after_help = "Examples:\n  tether schema > .vscode/tether.schema.json\n\nIn VS Code with the YAML extension, add to tether.yaml:\n  # yaml-language-server: $schema=.vscode/tether.schema.json")]
+    Schema,
+    /// Show what `tether run` would start and the rewritten workload command, touching no engine
+    #[command(after_help = "Examples:\n  tether plan -- docker run --rm -it app:dev pytest -x\n  tether plan --session ci42 --json -- ./run-tests.sh\n\nWith no command after --, the declaration's `workload` (image and command) is used.")]
+    Plan {
+        #[command(flatten)]
+        file: FileArg,
+        /// The session id used in session sidecar names [default: a new random id]
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// Print the plan as JSON
+        #[arg(long)]
+        json: bool,
+        /// The workload: `docker run … IMAGE …`, or any command to run on this host
+        #[arg(last = true, value_name = "WORKLOAD")]
+        argv: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check { file, json } => check(&file, json),
+        Command::Config { file, json } => config(&file, json),
+        Command::Schema => {
+            print!("{}", tether_spec::SCHEMA);
+            exit::OK
+        }
+        Command::Plan {
+            file,
+            session,
+            json,
+            argv,
+        } => plan(&file, session, json, argv),
+    };
+    ExitCode::from(code)
+}
+
+fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Loads the declaration, or prints why not and returns the exit code.
+fn load(file: &FileArg, json: bool) -> Result<Loaded, u8> {
+    let path = match &file.file {
+        Some(p) => p.clone(),
+        None => {
+            let cwd = std::env::current_dir().map_err(|e| {
+                eprintln!("error: cannot read the current folder: {e}");
+                exit::INTERNAL
+            })?;
+            match tether_spec::find(&cwd) {
+                Ok(p) => relative_to(&p, &cwd),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("  = hint: create {}, or name one with -f FILE", tether_spec::FILE_NAME);
+                    return Err(exit::INVALID);
+                }
+            }
+        }
+    };
+    match tether_spec::load(&path) {
+        Ok(l) => Ok(l),
+        Err(LoadError::Invalid {
+            sources,
+            diagnostics,
+        }) => {
+            if json {
+                let list: Vec<_> = diagnostics.iter().map(|d| sources.to_json(d)).collect();
+                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+            } else {
+                eprint!("{}", sources.render_all(&diagnostics, color()));
+            }
+            Err(exit::INVALID)
+        }
+        Err(e @ (LoadError::Io { .. } | LoadError::NotFound { .. })) => {
+            eprintln!("error: {e}");
+            Err(exit::INVALID)
+        }
+    }
+}
+
+/// `p` relative to `base` when it is inside it, for shorter messages.
+fn relative_to(p: &Path, base: &Path) -> PathBuf {
+    p.strip_prefix(base).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn check(file: &FileArg, json: bool) -> u8 {
+    match load(file, json) {
+        Ok(l) => {
+            let d = &l.declaration;
+            if json {
+                println!("[]");
+            } else {
+                let steps = d.init.as_ref().map_or(0, |i| i.steps.len());
+                let daemons = d.init.as_ref().map_or(0, |i| i.daemons.len());
+                eprintln!(
+                    "{}: valid (project {}, {} sidecar{}, {} step{}, {} daemon{})",
+                    d.file,
+                    d.project,
+                    d.sidecars.len(),
+                    plural(d.sidecars.len()),
+                    steps,
+                    plural(steps),
+                    daemons,
+                    plural(daemons)
+                );
+            }
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn config(file: &FileArg, json: bool) -> u8 {
+    let loaded = match load(file, false) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let value = match serde_json::to_value(&loaded.declaration) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: cannot serialise the declaration: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    } else {
+        print!("{}", tether_spec::emit::to_yaml(&value));
+    }
+    exit::OK
+}
+
+fn plan(file: &FileArg, session: Option<String>, json: bool, mut argv: Vec<String>) -> u8 {
+    let loaded = match load(file, false) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let decl = &loaded.declaration;
+    if argv.is_empty() {
+        match decl.workload.as_ref().and_then(|w| w.image.clone().map(|i| (i, w))) {
+            Some((image, w)) => {
+                argv = vec!["docker".into(), "run".into(), "--rm".into(), image];
+                argv.extend(w.command.clone().unwrap_or_default());
+            }
+            None => {
+                eprintln!("error: no workload: give its command after `--`, or declare `workload.image`");
+                eprintln!("  = hint: tether plan -- docker run --rm IMAGE [ARGS]");
+                return exit::INVALID;
+            }
+        }
+    }
+    let session = session.unwrap_or_else(new_session_id);
+    if let Err(e) = tether_spec::values::check_dns_label(&session) {
+        eprintln!("error: --session: {e}");
+        return exit::INVALID;
+    }
+    match tether_plan::plan(decl, &session, &argv) {
+        Ok(p) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+            } else {
+                print!("{}", p.render_text());
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::INVALID
+        }
+    }
+}
+
+/// Eight hex digits from the clock and the process id: unique enough to tell sessions apart.
+fn new_session_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("s{:08x}", h.finish() as u32)
+}

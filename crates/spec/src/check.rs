@@ -73,6 +73,15 @@ impl Ctx<'_> {
             .with_label(format!("expected {expected}"));
     }
 
+    /// A section that resolved to nothing must have said why; if it did not, that is a bug in
+    /// tether, reported rather than silently dropping the section.
+    pub fn ensure<T>(&mut self, before: usize, path: &str, span: Span, r: Option<T>) -> Option<T> {
+        if r.is_none() && self.diags.len() == before {
+            self.error(path, span, "could not be resolved (this is a bug in tether; please report it)");
+        }
+        r
+    }
+
     /// Opens a mapping and reports each key that is not in `allowed`.
     pub fn fields<'n>(
         &mut self,

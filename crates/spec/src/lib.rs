@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod diag;
+pub mod emit;
 pub mod model;
 pub mod validate;
 pub mod values;
@@ -23,6 +24,9 @@ pub use model::Declaration;
 use model::{Condition, NetworkMode, Origin, RestartPolicy};
 use validate::SidecarAt;
 use yaml::Value;
+
+/// The JSON Schema of `tether.yaml`, for editors (`tether schema`).
+pub const SCHEMA: &str = include_str!("../schema.json");
 
 /// The declaration file tether looks for.
 pub const FILE_NAME: &str = "tether.yaml";
@@ -202,6 +206,7 @@ pub fn load_texts(
             );
             continue;
         }
+        top.declared.push(name.clone());
         if let Some(s) = validate::sidecar(&mut cx, &name, &tree, at, origin) {
             sidecars.push(SidecarAt {
                 sidecar: s,
@@ -214,6 +219,7 @@ pub fn load_texts(
     cross_check(&mut diags, &sources, &sidecars, &top);
 
     if !diags.is_empty() {
+        diags.sort_by_key(|d| (d.file, d.span.map(|s| s.start.offset)));
         return Err(LoadError::Invalid {
             sources,
             diagnostics: diags,
@@ -253,6 +259,8 @@ pub fn load_texts(
 #[derive(Default)]
 struct Top {
     file: FileId,
+    /// Every sidecar name written in the main file, valid or not.
+    declared: Vec<String>,
     project: Option<String>,
     env_prefix: Option<String>,
     workload: Option<(model::Workload, Option<(String, Span)>)>,
@@ -305,6 +313,7 @@ fn top_level(
         match &n.value {
             Value::Map(entries) => {
                 for (k, v) in entries {
+                    top.declared.push(k.name.clone());
                     let origin = Origin {
                         file: file_name.to_owned(),
                         line: k.span.start.line,
@@ -370,8 +379,9 @@ fn cross_check(diags: &mut Vec<Diagnostic>, sources: &Sources, sidecars: &[Sidec
         && w.network_mode == NetworkMode::SharedNamespace
     {
         match sidecars.iter().find(|s| &s.sidecar.name == name) {
+            None if top.declared.contains(name) => {}
             None => {
-                let names: Vec<&str> = sidecars.iter().map(|s| s.sidecar.name.as_str()).collect();
+                let names: Vec<&str> = top.declared.iter().map(String::as_str).collect();
                 let mut d = Diagnostic::new(format!("no sidecar is named `{name}`"))
                     .path("workload.sidecar")
                     .at(*span)
@@ -401,12 +411,16 @@ fn cross_check(diags: &mut Vec<Diagnostic>, sources: &Sources, sidecars: &[Sidec
 
 fn check_dependencies(diags: &mut Vec<Diagnostic>, file: FileId, init: &validate::InitAt) {
     let daemons = &init.init.daemons;
-    let names: Vec<&str> = daemons.keys().map(String::as_str).collect();
+    let names: Vec<&str> = init.declared.iter().map(String::as_str).collect();
     let mut graph: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, d) in daemons {
         for (dep, cond) in &d.depends_on {
             let span = init.depends_spans[&(name.clone(), dep.clone())];
             let path = format!("init.daemons.{name}.depends_on.{dep}");
+            if !daemons.contains_key(dep) && init.declared.contains(dep) {
+                // Declared but invalid: already reported.
+                continue;
+            }
             let Some(target) = daemons.get(dep) else {
                 let mut diag = Diagnostic::new(format!("no daemon is named `{dep}`"))
                     .path(path)

@@ -113,7 +113,7 @@ pub fn sidecar(
         .and_then(|n| interface(cx, n, &f));
     let aliases = aliases(cx, &f, interface.as_ref());
     let readiness = readiness(cx, &f, interface.as_ref());
-    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or_default();
+    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or(Some(Default::default()));
     let secrets = secrets(cx, &f);
     let mounts = mounts(cx, &f, lifecycle);
     let networks = networks(cx, &f);
@@ -124,7 +124,7 @@ pub fn sidecar(
     if cx.diags.len() != before || !name_ok {
         return None;
     }
-    Some(Sidecar {
+    let built = (|| Some(Sidecar {
         name: name.to_owned(),
         origin,
         image: image?,
@@ -141,7 +141,8 @@ pub fn sidecar(
         mounts: mounts?,
         networks: networks?,
         resources: resources.unwrap_or_default(),
-    })
+    }))();
+    cx.ensure(before, &path, name_span, built)
 }
 
 fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Interface> {
@@ -288,7 +289,7 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
         },
     };
     let mode = match r.get("mode") {
-        Some(n) => cx.choice(n, &r.at("mode"), &modes, "a readiness mode")?,
+        Some(n) => cx.choice(n, &r.at("mode"), &modes, "a readiness mode").unwrap_or("?"),
         None => match (has_port, interface) {
             (Some(true), _) => "tcp",
             (Some(false), Some(i)) => {
@@ -296,7 +297,8 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
                     .with_hint("add `readiness: { mode: exec, command: [...] }`, `mode: healthcheck`, `mode: log` or `mode: none`");
                 return None;
             }
-            _ => return None,
+            // The interface itself is broken (already reported): check the rest anyway.
+            _ => "?",
         },
     };
     if matches!(mode, "tcp" | "http")
@@ -310,7 +312,8 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
     let applies: &[(&str, &[&str])] = &[("path", &["http"]), ("command", &["exec", "healthcheck"]), ("pattern", &["log"])];
     let mut ok = true;
     for (field, modes_for) in applies {
-        if let Some(k) = r.key(field)
+        if mode != "?"
+            && let Some(k) = r.key(field)
             && !modes_for.contains(&mode)
         {
             cx.error(&r.at(field), k.span, format!("`{field}` does not apply to readiness mode `{mode}`"))
@@ -346,7 +349,8 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
             .require(&r, "pattern", "a regular expression matched against each line the sidecar prints")
             .and_then(|n| regex(cx, n, &r.at("pattern")))
             .map(|pattern| Probe::Log { pattern }),
-        _ => Some(Probe::None),
+        "none" => Some(Probe::None),
+        _ => None,
     };
     let timeout = r.get("timeout").map(|n| cx.duration(n, &r.at("timeout"))).unwrap_or(Some(DEFAULT_TIMEOUT));
     let interval = r.get("interval").map(|n| cx.duration(n, &r.at("interval"))).unwrap_or(Some(DEFAULT_INTERVAL));
@@ -539,7 +543,7 @@ pub fn workload(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<(Workload,
     let f = cx.fields(node, "workload", owner, WORKLOAD_FIELDS, "the workload")?;
     let image = f.get("image").and_then(|n| cx.nonempty_string(n, &f.at("image")));
     let command = f.get("command").and_then(|n| cx.string_list(n, &f.at("command")));
-    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or_default();
+    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or(Some(Default::default()));
     let mode = match f.get("network_mode") {
         Some(n) => cx
             .choice(n, &f.at("network_mode"), &["network", "shared-namespace"], "a network mode")
@@ -584,6 +588,8 @@ pub fn workload(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<(Workload,
 pub struct InitAt {
     pub init: Init,
     pub depends_spans: IndexMap<(String, String), Span>,
+    /// Every daemon name declared, including daemons that did not validate.
+    pub declared: Vec<String>,
 }
 
 pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
@@ -591,6 +597,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let before = cx.diags.len();
     let mut names: IndexMap<String, Span> = IndexMap::new();
     let mut depends_spans = IndexMap::new();
+    let mut declared = Vec::new();
 
     let mut steps = Vec::new();
     if let Some(n) = f.get("steps")
@@ -617,6 +624,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
                         continue;
                     }
                     names.insert(k.name.clone(), k.span);
+                    declared.push(k.name.clone());
                     if let Some(d) = daemon(cx, &k.name, v, k.span, &mut depends_spans) {
                         daemons.insert(k.name.clone(), d);
                     }
@@ -713,21 +721,22 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
         }
         None => Some(Logs { prefix: "[{name}] ".to_owned(), timestamps: false, format: LogFormat::Text }),
     };
-    if cx.diags.len() != before {
-        return None;
-    }
-    Some(InitAt {
+    // Daemons that validated are kept even when other parts failed, so that the dependency
+    // checks still run and every problem is reported together.
+    let built = Some(InitAt {
         init: Init {
             steps,
             daemons,
-            select_env: select_env?,
+            select_env: select_env.unwrap_or_else(|| "TETHER_DAEMONS".to_owned()),
             health,
-            shutdown: shutdown?,
+            shutdown: shutdown.unwrap_or(Shutdown { grace: Duration::from_secs(8), order: ShutdownOrder::ReverseDependency }),
             notify,
-            logs: logs?,
+            logs: logs.unwrap_or(Logs { prefix: "[{name}] ".to_owned(), timestamps: false, format: LogFormat::Text }),
         },
         depends_spans,
-    })
+        declared,
+    });
+    cx.ensure(before, "init", owner, built)
 }
 
 fn listen_address(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
@@ -767,6 +776,7 @@ fn http_url(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
 
 fn step(cx: &mut Ctx<'_>, node: &Node, path: &str, names: &mut IndexMap<String, Span>) -> Option<Step> {
     let f = cx.fields(node, path, node.span, STEP_FIELDS, "a step")?;
+    let before = cx.diags.len();
     let name = cx.require(&f, "name", "a DNS label naming the step in logs").and_then(|n| {
         let s = cx.string(n, &f.at("name"))?;
         if !cx.dns_label(&s, &f.at("name"), n.span) {
@@ -786,10 +796,10 @@ fn step(cx: &mut Ctx<'_>, node: &Node, path: &str, names: &mut IndexMap<String, 
         Some(n) => Some(Some(cx.duration(n, &f.at("timeout"))?)),
         None => Some(None),
     };
-    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or_default();
+    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or(Some(Default::default()));
     let workdir = f.get("workdir").and_then(|n| absolute_path(cx, n, &f.at("workdir")));
     let user = f.get("user").and_then(|n| user(cx, n, &f.at("user")));
-    Some(Step {
+    let built = (|| Some(Step {
         name: name?,
         command: command?,
         fatal: fatal?,
@@ -797,7 +807,8 @@ fn step(cx: &mut Ctx<'_>, node: &Node, path: &str, names: &mut IndexMap<String, 
         env: env?,
         workdir,
         user,
-    })
+    }))();
+    cx.ensure(before, path, node.span, built)
 }
 
 fn user(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
@@ -824,7 +835,7 @@ fn daemon(
     let f = cx.fields(node, &path, name_span, DAEMON_FIELDS, "a daemon")?;
     let before = cx.diags.len();
     let command = cx.require(&f, "command", "the program to run, as a list: [program, arg, ...]").and_then(|n| cx.command(n, &f.at("command")));
-    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or_default();
+    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or(Some(Default::default()));
     let workdir = f.get("workdir").and_then(|n| absolute_path(cx, n, &f.at("workdir")));
     let user = f.get("user").and_then(|n| user(cx, n, &f.at("user")));
     let mut depends_on = IndexMap::new();
@@ -951,7 +962,7 @@ fn daemon(
     if cx.diags.len() != before {
         return None;
     }
-    Some(Daemon {
+    let built = (|| Some(Daemon {
         name: name.to_owned(),
         command: command?,
         env: env?,
@@ -965,7 +976,8 @@ fn daemon(
         stop: stop?,
         success_codes: success_codes?,
         log_files: log_files?,
-    })
+    }))();
+    cx.ensure(before, &path, name_span, built)
 }
 
 pub fn default_restart() -> Restart {
