@@ -283,7 +283,12 @@ fn top_level(
     };
     match f.get("version") {
         Some(n) => {
-            cx.int_in(n, "version", 1, 1);
+            if let Some(v) = cx.int_in(n, "version", 1, i64::MAX)
+                && v != 1
+            {
+                cx.error("version", n.span, format!("version {v} is not supported"))
+                    .with_label("this tether reads version 1");
+            }
         }
         None => {
             cx.error("version", start, "`version` is required")

@@ -374,7 +374,9 @@ fn regex(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
     match regex::Regex::new(&s) {
         Ok(_) => Some(s),
         Err(e) => {
-            let first = e.to_string().lines().last().unwrap_or("invalid").trim().to_owned();
+            let text = e.to_string();
+            let last = text.lines().last().unwrap_or("invalid").trim();
+            let first = last.strip_prefix("error: ").unwrap_or(last).to_owned();
             cx.error(path, node.span, format!("`{s}` is not a valid regular expression: {first}"));
             None
         }
