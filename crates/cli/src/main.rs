@@ -39,7 +39,9 @@ struct FileArg {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the declaration and report every problem with its file, line and column
-    #[command(after_help = "Examples:\n  tether check\n  tether check -f deploy/tether.yaml\n  tether check --json | jq '.[].message'\n\nExit status: 0 when valid, 1 with every problem listed.")]
+    #[command(
+        after_help = "Examples:\n  tether check\n  tether check -f deploy/tether.yaml\n  tether check --json | jq '.[].message'\n\nExit status: 0 when valid, 1 with every problem listed."
+    )]
     Check {
         #[command(flatten)]
         file: FileArg,
@@ -48,7 +50,9 @@ enum Command {
         json: bool,
     },
     /// Print the resolved declaration: defaults filled in, each sidecar with the file it came from
-    #[command(after_help = "Examples:\n  tether config\n  tether config --json | jq '.sidecars | keys'")]
+    #[command(
+        after_help = "Examples:\n  tether config\n  tether config --json | jq '.sidecars | keys'"
+    )]
     Config {
         #[command(flatten)]
         file: FileArg,
@@ -57,10 +61,14 @@ enum Command {
         json: bool,
     },
     /// Print the JSON Schema of tether.yaml, for editors
-    #[command(after_help = "Examples:\n  tether schema > .vscode/tether.schema.json\n\nIn VS Code with the YAML extension, add to tether.yaml:\n  # yaml-language-server: $schema=.vscode/tether.schema.json")]
+    #[command(
+        after_help = "Examples:\n  tether schema > .vscode/tether.schema.json\n\nIn VS Code with the YAML extension, add to tether.yaml:\n  # yaml-language-server: $schema=.vscode/tether.schema.json"
+    )]
     Schema,
     /// Show what `tether run` would start and the rewritten workload command, touching no engine
-    #[command(after_help = "Examples:\n  tether plan -- docker run --rm -it app:dev pytest -x\n  tether plan --session ci42 --json -- ./run-tests.sh\n\nWith no command after --, the declaration's `workload` (image and command) is used.")]
+    #[command(
+        after_help = "Examples:\n  tether plan -- docker run --rm -it app:dev pytest -x\n  tether plan --session ci42 --json -- ./run-tests.sh\n\nWith no command after --, the declaration's `workload` (image and command) is used."
+    )]
     Plan {
         #[command(flatten)]
         file: FileArg,
@@ -112,7 +120,10 @@ fn load(file: &FileArg, json: bool) -> Result<Loaded, u8> {
                 Ok(p) => relative_to(&p, &cwd),
                 Err(e) => {
                     eprintln!("error: {e}");
-                    eprintln!("  = hint: create {}, or name one with -f FILE", tether_spec::FILE_NAME);
+                    eprintln!(
+                        "  = hint: create {}, or name one with -f FILE",
+                        tether_spec::FILE_NAME
+                    );
                     return Err(exit::INVALID);
                 }
             }
@@ -126,7 +137,10 @@ fn load(file: &FileArg, json: bool) -> Result<Loaded, u8> {
         }) => {
             if json {
                 let list: Vec<_> = diagnostics.iter().map(|d| sources.to_json(d)).collect();
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
             } else {
                 eprint!("{}", sources.render_all(&diagnostics, color()));
             }
@@ -141,7 +155,9 @@ fn load(file: &FileArg, json: bool) -> Result<Loaded, u8> {
 
 /// `p` relative to `base` when it is inside it, for shorter messages.
 fn relative_to(p: &Path, base: &Path) -> PathBuf {
-    p.strip_prefix(base).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+    p.strip_prefix(base)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn check(file: &FileArg, json: bool) -> u8 {
@@ -188,7 +204,10 @@ fn config(file: &FileArg, json: bool) -> u8 {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
     } else {
         print!("{}", tether_spec::emit::to_yaml(&value));
     }
@@ -202,13 +221,19 @@ fn plan(file: &FileArg, session: Option<String>, json: bool, mut argv: Vec<Strin
     };
     let decl = &loaded.declaration;
     if argv.is_empty() {
-        match decl.workload.as_ref().and_then(|w| w.image.clone().map(|i| (i, w))) {
+        match decl
+            .workload
+            .as_ref()
+            .and_then(|w| w.image.clone().map(|i| (i, w)))
+        {
             Some((image, w)) => {
                 argv = vec!["docker".into(), "run".into(), "--rm".into(), image];
                 argv.extend(w.command.clone().unwrap_or_default());
             }
             None => {
-                eprintln!("error: no workload: give its command after `--`, or declare `workload.image`");
+                eprintln!(
+                    "error: no workload: give its command after `--`, or declare `workload.image`"
+                );
                 eprintln!("  = hint: tether plan -- docker run --rm IMAGE [ARGS]");
                 return exit::INVALID;
             }

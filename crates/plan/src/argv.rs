@@ -29,7 +29,10 @@ pub enum ArgvError {
     /// An option that takes a value came last.
     MissingValue(String),
     /// The user chose a network that conflicts with the one tether must use.
-    NetworkConflict { given: String, needed: String },
+    NetworkConflict {
+        given: String,
+        needed: String,
+    },
 }
 
 impl fmt::Display for ArgvError {
@@ -100,7 +103,10 @@ pub fn classify(argv: &[String]) -> Result<WorkloadArgv, ArgvError> {
         }
         i += 1;
     }
-    let run = match (argv.get(i).map(String::as_str), argv.get(i + 1).map(String::as_str)) {
+    let run = match (
+        argv.get(i).map(String::as_str),
+        argv.get(i + 1).map(String::as_str),
+    ) {
         (Some("run"), _) => i,
         (Some("container"), Some("run")) => i + 1,
         _ => return Ok(WorkloadArgv::HostProcess),
@@ -177,7 +183,10 @@ pub struct Injection {
 
 impl Injection {
     pub fn is_empty(&self) -> bool {
-        self.network.is_none() && self.labels.is_empty() && self.env.is_empty() && self.volumes.is_empty()
+        self.network.is_none()
+            && self.labels.is_empty()
+            && self.env.is_empty()
+            && self.volumes.is_empty()
     }
 }
 
@@ -242,14 +251,38 @@ mod tests {
 
     #[test]
     fn finds_the_image_past_every_kind_of_option() {
-        assert_eq!(image_of("docker run alpine echo hi").as_deref(), Some("alpine"));
-        assert_eq!(image_of("docker run --rm -it alpine sh").as_deref(), Some("alpine"));
-        assert_eq!(image_of("docker run -e A=1 -v x:/y --name w img").as_deref(), Some("img"));
-        assert_eq!(image_of("docker run -itd -p 80:80 img").as_deref(), Some("img"));
-        assert_eq!(image_of("docker run -itp 80:80 img").as_deref(), Some("img"));
-        assert_eq!(image_of("docker run --rm=false --env=A=1 img x").as_deref(), Some("img"));
-        assert_eq!(image_of("/usr/bin/docker -H unix:///x.sock container run img").as_deref(), Some("img"));
-        assert_eq!(image_of("podman --remote run --replace img").as_deref(), Some("img"));
+        assert_eq!(
+            image_of("docker run alpine echo hi").as_deref(),
+            Some("alpine")
+        );
+        assert_eq!(
+            image_of("docker run --rm -it alpine sh").as_deref(),
+            Some("alpine")
+        );
+        assert_eq!(
+            image_of("docker run -e A=1 -v x:/y --name w img").as_deref(),
+            Some("img")
+        );
+        assert_eq!(
+            image_of("docker run -itd -p 80:80 img").as_deref(),
+            Some("img")
+        );
+        assert_eq!(
+            image_of("docker run -itp 80:80 img").as_deref(),
+            Some("img")
+        );
+        assert_eq!(
+            image_of("docker run --rm=false --env=A=1 img x").as_deref(),
+            Some("img")
+        );
+        assert_eq!(
+            image_of("/usr/bin/docker -H unix:///x.sock container run img").as_deref(),
+            Some("img")
+        );
+        assert_eq!(
+            image_of("podman --remote run --replace img").as_deref(),
+            Some("img")
+        );
         assert_eq!(image_of("docker run -- img --rm").as_deref(), Some("img"));
         assert_eq!(image_of("pytest -x tests"), None);
         assert_eq!(image_of("docker ps"), None);

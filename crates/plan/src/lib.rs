@@ -57,7 +57,10 @@ fn join_name(parts: &[&str]) -> String {
 
 /// `<PREFIX>_<NAME>`: the name upper-cased with `-` as `_`.
 pub fn env_stem(prefix: &str, sidecar: &str) -> String {
-    format!("{prefix}_{}", sidecar.to_ascii_uppercase().replace('-', "_"))
+    format!(
+        "{prefix}_{}",
+        sidecar.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 /// The SHA-256 of the sidecar's canonical form. The engine's image ID is added by the launcher so a
@@ -162,12 +165,18 @@ impl ReadinessPlan {
                 self.port.unwrap_or(0),
                 self.path.as_deref().unwrap_or("/")
             ),
-            "exec" => format!("exec {}", shell_words(self.command.as_deref().unwrap_or(&[]))),
+            "exec" => format!(
+                "exec {}",
+                shell_words(self.command.as_deref().unwrap_or(&[]))
+            ),
             "healthcheck" => match &self.command {
                 Some(c) => format!("healthcheck {}", shell_words(c)),
                 None => "the image's healthcheck".to_owned(),
             },
-            "log" => format!("log line matching /{}/", self.pattern.as_deref().unwrap_or("")),
+            "log" => format!(
+                "log line matching /{}/",
+                self.pattern.as_deref().unwrap_or("")
+            ),
             _ => return "none (ready once started)".to_owned(),
         };
         let mut s = format!("{what}, timeout {}, every {}", self.timeout, self.interval);
@@ -272,7 +281,10 @@ pub enum WorkloadTarget {
 pub enum EnvValue {
     Literal(String),
     /// The host port the engine published for this sidecar's container port.
-    PublishedPort { sidecar: String, port: u16 },
+    PublishedPort {
+        sidecar: String,
+        port: u16,
+    },
     /// `http://127.0.0.1:<published>/path`.
     PublishedUrl {
         sidecar: String,
@@ -479,7 +491,10 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
                     Some(ns) => {
                         let s = &decl.sidecars[ns];
                         let session_part = (s.lifecycle == Lifecycle::Session).then_some(session);
-                        format!("container:{}", container_name(&decl.project, ns, session_part))
+                        format!(
+                            "container:{}",
+                            container_name(&decl.project, ns, session_part)
+                        )
                     }
                     None => network.clone(),
                 });
@@ -489,13 +504,12 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
                     (LABEL_SESSION.to_owned(), session.to_owned()),
                 ];
             }
-            injection.env = env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.display()))
-                .collect();
+            injection.env = env.iter().map(|(k, v)| (k.clone(), v.display())).collect();
             injection.volumes = volumes.clone();
             if let Some(m) = &mcp {
-                injection.volumes.push(format!("<mcp.json>:{}:ro", m.target));
+                injection
+                    .volumes
+                    .push(format!("<mcp.json>:{}:ro", m.target));
             }
             argv::inject(argv, &injection).map_err(PlanError::Argv)?
         }
@@ -570,7 +584,9 @@ fn container_plan(
     let readiness = ReadinessPlan::resolve(s);
     let healthcheck = match &s.readiness.probe {
         Probe::Healthcheck { command: Some(c) } => Some(HealthcheckPlan {
-            test: std::iter::once("CMD".to_owned()).chain(c.iter().cloned()).collect(),
+            test: std::iter::once("CMD".to_owned())
+                .chain(c.iter().cloned())
+                .collect(),
             interval: s.readiness.interval,
             timeout: s.readiness.interval.max(Duration::from_secs(1)),
             start_period: s.readiness.start_period,
@@ -617,7 +633,8 @@ impl Plan {
             "workload: {}",
             match self.target {
                 WorkloadTarget::Container => "a container",
-                WorkloadTarget::HostProcess => "a process on this host (sidecar ports published on 127.0.0.1)",
+                WorkloadTarget::HostProcess =>
+                    "a process on this host (sidecar ports published on 127.0.0.1)",
             }
         );
         if self.sidecars.is_empty() {
@@ -639,16 +656,34 @@ impl Plan {
                 let _ = writeln!(out, "  aliases    {}", c.aliases.join(", "));
             }
             if !c.publish.is_empty() {
-                let ports: Vec<String> = c.publish.iter().map(|p| format!("127.0.0.1:<free>->{p}")).collect();
+                let ports: Vec<String> = c
+                    .publish
+                    .iter()
+                    .map(|p| format!("127.0.0.1:<free>->{p}"))
+                    .collect();
                 let _ = writeln!(out, "  publish    {}", ports.join(", "));
             }
             for m in &c.mounts {
                 let m = match m {
-                    MountPlan::Bind { source, target, read_only } => {
-                        format!("{source} -> {target}{}", if *read_only { " (ro)" } else { "" })
+                    MountPlan::Bind {
+                        source,
+                        target,
+                        read_only,
+                    } => {
+                        format!(
+                            "{source} -> {target}{}",
+                            if *read_only { " (ro)" } else { "" }
+                        )
                     }
-                    MountPlan::Volume { name, target, read_only } => {
-                        format!("volume {name} -> {target}{}", if *read_only { " (ro)" } else { "" })
+                    MountPlan::Volume {
+                        name,
+                        target,
+                        read_only,
+                    } => {
+                        format!(
+                            "volume {name} -> {target}{}",
+                            if *read_only { " (ro)" } else { "" }
+                        )
                     }
                     MountPlan::Tmpfs { target } => format!("tmpfs -> {target}"),
                 };

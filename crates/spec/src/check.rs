@@ -69,15 +69,23 @@ impl Ctx<'_> {
 
     fn wrong_type(&mut self, path: &str, node: &Node, expected: &str) {
         let found = node.kind_name();
-        self.error(path, node.span, format!("expected {expected}, found {found}"))
-            .with_label(format!("expected {expected}"));
+        self.error(
+            path,
+            node.span,
+            format!("expected {expected}, found {found}"),
+        )
+        .with_label(format!("expected {expected}"));
     }
 
     /// A section that resolved to nothing must have said why; if it did not, that is a bug in
     /// tether, reported rather than silently dropping the section.
     pub fn ensure<T>(&mut self, before: usize, path: &str, span: Span, r: Option<T>) -> Option<T> {
         if r.is_none() && self.diags.len() == before {
-            self.error(path, span, "could not be resolved (this is a bug in tether; please report it)");
+            self.error(
+                path,
+                span,
+                "could not be resolved (this is a bug in tether; please report it)",
+            );
         }
         r
     }
@@ -115,7 +123,9 @@ impl Ctx<'_> {
                 .with_label("unknown field");
             match values::did_you_mean(&key.name, allowed) {
                 Some(s) => d.hints.push(format!("did you mean `{s}`?")),
-                None => d.hints.push(format!("allowed fields: {}", allowed.join(", "))),
+                None => d
+                    .hints
+                    .push(format!("allowed fields: {}", allowed.join(", "))),
             }
         }
         Some(Fields {
@@ -253,6 +263,23 @@ impl Ctx<'_> {
         None
     }
 
+    /// An optional field that is one of `options`, each naming its value; `default` when absent.
+    pub fn pick<T: Copy>(
+        &mut self,
+        f: &Fields<'_>,
+        name: &str,
+        options: &[(&str, T)],
+        default: T,
+        what: &str,
+    ) -> Option<T> {
+        let Some(node) = f.get(name) else {
+            return Some(default);
+        };
+        let words: Vec<&str> = options.iter().map(|(w, _)| *w).collect();
+        let word = self.choice(node, &f.at(name), &words, what)?;
+        options.iter().find(|(w, _)| *w == word).map(|(_, v)| *v)
+    }
+
     pub fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
         let result = match &node.value {
             Value::Scalar(s) => match s.typed() {
@@ -319,15 +346,19 @@ impl Ctx<'_> {
         let items = match &node.value {
             Value::Seq(items) => items,
             Value::Scalar(s) if matches!(s.typed(), Typed::Str(_)) => {
-                self.error(path, node.span, "expected a list of strings, found a string")
-                    .with_hint(format!(
-                        "write it as a list, for example [{}]",
-                        s.text
-                            .split_whitespace()
-                            .map(|w| format!("{w:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
+                self.error(
+                    path,
+                    node.span,
+                    "expected a list of strings, found a string",
+                )
+                .with_hint(format!(
+                    "write it as a list, for example [{}]",
+                    s.text
+                        .split_whitespace()
+                        .map(|w| format!("{w:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
                 return None;
             }
             _ => {
@@ -350,8 +381,12 @@ impl Ctx<'_> {
     pub fn command(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
         let cmd = self.string_list(node, path)?;
         if cmd.is_empty() || cmd[0].is_empty() {
-            self.error(path, node.span, "a command needs at least the program to run")
-                .with_label("empty command");
+            self.error(
+                path,
+                node.span,
+                "a command needs at least the program to run",
+            )
+            .with_label("empty command");
             return None;
         }
         Some(cmd)

@@ -91,9 +91,11 @@ pub fn string(s: &str) -> String {
         "", "~", "null", "true", "false", "yes", "no", "on", "off", "y", "n",
     ];
     let plain = !RESERVED.contains(&s.to_ascii_lowercase().as_str())
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '/' || c == '_')
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./@".contains(c) )
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '/' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./@".contains(c))
         && s.parse::<f64>().is_err();
     if plain {
         s.to_owned()

@@ -44,7 +44,10 @@ pub struct Loaded {
 pub enum LoadError {
     /// No `tether.yaml` in the folder or any parent.
     NotFound { start: PathBuf },
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// The declaration has problems; nothing may be started.
     Invalid {
         sources: Sources,
@@ -115,10 +118,7 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.is_file()
-                    && matches!(
-                        p.extension().and_then(|e| e.to_str()),
-                        Some("yaml" | "yml")
-                    )
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
             })
             .collect();
         files.sort();
@@ -196,7 +196,10 @@ pub fn load_texts(
             cx.diags.push(
                 Diagnostic::new(format!(
                     "sidecar `{name}` is declared twice: in {} and in this file",
-                    sources.get(prev.file).map(|f| f.name.as_str()).unwrap_or("?")
+                    sources
+                        .get(prev.file)
+                        .map(|f| f.name.as_str())
+                        .unwrap_or("?")
                 ))
                 .path(format!("sidecars.{name}"))
                 .at(at)
@@ -310,8 +313,12 @@ fn top_level(
         if ok {
             top.env_prefix = Some(p);
         } else {
-            cx.error("env_prefix", n.span, format!("`{p}` is not an environment prefix"))
-                .with_label("uppercase letters, digits and `_`, starting with a letter");
+            cx.error(
+                "env_prefix",
+                n.span,
+                format!("`{p}` is not an environment prefix"),
+            )
+            .with_label("uppercase letters, digits and `_`, starting with a letter");
         }
     }
     if let Some(n) = f.get("sidecars") {
@@ -336,7 +343,10 @@ fn top_level(
                 cx.error(
                     "sidecars",
                     n.span,
-                    format!("expected a mapping of name: sidecar, found {}", n.kind_name()),
+                    format!(
+                        "expected a mapping of name: sidecar, found {}",
+                        n.kind_name()
+                    ),
                 );
             }
         }
@@ -399,10 +409,12 @@ fn cross_check(diags: &mut Vec<Diagnostic>, sources: &Sources, sidecars: &[Sidec
                 diags.push(d);
             }
             Some(s) if s.sidecar.disable => diags.push(
-                Diagnostic::new(format!("sidecar `{name}` is disabled, so its namespace cannot be joined"))
-                    .path("workload.sidecar")
-                    .at(*span)
-                    .in_file(top.file),
+                Diagnostic::new(format!(
+                    "sidecar `{name}` is disabled, so its namespace cannot be joined"
+                ))
+                .path("workload.sidecar")
+                .at(*span)
+                .in_file(top.file),
             ),
             Some(_) => {}
         }
@@ -432,7 +444,9 @@ fn check_dependencies(diags: &mut Vec<Diagnostic>, file: FileId, init: &validate
                     .at(span)
                     .in_file(file);
                 if init.init.steps.iter().any(|s| &s.name == dep) {
-                    diag.hints.push(format!("`{dep}` is a step; steps all finish before any daemon starts"));
+                    diag.hints.push(format!(
+                        "`{dep}` is a step; steps all finish before any daemon starts"
+                    ));
                 } else if let Some(s) = values::did_you_mean(dep, &names) {
                     diag.hints.push(format!("did you mean `{s}`?"));
                 } else {
@@ -460,17 +474,23 @@ fn check_dependencies(diags: &mut Vec<Diagnostic>, file: FileId, init: &validate
         let second = cycle[1];
         let span = init.depends_spans[&(first.to_owned(), second.to_owned())];
         diags.push(
-            Diagnostic::new(format!("daemons depend on each other in a cycle: {}", cycle.join(" -> ")))
-                .path(format!("init.daemons.{first}.depends_on"))
-                .at(span)
-                .in_file(file)
-                .hint("remove one of these dependencies"),
+            Diagnostic::new(format!(
+                "daemons depend on each other in a cycle: {}",
+                cycle.join(" -> ")
+            ))
+            .path(format!("init.daemons.{first}.depends_on"))
+            .at(span)
+            .in_file(file)
+            .hint("remove one of these dependencies"),
         );
     }
 }
 
 /// The first dependency cycle in declaration order, as `a, b, ..., a`.
-fn find_cycle<'a>(names: &[&'a str], graph: &BTreeMap<&'a str, Vec<&'a str>>) -> Option<Vec<&'a str>> {
+fn find_cycle<'a>(
+    names: &[&'a str],
+    graph: &BTreeMap<&'a str, Vec<&'a str>>,
+) -> Option<Vec<&'a str>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,

@@ -26,11 +26,11 @@ impl fmt::Display for Duration {
     /// The shortest exact form: `500ms`, `30s`, `2m`, `1h`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
-        } else if ms % 3_600_000 == 0 {
+        } else if ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 {
+        } else if ms.is_multiple_of(60_000) {
             write!(f, "{}m", ms / 60_000)
         } else {
             write!(f, "{}s", ms / 1000)
@@ -348,10 +348,19 @@ pub struct Daemon {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "mode", rename_all = "kebab-case")]
 pub enum Check {
-    Tcp { host: String, port: u16 },
-    Http { url: String },
-    Exec { command: Vec<String> },
-    Log { pattern: String },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Http {
+        url: String,
+    },
+    Exec {
+        command: Vec<String>,
+    },
+    Log {
+        pattern: String,
+    },
     /// The daemon reports readiness itself: a line on `NOTIFY_FD` or `READY=1` on `NOTIFY_SOCKET`.
     Notify,
     None,
@@ -459,6 +468,8 @@ pub const SIGNALS: &[(&str, i32)] = &[
     ("SIGIO", 29),
     ("SIGPWR", 30),
     ("SIGSYS", 31),
+    ("SIGIOT", 6),
+    ("SIGPOLL", 29),
 ];
 
 impl Signal {

@@ -8,7 +8,14 @@ use crate::model::*;
 use crate::values;
 use crate::yaml::{Node, Value};
 
-pub const TOP_FIELDS: &[&str] = &["version", "project", "env_prefix", "sidecars", "workload", "init"];
+pub const TOP_FIELDS: &[&str] = &[
+    "version",
+    "project",
+    "env_prefix",
+    "sidecars",
+    "workload",
+    "init",
+];
 pub const SIDECAR_FIELDS: &[&str] = &[
     "image",
     "entrypoint",
@@ -25,13 +32,39 @@ pub const SIDECAR_FIELDS: &[&str] = &[
     "networks",
     "resources",
 ];
-pub const INTERFACE_FIELDS: &[&str] = &["kind", "port", "name", "path", "transport", "volume", "mountpoint"];
-pub const READINESS_FIELDS: &[&str] = &["mode", "path", "command", "pattern", "timeout", "interval", "start_period"];
+pub const INTERFACE_FIELDS: &[&str] = &[
+    "kind",
+    "port",
+    "name",
+    "path",
+    "transport",
+    "volume",
+    "mountpoint",
+];
+pub const READINESS_FIELDS: &[&str] = &[
+    "mode",
+    "path",
+    "command",
+    "pattern",
+    "timeout",
+    "interval",
+    "start_period",
+];
 pub const SECRET_FIELDS: &[&str] = &["name", "from"];
 pub const RESOURCES_FIELDS: &[&str] = &["memory", "cpus", "gpus"];
 pub const WORKLOAD_FIELDS: &[&str] = &["image", "command", "env", "network_mode", "sidecar"];
-pub const INIT_FIELDS: &[&str] = &["steps", "daemons", "select_env", "health", "shutdown", "notify", "logs"];
-pub const STEP_FIELDS: &[&str] = &["name", "command", "fatal", "timeout", "env", "workdir", "user"];
+pub const INIT_FIELDS: &[&str] = &[
+    "steps",
+    "daemons",
+    "select_env",
+    "health",
+    "shutdown",
+    "notify",
+    "logs",
+];
+pub const STEP_FIELDS: &[&str] = &[
+    "name", "command", "fatal", "timeout", "env", "workdir", "user",
+];
 pub const DAEMON_FIELDS: &[&str] = &[
     "command",
     "env",
@@ -46,7 +79,9 @@ pub const DAEMON_FIELDS: &[&str] = &[
     "success_codes",
     "log_files",
 ];
-pub const CHECK_FIELDS: &[&str] = &["mode", "host", "port", "url", "command", "pattern", "timeout", "interval"];
+pub const CHECK_FIELDS: &[&str] = &[
+    "mode", "host", "port", "url", "command", "pattern", "timeout", "interval",
+];
 pub const LIVENESS_FIELDS: &[&str] = &[
     "mode",
     "host",
@@ -93,9 +128,15 @@ pub fn sidecar(
     let image = cx
         .require(&f, "image", "the image to run, for example `redis:7`")
         .and_then(|n| cx.nonempty_string(n, &f.at("image")));
-    let entrypoint = f.get("entrypoint").and_then(|n| cx.command(n, &f.at("entrypoint")));
-    let command = f.get("command").and_then(|n| cx.string_list(n, &f.at("command")));
-    let description = f.get("description").and_then(|n| cx.string(n, &f.at("description")));
+    let entrypoint = f
+        .get("entrypoint")
+        .and_then(|n| cx.command(n, &f.at("entrypoint")));
+    let command = f
+        .get("command")
+        .and_then(|n| cx.string_list(n, &f.at("command")));
+    let description = f
+        .get("description")
+        .and_then(|n| cx.string(n, &f.at("description")));
     let disable = f
         .get("disable")
         .map(|n| cx.bool(n, &f.at("disable")).unwrap_or(false))
@@ -107,47 +148,70 @@ pub fn sidecar(
             "`shared` (one container reused across runs) or `session` (one per run)",
         )
         .and_then(|n| cx.choice(n, &f.at("lifecycle"), &["shared", "session"], "a lifecycle"))
-        .map(|l| if l == "shared" { Lifecycle::Shared } else { Lifecycle::Session });
+        .map(|l| {
+            if l == "shared" {
+                Lifecycle::Shared
+            } else {
+                Lifecycle::Session
+            }
+        });
     let interface = cx
-        .require(&f, "interface", "`kind` is one of port, mcp, volume, none, for example `{ kind: port, port: 6379 }`")
+        .require(
+            &f,
+            "interface",
+            "`kind` is one of port, mcp, volume, none, for example `{ kind: port, port: 6379 }`",
+        )
         .and_then(|n| interface(cx, n, &f));
     let aliases = aliases(cx, &f, interface.as_ref());
     let readiness = readiness(cx, &f, interface.as_ref());
-    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or(Some(Default::default()));
+    let env = f
+        .get("env")
+        .map(|n| cx.env(n, &f.at("env")))
+        .unwrap_or(Some(Default::default()));
     let secrets = secrets(cx, &f);
     let mounts = mounts(cx, &f, lifecycle);
     let networks = networks(cx, &f);
-    let resources = f
-        .get("resources")
-        .and_then(|n| resources(cx, n, &f.at("resources"), f.key("resources").map(|k| k.span).unwrap_or(f.span)));
+    let resources = f.get("resources").and_then(|n| {
+        resources(
+            cx,
+            n,
+            &f.at("resources"),
+            f.key("resources").map(|k| k.span).unwrap_or(f.span),
+        )
+    });
 
     if cx.diags.len() != before || !name_ok {
         return None;
     }
-    let built = (|| Some(Sidecar {
-        name: name.to_owned(),
-        origin,
-        image: image?,
-        entrypoint,
-        command,
-        description,
-        disable,
-        lifecycle: lifecycle?,
-        interface: interface?,
-        aliases: aliases?,
-        readiness: readiness?,
-        env: env?,
-        secrets: secrets?,
-        mounts: mounts?,
-        networks: networks?,
-        resources: resources.unwrap_or_default(),
-    }))();
+    let built = (|| {
+        Some(Sidecar {
+            name: name.to_owned(),
+            origin,
+            image: image?,
+            entrypoint,
+            command,
+            description,
+            disable,
+            lifecycle: lifecycle?,
+            interface: interface?,
+            aliases: aliases?,
+            readiness: readiness?,
+            env: env?,
+            secrets: secrets?,
+            mounts: mounts?,
+            networks: networks?,
+            resources: resources.unwrap_or_default(),
+        })
+    })();
     cx.ensure(before, &path, name_span, built)
 }
 
 fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Interface> {
     let path = parent.at("interface");
-    let owner = parent.key("interface").map(|k| k.span).unwrap_or(parent.span);
+    let owner = parent
+        .key("interface")
+        .map(|k| k.span)
+        .unwrap_or(parent.span);
     let f = cx.fields(node, &path, owner, INTERFACE_FIELDS, "an interface")?;
     let kinds = ["port", "mcp", "volume", "none"];
     let kind = cx
@@ -162,8 +226,15 @@ fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Inter
     let mut ok = true;
     for (k, _) in f.entries {
         if INTERFACE_FIELDS.contains(&k.name.as_str()) && !allowed.contains(&k.name.as_str()) {
-            cx.error(&f.at(&k.name), k.span, format!("`{}` does not apply to an interface of kind `{kind}`", k.name))
-                .with_hint(format!("kind `{kind}` takes: {}", allowed.join(", ")));
+            cx.error(
+                &f.at(&k.name),
+                k.span,
+                format!(
+                    "`{}` does not apply to an interface of kind `{kind}`",
+                    k.name
+                ),
+            )
+            .with_hint(format!("kind `{kind}` takes: {}", allowed.join(", ")));
             ok = false;
         }
     }
@@ -179,10 +250,21 @@ fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Inter
                 .require(&f, "port", "the port the MCP server listens on, 1 to 65535")
                 .and_then(|n| cx.port(n, &f.at("port")));
             let name = cx
-                .require(&f, "name", "the MCP server's name, also its DNS name on the network")
+                .require(
+                    &f,
+                    "name",
+                    "the MCP server's name, also its DNS name on the network",
+                )
                 .and_then(|n| {
                     let s = cx.string(n, &f.at("name"))?;
-                    cx.dns_label(&s, &f.at("name"), n.span).then_some(s)
+                    match values::check_dns_name(&s) {
+                        Ok(()) => Some(s),
+                        Err(e) => {
+                            cx.error(&f.at("name"), n.span, e)
+                                .with_label("not a DNS name");
+                            None
+                        }
+                    }
                 });
             let path = match f.get("path") {
                 Some(n) => cx.string(n, &f.at("path")).and_then(|p| {
@@ -196,7 +278,14 @@ fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Inter
                 None => Some("/mcp".to_owned()),
             };
             let transport = match f.get("transport") {
-                Some(n) => cx.choice(n, &f.at("transport"), &["http"], "a supported MCP transport").map(str::to_owned),
+                Some(n) => cx
+                    .choice(
+                        n,
+                        &f.at("transport"),
+                        &["http"],
+                        "a supported MCP transport",
+                    )
+                    .map(str::to_owned),
                 None => Some("http".to_owned()),
             };
             Interface::Mcp {
@@ -208,7 +297,11 @@ fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Inter
         }
         "volume" => {
             let volume = cx
-                .require(&f, "volume", "the name of the volume shared with the workload")
+                .require(
+                    &f,
+                    "volume",
+                    "the name of the volume shared with the workload",
+                )
                 .and_then(|n| {
                     let s = cx.string(n, &f.at("volume"))?;
                     match values::check_engine_name(&s) {
@@ -220,7 +313,11 @@ fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Inter
                     }
                 });
             let mountpoint = cx
-                .require(&f, "mountpoint", "an absolute path inside the containers, for example `/data`")
+                .require(
+                    &f,
+                    "mountpoint",
+                    "an absolute path inside the containers, for example `/data`",
+                )
                 .and_then(|n| absolute_path(cx, n, &f.at("mountpoint")));
             Interface::Volume {
                 volume: volume?,
@@ -249,8 +346,15 @@ fn aliases(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) -> O
     };
     let path = f.at("aliases");
     if let Some(i @ (Interface::Volume { .. } | Interface::None)) = interface {
-        cx.error(&path, f.key("aliases").map(|k| k.span).unwrap_or(node.span), format!("aliases do not apply to an interface of kind `{}`", i.kind()))
-            .with_hint("only `port` and `mcp` sidecars are reachable by name");
+        cx.error(
+            &path,
+            f.key("aliases").map(|k| k.span).unwrap_or(node.span),
+            format!(
+                "aliases do not apply to an interface of kind `{}`",
+                i.kind()
+            ),
+        )
+        .with_hint("only `port` and `mcp` sidecars are reachable by name");
         return None;
     }
     let items = cx.seq(node, &path)?;
@@ -289,7 +393,9 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
         },
     };
     let mode = match r.get("mode") {
-        Some(n) => cx.choice(n, &r.at("mode"), &modes, "a readiness mode").unwrap_or("?"),
+        Some(n) => cx
+            .choice(n, &r.at("mode"), &modes, "a readiness mode")
+            .unwrap_or("?"),
         None => match (has_port, interface) {
             (Some(true), _) => "tcp",
             (Some(false), Some(i)) => {
@@ -309,15 +415,23 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
             .with_hint("use `exec`, `healthcheck`, `log` or `none`, or give the sidecar a `port` or `mcp` interface");
         return None;
     }
-    let applies: &[(&str, &[&str])] = &[("path", &["http"]), ("command", &["exec", "healthcheck"]), ("pattern", &["log"])];
+    let applies: &[(&str, &[&str])] = &[
+        ("path", &["http"]),
+        ("command", &["exec", "healthcheck"]),
+        ("pattern", &["log"]),
+    ];
     let mut ok = true;
     for (field, modes_for) in applies {
         if mode != "?"
             && let Some(k) = r.key(field)
             && !modes_for.contains(&mode)
         {
-            cx.error(&r.at(field), k.span, format!("`{field}` does not apply to readiness mode `{mode}`"))
-                .with_hint(format!("`{field}` is used by mode {}", one_of(modes_for)));
+            cx.error(
+                &r.at(field),
+                k.span,
+                format!("`{field}` does not apply to readiness mode `{mode}`"),
+            )
+            .with_hint(format!("`{field}` is used by mode {}", one_of(modes_for)));
             ok = false;
         }
     }
@@ -338,22 +452,38 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
             p.map(|path| Probe::Http { path })
         }
         "exec" => cx
-            .require(&r, "command", "the command run inside the sidecar; exit 0 means ready")
+            .require(
+                &r,
+                "command",
+                "the command run inside the sidecar; exit 0 means ready",
+            )
             .and_then(|n| cx.command(n, &r.at("command")))
             .map(|command| Probe::Exec { command }),
         "healthcheck" => match r.get("command") {
-            Some(n) => cx.command(n, &r.at("command")).map(|c| Probe::Healthcheck { command: Some(c) }),
+            Some(n) => cx
+                .command(n, &r.at("command"))
+                .map(|c| Probe::Healthcheck { command: Some(c) }),
             None => Some(Probe::Healthcheck { command: None }),
         },
         "log" => cx
-            .require(&r, "pattern", "a regular expression matched against each line the sidecar prints")
+            .require(
+                &r,
+                "pattern",
+                "a regular expression matched against each line the sidecar prints",
+            )
             .and_then(|n| regex(cx, n, &r.at("pattern")))
             .map(|pattern| Probe::Log { pattern }),
         "none" => Some(Probe::None),
         _ => None,
     };
-    let timeout = r.get("timeout").map(|n| cx.duration(n, &r.at("timeout"))).unwrap_or(Some(DEFAULT_TIMEOUT));
-    let interval = r.get("interval").map(|n| cx.duration(n, &r.at("interval"))).unwrap_or(Some(DEFAULT_INTERVAL));
+    let timeout = r
+        .get("timeout")
+        .map(|n| cx.duration(n, &r.at("timeout")))
+        .unwrap_or(Some(DEFAULT_TIMEOUT));
+    let interval = r
+        .get("interval")
+        .map(|n| cx.duration(n, &r.at("interval")))
+        .unwrap_or(Some(DEFAULT_INTERVAL));
     let start_period = match r.get("start_period") {
         Some(n) => Some(Some(cx.duration(n, &r.at("start_period"))?)),
         None => Some(None),
@@ -377,7 +507,11 @@ fn regex(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
             let text = e.to_string();
             let last = text.lines().last().unwrap_or("invalid").trim();
             let first = last.strip_prefix("error: ").unwrap_or(last).to_owned();
-            cx.error(path, node.span, format!("`{s}` is not a valid regular expression: {first}"));
+            cx.error(
+                path,
+                node.span,
+                format!("`{s}` is not a valid regular expression: {first}"),
+            );
             None
         }
     }
@@ -393,7 +527,13 @@ fn secrets(cx: &mut Ctx<'_>, f: &Fields<'_>) -> Option<Vec<Secret>> {
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
         let p = format!("{path}[{i}]");
-        let Some(s) = cx.fields(item, &p, item.span, SECRET_FIELDS, "a secret") else {
+        let Some(s) = cx.fields(
+            item,
+            &p,
+            Span::point(item.span.start),
+            SECRET_FIELDS,
+            "a secret",
+        ) else {
             ok = false;
             continue;
         };
@@ -402,14 +542,19 @@ fn secrets(cx: &mut Ctx<'_>, f: &Fields<'_>) -> Option<Vec<Secret>> {
             .and_then(|n| {
                 let v = cx.string(n, &s.at("name"))?;
                 let valid = v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-                    && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
                 if !valid {
                     cx.error(&s.at("name"), n.span, format!("`{v}` is not a secret name"))
                         .with_label("letters, digits, `.`, `_` and `-`");
                     return None;
                 }
                 if let Some(prev) = out.iter().find(|x| x.name == v) {
-                    cx.error(&s.at("name"), n.span, format!("secret `{}` is declared twice", prev.name));
+                    cx.error(
+                        &s.at("name"),
+                        n.span,
+                        format!("secret `{}` is declared twice", prev.name),
+                    );
                     return None;
                 }
                 Some(v)
@@ -482,7 +627,9 @@ fn networks(cx: &mut Ctx<'_>, f: &Fields<'_>) -> Option<Vec<String>> {
     let path = f.at("networks");
     let items = cx.string_list(node, &path)?;
     let mut ok = true;
-    let Value::Seq(nodes) = &node.value else { return None };
+    let Value::Seq(nodes) = &node.value else {
+        return None;
+    };
     for (i, (name, n)) in items.iter().zip(nodes).enumerate() {
         if let Err(e) = values::check_engine_name(name) {
             cx.error(&format!("{path}[{i}]"), n.span, format!("network {e}"));
@@ -502,8 +649,12 @@ fn resources(cx: &mut Ctx<'_>, node: &Node, path: &str, owner: Span) -> Option<R
         Some(n) => {
             let v = cx.number(n, &f.at("cpus"))?;
             if v <= 0.0 || !v.is_finite() {
-                cx.error(&f.at("cpus"), n.span, format!("{v} is not a positive number of CPUs"))
-                    .with_label("for example 0.5 or 2");
+                cx.error(
+                    &f.at("cpus"),
+                    n.span,
+                    format!("{v} is not a positive number of CPUs"),
+                )
+                .with_label("for example 0.5 or 2");
                 return None;
             }
             Some(v)
@@ -522,7 +673,9 @@ fn gpus(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Gpus> {
     if let Value::Scalar(s) = &node.value
         && let crate::yaml::Typed::Int(_) = s.typed()
     {
-        return cx.int_in(node, path, 1, 1024).map(|n| Gpus::Count(n as u32));
+        return cx
+            .int_in(node, path, 1, 1024)
+            .map(|n| Gpus::Count(n as u32));
     }
     let s = cx.string(node, path)?;
     if s == "all" {
@@ -534,24 +687,40 @@ fn gpus(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Gpus> {
             return Some(Gpus::Devices(ids));
         }
     }
-    cx.error(path, node.span, format!("`{s}` is not a GPU request")).with_label(HELP);
+    cx.error(path, node.span, format!("`{s}` is not a GPU request"))
+        .with_label(HELP);
     None
 }
 
 // ---------------------------------------------------------------------------------------------
 // workload
 
-pub fn workload(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<(Workload, Option<(String, Span)>)> {
+pub fn workload(
+    cx: &mut Ctx<'_>,
+    node: &Node,
+    owner: Span,
+) -> Option<(Workload, Option<(String, Span)>)> {
     let f = cx.fields(node, "workload", owner, WORKLOAD_FIELDS, "the workload")?;
-    let image = f.get("image").and_then(|n| cx.nonempty_string(n, &f.at("image")));
-    let command = f.get("command").and_then(|n| cx.string_list(n, &f.at("command")));
-    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or(Some(Default::default()));
-    let mode = match f.get("network_mode") {
-        Some(n) => cx
-            .choice(n, &f.at("network_mode"), &["network", "shared-namespace"], "a network mode")
-            .map(|m| if m == "network" { NetworkMode::Network } else { NetworkMode::SharedNamespace }),
-        None => Some(NetworkMode::Network),
-    };
+    let image = f
+        .get("image")
+        .and_then(|n| cx.nonempty_string(n, &f.at("image")));
+    let command = f
+        .get("command")
+        .and_then(|n| cx.string_list(n, &f.at("command")));
+    let env = f
+        .get("env")
+        .map(|n| cx.env(n, &f.at("env")))
+        .unwrap_or(Some(Default::default()));
+    let mode = cx.pick(
+        &f,
+        "network_mode",
+        &[
+            ("network", NetworkMode::Network),
+            ("shared-namespace", NetworkMode::SharedNamespace),
+        ],
+        NetworkMode::Network,
+        "a network mode",
+    );
     let sidecar = match f.get("sidecar") {
         Some(n) => cx.string(n, &f.at("sidecar")).map(|s| Some((s, n.span))),
         None => Some(None),
@@ -565,8 +734,12 @@ pub fn workload(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<(Workload,
             return None;
         }
         (NetworkMode::Network, Some((_, span))) => {
-            cx.error(&f.at("sidecar"), *span, "`sidecar` only applies with `network_mode: shared-namespace`")
-                .with_hint("with `network_mode: network` the workload reaches every sidecar by name");
+            cx.error(
+                &f.at("sidecar"),
+                *span,
+                "`sidecar` only applies with `network_mode: shared-namespace`",
+            )
+            .with_hint("with `network_mode: network` the workload reaches every sidecar by name");
             return None;
         }
         _ => {}
@@ -621,8 +794,12 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
                         continue;
                     }
                     if let Some(prev) = names.get(&k.name) {
-                        cx.error(&path, k.span, format!("`{}` is already the name of a step", k.name))
-                            .with_also(*prev, "step named here");
+                        cx.error(
+                            &path,
+                            k.span,
+                            format!("`{}` is already the name of a step", k.name),
+                        )
+                        .with_also(*prev, "step named here");
                         continue;
                     }
                     names.insert(k.name.clone(), k.span);
@@ -633,7 +810,14 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
                 }
             }
             _ => {
-                cx.error("init.daemons", n.span, format!("expected a mapping of name: daemon, found {}", n.kind_name()));
+                cx.error(
+                    "init.daemons",
+                    n.span,
+                    format!(
+                        "expected a mapping of name: daemon, found {}",
+                        n.kind_name()
+                    ),
+                );
             }
         }
     }
@@ -642,13 +826,15 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
             .with_hint("add `daemons:` (long-running processes) or `steps:` (one-shot commands)");
     }
     let select_env = match f.get("select_env") {
-        Some(n) => cx.string(n, "init.select_env").and_then(|s| match values::check_env_name(&s) {
-            Ok(()) => Some(s),
-            Err(e) => {
-                cx.error("init.select_env", n.span, e);
-                None
-            }
-        }),
+        Some(n) => cx
+            .string(n, "init.select_env")
+            .and_then(|s| match values::check_env_name(&s) {
+                Ok(()) => Some(s),
+                Err(e) => {
+                    cx.error("init.select_env", n.span, e);
+                    None
+                }
+            }),
         None => Some("TETHER_DAEMONS".to_owned()),
     };
     let health = match f.get("health") {
@@ -664,18 +850,32 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let shutdown = match f.get("shutdown") {
         Some(n) => {
             let owner = f.key("shutdown").map(|k| k.span).unwrap_or(owner);
-            cx.fields(n, "init.shutdown", owner, SHUTDOWN_FIELDS, "shutdown").and_then(|s| {
-                let grace = s.get("grace").map(|n| cx.duration(n, "init.shutdown.grace")).unwrap_or(Some(Duration::from_secs(8)));
-                let order = match s.get("order") {
-                    Some(n) => cx
-                        .choice(n, "init.shutdown.order", &["reverse-dependency", "parallel"], "a shutdown order")
-                        .map(|o| if o == "parallel" { ShutdownOrder::Parallel } else { ShutdownOrder::ReverseDependency }),
-                    None => Some(ShutdownOrder::ReverseDependency),
-                };
-                Some(Shutdown { grace: grace?, order: order? })
-            })
+            cx.fields(n, "init.shutdown", owner, SHUTDOWN_FIELDS, "shutdown")
+                .and_then(|s| {
+                    let grace = s
+                        .get("grace")
+                        .map(|n| cx.duration(n, "init.shutdown.grace"))
+                        .unwrap_or(Some(Duration::from_secs(8)));
+                    let order = cx.pick(
+                        &s,
+                        "order",
+                        &[
+                            ("reverse-dependency", ShutdownOrder::ReverseDependency),
+                            ("parallel", ShutdownOrder::Parallel),
+                        ],
+                        ShutdownOrder::ReverseDependency,
+                        "a shutdown order",
+                    );
+                    Some(Shutdown {
+                        grace: grace?,
+                        order: order?,
+                    })
+                })
         }
-        None => Some(Shutdown { grace: Duration::from_secs(8), order: ShutdownOrder::ReverseDependency }),
+        None => Some(Shutdown {
+            grace: Duration::from_secs(8),
+            order: ShutdownOrder::ReverseDependency,
+        }),
     };
     let notify = match f.get("notify") {
         Some(n) => {
@@ -712,16 +912,21 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
                     None => Some("[{name}] ".to_owned()),
                 };
                 let timestamps = l.get("timestamps").map(|n| cx.bool(n, "init.logs.timestamps")).unwrap_or(Some(false));
-                let format = match l.get("format") {
-                    Some(n) => cx
-                        .choice(n, "init.logs.format", &["text", "json"], "a log format")
-                        .map(|x| if x == "json" { LogFormat::Json } else { LogFormat::Text }),
-                    None => Some(LogFormat::Text),
-                };
+                let format = cx.pick(
+                    &l,
+                    "format",
+                    &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+                    LogFormat::Text,
+                    "a log format",
+                );
                 Some(Logs { prefix: prefix?, timestamps: timestamps?, format: format? })
             })
         }
-        None => Some(Logs { prefix: "[{name}] ".to_owned(), timestamps: false, format: LogFormat::Text }),
+        None => Some(Logs {
+            prefix: "[{name}] ".to_owned(),
+            timestamps: false,
+            format: LogFormat::Text,
+        }),
     };
     // Daemons that validated are kept even when other parts failed, so that the dependency
     // checks still run and every problem is reported together.
@@ -731,9 +936,16 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
             daemons,
             select_env: select_env.unwrap_or_else(|| "TETHER_DAEMONS".to_owned()),
             health,
-            shutdown: shutdown.unwrap_or(Shutdown { grace: Duration::from_secs(8), order: ShutdownOrder::ReverseDependency }),
+            shutdown: shutdown.unwrap_or(Shutdown {
+                grace: Duration::from_secs(8),
+                order: ShutdownOrder::ReverseDependency,
+            }),
             notify,
-            logs: logs.unwrap_or(Logs { prefix: "[{name}] ".to_owned(), timestamps: false, format: LogFormat::Text }),
+            logs: logs.unwrap_or(Logs {
+                prefix: "[{name}] ".to_owned(),
+                timestamps: false,
+                format: LogFormat::Text,
+            }),
         },
         depends_spans,
         declared,
@@ -750,7 +962,11 @@ fn listen_address(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
     let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
     let host_ok = host.is_empty()
         || host.parse::<std::net::IpAddr>().is_ok()
-        || (host.starts_with('[') && host.ends_with(']') && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok())
+        || (host.starts_with('[')
+            && host.ends_with(']')
+            && host[1..host.len() - 1]
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok())
         || values::check_dns_name(&host.to_ascii_lowercase()).is_ok();
     if !port_ok || !host_ok {
         cx.error(path, node.span, format!("`{s}` is not a listen address"))
@@ -765,51 +981,90 @@ fn listen_address(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
 
 fn http_url(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
     let s = cx.string(node, path)?;
-    let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"));
     match rest {
         Some(r) if !r.is_empty() && !r.starts_with('/') => Some(s),
         _ => {
-            cx.error(path, node.span, format!("`{s}` is not an http:// or https:// URL"))
-                .with_label("for example `http://127.0.0.1:8080/ready`");
+            cx.error(
+                path,
+                node.span,
+                format!("`{s}` is not an http:// or https:// URL"),
+            )
+            .with_label("for example `http://127.0.0.1:8080/ready`");
             None
         }
     }
 }
 
-fn step(cx: &mut Ctx<'_>, node: &Node, path: &str, names: &mut IndexMap<String, Span>) -> Option<Step> {
-    let f = cx.fields(node, path, node.span, STEP_FIELDS, "a step")?;
+fn step(
+    cx: &mut Ctx<'_>,
+    node: &Node,
+    path: &str,
+    names: &mut IndexMap<String, Span>,
+) -> Option<Step> {
+    let f = cx.fields(
+        node,
+        path,
+        Span::point(node.span.start),
+        STEP_FIELDS,
+        "a step",
+    )?;
     let before = cx.diags.len();
-    let name = cx.require(&f, "name", "a DNS label naming the step in logs").and_then(|n| {
-        let s = cx.string(n, &f.at("name"))?;
-        if !cx.dns_label(&s, &f.at("name"), n.span) {
-            return None;
-        }
-        if let Some(prev) = names.get(&s) {
-            cx.error(&f.at("name"), n.span, format!("the name `{s}` is used twice"))
+    let name = cx
+        .require(&f, "name", "a DNS label naming the step in logs")
+        .and_then(|n| {
+            let s = cx.string(n, &f.at("name"))?;
+            if !cx.dns_label(&s, &f.at("name"), n.span) {
+                return None;
+            }
+            if let Some(prev) = names.get(&s) {
+                cx.error(
+                    &f.at("name"),
+                    n.span,
+                    format!("the name `{s}` is used twice"),
+                )
                 .with_also(*prev, "first used here");
-            return None;
-        }
-        names.insert(s.clone(), n.span);
-        Some(s)
-    });
-    let command = cx.require(&f, "command", "the command to run, as a list: [program, arg, ...]").and_then(|n| cx.command(n, &f.at("command")));
-    let fatal = f.get("fatal").map(|n| cx.bool(n, &f.at("fatal"))).unwrap_or(Some(true));
+                return None;
+            }
+            names.insert(s.clone(), n.span);
+            Some(s)
+        });
+    let command = cx
+        .require(
+            &f,
+            "command",
+            "the command to run, as a list: [program, arg, ...]",
+        )
+        .and_then(|n| cx.command(n, &f.at("command")));
+    let fatal = f
+        .get("fatal")
+        .map(|n| cx.bool(n, &f.at("fatal")))
+        .unwrap_or(Some(true));
     let timeout = match f.get("timeout") {
         Some(n) => Some(Some(cx.duration(n, &f.at("timeout"))?)),
         None => Some(None),
     };
-    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or(Some(Default::default()));
-    let workdir = f.get("workdir").and_then(|n| absolute_path(cx, n, &f.at("workdir")));
+    let env = f
+        .get("env")
+        .map(|n| cx.env(n, &f.at("env")))
+        .unwrap_or(Some(Default::default()));
+    let workdir = f
+        .get("workdir")
+        .and_then(|n| absolute_path(cx, n, &f.at("workdir")));
     let user = f.get("user").and_then(|n| user(cx, n, &f.at("user")));
-    let built = (|| Some(Step {
-        name: name?,
-        command: command?,
-        fatal: fatal?,
-        timeout: timeout?,
-        env: env?,
-        workdir,
-        user,
-    }))();
+    let built = (|| {
+        Some(Step {
+            name: name?,
+            command: command?,
+            fatal: fatal?,
+            timeout: timeout?,
+            env: env?,
+            workdir,
+            user,
+        })
+    })();
     cx.ensure(before, path, node.span, built)
 }
 
@@ -817,7 +1072,11 @@ fn user(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
     let s = cx.text(node, path)?;
     let ok = !s.is_empty()
         && s.split(':').count() <= 2
-        && s.split(':').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')));
+        && s.split(':').all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        });
     if !ok {
         cx.error(path, node.span, format!("`{s}` is not a user"))
             .with_label("expected USER, UID, USER:GROUP or UID:GID");
@@ -836,9 +1095,20 @@ fn daemon(
     let path = format!("init.daemons.{name}");
     let f = cx.fields(node, &path, name_span, DAEMON_FIELDS, "a daemon")?;
     let before = cx.diags.len();
-    let command = cx.require(&f, "command", "the program to run, as a list: [program, arg, ...]").and_then(|n| cx.command(n, &f.at("command")));
-    let env = f.get("env").map(|n| cx.env(n, &f.at("env"))).unwrap_or(Some(Default::default()));
-    let workdir = f.get("workdir").and_then(|n| absolute_path(cx, n, &f.at("workdir")));
+    let command = cx
+        .require(
+            &f,
+            "command",
+            "the program to run, as a list: [program, arg, ...]",
+        )
+        .and_then(|n| cx.command(n, &f.at("command")));
+    let env = f
+        .get("env")
+        .map(|n| cx.env(n, &f.at("env")))
+        .unwrap_or(Some(Default::default()));
+    let workdir = f
+        .get("workdir")
+        .and_then(|n| absolute_path(cx, n, &f.at("workdir")));
     let user = f.get("user").and_then(|n| user(cx, n, &f.at("user")));
     let mut depends_on = IndexMap::new();
     if let Some(n) = f.get("depends_on") {
@@ -854,7 +1124,12 @@ fn daemon(
             }
             Value::Map(entries) => {
                 for (k, v) in entries {
-                    let c = cx.choice(v, &join(&p, &k.name), &["started", "ready", "completed"], "a dependency condition");
+                    let c = cx.choice(
+                        v,
+                        &join(&p, &k.name),
+                        &["started", "ready", "completed"],
+                        "a dependency condition",
+                    );
                     if let Some(c) = c {
                         depends_spans.insert((name.to_owned(), k.name.clone()), k.span);
                         depends_on.insert(
@@ -869,84 +1144,140 @@ fn daemon(
                 }
             }
             _ => {
-                cx.error(&p, n.span, format!("expected a list of daemon names, or name: condition, found {}", n.kind_name()));
+                cx.error(
+                    &p,
+                    n.span,
+                    format!(
+                        "expected a list of daemon names, or name: condition, found {}",
+                        n.kind_name()
+                    ),
+                );
             }
         }
     }
     let readiness = match f.get("readiness") {
         Some(n) => {
             let owner = f.key("readiness").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("readiness"), owner, CHECK_FIELDS, "readiness").and_then(|r| {
-                let check = check(cx, &r, &["tcp", "http", "exec", "log", "notify", "none"], owner)?;
-                let timeout = r.get("timeout").map(|n| cx.duration(n, &r.at("timeout"))).unwrap_or(Some(DEFAULT_TIMEOUT))?;
-                let interval = r.get("interval").map(|n| cx.duration(n, &r.at("interval"))).unwrap_or(Some(DEFAULT_INTERVAL))?;
-                Some(DaemonReadiness { check, timeout, interval })
-            })
+            cx.fields(n, &f.at("readiness"), owner, CHECK_FIELDS, "readiness")
+                .and_then(|r| {
+                    let check = check(
+                        cx,
+                        &r,
+                        &["tcp", "http", "exec", "log", "notify", "none"],
+                        owner,
+                    )?;
+                    let timeout = r
+                        .get("timeout")
+                        .map(|n| cx.duration(n, &r.at("timeout")))
+                        .unwrap_or(Some(DEFAULT_TIMEOUT))?;
+                    let interval = r
+                        .get("interval")
+                        .map(|n| cx.duration(n, &r.at("interval")))
+                        .unwrap_or(Some(DEFAULT_INTERVAL))?;
+                    Some(DaemonReadiness {
+                        check,
+                        timeout,
+                        interval,
+                    })
+                })
         }
-        None => Some(DaemonReadiness { check: Check::None, timeout: DEFAULT_TIMEOUT, interval: DEFAULT_INTERVAL }),
+        None => Some(DaemonReadiness {
+            check: Check::None,
+            timeout: DEFAULT_TIMEOUT,
+            interval: DEFAULT_INTERVAL,
+        }),
     };
     let liveness = match f.get("liveness") {
         Some(n) => {
             let owner = f.key("liveness").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("liveness"), owner, LIVENESS_FIELDS, "liveness").and_then(|r| {
-                let check = check(cx, &r, &["tcp", "http", "exec"], owner)?;
-                let interval = r.get("interval").map(|n| cx.duration(n, &r.at("interval"))).unwrap_or(Some(Duration::from_secs(10)))?;
-                let timeout = r.get("timeout").map(|n| cx.duration(n, &r.at("timeout"))).unwrap_or(Some(Duration::from_secs(5)))?;
-                let failure_threshold = r
-                    .get("failure_threshold")
-                    .map(|n| cx.int_in(n, &r.at("failure_threshold"), 1, 1000))
-                    .unwrap_or(Some(3))? as u32;
-                Some(Some(Liveness { check, interval, timeout, failure_threshold }))
-            })
+            cx.fields(n, &f.at("liveness"), owner, LIVENESS_FIELDS, "liveness")
+                .and_then(|r| {
+                    let check = check(cx, &r, &["tcp", "http", "exec"], owner)?;
+                    let interval = r
+                        .get("interval")
+                        .map(|n| cx.duration(n, &r.at("interval")))
+                        .unwrap_or(Some(Duration::from_secs(10)))?;
+                    let timeout = r
+                        .get("timeout")
+                        .map(|n| cx.duration(n, &r.at("timeout")))
+                        .unwrap_or(Some(Duration::from_secs(5)))?;
+                    let failure_threshold = r
+                        .get("failure_threshold")
+                        .map(|n| cx.int_in(n, &r.at("failure_threshold"), 1, 1000))
+                        .unwrap_or(Some(3))? as u32;
+                    Some(Some(Liveness {
+                        check,
+                        interval,
+                        timeout,
+                        failure_threshold,
+                    }))
+                })
         }
         None => Some(None),
     };
     let restart = match f.get("restart") {
         Some(n) => {
             let owner = f.key("restart").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("restart"), owner, RESTART_FIELDS, "restart").and_then(|r| restart(cx, &r))
+            cx.fields(n, &f.at("restart"), owner, RESTART_FIELDS, "restart")
+                .and_then(|r| restart(cx, &r))
         }
         None => Some(default_restart()),
     };
-    let on_exit = match f.get("on_exit") {
-        Some(n) => cx
-            .choice(n, &f.at("on_exit"), &["ignore", "shutdown"], "an exit policy")
-            .map(|o| if o == "shutdown" { OnExit::Shutdown } else { OnExit::Ignore }),
-        None => Some(OnExit::Ignore),
-    };
+    let on_exit = cx.pick(
+        &f,
+        "on_exit",
+        &[("ignore", OnExit::Ignore), ("shutdown", OnExit::Shutdown)],
+        OnExit::Ignore,
+        "an exit policy",
+    );
     let stop = match f.get("stop") {
         Some(n) => {
             let owner = f.key("stop").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("stop"), owner, STOP_FIELDS, "stop").and_then(|s| {
-                let signal = match s.get("signal") {
-                    Some(n) => {
-                        let t = cx.text(n, &s.at("signal"))?;
-                        match Signal::parse(&t) {
-                            Some(sig) => sig,
-                            None => {
-                                cx.error(&s.at("signal"), n.span, format!("`{t}` is not a signal"))
+            cx.fields(n, &f.at("stop"), owner, STOP_FIELDS, "stop")
+                .and_then(|s| {
+                    let signal = match s.get("signal") {
+                        Some(n) => {
+                            let t = cx.text(n, &s.at("signal"))?;
+                            match Signal::parse(&t) {
+                                Some(sig) => sig,
+                                None => {
+                                    cx.error(
+                                        &s.at("signal"),
+                                        n.span,
+                                        format!("`{t}` is not a signal"),
+                                    )
                                     .with_label("for example SIGTERM, SIGINT, SIGQUIT or 15");
-                                return None;
+                                    return None;
+                                }
                             }
                         }
-                    }
-                    None => Signal::TERM,
-                };
-                let grace = match s.get("grace") {
-                    Some(n) => Some(cx.duration(n, &s.at("grace"))?),
-                    None => None,
-                };
-                Some(Stop { signal, grace })
-            })
+                        None => Signal::TERM,
+                    };
+                    let grace = match s.get("grace") {
+                        Some(n) => Some(cx.duration(n, &s.at("grace"))?),
+                        None => None,
+                    };
+                    Some(Stop { signal, grace })
+                })
         }
-        None => Some(Stop { signal: Signal::TERM, grace: None }),
+        None => Some(Stop {
+            signal: Signal::TERM,
+            grace: None,
+        }),
     };
     let success_codes = match f.get("success_codes") {
         Some(n) => {
             let p = f.at("success_codes");
             cx.seq(n, &p).and_then(|items| {
-                let codes: Vec<Option<i64>> = items.iter().enumerate().map(|(i, it)| cx.int_in(it, &format!("{p}[{i}]"), 0, 255)).collect();
-                codes.into_iter().map(|c| c.map(|c| c as i32)).collect::<Option<Vec<_>>>()
+                let codes: Vec<Option<i64>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| cx.int_in(it, &format!("{p}[{i}]"), 0, 255))
+                    .collect();
+                codes
+                    .into_iter()
+                    .map(|c| c.map(|c| c as i32))
+                    .collect::<Option<Vec<_>>>()
             })
         }
         None => Some(vec![0]),
@@ -955,7 +1286,11 @@ fn daemon(
         Some(n) => {
             let p = f.at("log_files");
             cx.seq(n, &p).and_then(|items| {
-                let files: Vec<Option<String>> = items.iter().enumerate().map(|(i, it)| absolute_path(cx, it, &format!("{p}[{i}]"))).collect();
+                let files: Vec<Option<String>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| absolute_path(cx, it, &format!("{p}[{i}]")))
+                    .collect();
                 files.into_iter().collect::<Option<Vec<_>>>()
             })
         }
@@ -964,21 +1299,23 @@ fn daemon(
     if cx.diags.len() != before {
         return None;
     }
-    let built = (|| Some(Daemon {
-        name: name.to_owned(),
-        command: command?,
-        env: env?,
-        workdir,
-        user,
-        depends_on,
-        readiness: readiness?,
-        liveness: liveness?,
-        restart: restart?,
-        on_exit: on_exit?,
-        stop: stop?,
-        success_codes: success_codes?,
-        log_files: log_files?,
-    }))();
+    let built = (|| {
+        Some(Daemon {
+            name: name.to_owned(),
+            command: command?,
+            env: env?,
+            workdir,
+            user,
+            depends_on,
+            readiness: readiness?,
+            liveness: liveness?,
+            restart: restart?,
+            on_exit: on_exit?,
+            stop: stop?,
+            success_codes: success_codes?,
+            log_files: log_files?,
+        })
+    })();
     cx.ensure(before, &path, name_span, built)
 }
 
@@ -1000,52 +1337,88 @@ fn default_backoff() -> Backoff {
 }
 
 fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
-    let policy = match r.get("policy") {
-        Some(n) => cx
-            .choice(n, &r.at("policy"), &["never", "on-failure", "always"], "a restart policy")
-            .map(|p| match p {
-                "never" => RestartPolicy::Never,
-                "always" => RestartPolicy::Always,
-                _ => RestartPolicy::OnFailure,
-            }),
-        None => Some(RestartPolicy::OnFailure),
-    };
+    let policy = cx.pick(
+        r,
+        "policy",
+        &[
+            ("never", RestartPolicy::Never),
+            ("on-failure", RestartPolicy::OnFailure),
+            ("always", RestartPolicy::Always),
+        ],
+        RestartPolicy::OnFailure,
+        "a restart policy",
+    );
     let backoff = match r.get("backoff") {
         Some(n) => {
             let owner = r.key("backoff").map(|k| k.span).unwrap_or(r.span);
-            cx.fields(n, &r.at("backoff"), owner, BACKOFF_FIELDS, "backoff").and_then(|b| {
-                let d = default_backoff();
-                let initial = b.get("initial").map(|n| cx.duration(n, &b.at("initial"))).unwrap_or(Some(d.initial));
-                let max = b.get("max").map(|n| cx.duration(n, &b.at("max"))).unwrap_or(Some(d.max));
-                let multiplier = match b.get("multiplier") {
-                    Some(n) => cx.number(n, &b.at("multiplier")).and_then(|m| {
-                        if (1.0..=100.0).contains(&m) {
-                            Some(m)
-                        } else {
-                            cx.error(&b.at("multiplier"), n.span, format!("{m} is out of range"))
+            cx.fields(n, &r.at("backoff"), owner, BACKOFF_FIELDS, "backoff")
+                .and_then(|b| {
+                    let d = default_backoff();
+                    let initial = b
+                        .get("initial")
+                        .map(|n| cx.duration(n, &b.at("initial")))
+                        .unwrap_or(Some(d.initial));
+                    let max = b
+                        .get("max")
+                        .map(|n| cx.duration(n, &b.at("max")))
+                        .unwrap_or(Some(d.max));
+                    let multiplier = match b.get("multiplier") {
+                        Some(n) => cx.number(n, &b.at("multiplier")).and_then(|m| {
+                            if (1.0..=100.0).contains(&m) {
+                                Some(m)
+                            } else {
+                                cx.error(
+                                    &b.at("multiplier"),
+                                    n.span,
+                                    format!("{m} is out of range"),
+                                )
                                 .with_label("expected a number from 1 to 100");
-                            None
-                        }
-                    }),
-                    None => Some(d.multiplier),
-                };
-                let reset_after = b.get("reset_after").map(|n| cx.duration(n, &b.at("reset_after"))).unwrap_or(Some(d.reset_after));
-                let (initial, max) = (initial?, max?);
-                if initial > max {
-                    let span = b.key("max").or(b.key("initial")).map(|k| k.span).unwrap_or(owner);
-                    cx.error(&b.at("max"), span, format!("the longest backoff ({max}) is shorter than the first ({initial})"));
-                    return None;
-                }
-                Some(Backoff { initial, max, multiplier: multiplier?, reset_after: reset_after? })
-            })
+                                None
+                            }
+                        }),
+                        None => Some(d.multiplier),
+                    };
+                    let reset_after = b
+                        .get("reset_after")
+                        .map(|n| cx.duration(n, &b.at("reset_after")))
+                        .unwrap_or(Some(d.reset_after));
+                    let (initial, max) = (initial?, max?);
+                    if initial > max {
+                        let span = b
+                            .key("max")
+                            .or(b.key("initial"))
+                            .map(|k| k.span)
+                            .unwrap_or(owner);
+                        cx.error(
+                            &b.at("max"),
+                            span,
+                            format!(
+                                "the longest backoff ({max}) is shorter than the first ({initial})"
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(Backoff {
+                        initial,
+                        max,
+                        multiplier: multiplier?,
+                        reset_after: reset_after?,
+                    })
+                })
         }
         None => Some(default_backoff()),
     };
     let max_restarts = match r.get("max_restarts") {
-        Some(n) => Some(Some(cx.int_in(n, &r.at("max_restarts"), 0, u32::MAX as i64)? as u32)),
+        Some(n) => Some(Some(
+            cx.int_in(n, &r.at("max_restarts"), 0, u32::MAX as i64)? as u32,
+        )),
         None => Some(None),
     };
-    Some(Restart { policy: policy?, backoff: backoff?, max_restarts: max_restarts? })
+    Some(Restart {
+        policy: policy?,
+        backoff: backoff?,
+        max_restarts: max_restarts?,
+    })
 }
 
 /// A daemon readiness or liveness check; `modes` are the ones allowed here.
@@ -1070,30 +1443,47 @@ fn check(cx: &mut Ctx<'_>, r: &Fields<'_>, modes: &[&str], owner: Span) -> Optio
         if let Some(k) = r.key(field)
             && !for_modes.contains(&mode)
         {
-            cx.error(&r.at(field), k.span, format!("`{field}` does not apply to mode `{mode}`"))
-                .with_hint(format!("`{field}` is used by mode {}", one_of(for_modes)));
+            cx.error(
+                &r.at(field),
+                k.span,
+                format!("`{field}` does not apply to mode `{mode}`"),
+            )
+            .with_hint(format!("`{field}` is used by mode {}", one_of(for_modes)));
             ok = false;
         }
     }
     let check = match mode {
         "tcp" => {
-            let port = cx.require(r, "port", "the port to dial, 1 to 65535").and_then(|n| cx.port(n, &r.at("port")));
+            let port = cx
+                .require(r, "port", "the port to dial, 1 to 65535")
+                .and_then(|n| cx.port(n, &r.at("port")));
             let host = match r.get("host") {
                 Some(n) => cx.nonempty_string(n, &r.at("host")),
                 None => Some("127.0.0.1".to_owned()),
             };
-            Check::Tcp { host: host?, port: port? }
+            Check::Tcp {
+                host: host?,
+                port: port?,
+            }
         }
         "http" => {
-            let url = cx.require(r, "url", "the URL to GET; a 2xx answer passes").and_then(|n| http_url(cx, n, &r.at("url")));
+            let url = cx
+                .require(r, "url", "the URL to GET; a 2xx answer passes")
+                .and_then(|n| http_url(cx, n, &r.at("url")));
             Check::Http { url: url? }
         }
         "exec" => Check::Exec {
-            command: cx.require(r, "command", "the command to run; exit 0 passes").and_then(|n| cx.command(n, &r.at("command")))?,
+            command: cx
+                .require(r, "command", "the command to run; exit 0 passes")
+                .and_then(|n| cx.command(n, &r.at("command")))?,
         },
         "log" => Check::Log {
             pattern: cx
-                .require(r, "pattern", "a regular expression matched against each line the daemon prints")
+                .require(
+                    r,
+                    "pattern",
+                    "a regular expression matched against each line the daemon prints",
+                )
                 .and_then(|n| regex(cx, n, &r.at("pattern")))?,
         },
         "notify" => Check::Notify,

@@ -49,9 +49,7 @@ fn duration_from_ms(ms: f64, text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` is too long for a duration"));
     }
     if ms < 1.0 {
-        return Err(format!(
-            "`{text}` is zero; a duration must be at least 1ms"
-        ));
+        return Err(format!("`{text}` is zero; a duration must be at least 1ms"));
     }
     Ok(Duration::from_millis(ms.round() as u64))
 }
@@ -169,7 +167,10 @@ pub fn check_env_name(name: &str) -> Result<(), String> {
 
 /// A Docker volume or network name.
 pub fn check_engine_name(name: &str) -> Result<(), String> {
-    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -229,7 +230,9 @@ pub fn parse_mount(text: &str) -> Result<Mount, String> {
                 read_only: read_only.unwrap_or(false),
             })
         }
-        [first, ..] if first.starts_with('/') || first.starts_with('.') || first.starts_with('~') => {
+        [first, ..]
+            if first.starts_with('/') || first.starts_with('.') || first.starts_with('~') =>
+        {
             Err(format!(
                 "`{text}` is a host path; tether mounts only named things, never a raw host path"
             ))
@@ -358,7 +361,10 @@ mod tests {
     #[test]
     fn suggestions() {
         assert_eq!(did_you_mean("imag", &["image", "env"]), Some("image"));
-        assert_eq!(did_you_mean("lifecyle", &["lifecycle", "image"]), Some("lifecycle"));
+        assert_eq!(
+            did_you_mean("lifecyle", &["lifecycle", "image"]),
+            Some("lifecycle")
+        );
         assert_eq!(did_you_mean("zzzzzz", &["image", "env"]), None);
     }
 }

@@ -5,6 +5,9 @@
 //! events; anchors and aliases are resolved by copying the anchored node, and `<<` merge keys are
 //! applied the way YAML 1.1 tools (and Compose) apply them.
 
+// A parse error is built once per file, on the error path; boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span as RawSpan};
@@ -333,9 +336,11 @@ fn insert_entry(
         return Ok(());
     }
     if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
-        return Err(Diagnostic::new(format!("`{name}` is given twice in this mapping"))
-            .at(key.span)
-            .also(first.span, "first given here"));
+        return Err(
+            Diagnostic::new(format!("`{name}` is given twice in this mapping"))
+                .at(key.span)
+                .also(first.span, "first given here"),
+        );
     }
     entries.push((
         Key {
@@ -482,6 +487,8 @@ mod tests {
     #[test]
     fn empty_document_is_an_empty_mapping() {
         assert!(matches!(parse("").unwrap().value, Value::Map(ref m) if m.is_empty()));
-        assert!(matches!(parse("# only a comment\n").unwrap().value, Value::Map(ref m) if m.is_empty()));
+        assert!(
+            matches!(parse("# only a comment\n").unwrap().value, Value::Map(ref m) if m.is_empty())
+        );
     }
 }
