@@ -16,6 +16,8 @@ pub enum WorkloadArgv {
         image: usize,
         /// The `--network`/`--net` value given by the user, if any.
         network: Option<String>,
+        /// Where tether's options go: before a `--` that ends the options, else at the image.
+        insert: usize,
     },
     /// Anything else: a process on the host.
     HostProcess,
@@ -61,8 +63,10 @@ const BOOL_LONG: &[&str] = &[
     "--init",
     "--interactive",
     "--no-healthcheck",
+    "--no-hostname",
     "--no-hosts",
     "--oom-kill-disable",
+    "--passwd",
     "--privileged",
     "--publish-all",
     "--quiet",
@@ -70,9 +74,12 @@ const BOOL_LONG: &[&str] = &[
     "--read-only-tmpfs",
     "--replace",
     "--rm",
+    "--rmi",
     "--rootfs",
     "--sig-proxy",
+    "--tls-verify",
     "--tty",
+    "--unsetenv-all",
     "--use-api-socket",
 ];
 /// Short options of `docker run` that take no value.
@@ -112,10 +119,12 @@ pub fn classify(argv: &[String]) -> Result<WorkloadArgv, ArgvError> {
         _ => return Ok(WorkloadArgv::HostProcess),
     };
     let mut network = None;
+    let mut dashdash = None;
     let mut i = run + 1;
     while i < argv.len() {
         let a = argv[i].as_str();
         if a == "--" {
+            dashdash = Some(i);
             i += 1;
             break;
         }
@@ -167,6 +176,7 @@ pub fn classify(argv: &[String]) -> Result<WorkloadArgv, ArgvError> {
         run,
         image: i,
         network,
+        insert: dashdash.unwrap_or(i),
     })
 }
 
@@ -194,7 +204,10 @@ impl Injection {
 /// comes back unchanged.
 pub fn inject(argv: &[String], injection: &Injection) -> Result<Vec<String>, ArgvError> {
     let kind = classify(argv)?;
-    let WorkloadArgv::Container { image, network, .. } = kind else {
+    let WorkloadArgv::Container {
+        insert, network, ..
+    } = kind
+    else {
         return Ok(argv.to_vec());
     };
     if injection.is_empty() {
@@ -227,9 +240,9 @@ pub fn inject(argv: &[String], injection: &Injection) -> Result<Vec<String>, Arg
         add.push(v.clone());
     }
     let mut out = Vec::with_capacity(argv.len() + add.len());
-    out.extend_from_slice(&argv[..image]);
+    out.extend_from_slice(&argv[..insert]);
     out.extend(add);
-    out.extend_from_slice(&argv[image..]);
+    out.extend_from_slice(&argv[insert..]);
     Ok(out)
 }
 
@@ -296,7 +309,8 @@ mod tests {
             WorkloadArgv::Container {
                 run: 1,
                 image: 3,
-                network: Some("host".into())
+                network: Some("host".into()),
+                insert: 3,
             }
         );
     }
@@ -309,6 +323,22 @@ mod tests {
             Err(ArgvError::MissingValue("--name".into()))
         );
         assert_eq!(classify(&[]), Err(ArgvError::Empty));
+    }
+
+    #[test]
+    fn options_go_before_a_double_dash() {
+        let inj = Injection {
+            network: Some("n".into()),
+            ..Injection::default()
+        };
+        assert_eq!(
+            inject(&v("docker run --rm -- app:dev pytest"), &inj).unwrap(),
+            v("docker run --rm --network n -- app:dev pytest")
+        );
+        assert_eq!(
+            image_of("podman run --rmi --passwd app:dev pytest").as_deref(),
+            Some("app:dev")
+        );
     }
 
     #[test]

@@ -58,12 +58,11 @@ impl<'n> Fields<'n> {
 
 impl Ctx<'_> {
     pub fn error(&mut self, path: &str, span: Span, message: impl Into<String>) -> &mut Diagnostic {
-        self.diags.push(
-            Diagnostic::new(message)
-                .path(path)
-                .at(span)
-                .in_file(self.file),
-        );
+        let mut d = Diagnostic::new(message).at(span).in_file(self.file);
+        if !path.is_empty() {
+            d = d.path(path);
+        }
+        self.diags.push(d);
         self.diags.last_mut().expect("just pushed")
     }
 

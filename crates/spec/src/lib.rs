@@ -148,6 +148,15 @@ pub fn load_texts(
     sidecar_files: Vec<SourceText>,
     root: &Path,
 ) -> Result<Loaded, LoadError> {
+    // A byte order mark is not part of the YAML; dropping it keeps columns and carets aligned.
+    let strip_bom = |mut t: SourceText| {
+        if let Some(rest) = t.text.strip_prefix('\u{feff}') {
+            t.text = rest.to_owned();
+        }
+        t
+    };
+    let main = strip_bom(main);
+    let sidecar_files: Vec<SourceText> = sidecar_files.into_iter().map(strip_bom).collect();
     let mut sources = Sources::default();
     let mut diags = Vec::new();
     let main_id = sources.add(&main.name, &main.text);
@@ -192,24 +201,26 @@ pub fn load_texts(
             file: file.name.clone(),
             line: 1,
         };
-        if let Some(prev) = sidecars.iter().find(|s| s.sidecar.name == name) {
+        if let Some(i) = top.declared.iter().position(|d| *d == name) {
+            let (prev_file, prev_span) = top.declared_at[i];
             cx.diags.push(
                 Diagnostic::new(format!(
                     "sidecar `{name}` is declared twice: in {} and in this file",
                     sources
-                        .get(prev.file)
+                        .get(prev_file)
                         .map(|f| f.name.as_str())
                         .unwrap_or("?")
                 ))
                 .path(format!("sidecars.{name}"))
                 .at(at)
                 .in_file(id)
-                .also_in(prev.file, prev.name_span, "also declared here")
+                .also_in(prev_file, prev_span, "also declared here")
                 .hint("keep one of the two declarations"),
             );
             continue;
         }
         top.declared.push(name.clone());
+        top.declared_at.push((id, at));
         if let Some(s) = validate::sidecar(&mut cx, &name, &tree, at, origin) {
             sidecars.push(SidecarAt {
                 sidecar: s,
@@ -262,8 +273,9 @@ pub fn load_texts(
 #[derive(Default)]
 struct Top {
     file: FileId,
-    /// Every sidecar name written in the main file, valid or not.
+    /// Every sidecar name written, valid or not, with the file and place of its name.
     declared: Vec<String>,
+    declared_at: Vec<(FileId, Span)>,
     project: Option<String>,
     env_prefix: Option<String>,
     workload: Option<(model::Workload, Option<(String, Span)>)>,
@@ -326,6 +338,7 @@ fn top_level(
             Value::Map(entries) => {
                 for (k, v) in entries {
                     top.declared.push(k.name.clone());
+                    top.declared_at.push((cx.file, k.span));
                     let origin = Origin {
                         file: file_name.to_owned(),
                         line: k.span.start.line,
@@ -365,10 +378,11 @@ fn top_level(
 /// Rules that span several fields or files.
 fn cross_check(diags: &mut Vec<Diagnostic>, sources: &Sources, sidecars: &[SidecarAt], top: &Top) {
     // Two network-facing sidecars may not answer to the same DNS name.
-    let mut seen: HashMap<&str, &SidecarAt> = HashMap::new();
+    // DNS names are case-insensitive: `DB` and `db` collide.
+    let mut seen: HashMap<String, &SidecarAt> = HashMap::new();
     for s in sidecars.iter().filter(|s| !s.sidecar.disable) {
         for alias in s.sidecar.all_aliases() {
-            match seen.get(alias) {
+            match seen.get(&alias.to_ascii_lowercase()) {
                 Some(prev) if prev.sidecar.name != s.sidecar.name => {
                     diags.push(
                         Diagnostic::new(format!(
@@ -384,7 +398,7 @@ fn cross_check(diags: &mut Vec<Diagnostic>, sources: &Sources, sidecars: &[Sidec
                 }
                 Some(_) => {}
                 None => {
-                    seen.insert(alias, s);
+                    seen.insert(alias.to_ascii_lowercase(), s);
                 }
             }
         }

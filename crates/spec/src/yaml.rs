@@ -82,16 +82,19 @@ fn parse_int(t: &str) -> Option<i64> {
         b'+' => (false, &t[1..]),
         _ => (false, t),
     };
-    let v = if let Some(hex) = digits.strip_prefix("0x") {
-        i64::from_str_radix(hex, 16).ok()?
+    let (radix, body) = if let Some(hex) = digits.strip_prefix("0x") {
+        (16, hex)
     } else if let Some(oct) = digits.strip_prefix("0o") {
-        i64::from_str_radix(oct, 8).ok()?
-    } else if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        digits.parse().ok()?
+        (8, oct)
     } else {
-        return None;
+        (10, digits)
     };
-    Some(if neg { -v } else { v })
+    // Only digits of the radix: no second sign (from_str_radix would accept one).
+    if body.is_empty() || !body.chars().all(|c| c.is_digit(radix)) || (radix != 10 && neg) {
+        return None;
+    }
+    let v = i64::from_str_radix(body, radix).ok()?;
+    if neg { v.checked_neg() } else { Some(v) }
 }
 
 fn looks_like_float(t: &str) -> bool {
@@ -103,7 +106,19 @@ fn looks_like_float(t: &str) -> bool {
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
 }
 
+/// The most nodes alias expansion may copy in one file.
+const MAX_EXPANDED: usize = 100_000;
+
 impl Node {
+    /// The number of nodes in this subtree.
+    fn count(&self) -> usize {
+        1 + match &self.value {
+            Value::Map(m) => m.iter().map(|(_, v)| 1 + v.count()).sum(),
+            Value::Seq(items) => items.iter().map(Node::count).sum(),
+            Value::Scalar(_) => 0,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match &self.value {
             Value::Map(_) => "a mapping",
@@ -132,6 +147,7 @@ pub fn parse(source: &str) -> Result<Node, Diagnostic> {
         stack: Vec::new(),
         root: None,
         documents: 0,
+        expanded: 0,
     };
     let mut parser = Parser::new_from_str(source);
     for item in &mut parser {
@@ -169,6 +185,8 @@ struct Builder<'a> {
     stack: Vec<Frame>,
     root: Option<Node>,
     documents: usize,
+    /// Nodes copied by alias expansion so far, capped against "billion laughs" documents.
+    expanded: usize,
 }
 
 impl Builder<'_> {
@@ -208,6 +226,13 @@ impl Builder<'_> {
                 let mut node = self.anchors.get(&id).cloned().ok_or_else(|| {
                     Diagnostic::new("this alias names an anchor that is not defined").at(span)
                 })?;
+                self.expanded += node.count();
+                if self.expanded > MAX_EXPANDED {
+                    return Err(Diagnostic::new(format!(
+                        "aliases expand to more than {MAX_EXPANDED} nodes; this file is too large to be a declaration"
+                    ))
+                    .at(span));
+                }
                 node.span = span;
                 self.push(node)?;
             }
@@ -356,15 +381,26 @@ fn insert_entry(
 struct LineIndex {
     starts: Vec<usize>,
     source: String,
+    /// The last point looked up, to walk forward from on the same line (keeps long lines linear).
+    last: std::cell::Cell<(usize, usize, usize)>,
 }
 
 impl LineIndex {
     fn new(source: &str) -> Self {
+        // Line breaks as YAML counts them: `\n`, `\r\n`, and a bare `\r`.
         let mut starts = vec![0];
-        starts.extend(source.match_indices('\n').map(|(i, _)| i + 1));
+        let bytes = source.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            match b {
+                b'\n' => starts.push(i + 1),
+                b'\r' if bytes.get(i + 1) != Some(&b'\n') => starts.push(i + 1),
+                _ => {}
+            }
+        }
         Self {
             starts,
             source: source.to_owned(),
+            last: std::cell::Cell::new((0, 0, 0)),
         }
     }
 
@@ -378,13 +414,21 @@ impl LineIndex {
                 column: col + 1,
             };
         };
-        let rest = &self.source[start..];
-        let offset = start
-            + rest
-                .char_indices()
-                .nth(col)
-                .map(|(i, _)| i)
-                .unwrap_or(rest.len());
+        let (last_line, last_col, last_offset) = self.last.get();
+        let (mut offset, mut at) = if last_line == line && last_col <= col {
+            (last_offset, last_col)
+        } else {
+            (start, 0)
+        };
+        let rest = &self.source[offset..];
+        for c in rest.chars() {
+            if at == col || c == '\n' || c == '\r' {
+                break;
+            }
+            offset += c.len_utf8();
+            at += 1;
+        }
+        self.last.set((line, at, offset));
         crate::diag::Point {
             offset,
             line,
@@ -482,6 +526,54 @@ mod tests {
         let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(err.message.starts_with("this is not valid YAML: "));
         assert!(err.span.is_some());
+    }
+
+    #[test]
+    fn odd_integers_and_hostile_documents_are_errors_not_panics() {
+        let root =
+            parse("[-0x-8000000000000000, 0x+1, -0x10, 0x1F, -9223372036854775807]").unwrap();
+        let Value::Seq(items) = &root.value else {
+            panic!()
+        };
+        let typed: Vec<Typed<'_>> = items
+            .iter()
+            .map(|n| match &n.value {
+                Value::Scalar(s) => s.typed(),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(
+            typed,
+            [
+                Typed::Str("-0x-8000000000000000"),
+                Typed::Str("0x+1"),
+                Typed::Str("-0x10"),
+                Typed::Int(31),
+                Typed::Int(-i64::MAX),
+            ]
+        );
+        let mut laughs = String::from("a0: &a0 [x,x,x,x,x,x,x,x,x,x]\n");
+        for i in 1..9 {
+            let prev = format!("*a{}", i - 1);
+            laughs += &format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(","));
+        }
+        let err = parse(&laughs).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("aliases expand to more than 100000 nodes")
+        );
+    }
+
+    #[test]
+    fn bare_carriage_returns_are_line_breaks() {
+        let src = "a: 1\rb: x\r";
+        let root = parse(src).unwrap();
+        let Value::Map(entries) = &root.value else {
+            panic!()
+        };
+        let v = &entries[1].1;
+        assert_eq!((v.span.start.line, v.span.start.column), (2, 4));
+        assert_eq!(&src[v.span.start.offset..v.span.end.offset], "x");
     }
 
     #[test]

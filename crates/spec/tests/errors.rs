@@ -77,3 +77,16 @@ fn a_valid_file_with_sidecar_files_merges_them_in_order() {
     assert_eq!(d.sidecars["b"].origin.file, ".tether/sidecars/b.yaml");
     assert_eq!(d.sidecars["a"].origin.line, 3);
 }
+
+#[test]
+fn declared_twice_is_reported_even_when_the_first_copy_is_invalid() {
+    let main = "version: 1\nsidecars:\n  db:\n    image: postgres\n    lifecycle: shard\n    interface: { kind: port, port: 5432 }\n";
+    let file = SourceText {
+        name: ".tether/sidecars/db.yaml".into(),
+        text: "image: postgres\nlifecycle: shared\ninterface: { kind: port, port: 5432 }\n".into(),
+    };
+    let out = render("tether.yaml", main, vec![file]);
+    assert!(out.contains("`shard` is not a lifecycle"), "{out}");
+    assert!(out.contains("sidecar `db` is declared twice"), "{out}");
+    assert!(out.ends_with("found 2 problems in the declaration; nothing was changed\n"));
+}
