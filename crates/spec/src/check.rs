@@ -241,6 +241,20 @@ impl Ctx<'_> {
         }
     }
 
+    /// An optional field read with `read`, or `default` when it is absent.
+    pub fn or<T>(
+        &mut self,
+        f: &Fields<'_>,
+        name: &str,
+        default: T,
+        read: impl FnOnce(&mut Self, &Node, &str) -> Option<T>,
+    ) -> Option<T> {
+        match f.get(name) {
+            Some(n) => read(self, n, &f.at(name)),
+            None => Some(default),
+        }
+    }
+
     /// One of `options`.
     pub fn choice<'o>(
         &mut self,

@@ -230,7 +230,7 @@ pub fn load_texts(
         }
     }
 
-    cross_check(&mut diags, &sources, &sidecars, &top);
+    cross_check(&mut diags, &sidecars, &top);
 
     if !diags.is_empty() {
         diags.sort_by_key(|d| (d.file, d.span.map(|s| s.start.offset)));
@@ -376,7 +376,7 @@ fn top_level(
 }
 
 /// Rules that span several fields or files.
-fn cross_check(diags: &mut Vec<Diagnostic>, sources: &Sources, sidecars: &[SidecarAt], top: &Top) {
+fn cross_check(diags: &mut Vec<Diagnostic>, sidecars: &[SidecarAt], top: &Top) {
     // Two network-facing sidecars may not answer to the same DNS name.
     // DNS names are case-insensitive: `DB` and `db` collide.
     let mut seen: HashMap<String, &SidecarAt> = HashMap::new();
@@ -437,7 +437,6 @@ fn cross_check(diags: &mut Vec<Diagnostic>, sources: &Sources, sidecars: &[Sidec
     if let Some(init) = &top.init {
         check_dependencies(diags, top.file, init);
     }
-    let _ = sources;
 }
 
 fn check_dependencies(diags: &mut Vec<Diagnostic>, file: FileId, init: &validate::InitAt) {

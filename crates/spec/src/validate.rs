@@ -164,10 +164,7 @@ pub fn sidecar(
         .and_then(|n| interface(cx, n, &f));
     let aliases = aliases(cx, &f, interface.as_ref());
     let readiness = readiness(cx, &f, interface.as_ref());
-    let env = f
-        .get("env")
-        .map(|n| cx.env(n, &f.at("env")))
-        .unwrap_or(Some(Default::default()));
+    let env = cx.or(&f, "env", Default::default(), Ctx::env);
     let secrets = secrets(cx, &f);
     let mounts = mounts(cx, &f, lifecycle);
     let networks = networks(cx, &f);
@@ -476,14 +473,8 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
         "none" => Some(Probe::None),
         _ => None,
     };
-    let timeout = r
-        .get("timeout")
-        .map(|n| cx.duration(n, &r.at("timeout")))
-        .unwrap_or(Some(DEFAULT_TIMEOUT));
-    let interval = r
-        .get("interval")
-        .map(|n| cx.duration(n, &r.at("interval")))
-        .unwrap_or(Some(DEFAULT_INTERVAL));
+    let timeout = cx.or(&r, "timeout", DEFAULT_TIMEOUT, Ctx::duration);
+    let interval = cx.or(&r, "interval", DEFAULT_INTERVAL, Ctx::duration);
     let start_period = match r.get("start_period") {
         Some(n) => Some(Some(cx.duration(n, &r.at("start_period"))?)),
         None => Some(None),
@@ -707,10 +698,7 @@ pub fn workload(
     let command = f
         .get("command")
         .and_then(|n| cx.string_list(n, &f.at("command")));
-    let env = f
-        .get("env")
-        .map(|n| cx.env(n, &f.at("env")))
-        .unwrap_or(Some(Default::default()));
+    let env = cx.or(&f, "env", Default::default(), Ctx::env);
     let mode = cx.pick(
         &f,
         "network_mode",
@@ -852,10 +840,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
             let owner = f.key("shutdown").map(|k| k.span).unwrap_or(owner);
             cx.fields(n, "init.shutdown", owner, SHUTDOWN_FIELDS, "shutdown")
                 .and_then(|s| {
-                    let grace = s
-                        .get("grace")
-                        .map(|n| cx.duration(n, "init.shutdown.grace"))
-                        .unwrap_or(Some(Duration::from_secs(8)));
+                    let grace = cx.or(&s, "grace", Duration::from_secs(8), Ctx::duration);
                     let order = cx.pick(
                         &s,
                         "order",
@@ -911,7 +896,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
                     }
                     None => Some("[{name}] ".to_owned()),
                 };
-                let timestamps = l.get("timestamps").map(|n| cx.bool(n, "init.logs.timestamps")).unwrap_or(Some(false));
+                let timestamps = cx.or(&l, "timestamps", false, Ctx::bool);
                 let format = cx.pick(
                     &l,
                     "format",
@@ -1038,18 +1023,12 @@ fn step(
             "the command to run, as a list: [program, arg, ...]",
         )
         .and_then(|n| cx.command(n, &f.at("command")));
-    let fatal = f
-        .get("fatal")
-        .map(|n| cx.bool(n, &f.at("fatal")))
-        .unwrap_or(Some(true));
+    let fatal = cx.or(&f, "fatal", true, Ctx::bool);
     let timeout = match f.get("timeout") {
         Some(n) => Some(Some(cx.duration(n, &f.at("timeout"))?)),
         None => Some(None),
     };
-    let env = f
-        .get("env")
-        .map(|n| cx.env(n, &f.at("env")))
-        .unwrap_or(Some(Default::default()));
+    let env = cx.or(&f, "env", Default::default(), Ctx::env);
     let workdir = f
         .get("workdir")
         .and_then(|n| absolute_path(cx, n, &f.at("workdir")));
@@ -1102,10 +1081,7 @@ fn daemon(
             "the program to run, as a list: [program, arg, ...]",
         )
         .and_then(|n| cx.command(n, &f.at("command")));
-    let env = f
-        .get("env")
-        .map(|n| cx.env(n, &f.at("env")))
-        .unwrap_or(Some(Default::default()));
+    let env = cx.or(&f, "env", Default::default(), Ctx::env);
     let workdir = f
         .get("workdir")
         .and_then(|n| absolute_path(cx, n, &f.at("workdir")));
@@ -1166,14 +1142,8 @@ fn daemon(
                         &["tcp", "http", "exec", "log", "notify", "none"],
                         owner,
                     )?;
-                    let timeout = r
-                        .get("timeout")
-                        .map(|n| cx.duration(n, &r.at("timeout")))
-                        .unwrap_or(Some(DEFAULT_TIMEOUT))?;
-                    let interval = r
-                        .get("interval")
-                        .map(|n| cx.duration(n, &r.at("interval")))
-                        .unwrap_or(Some(DEFAULT_INTERVAL))?;
+                    let timeout = cx.or(&r, "timeout", DEFAULT_TIMEOUT, Ctx::duration)?;
+                    let interval = cx.or(&r, "interval", DEFAULT_INTERVAL, Ctx::duration)?;
                     Some(DaemonReadiness {
                         check,
                         timeout,
@@ -1193,14 +1163,8 @@ fn daemon(
             cx.fields(n, &f.at("liveness"), owner, LIVENESS_FIELDS, "liveness")
                 .and_then(|r| {
                     let check = check(cx, &r, &["tcp", "http", "exec"], owner)?;
-                    let interval = r
-                        .get("interval")
-                        .map(|n| cx.duration(n, &r.at("interval")))
-                        .unwrap_or(Some(Duration::from_secs(10)))?;
-                    let timeout = r
-                        .get("timeout")
-                        .map(|n| cx.duration(n, &r.at("timeout")))
-                        .unwrap_or(Some(Duration::from_secs(5)))?;
+                    let interval = cx.or(&r, "interval", Duration::from_secs(10), Ctx::duration)?;
+                    let timeout = cx.or(&r, "timeout", Duration::from_secs(5), Ctx::duration)?;
                     let failure_threshold = r
                         .get("failure_threshold")
                         .map(|n| cx.int_in(n, &r.at("failure_threshold"), 1, 1000))
@@ -1354,14 +1318,8 @@ fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
             cx.fields(n, &r.at("backoff"), owner, BACKOFF_FIELDS, "backoff")
                 .and_then(|b| {
                     let d = default_backoff();
-                    let initial = b
-                        .get("initial")
-                        .map(|n| cx.duration(n, &b.at("initial")))
-                        .unwrap_or(Some(d.initial));
-                    let max = b
-                        .get("max")
-                        .map(|n| cx.duration(n, &b.at("max")))
-                        .unwrap_or(Some(d.max));
+                    let initial = cx.or(&b, "initial", d.initial, Ctx::duration);
+                    let max = cx.or(&b, "max", d.max, Ctx::duration);
                     let multiplier = match b.get("multiplier") {
                         Some(n) => cx.number(n, &b.at("multiplier")).and_then(|m| {
                             if (1.0..=100.0).contains(&m) {
@@ -1378,10 +1336,7 @@ fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
                         }),
                         None => Some(d.multiplier),
                     };
-                    let reset_after = b
-                        .get("reset_after")
-                        .map(|n| cx.duration(n, &b.at("reset_after")))
-                        .unwrap_or(Some(d.reset_after));
+                    let reset_after = cx.or(&b, "reset_after", d.reset_after, Ctx::duration);
                     let (initial, max) = (initial?, max?);
                     if initial > max {
                         let span = b
