@@ -82,10 +82,32 @@ enum Command {
         #[arg(last = true, value_name = "WORKLOAD")]
         argv: Vec<String>,
     },
+    /// Supervise the bundle's steps and daemons as PID 1, or run one command tini-style
+    #[command(
+        after_help = "Examples:\n  tether init                               the `init` section of ./tether.yaml\n  tether init -f bundle.yaml --only proxy   proxy and what it depends on\n  tether init -- /app/server --port 80      one command: signals forwarded, zombies reaped\n\nSignals: SIGTERM or SIGINT stops the daemons in reverse dependency order (a second one\nkills them at once); every other signal is forwarded to each daemon's process group.\n\nExit status: 0 after a requested shutdown in which every daemon stopped cleanly; a failed\ndaemon's code (128+N when killed by signal N); 122 a fatal step failed; 123 a daemon gave\nup after max_restarts; 126 a command could not be executed; 127 a command was not found;\n1 the declaration is invalid; 2 tether itself failed. With `-- CMD`, the command's code."
+    )]
+    Init {
+        #[command(flatten)]
+        file: FileArg,
+        /// Run only these daemons, and what they depend on [default: the bundle's `select_env`
+        /// variable, TETHER_DAEMONS unless declared]
+        #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+        only: Vec<String>,
+        /// One command to run with no declaration, as tini would
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Diagnostics for tether's developers: TETHER_LOG=debug (or any tracing filter).
+    if let Ok(filter) = std::env::var("TETHER_LOG") {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init();
+    }
     let code = match cli.command {
         Command::Check { file, json } => check(&file, json),
         Command::Config { file, json } => config(&file, json),
@@ -99,6 +121,11 @@ fn main() -> ExitCode {
             json,
             argv,
         } => plan(&file, session, json, argv),
+        Command::Init {
+            file,
+            only,
+            command,
+        } => return ExitCode::from(init(&file, only, command)),
     };
     ExitCode::from(code)
 }
@@ -272,4 +299,56 @@ fn new_session_id() -> String {
     );
     h.write_u32(std::process::id());
     format!("s{:08x}", h.finish() as u32)
+}
+
+fn init(file: &FileArg, only: Vec<String>, command: Vec<String>) -> u8 {
+    let code = if !command.is_empty() {
+        if file.file.is_some() || !only.is_empty() {
+            eprintln!(
+                "error: `tether init -- COMMAND` runs one command; -f and --only do not apply"
+            );
+            return exit::INVALID;
+        }
+        tether_init::run_single(&command)
+    } else {
+        let loaded = match load(file, false) {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
+        let decl = loaded.declaration;
+        let Some(init) = decl.init else {
+            eprintln!("error: {}: there is no `init` section to run", decl.file);
+            eprintln!(
+                "  = hint: declare `init.daemons`, or run one command with `tether init -- COMMAND`"
+            );
+            return exit::INVALID;
+        };
+        let (names, from) = if only.is_empty() {
+            let names = std::env::var(&init.select_env).unwrap_or_default();
+            let names: Vec<String> = names
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            (names, format!("${}", init.select_env))
+        } else {
+            (only, "--only".to_owned())
+        };
+        let selection = match tether_init::select(&init, &names) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {from}: {e}");
+                return exit::INVALID;
+            }
+        };
+        tether_init::run_bundle(init, selection)
+    };
+    match code {
+        Ok(code) => (code & 0xff) as u8,
+        Err(f) => {
+            eprintln!("tether init: error: {}", f.message);
+            (f.code & 0xff) as u8
+        }
+    }
 }

@@ -1,0 +1,371 @@
+//! Processes: spawning into their own process group, reaping every child (owned or orphaned),
+//! and the blocked-signal set read through a signalfd.
+//!
+//! This is the only module with `unsafe`: the `pre_exec` hook that runs between fork and exec.
+
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The shell's convention: the code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(c) => format!("exited with code {c}"),
+            Exit::Signal(s) => format!("killed by {}", signal_name(s)),
+        }
+    }
+}
+
+pub fn signal_name(n: i32) -> String {
+    tether_spec::model::SIGNALS
+        .iter()
+        .find(|(_, num)| *num == n)
+        .map(|(name, _)| (*name).to_owned())
+        .unwrap_or_else(|| format!("signal {n}"))
+}
+
+/// The user and group a process runs as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What to start and how.
+pub struct Spec<'a> {
+    pub argv: &'a [String],
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<&'a str>,
+    pub ids: Option<Ids>,
+    /// Pipes for stdout and stderr; otherwise both are inherited.
+    pub capture: bool,
+    /// A pipe for stdin (notify commands); otherwise /dev/null, or inherited with `foreground`.
+    pub stdin_pipe: bool,
+    /// The write end of a readiness pipe, left open across exec; its number goes in `NOTIFY_FD`.
+    pub keep_fd: Option<RawFd>,
+    /// Make the child's process group the terminal's foreground group (tini-style mode).
+    pub foreground: bool,
+}
+
+pub struct Spawned {
+    pub pid: i32,
+    pub exit: oneshot::Receiver<Exit>,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Every child's exit goes through here: one owner per pid, and orphans reaped silently.
+#[derive(Default)]
+pub struct Reaper {
+    waiters: Mutex<HashMap<i32, oneshot::Sender<Exit>>>,
+}
+
+impl Reaper {
+    /// Starts a process in its own process group, with every signal unblocked.
+    pub fn spawn(&self, spec: Spec<'_>) -> io::Result<Spawned> {
+        let (program, args) = spec
+            .argv
+            .split_first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).process_group(0);
+        cmd.envs(
+            spec.env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        );
+        if let Some(dir) = spec.workdir {
+            cmd.current_dir(dir);
+        }
+        if let Some(ids) = spec.ids {
+            // std sets the group first, clears supplementary groups when root, then the user.
+            cmd.gid(ids.gid).uid(ids.uid);
+        }
+        if spec.capture {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        if spec.stdin_pipe {
+            cmd.stdin(Stdio::piped());
+        } else if !spec.foreground {
+            cmd.stdin(Stdio::null());
+        }
+        let keep_fd = spec.keep_fd;
+        let foreground = spec.foreground;
+        // SAFETY: the hook runs in the forked child before exec and only makes
+        // async-signal-safe calls (fcntl, isatty, tcsetpgrp, getpgrp, signal,
+        // sigemptyset, pthread_sigmask); it allocates
+        // nothing and touches no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(fd) = keep_fd
+                    && nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                if foreground && nix::libc::isatty(0) == 1 {
+                    // A background group calling tcsetpgrp gets SIGTTOU unless it is blocked,
+                    // and every signal is still blocked here.
+                    nix::libc::tcsetpgrp(0, nix::libc::getpgrp());
+                }
+                // The child starts clean: default dispositions (an ignored signal would stay
+                // ignored across exec) and nothing blocked (the mask survives exec too).
+                for sig in 1..32 {
+                    if sig != nix::libc::SIGKILL && sig != nix::libc::SIGSTOP {
+                        nix::libc::signal(sig, nix::libc::SIG_DFL);
+                    }
+                }
+                let mut empty: nix::libc::sigset_t = std::mem::zeroed();
+                nix::libc::sigemptyset(&mut empty);
+                if nix::libc::pthread_sigmask(nix::libc::SIG_SETMASK, &empty, std::ptr::null_mut())
+                    != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // Registering under the same lock the reaper takes means no exit is reaped unowned.
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        let (tx, rx) = oneshot::channel();
+        waiters.insert(pid, tx);
+        Ok(Spawned {
+            pid,
+            exit: rx,
+            stdin: child.stdin.take().map(OwnedFd::from),
+            stdout: child.stdout.take().map(OwnedFd::from),
+            stderr: child.stderr.take().map(OwnedFd::from),
+        })
+        // `child` is dropped without waiting: `reap` collects its status.
+    }
+
+    /// Collects every exited child. Owned ones are reported to their owner; orphans re-parented
+    /// to us are simply reaped. Returns how many orphans were reaped.
+    pub fn reap(&self) -> usize {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut orphans = 0;
+        loop {
+            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!("waitpid: {e}");
+                    break;
+                }
+            };
+            match waiters.remove(&pid.as_raw()) {
+                Some(tx) => {
+                    let _ = tx.send(exit);
+                }
+                None => {
+                    orphans += 1;
+                    tracing::trace!(pid = pid.as_raw(), ?exit, "reaped an orphan");
+                }
+            }
+        }
+        orphans
+    }
+}
+
+/// Sends a signal to a whole process group; a group that is already gone is not an error.
+pub fn kill_group(pgid: i32, signal: i32) {
+    signal_pid(-pgid, signal);
+}
+
+pub fn signal_pid(pid: i32, signal: i32) {
+    let Ok(sig) = Signal::try_from(signal) else {
+        return;
+    };
+    match kill(Pid::from_raw(pid), sig) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pid, signal, "kill: {e}"),
+    }
+}
+
+/// Signals that report a fault of the thread that caused them; they stay unblocked.
+const SYNCHRONOUS: &[Signal] = &[
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
+    Signal::SIGFPE,
+    Signal::SIGILL,
+    Signal::SIGTRAP,
+    Signal::SIGSYS,
+    Signal::SIGABRT,
+];
+
+/// Blocks every asynchronous signal in this thread (and so in every thread started after).
+/// Must run before any thread starts. Children get an empty mask back before exec.
+pub fn block_signals() -> io::Result<SigSet> {
+    let mut set = SigSet::all();
+    for s in SYNCHRONOUS {
+        set.remove(*s);
+    }
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(io::Error::from)?;
+    Ok(set)
+}
+
+/// The blocked signals, delivered one at a time as the event loop reads them.
+pub struct Signals {
+    fd: AsyncFd<SignalFd>,
+}
+
+impl Signals {
+    pub fn new(set: &SigSet) -> io::Result<Signals> {
+        let sfd = SignalFd::with_flags(set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        // SAFETY: the SignalFd owns its descriptor and moves into the AsyncFd, so the
+        // descriptor stays open and unchanged for as long as it is registered.
+        let fd = unsafe { AsyncFd::register_with_interest(sfd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Signals { fd })
+    }
+
+    pub async fn recv(&mut self) -> io::Result<i32> {
+        loop {
+            let mut guard = self.fd.readable_mut().await?;
+            match guard.get_inner_mut().read_signal() {
+                Ok(Some(info)) => return Ok(info.ssi_signo as i32),
+                Ok(None) => guard.clear_ready(),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Becomes the reaper of orphaned descendants when not PID 1.
+pub fn become_subreaper() {
+    if std::process::id() != 1
+        && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
+    {
+        tracing::warn!("cannot become a child subreaper: {e}; orphans will go to PID 1");
+    }
+}
+
+/// A pipe whose read end tether keeps (non-blocking) and whose write end a child inherits.
+pub fn notify_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+pub fn raw(fd: &OwnedFd) -> RawFd {
+    fd.as_raw_fd()
+}
+
+/// Resolves `USER`, `UID`, `USER:GROUP` or `UID:GID` against /etc/passwd and /etc/group, read
+/// directly so that a static binary in an image without NSS resolves names too.
+pub fn resolve_user(spec: &str) -> Result<Ids, String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let (uid, primary) = match user.parse::<u32>() {
+        Ok(uid) => {
+            let primary = passwd_entries(&passwd)
+                .find(|f| f[2].parse() == Ok(uid))
+                .and_then(|f| f[3].parse().ok());
+            (uid, primary)
+        }
+        Err(_) => {
+            let f = passwd_entries(&passwd)
+                .find(|f| f[0] == user)
+                .ok_or_else(|| format!("no user `{user}` in /etc/passwd"))?;
+            let uid = f[2]
+                .parse()
+                .map_err(|_| format!("user `{user}` has a bad uid in /etc/passwd"))?;
+            (uid, f[3].parse().ok())
+        }
+    };
+    let gid = match group {
+        None => primary.unwrap_or(uid),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+                passwd_entries(&groups)
+                    .find(|f| f[0] == g)
+                    .and_then(|f| f[2].parse().ok())
+                    .ok_or_else(|| format!("no group `{g}` in /etc/group"))?
+            }
+        },
+    };
+    Ok(Ids { uid, gid })
+}
+
+fn passwd_entries(text: &str) -> impl Iterator<Item = Vec<&str>> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 4)
+}
+
+/// Exit code for a command that could not be started, as a shell would report it.
+pub fn spawn_error_code(e: &io::Error) -> i32 {
+    if e.kind() == io::ErrorKind::NotFound {
+        crate::exit::NOT_FOUND
+    } else {
+        crate::exit::CANNOT_EXECUTE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_map_to_shell_codes() {
+        assert_eq!(Exit::Code(3).code(), 3);
+        assert_eq!(Exit::Signal(15).code(), 143);
+        assert_eq!(Exit::Signal(9).describe(), "killed by SIGKILL");
+        assert_eq!(Exit::Code(1).describe(), "exited with code 1");
+    }
+
+    #[test]
+    fn numeric_users_need_no_passwd_entry() {
+        assert_eq!(
+            resolve_user("4242:4343"),
+            Ok(Ids {
+                uid: 4242,
+                gid: 4343
+            })
+        );
+        assert_eq!(resolve_user("root").map(|i| i.uid), Ok(0));
+        assert_eq!(
+            resolve_user("no-such-user-here"),
+            Err("no user `no-such-user-here` in /etc/passwd".into())
+        );
+    }
+}
