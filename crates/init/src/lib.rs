@@ -96,9 +96,10 @@ pub fn run_bundle(init: Init, selection: Selection) -> Result<i32, Failure> {
 /// tini-style: runs one command with the terminal, forwards signals to it, reaps orphans, and
 /// returns its exit code (128 + N when killed by signal N).
 pub fn run_single(argv: &[String]) -> Result<i32, Failure> {
-    let (rt, mut signals) = runtime()?;
+    let (rt, signals) = runtime()?;
     rt.block_on(async move {
-        let reaper = proc::Reaper::default();
+        let reaper = std::sync::Arc::new(proc::Reaper::default());
+        let mut signals = proc::dispatch(signals, reaper.clone());
         let spawned = reaper.spawn(proc::Spec {
             argv,
             env: Vec::new(),
@@ -122,8 +123,7 @@ pub fn run_single(argv: &[String]) -> Result<i32, Failure> {
         loop {
             tokio::select! {
                 e = &mut exit_rx => return Ok(e.map(|e| e.code()).unwrap_or(exit::INTERNAL)),
-                sig = signals.recv() => match sig {
-                    Ok(17) => { reaper.reap(); }
+                Some(sig) = signals.recv() => match sig {
                     Ok(s) => proc::signal_pid(pid, s),
                     Err(e) => return Err(Failure::new(format!("cannot read signals: {e}"), exit::INTERNAL)),
                 },

@@ -310,74 +310,67 @@ pub async fn pump(fd: OwnedFd, source: Source, stream: &'static str, watch: Opti
 /// Follows a log file like `tail -F`: from its end when it exists at start, from the beginning
 /// when it appears later, across truncation (starts over) and rotation (drains the old file,
 /// then reads the new one from the start). Driven by inotify on the file's directory.
-pub async fn follow(path: PathBuf, source: Source) {
+pub fn follow(path: PathBuf, source: Source) -> impl std::future::Future<Output = ()> {
+    // The file is opened and watched now, before the daemon's start is announced, so nothing
+    // written after the announcement is missed.
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("/"))
         .to_path_buf();
-    let Some(file_name) = path.file_name().map(|n| n.to_os_string()) else {
-        return;
-    };
-    let mut tail = Tail::open(&path, true);
-    let stream_name = "file";
-    let mut framer = Framer::new(MAX_LINE);
-    let emit = |bytes: &[u8], framer: &mut Framer, finish: bool| {
-        let mut out = Vec::new();
-        framer.push(bytes, |piece, line| {
-            source.frame_into(&mut out, stream_name, piece, line)
-        });
-        if finish {
-            framer.finish(|piece, line| source.frame_into(&mut out, stream_name, piece, line));
-        }
-        out
-    };
-    let inotify = match inotify::Inotify::init() {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::warn!("cannot follow {}: {e}", path.display());
-            return;
-        }
-    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    let tail = Tail::open(&path, true);
     use inotify::WatchMask as M;
-    let mut watched = inotify
-        .watches()
-        .add(
+    let watch = inotify::Inotify::init().and_then(|i| {
+        i.watches().add(
             &dir,
             M::MODIFY | M::CREATE | M::MOVED_TO | M::MOVED_FROM | M::DELETE | M::CLOSE_WRITE,
-        )
-        .is_ok();
-    let mut stream = match inotify.into_event_stream(vec![0u8; 4096]) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot follow {}: {e}", path.display());
-            return;
-        }
-    };
-    if !watched {
+        )?;
+        i.into_event_stream(vec![0u8; 4096])
+    });
+    if let Err(e) = &watch {
         tracing::warn!(
-            "cannot watch {} for {}; it is read only when the daemon starts",
+            "cannot watch {} for {}: {e}; it is read only when the daemon starts",
             dir.display(),
             path.display()
         );
     }
+    follow_with(path, file_name, tail, watch.ok(), source)
+}
+
+async fn follow_with(
+    path: PathBuf,
+    file_name: std::ffi::OsString,
+    mut tail: Tail,
+    mut stream: Option<inotify::EventStream<Vec<u8>>>,
+    source: Source,
+) {
     use futures_util::StreamExt as _;
+    let mut framer = Framer::new(MAX_LINE);
     loop {
         // Read whatever is there now, then wait for the next change in the directory.
-        for bytes in tail.read_new(&path) {
-            let finish = bytes.1;
-            let out = emit(&bytes.0, &mut framer, finish);
+        for (bytes, file_ended) in tail.read_new(&path) {
+            let mut out = Vec::new();
+            framer.push(&bytes, |piece, line| {
+                source.frame_into(&mut out, "file", piece, line)
+            });
+            if file_ended {
+                framer.finish(|piece, line| source.frame_into(&mut out, "file", piece, line));
+            }
             source.out.send(Stream::Stdout, out).await;
         }
-        if !watched {
+        let Some(events) = stream.as_mut() else {
             return;
-        }
+        };
         loop {
-            match stream.next().await {
+            match events.next().await {
                 Some(Ok(ev)) if ev.name.as_deref() == Some(file_name.as_os_str()) => break,
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => {
-                    watched = false;
+                    stream = None;
                     break;
                 }
             }

@@ -266,6 +266,31 @@ impl Signals {
     }
 }
 
+/// Reads signals for as long as the runtime lives: SIGCHLD reaps at once, whatever the
+/// supervisor is doing; every other signal is passed on in order.
+pub fn dispatch(
+    mut signals: Signals,
+    reaper: std::sync::Arc<Reaper>,
+) -> tokio::sync::mpsc::UnboundedReceiver<io::Result<i32>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match signals.recv().await {
+                Ok(n) if n == nix::libc::SIGCHLD => {
+                    reaper.reap();
+                }
+                other => {
+                    let failed = other.is_err();
+                    if tx.send(other).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Becomes the reaper of orphaned descendants when not PID 1.
 pub fn become_subreaper() {
     if std::process::id() != 1

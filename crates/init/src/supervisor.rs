@@ -21,7 +21,6 @@ use crate::show;
 const SIGINT: i32 = 2;
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
-const SIGCHLD: i32 = 17;
 
 /// Which daemons run: all, or the named ones and what they depend on.
 #[derive(Debug, PartialEq, Eq)]
@@ -200,7 +199,7 @@ pub struct Supervisor {
     init: Init,
     daemons: Vec<D>,
     reaper: Arc<Reaper>,
-    signals: Signals,
+    signals: mpsc::UnboundedReceiver<std::io::Result<i32>>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
     out: Output,
@@ -262,11 +261,12 @@ impl Supervisor {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let reaper = Arc::new(Reaper::default());
         Ok(Supervisor {
             init,
             daemons,
-            reaper: Arc::new(Reaper::default()),
-            signals,
+            signals: proc::dispatch(signals, reaper.clone()),
+            reaper,
             tx,
             rx,
             out,
@@ -375,7 +375,7 @@ impl Supervisor {
         self.publish();
         while !self.all_done() {
             tokio::select! {
-                sig = self.signals.recv() => match sig {
+                Some(sig) = self.signals.recv() => match sig {
                     Ok(sig) => self.on_signal(sig),
                     Err(e) => {
                         tracing::error!("reading signals: {e}");
@@ -493,8 +493,7 @@ impl Supervisor {
                 let timeout_at = if timed_out { None } else { deadline };
                 tokio::select! {
                     e = &mut exit_rx => break e.unwrap_or(Exit::Code(exit::INTERNAL)),
-                    sig = self.signals.recv() => match sig {
-                        Ok(SIGCHLD) => { self.reaper.reap(); }
+                    Some(sig) = self.signals.recv() => match sig {
                         Ok(s @ (SIGTERM | SIGINT)) => {
                             if stop_signal.is_some() {
                                 proc::kill_group(pid, SIGKILL);
@@ -1059,9 +1058,6 @@ impl Supervisor {
 
     fn on_signal(&mut self, sig: i32) {
         match sig {
-            SIGCHLD => {
-                self.reaper.reap();
-            }
             SIGTERM | SIGINT if self.phase == Phase::Stopping => {
                 self.event(
                     None,

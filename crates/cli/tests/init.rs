@@ -1,0 +1,879 @@
+//! `tether init` end to end: real processes, real signals, real sockets.
+
+mod support;
+
+use support::*;
+
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+const SIGHUP: i32 = 1;
+
+fn bundle(body: &str) -> Bundle {
+    Bundle::new(&format!("version: 1\nproject: t\ninit:\n{body}"))
+}
+
+#[test]
+fn steps_run_in_order_then_daemons_start_once_their_dependency_is_ready() {
+    let b = bundle(
+        r#"
+  steps:
+    - { name: first, command: [sh, -c, "echo one"] }
+    - { name: second, command: [sh, -c, "echo two"] }
+  daemons:
+    db:
+      command: [sh, -c, "sleep 0.3; echo accepting connections; exec sleep 100"]
+      readiness: { mode: log, pattern: "^accepting" }
+    app:
+      depends_on: [db]
+      command: [sh, -c, "echo app up"]
+      restart: { policy: never }
+      on_exit: shutdown
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    in_order(
+        &lines,
+        &[
+            "[first] one",
+            "[tether] first: step completed",
+            "[second] two",
+            "[tether] db: started",
+            "[db] accepting connections",
+            "[tether] db: ready",
+            "[tether] app: started",
+            "[app] app up",
+            "[tether] app: completed",
+            "[tether] stopping: app ended and has on_exit: shutdown",
+            "[tether] db: stopped (killed by SIGTERM)",
+            "[tether] exiting: all daemons stopped",
+        ],
+    );
+}
+
+/// A server that becomes reachable only after a delay, and a client that fails unless the
+/// server is already there when it starts: the client's success proves the gate held.
+fn gated(server: &str, readiness: &str, client: &str) {
+    let b = bundle(&format!(
+        r#"
+  daemons:
+    server:
+      command: {server}
+      readiness: {readiness}
+    client:
+      depends_on: {{ server: ready }}
+      command: {client}
+      restart: {{ policy: never }}
+      on_exit: shutdown
+"#
+    ));
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    in_order(
+        &lines,
+        &[
+            "[tether] server: ready",
+            "[tether] client: started",
+            "[client] reached",
+        ],
+    );
+}
+
+#[test]
+fn tcp_readiness_gates_dependents() {
+    let port = free_port();
+    gated(
+        &format!(
+            r#"[python3, -c, "import socket,time; time.sleep(0.3); s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',{port})); s.listen(); time.sleep(100)"]"#
+        ),
+        &format!("{{ mode: tcp, port: {port}, interval: 50ms }}"),
+        &format!(
+            r#"[python3, -c, "import socket; socket.create_connection(('127.0.0.1',{port})); print('reached')"]"#
+        ),
+    );
+}
+
+#[test]
+fn http_readiness_gates_dependents() {
+    let port = free_port();
+    gated(
+        &format!(r#"[sh, -c, "sleep 0.3; exec python3 -m http.server {port} --bind 127.0.0.1"]"#),
+        &format!("{{ mode: http, url: 'http://127.0.0.1:{port}/', interval: 50ms }}"),
+        &format!(
+            r#"[python3, -c, "import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/'); print('reached')"]"#
+        ),
+    );
+}
+
+#[test]
+fn exec_readiness_gates_dependents() {
+    let b = tempfile::tempdir().unwrap();
+    let flag = b.path().join("up");
+    let flag = flag.display();
+    gated(
+        &format!(r#"[sh, -c, "sleep 0.3; touch {flag}; exec sleep 100"]"#),
+        &format!("{{ mode: exec, command: [test, -f, '{flag}'], interval: 50ms }}"),
+        &format!(r#"[sh, -c, "test -f {flag} && echo reached"]"#),
+    );
+}
+
+#[test]
+fn notify_fd_readiness_gates_dependents() {
+    let b = tempfile::tempdir().unwrap();
+    let flag = b.path().join("up");
+    let flag = flag.display();
+    gated(
+        &format!(r#"[sh, -c, "sleep 0.3; touch {flag}; echo ready >&$NOTIFY_FD; exec sleep 100"]"#),
+        "{ mode: notify }",
+        &format!(r#"[sh, -c, "test -f {flag} && echo reached"]"#),
+    );
+}
+
+#[test]
+fn notify_socket_readiness_gates_dependents() {
+    let b = tempfile::tempdir().unwrap();
+    let flag = b.path().join("up");
+    let flag = flag.display();
+    let server = format!(
+        r#"[python3, -c, "import os,socket,time; time.sleep(0.3); open('{flag}','w').close(); a=os.environ['NOTIFY_SOCKET']; a='\\0'+a[1:] if a[0]=='@' else a; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'STATUS=warming\\nREADY=1', a); time.sleep(100)"]"#
+    );
+    gated(
+        &server,
+        "{ mode: notify }",
+        &format!(r#"[sh, -c, "test -f {flag} && echo reached"]"#),
+    );
+}
+
+#[test]
+fn a_readiness_timeout_is_a_failure_with_the_reason() {
+    let b = bundle(
+        r#"
+  daemons:
+    slow:
+      command: [sleep, "100"]
+      readiness: { mode: exec, command: ["false"], timeout: 300ms, interval: 50ms }
+      restart: { policy: never }
+      on_exit: shutdown
+    after:
+      depends_on: [slow]
+      command: [sleep, "100"]
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(
+        events(&lines, "slow"),
+        [
+            "started (pid PID)",
+            "not ready: not ready within 300ms; the last check: `false` exited with code 1",
+            "killed by SIGTERM after failing readiness",
+        ]
+        .map(|s| s.replace("PID", &pid_in(&lines, "slow")))
+    );
+    assert!(events(&lines, "after").is_empty(), "{}", lines.join("\n"));
+    assert_eq!(code, 143);
+}
+
+fn pid_in(lines: &[String], daemon: &str) -> String {
+    let l = &lines[pos(lines, &format!("[tether] {daemon}: started (pid "))];
+    l.rsplit_once("(pid ")
+        .unwrap()
+        .1
+        .trim_end_matches(')')
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn restarts_back_off_exponentially_then_give_up() {
+    let b = bundle(
+        r#"
+  daemons:
+    flaky:
+      command: [sh, -c, "echo try; exit 3"]
+      restart:
+        policy: on-failure
+        backoff: { initial: 10ms, multiplier: 2, max: 30ms }
+        max_restarts: 3
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    let ev: Vec<String> = events(&lines, "flaky")
+        .into_iter()
+        .filter(|e| !e.starts_with("started"))
+        .collect();
+    assert_eq!(
+        ev,
+        [
+            "exited with code 3",
+            "restarting in 10ms (restart 1 of 3)",
+            "exited with code 3",
+            "restarting in 20ms (restart 2 of 3)",
+            "exited with code 3",
+            "restarting in 30ms (restart 3 of 3)",
+            "exited with code 3",
+            "gave up after 3 restarts",
+        ]
+    );
+    assert_eq!(lines.iter().filter(|l| *l == "[flaky] try").count(), 4);
+    assert_eq!(code, 123, "a daemon that gave up");
+}
+
+#[test]
+fn on_exit_ignore_keeps_the_others_running() {
+    let b = bundle(
+        r#"
+  daemons:
+    keeper:
+      command: [sleep, "100"]
+    quitter:
+      command: [sh, -c, "exit 5"]
+      restart: { policy: never }
+      on_exit: ignore
+"#,
+    );
+    let mut run = b.start(&[], &[]);
+    run.wait_for("[tether] quitter: exited with code 5");
+    // The keeper is still there: the bundle is waiting for a signal.
+    assert_eq!(children(run.pid()).len(), 1);
+    run.signal(SIGTERM);
+    let (code, lines) = run.finish();
+    in_order(
+        &lines,
+        &[
+            "quitter: exited with code 5",
+            "stopping: received SIGTERM",
+            "keeper: stopped (killed by SIGTERM)",
+        ],
+    );
+    assert_eq!(code, 5, "the failed daemon's code");
+}
+
+#[test]
+fn on_exit_shutdown_takes_the_bundle_down_with_the_code() {
+    let b = bundle(
+        r#"
+  daemons:
+    keeper:
+      command: [sleep, "100"]
+    quitter:
+      command: [sh, -c, "sleep 0.2; exit 5"]
+      restart: { policy: never }
+      on_exit: shutdown
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    in_order(
+        &lines,
+        &[
+            "quitter: exited with code 5",
+            "stopping: quitter ended and has on_exit: shutdown",
+            "keeper: stopped (killed by SIGTERM)",
+            "exiting: exit code 5",
+        ],
+    );
+    assert_eq!(code, 5);
+}
+
+#[test]
+fn failing_liveness_restarts_the_daemon() {
+    let b = bundle(
+        r#"
+  daemons:
+    web:
+      command: [sh, -c, "if [ -f $DIR/ran ]; then touch $DIR/healthy; echo second run; else touch $DIR/ran; echo first run; fi; exec sleep 100"]
+      liveness: { mode: exec, command: [test, -f, $DIR/healthy], interval: 50ms, timeout: 1s, failure_threshold: 2 }
+      restart: { policy: on-failure, backoff: { initial: 10ms } }
+"#,
+    );
+    let mut run = b.start(&[], &[]);
+    run.wait_for("[web] second run");
+    run.signal(SIGTERM);
+    let (code, lines) = run.finish();
+    let dir = b.dir.path().display().to_string();
+    let ev: Vec<String> = events(&lines, "web")
+        .into_iter()
+        .filter(|e| !e.starts_with("started"))
+        .collect();
+    assert_eq!(
+        ev,
+        [
+            format!(
+                "unhealthy: 2 liveness checks failed in a row, the last: `test -f {dir}/healthy` exited with code 1; restarting it"
+            ),
+            "killed by SIGTERM after failing liveness".into(),
+            "restarting in 10ms (restart 1)".into(),
+            "stopped (killed by SIGTERM)".into(),
+        ]
+    );
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn events_reach_the_notify_command_as_json_lines() {
+    let b = bundle(
+        r#"
+  daemons:
+    job:
+      command: [sh, -c, "exit 0"]
+      restart: { policy: never }
+      on_exit: shutdown
+  notify: { command: [sh, -c, "cat >> $DIR/events.jsonl"] }
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    let text = std::fs::read_to_string(b.path("events.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<(&str, Option<&str>)> = events
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["daemon"].as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("start", None),
+            ("started", Some("job")),
+            ("exited", Some("job")),
+            ("completed", Some("job")),
+            ("stopping", None),
+            ("exit", None),
+        ]
+    );
+    assert_eq!(events[2]["exit"], serde_json::json!({"code": 0}));
+    assert!(events.iter().all(|e| e["time"].as_str().is_some()));
+}
+
+#[test]
+fn events_reach_the_notify_url_as_posts() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut bodies = Vec::new();
+        for stream in listener.incoming().take(4) {
+            let mut s = BufReader::new(stream.unwrap());
+            let mut head = String::new();
+            let mut len = 0;
+            loop {
+                let mut l = String::new();
+                s.read_line(&mut l).unwrap();
+                if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if l == "\r\n" {
+                    break;
+                }
+                head.push_str(&l);
+            }
+            let mut body = vec![0; len];
+            s.read_exact(&mut body).unwrap();
+            s.get_mut()
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .unwrap();
+            bodies.push((head.lines().next().unwrap().to_owned(), body));
+        }
+        bodies
+    });
+    let b = bundle(&format!(
+        r#"
+  daemons:
+    job:
+      command: [sh, -c, "exit 0"]
+      restart: {{ policy: never }}
+  notify: {{ url: "http://127.0.0.1:{port}/hook" }}
+"#
+    ));
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    let got = server.join().unwrap();
+    let kinds: Vec<String> = got
+        .iter()
+        .map(|(line, body)| {
+            assert_eq!(line, "POST /hook HTTP/1.1");
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+            v["event"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["start", "started", "exited", "completed"]);
+}
+
+#[test]
+fn output_lines_keep_their_prefix_even_when_partial_long_or_not_utf8() {
+    let b = bundle(
+        r#"
+  daemons:
+    out:
+      command: [sh, -c, "printf 'a\\nb\\n'; printf 'err\\n' >&2; printf '\\377bytes\\n'; head -c 40000 /dev/zero | tr '\\0' x; echo; printf 'no newline'"]
+      restart: { policy: never }
+      on_exit: shutdown
+  logs: { prefix: "{name} | " }
+"#,
+    );
+    let (code, _, raw) = b.start(&[], &[]).finish_raw();
+    assert_eq!(code, 0);
+    // The daemon's lines as bytes, tether's own left out.
+    let raw: Vec<Vec<u8>> = raw
+        .into_iter()
+        .filter(|l| l.starts_with(b"out | "))
+        .collect();
+    let mut expected: Vec<Vec<u8>> = vec![
+        b"out | a".to_vec(),
+        b"out | b".to_vec(),
+        b"out | err".to_vec(),
+        b"out | \xffbytes".to_vec(),
+    ];
+    // 40000 bytes: two 16 KiB pieces marked as continued, then the rest.
+    let mark = "\u{21b5}".as_bytes();
+    expected.push([b"out | ".as_slice(), &[b'x'; 16384], mark].concat());
+    expected.push([b"out | ".as_slice(), &[b'x'; 16384], mark].concat());
+    expected.push([b"out | ".as_slice(), &[b'x'; 40000 - 32768]].concat());
+    expected.push(b"out | no newline".to_vec());
+    // stdout and stderr are separate pipes: the stderr line may come anywhere.
+    let mut got = raw.clone();
+    let err_at = got.iter().position(|l| l == b"out | err").unwrap();
+    got.remove(err_at);
+    expected.remove(2);
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn log_files_are_followed_across_truncation_and_rotation() {
+    let b = bundle(
+        r#"
+  daemons:
+    app:
+      command: [sleep, "100"]
+      log_files: [$DIR/app.log]
+"#,
+    );
+    let log = b.path("app.log");
+    std::fs::write(&log, "old line, before the start\n").unwrap();
+    let mut run = b.start(&[], &[]);
+    run.wait_for("[tether] app: started");
+    let append = |text: &str| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    append("first\n");
+    run.wait_for("[app] first");
+    std::fs::write(&log, "").unwrap();
+    append("after truncation\n");
+    run.wait_for("[app] after truncation");
+    std::fs::rename(&log, b.path("app.log.1")).unwrap();
+    append("in the new file\n");
+    run.wait_for("[app] in the new file");
+    run.signal(SIGTERM);
+    let (code, lines) = run.finish();
+    assert_eq!(code, 0);
+    assert!(!lines.iter().any(|l| l.contains("old line")));
+}
+
+#[test]
+fn shutdown_stops_dependents_before_their_dependencies() {
+    let daemon = |name: &str, dep: &str| {
+        format!(
+            r#"
+    {name}:
+      command: [sh, -c, "trap 'echo stopping; exit 0' TERM; echo up; sleep 100 & wait"]
+      readiness: {{ mode: log, pattern: up }}{dep}"#
+        )
+    };
+    let b = bundle(&format!(
+        "  daemons:{}{}{}\n",
+        daemon("base", ""),
+        daemon("middle", "\n      depends_on: [base]"),
+        daemon("top", "\n      depends_on: [middle]")
+    ));
+    let mut run = b.start(&[], &[]);
+    run.wait_for("[tether] top: ready");
+    run.signal(SIGINT);
+    let (code, lines) = run.finish();
+    in_order(
+        &lines,
+        &[
+            "[top] stopping",
+            "[tether] top: stopped (exited with code 0)",
+            "[middle] stopping",
+            "[tether] middle: stopped",
+            "[base] stopping",
+            "[tether] base: stopped",
+        ],
+    );
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_daemon_that_ignores_its_stop_signal_is_killed_after_its_grace() {
+    let b = bundle(
+        r#"
+  daemons:
+    stubborn:
+      command: [sh, -c, "trap '' TERM; echo up; while :; do sleep 1; done"]
+      readiness: { mode: log, pattern: up }
+      stop: { grace: 200ms }
+"#,
+    );
+    let mut run = b.start(&[], &[]);
+    run.wait_for("stubborn: ready");
+    run.signal(SIGTERM);
+    let (code, lines) = run.finish();
+    in_order(
+        &lines,
+        &[
+            "stubborn: still running 200ms after SIGTERM; sent SIGKILL",
+            "stubborn: killed by SIGKILL while stopping",
+            "exiting: exit code 137",
+        ],
+    );
+    assert_eq!(code, 137);
+}
+
+#[test]
+fn a_second_signal_kills_at_once() {
+    let b = bundle(
+        r#"
+  daemons:
+    stubborn:
+      command: [sh, -c, "trap '' TERM INT; echo up; while :; do sleep 1; done"]
+      readiness: { mode: log, pattern: up }
+      stop: { grace: 1h }
+"#,
+    );
+    let mut run = b.start(&[], &[]);
+    run.wait_for("stubborn: ready");
+    run.signal(SIGTERM);
+    run.wait_for("stopping: received SIGTERM");
+    run.signal(SIGINT);
+    let (code, lines) = run.finish();
+    in_order(
+        &lines,
+        &[
+            "received SIGINT again: killing everything now",
+            "stubborn: killed by SIGKILL",
+        ],
+    );
+    assert_eq!(code, 137);
+}
+
+#[test]
+fn other_signals_are_forwarded_to_each_daemon() {
+    let b = bundle(
+        r#"
+  daemons:
+    a:
+      command: [sh, -c, "trap 'echo got HUP' HUP; echo up; while :; do sleep 0.05; done"]
+      readiness: { mode: log, pattern: up }
+"#,
+    );
+    let mut run = b.start(&[], &[]);
+    run.wait_for("a: ready");
+    run.signal(SIGHUP);
+    run.wait_for("[a] got HUP");
+    run.signal(SIGTERM);
+    assert_eq!(run.finish().0, 0);
+}
+
+#[test]
+fn a_fatal_step_failure_starts_no_daemon() {
+    let b = bundle(
+        r#"
+  steps:
+    - { name: optional, fatal: false, command: [sh, -c, "exit 4"] }
+    - { name: config, command: [sh, -c, "echo bad config >&2; exit 2"] }
+  daemons:
+    never:
+      command: [sleep, "100"]
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(
+        events(&lines, "optional")[1],
+        "step failed: exited with code 4; going on (fatal: false)"
+    );
+    assert_eq!(
+        events(&lines, "config")[1],
+        "step failed: exited with code 2; no daemon starts (fatal step)"
+    );
+    assert!(events(&lines, "never").is_empty());
+    assert_eq!(code, 122);
+}
+
+#[test]
+fn a_step_that_runs_too_long_is_killed() {
+    let b = bundle(
+        r#"
+  steps:
+    - { name: hang, timeout: 200ms, command: [sleep, "100"] }
+  daemons:
+    never:
+      command: [sleep, "100"]
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(
+        events(&lines, "hang")[1],
+        "step timed out after 200ms; no daemon starts (fatal step)"
+    );
+    assert_eq!(code, 122);
+}
+
+#[test]
+fn a_daemon_that_cannot_be_executed_stops_the_bundle() {
+    let b = bundle(
+        r#"
+  daemons:
+    ok:
+      command: [sleep, "100"]
+    missing:
+      depends_on: { ok: started }
+      command: [/no/such/program]
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(
+        events(&lines, "missing"),
+        ["cannot run `/no/such/program`: No such file or directory"]
+    );
+    assert_eq!(code, 127);
+    let b = bundle(
+        r#"
+  daemons:
+    noexec:
+      command: [$DIR/tether.yaml]
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert!(
+        events(&lines, "noexec")[0].ends_with("Permission denied"),
+        "{}",
+        lines.join("\n")
+    );
+    assert_eq!(code, 126);
+}
+
+#[test]
+fn selection_adds_dependencies_and_rejects_unknown_names() {
+    let b = bundle(
+        r#"
+  daemons:
+    db: { command: [sleep, "100"] }
+    api: { command: [sleep, "100"], depends_on: { db: started } }
+    other: { command: [sleep, "100"] }
+  select_env: PICK
+"#,
+    );
+    for (args, env) in [
+        (&["--only", "api"][..], &[][..]),
+        (&[][..], &[("PICK", "api")][..]),
+    ] {
+        let mut run = b.start(args, env);
+        let intro = run.wait_for("daemons:");
+        assert_eq!(
+            intro,
+            "[tether] 0 steps, daemons: db, api; db also starts, api depends on it"
+        );
+        run.wait_for("api: started");
+        run.signal(SIGTERM);
+        let (code, lines) = run.finish();
+        assert_eq!(code, 0);
+        assert!(events(&lines, "other").is_empty());
+    }
+    let out = std::process::Command::new(tether_bin())
+        .args(["init", "-f"])
+        .arg(b.file())
+        .args(["--only", "apl,db"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: --only: no daemon named `apl` in this bundle (it has: db, api, other); did you mean `api`?\n"
+    );
+}
+
+#[test]
+fn the_health_endpoint_reports_readiness_and_status() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let b = bundle(&format!(
+        r#"
+  daemons:
+    gate:
+      command: [sleep, "100"]
+      readiness: {{ mode: exec, command: [test, -f, $DIR/go], interval: 20ms, timeout: 1m }}
+    plain:
+      command: [sleep, "100"]
+  health: {{ listen: "{addr}" }}
+"#
+    ));
+    let mut run = b.start(&[], &[]);
+    run.wait_for("gate: started");
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    assert_eq!(
+        http_get(&addr, "/readyz"),
+        (
+            503,
+            r#"{"ready":false,"phase":"running","not_ready":[{"name":"gate","state":"starting"}]}"#
+                .to_owned()
+                + "\n"
+        )
+    );
+    std::fs::write(b.path("go"), "").unwrap();
+    run.wait_for("gate: ready");
+    assert_eq!(
+        http_get(&addr, "/readyz"),
+        (200, "{\"ready\":true}\n".into())
+    );
+    let (status, body) = http_get(&addr, "/status");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pid: i64 = pid_in(&run.seen, "gate").parse().unwrap();
+    assert_eq!(
+        v["daemons"][0],
+        serde_json::json!({"name": "gate", "state": "running", "pid": pid, "restarts": 0, "last_exit": null, "ready": true})
+    );
+    assert_eq!(v["daemons"][1]["ready"], serde_json::Value::Null);
+    assert_eq!(http_get(&addr, "/nope").0, 404);
+    run.signal(SIGTERM);
+    assert_eq!(run.finish().0, 0);
+}
+
+#[test]
+fn orphans_are_reaped_when_not_pid_1() {
+    let b = bundle(
+        r#"
+  daemons:
+    spawner:
+      command: [sh, -c, "(i=0; while [ $i -lt 1000 ]; do sleep 0.2 & i=$((i+1)); done); echo abandoned; exec sleep 100"]
+"#,
+    );
+    let mut run = b.start(&[], &[]);
+    run.wait_for("[spawner] abandoned");
+    let pid = run.pid();
+    // The 1000 sleeps were re-parented to tether (a subreaper); once they end, only the
+    // daemon itself is left: no zombie, no stray child.
+    eventually("only the daemon is left under tether", || {
+        let kids = children(pid);
+        kids.len() == 1 && kids[0].1 != 'Z'
+    });
+    run.signal(SIGTERM);
+    assert_eq!(run.finish().0, 0);
+}
+
+#[test]
+fn single_command_mode_returns_the_commands_code() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(tether_bin())
+            .arg("init")
+            .arg("--")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        run(&["sh", "-c", "echo hi; exit 7"]),
+        (7, "hi\n".into(), "".into())
+    );
+    assert_eq!(run(&["sh", "-c", "kill -TERM $$"]).0, 143);
+    assert_eq!(
+        run(&["/no/such/thing"]),
+        (
+            127,
+            "".into(),
+            "tether init: error: cannot run `/no/such/thing`: No such file or directory\n".into()
+        )
+    );
+}
+
+#[test]
+fn single_command_mode_forwards_signals() {
+    let mut cmd = std::process::Command::new(tether_bin());
+    cmd.args([
+        "init",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 3' TERM; echo up; while :; do sleep 0.05; done",
+    ]);
+    let mut run = Run::spawn(cmd);
+    run.wait_for("up");
+    run.signal(SIGTERM);
+    let (code, lines) = run.finish();
+    assert_eq!(lines, ["up", "got TERM"]);
+    assert_eq!(code, 3);
+}
+
+/// PID 1 in a new PID namespace: zombies of abandoned grandchildren are reaped, and SIGTERM
+/// from outside still stops the bundle.
+#[test]
+fn as_pid_1_in_a_new_pid_namespace() {
+    let probe = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    if !require(
+        probe.is_ok_and(|o| o.status.success()),
+        "`unshare --pid --fork --mount-proc` is not available (needs root or user namespaces)",
+    ) {
+        return;
+    }
+    let b = bundle(
+        r#"
+  daemons:
+    spawner:
+      command: [sh, -c, "echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline); (i=0; while [ $i -lt 1000 ]; do sleep 0.2 & i=$((i+1)); done); echo abandoned; exec sleep 100"]
+"#,
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(tether_bin())
+        .args(["init", "-f"])
+        .arg(b.file());
+    let mut run = Run::spawn(cmd);
+    let line = run.wait_for("pid1=");
+    assert!(line.contains(" init -f "), "{line}");
+    assert!(
+        line.starts_with("[spawner] pid1=") && line.contains("tether"),
+        "{line}"
+    );
+    run.wait_for("[spawner] abandoned");
+    // unshare's only child is tether, PID 1 inside.
+    let unshare = run.pid();
+    let tether = children(unshare)[0].0;
+    eventually("only the daemon is left under PID 1", || {
+        let kids = children(tether);
+        kids.len() == 1 && kids[0].1 != 'Z'
+    });
+    assert!(
+        support::read_all(std::fs::File::open(format!("/proc/{tether}/status")).unwrap())
+            .contains("NSpid:\t")
+    );
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &tether.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let (code, lines) = run.finish();
+    in_order(
+        &lines,
+        &[
+            "stopping: received SIGTERM",
+            "spawner: stopped (killed by SIGTERM)",
+        ],
+    );
+    assert_eq!(code, 0);
+}

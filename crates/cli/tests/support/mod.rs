@@ -1,0 +1,278 @@
+//! Running `tether init` as a real process and reading its merged output line by line.
+#![allow(dead_code, clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any wait may take before the test fails as hung. Never a measurement.
+pub const HANG: Duration = Duration::from_secs(60);
+
+pub fn tether_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tether"))
+}
+
+/// A folder for one test, with the declaration in it. `$DIR` in the YAML becomes its path.
+pub struct Bundle {
+    pub dir: tempfile::TempDir,
+}
+
+impl Bundle {
+    pub fn new(yaml: &str) -> Bundle {
+        let dir = tempfile::tempdir().unwrap();
+        let text = yaml.replace("$DIR", dir.path().to_str().unwrap());
+        std::fs::write(dir.path().join("tether.yaml"), text).unwrap();
+        Bundle { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn file(&self) -> PathBuf {
+        self.path("tether.yaml")
+    }
+
+    /// `tether init -f tether.yaml ARGS…`
+    pub fn start(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(tether_bin());
+        cmd.arg("init").arg("-f").arg(self.file()).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Run::spawn(cmd)
+    }
+
+    pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, Vec<String>) {
+        self.start(args, env).finish()
+    }
+}
+
+/// A running tether whose stdout and stderr arrive, merged and in order, as lines.
+pub struct Run {
+    pub child: Child,
+    lines: mpsc::Receiver<Vec<u8>>,
+    pub seen: Vec<String>,
+    pub raw: Vec<Vec<u8>>,
+}
+
+impl Run {
+    pub fn spawn(mut cmd: Command) -> Run {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let writer2 = writer.try_clone().unwrap();
+        cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
+        let child = cmd.spawn().unwrap();
+        drop(cmd);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(reader);
+            loop {
+                let mut line = Vec::new();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if line.last() == Some(&b'\n') {
+                            line.pop();
+                        }
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Run {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            raw: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn take(&mut self, line: Vec<u8>) -> String {
+        let s = String::from_utf8_lossy(&line).into_owned();
+        self.raw.push(line);
+        self.seen.push(s.clone());
+        s
+    }
+
+    /// Reads until a line contains `needle`; returns that line.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let end = Instant::now() + HANG;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let s = self.take(line);
+                    if s.contains(needle) {
+                        return s;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    /// Waits for the exit; returns the code and every line.
+    pub fn finish(self) -> (i32, Vec<String>) {
+        let (code, lines, _) = self.finish_raw();
+        (code, lines)
+    }
+
+    /// Like [`Run::finish`], with the lines' bytes as written.
+    pub fn finish_raw(mut self) -> (i32, Vec<String>, Vec<Vec<u8>>) {
+        let end = Instant::now() + HANG;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.take(line);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!("tether did not exit; output:\n{}", self.seen.join("\n"));
+                }
+            }
+        }
+        let status = self.child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        (code, self.seen, self.raw)
+    }
+}
+
+/// The position of the first line containing `needle`.
+pub fn pos(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{}", lines.join("\n")))
+}
+
+/// Asserts that the needles appear in this order.
+pub fn in_order(lines: &[String], needles: &[&str]) {
+    let at: Vec<usize> = needles.iter().map(|n| pos(lines, n)).collect();
+    for w in at.windows(2).zip(needles.windows(2)) {
+        assert!(
+            w.0[0] < w.0[1],
+            "{:?} should come before {:?} in:\n{}",
+            w.1[0],
+            w.1[1],
+            lines.join("\n")
+        );
+    }
+}
+
+/// The lines tether wrote about one daemon, without the `[tether] name: ` part.
+pub fn events(lines: &[String], daemon: &str) -> Vec<String> {
+    let head = format!("[tether] {daemon}: ");
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(&head).map(str::to_owned))
+        .collect()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// Children of `pid` with their state letters, read from /proc.
+pub fn children(pid: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) S ppid ...: comm may hold spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: i32 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if ppid == pid {
+            out.push((p, state));
+        }
+    }
+    out
+}
+
+/// Waits until `cond` holds, failing as hung after [`HANG`].
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + HANG;
+    while !cond() {
+        assert!(Instant::now() < end, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Skips (returns false with a printed reason) unless under CI=true, where it fails instead.
+pub fn require(available: bool, reason: &str) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("required under CI=true: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
+pub fn read_all(mut r: impl Read) -> String {
+    let mut s = String::new();
+    r.read_to_string(&mut s).unwrap();
+    s
+}
