@@ -966,18 +966,23 @@ fn listen_address(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
 
 fn http_url(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
     let s = cx.string(node, path)?;
-    let rest = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"));
-    match rest {
+    if s.starts_with("https://") {
+        cx.error(
+            path,
+            node.span,
+            format!("`{s}`: tether init speaks plain http://"),
+        )
+        .with_label("checks and notifications go to local endpoints over plain HTTP")
+        .with_hint(
+            "for an https:// endpoint, use a command instead, for example `[curl, -fsS, URL]`",
+        );
+        return None;
+    }
+    match s.strip_prefix("http://") {
         Some(r) if !r.is_empty() && !r.starts_with('/') => Some(s),
         _ => {
-            cx.error(
-                path,
-                node.span,
-                format!("`{s}` is not an http:// or https:// URL"),
-            )
-            .with_label("for example `http://127.0.0.1:8080/ready`");
+            cx.error(path, node.span, format!("`{s}` is not an http:// URL"))
+                .with_label("for example `http://127.0.0.1:8080/ready`");
             None
         }
     }
