@@ -284,7 +284,7 @@ fn failing_liveness_restarts_the_daemon() {
     web:
       command: [sh, -c, "if [ -f $DIR/ran ]; then touch $DIR/healthy; echo second run; else touch $DIR/ran; echo first run; fi; exec sleep 100"]
       liveness: { mode: exec, command: [test, -f, $DIR/healthy], interval: 50ms, timeout: 1s, failure_threshold: 2 }
-      restart: { policy: on-failure, backoff: { initial: 10ms } }
+      restart: { policy: on-failure, backoff: { initial: 0s } }
 "#,
     );
     let mut run = b.start(&[], &[]);
@@ -303,7 +303,7 @@ fn failing_liveness_restarts_the_daemon() {
                 "unhealthy: 2 liveness checks failed in a row, the last: `test -f {dir}/healthy` exited with code 1; restarting it"
             ),
             "killed by SIGTERM after failing liveness".into(),
-            "restarting in 10ms (restart 1)".into(),
+            "restarting in 0ms (restart 1)".into(),
             "stopped (killed by SIGTERM)".into(),
         ]
     );

@@ -293,6 +293,16 @@ impl Ctx<'_> {
         options.iter().find(|(w, _)| *w == word).map(|(_, v)| *v)
     }
 
+    /// A duration that may be zero (`0`, `0s`, `0ms`): restart delays.
+    pub fn delay(&mut self, node: &Node, path: &str) -> Option<Duration> {
+        if let Value::Scalar(s) = &node.value
+            && values::is_zero_duration(&s.text)
+        {
+            return Some(Duration(std::time::Duration::ZERO));
+        }
+        self.duration(node, path)
+    }
+
     pub fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
         let result = match &node.value {
             Value::Scalar(s) => match s.typed() {

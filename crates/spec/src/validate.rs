@@ -1323,8 +1323,8 @@ fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
             cx.fields(n, &r.at("backoff"), owner, BACKOFF_FIELDS, "backoff")
                 .and_then(|b| {
                     let d = default_backoff();
-                    let initial = cx.or(&b, "initial", d.initial, Ctx::duration);
-                    let max = cx.or(&b, "max", d.max, Ctx::duration);
+                    let initial = cx.or(&b, "initial", d.initial, Ctx::delay);
+                    let max = cx.or(&b, "max", d.max, Ctx::delay);
                     let multiplier = match b.get("multiplier") {
                         Some(n) => cx.number(n, &b.at("multiplier")).and_then(|m| {
                             if (1.0..=100.0).contains(&m) {

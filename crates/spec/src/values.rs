@@ -36,6 +36,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     duration_from_ms(value * unit_ms, text)
 }
 
+/// `0`, `0.0`, `0s`, `0ms`, `0m`, `0h`.
+pub fn is_zero_duration(text: &str) -> bool {
+    let t = text.trim();
+    let number = ["ms", "s", "m", "h"]
+        .iter()
+        .find_map(|u| t.strip_suffix(u))
+        .unwrap_or(t);
+    !number.is_empty()
+        && number.bytes().all(|b| b == b'0' || b == b'.')
+        && number.bytes().filter(|b| *b == b'.').count() <= 1
+        && number.starts_with('0')
+}
+
 /// A bare YAML number as seconds.
 pub fn duration_from_secs(secs: f64, text: &str) -> Result<Duration, String> {
     if secs < 0.0 {
@@ -366,5 +379,15 @@ mod tests {
             Some("lifecycle")
         );
         assert_eq!(did_you_mean("zzzzzz", &["image", "env"]), None);
+    }
+
+    #[test]
+    fn zero_delays_are_recognised() {
+        for z in ["0", "0.0", "0s", "0ms", "00m", " 0h "] {
+            assert!(is_zero_duration(z), "{z}");
+        }
+        for nz in ["", "s", "0.5s", "10ms", ".0", "-0", "0x"] {
+            assert!(!is_zero_duration(nz), "{nz}");
+        }
     }
 }
