@@ -17,6 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Lines longer than this are delivered in pieces of this size, as Docker does.
 pub const MAX_LINE: usize = 16 * 1024;
+/// The largest read from a daemon's pipe.
+const MAX_READ: usize = 256 * 1024;
+/// The kernel buffer asked for on each daemon's pipe (the unprivileged maximum).
+const PIPE_SIZE: i32 = 1024 * 1024;
 /// Ends every piece of a long line but the last (text format).
 pub const CONTINUED: &str = "\u{21b5}";
 
@@ -43,40 +47,48 @@ pub fn writer() -> (Output, std::thread::JoinHandle<()>) {
     let handle = std::thread::Builder::new()
         .name("tether-out".into())
         .spawn(move || {
-            let mut out = io::stdout().lock();
-            let mut err = io::stderr().lock();
-            let mut batch: Vec<u8> = Vec::with_capacity(256 * 1024);
+            let mut queued: Vec<Chunk> = Vec::new();
             while let Some(first) = rx.blocking_recv() {
-                let stream = first.stream;
-                batch.clear();
-                batch.extend_from_slice(&first.bytes);
-                let mut next = None;
-                // Coalesce what is already queued for the same stream into one write.
-                while batch.len() < 256 * 1024 {
+                queued.push(first);
+                // What is already queued goes out in as few writes as possible, without copying.
+                while queued.len() < 64 {
                     match rx.try_recv() {
-                        Ok(c) if c.stream == stream => batch.extend_from_slice(&c.bytes),
-                        Ok(c) => {
-                            next = Some(c);
-                            break;
-                        }
+                        Ok(c) => queued.push(c),
                         Err(_) => break,
                     }
                 }
-                // A closed stdout (EPIPE) must not stop the draining, or daemons would block.
-                let _ = match stream {
-                    Stream::Stdout => out.write_all(&batch).and_then(|_| out.flush()),
-                    Stream::Stderr => err.write_all(&batch).and_then(|_| err.flush()),
-                };
-                if let Some(c) = next {
-                    let _ = match c.stream {
-                        Stream::Stdout => out.write_all(&c.bytes).and_then(|_| out.flush()),
-                        Stream::Stderr => err.write_all(&c.bytes).and_then(|_| err.flush()),
+                let mut rest = &queued[..];
+                while let Some(head) = rest.first() {
+                    let same = rest.iter().take_while(|c| c.stream == head.stream).count();
+                    let (run, tail) = rest.split_at(same);
+                    // A closed stdout (EPIPE) must not stop the draining, or daemons would block.
+                    let _ = match head.stream {
+                        Stream::Stdout => write_chunks(&mut io::stdout().lock(), run),
+                        Stream::Stderr => write_chunks(&mut io::stderr().lock(), run),
                     };
+                    rest = tail;
                 }
+                queued.clear();
             }
         })
         .expect("the output thread starts");
     (Output { tx }, handle)
+}
+
+/// Writes every chunk whole, with vectored writes.
+fn write_chunks(w: &mut impl Write, chunks: &[Chunk]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> =
+        chunks.iter().map(|c| io::IoSlice::new(&c.bytes)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match w.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    w.flush()
 }
 
 impl Output {
@@ -278,16 +290,22 @@ impl Source {
 
 /// Copies a child's pipe to the output until the child closes it.
 pub async fn pump(fd: OwnedFd, source: Source, stream: &'static str, watch: Option<SharedWatch>) {
+    // A chatty daemon gets a deep pipe and a big buffer (fewer wake-ups per byte); a quiet
+    // one keeps a small buffer, so ten idle daemons cost little memory.
+    let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
     let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
     let mut framer = Framer::new(MAX_LINE);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 4 * 1024];
     loop {
         let n = match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if n == buf.len() && buf.len() < MAX_READ {
+            buf.resize(buf.len() * 2, 0);
+        }
         let mut out = Vec::with_capacity(n + n / 8 + 64);
         framer.push(&buf[..n], |piece, line| {
             if let Some(w) = &watch {
