@@ -566,21 +566,36 @@ fn a_second_signal_kills_at_once() {
 }
 
 #[test]
-fn other_signals_are_forwarded_to_each_daemon() {
+fn other_signals_are_forwarded_as_each_daemon_asks() {
     let b = bundle(
         r#"
   daemons:
-    a:
+    group:
       command: [sh, -c, "trap 'echo got HUP' HUP; echo up; while :; do sleep 0.05; done"]
       readiness: { mode: log, pattern: up }
+    main:
+      command: [sh, -c, "trap 'echo got HUP' HUP; echo up; while :; do sleep 0.05; done"]
+      readiness: { mode: log, pattern: up }
+      forward_signals: process
+    untouched:
+      command: [sleep, "100"]
+      forward_signals: none
 "#,
     );
     let mut run = b.start(&[], &[]);
-    run.wait_for("a: ready");
+    run.wait_for("group: ready");
+    run.wait_for("main: ready");
     run.signal(SIGHUP);
-    run.wait_for("[a] got HUP");
+    run.wait_for("[group] got HUP");
+    run.wait_for("[main] got HUP");
     run.signal(SIGTERM);
-    assert_eq!(run.finish().0, 0);
+    let (code, lines) = run.finish();
+    // Had SIGHUP reached `untouched`, sleep would have died of it before SIGTERM arrived.
+    assert_eq!(
+        events(&lines, "untouched").last().unwrap(),
+        "stopped (killed by SIGTERM)"
+    );
+    assert_eq!(code, 0);
 }
 
 #[test]

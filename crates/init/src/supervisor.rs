@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tether_spec::model::{Check, Condition, Daemon, Init, OnExit, RestartPolicy, ShutdownOrder};
+use tether_spec::model::{
+    Check, Condition, Daemon, Forward, Init, OnExit, RestartPolicy, ShutdownOrder,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -1080,8 +1082,10 @@ impl Supervisor {
             }
             other => {
                 for d in &self.daemons {
-                    if let Some(pid) = d.pid {
-                        proc::kill_group(pid, other);
+                    match (d.pid, d.spec.forward_signals) {
+                        (Some(pid), Forward::Group) => proc::kill_group(pid, other),
+                        (Some(pid), Forward::Process) => proc::signal_pid(pid, other),
+                        _ => {}
                     }
                 }
             }

@@ -340,6 +340,7 @@ pub struct Daemon {
     pub liveness: Option<Liveness>,
     pub restart: Restart,
     pub on_exit: OnExit,
+    pub forward_signals: Forward,
     pub stop: Stop,
     pub success_codes: Vec<i32>,
     pub log_files: Vec<String>,
@@ -413,6 +414,18 @@ pub struct Backoff {
 pub enum OnExit {
     Ignore,
     Shutdown,
+}
+
+/// Where the signals tether init receives (other than SIGTERM and SIGINT) go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forward {
+    /// The daemon's whole process group.
+    Group,
+    /// Only the daemon's main process.
+    Process,
+    /// Not forwarded.
+    None,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -75,6 +75,7 @@ pub const DAEMON_FIELDS: &[&str] = &[
     "liveness",
     "restart",
     "on_exit",
+    "forward_signals",
     "stop",
     "success_codes",
     "log_files",
@@ -1199,6 +1200,17 @@ fn daemon(
         OnExit::Ignore,
         "an exit policy",
     );
+    let forward_signals = cx.pick(
+        &f,
+        "forward_signals",
+        &[
+            ("group", Forward::Group),
+            ("process", Forward::Process),
+            ("none", Forward::None),
+        ],
+        Forward::Group,
+        "where forwarded signals go",
+    );
     let stop = match f.get("stop") {
         Some(n) => {
             let owner = f.key("stop").map(|k| k.span).unwrap_or(name_span);
@@ -1280,6 +1292,7 @@ fn daemon(
             liveness: liveness?,
             restart: restart?,
             on_exit: on_exit?,
+            forward_signals: forward_signals?,
             stop: stop?,
             success_codes: success_codes?,
             log_files: log_files?,
