@@ -892,3 +892,205 @@ fn as_pid_1_in_a_new_pid_namespace() {
     );
     assert_eq!(code, 0);
 }
+
+#[test]
+fn completed_and_started_conditions_gate_as_declared() {
+    let b = bundle(
+        r#"
+  daemons:
+    migrate:
+      command: [sh, -c, "echo migrating; sleep 0.2; echo migrated"]
+      restart: { policy: on-failure }
+    api:
+      depends_on: { migrate: completed }
+      command: [sh, -c, "echo serving; exec sleep 100"]
+    sidecar:
+      depends_on: { api: started }
+      command: [sh, -c, "echo watching"]
+      restart: { policy: never }
+      on_exit: shutdown
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    in_order(
+        &lines,
+        &[
+            "[migrate] migrated",
+            "[tether] migrate: completed",
+            "[tether] api: started",
+            "[tether] sidecar: started",
+            "[sidecar] watching",
+            "[tether] api: stopped (killed by SIGTERM)",
+        ],
+    );
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn parallel_shutdown_signals_every_daemon_at_once() {
+    // `top` depends on `base`, yet with order: parallel `base` is signalled without waiting
+    // for `top`, which holds out until its grace runs out.
+    let b = bundle(
+        r#"
+  daemons:
+    base:
+      command: [sh, -c, "trap 'echo base stopping; exit 0' TERM; echo up; sleep 100 & wait"]
+      readiness: { mode: log, pattern: up }
+    top:
+      depends_on: [base]
+      command: [sh, -c, "trap '' TERM; echo up; while :; do sleep 1; done"]
+      readiness: { mode: log, pattern: up }
+      stop: { grace: 1h }
+  shutdown: { order: parallel }
+"#,
+    );
+    let mut run = b.start(&[], &[]);
+    run.wait_for("top: ready");
+    run.signal(SIGTERM);
+    run.wait_for("[tether] base: stopped (exited with code 0)");
+    // `top` is still running: stop it for good.
+    run.signal(SIGTERM);
+    let (code, lines) = run.finish();
+    in_order(
+        &lines,
+        &["[base] base stopping", "received SIGTERM again", "top: killed by SIGKILL"],
+    );
+    assert_eq!(code, 137);
+}
+
+#[test]
+fn daemons_get_their_env_folder_and_user() {
+    let b = bundle(
+        r#"
+  steps:
+    - { name: who, user: "65534:65534", command: [sh, -c, "echo step as $(id -u):$(id -g)"] }
+  daemons:
+    app:
+      command: [sh, -c, "echo greeting=$GREETING in $(pwd) as $(id -u):$(id -g) groups $(id -G)"]
+      env: { GREETING: hello }
+      workdir: /tmp
+      user: "65534:65534"
+      restart: { policy: never }
+      on_exit: shutdown
+"#,
+    );
+    if !require(
+        nix_is_root(),
+        "dropping privileges needs root; this test runs as another user",
+    ) {
+        return;
+    }
+    let (code, lines) = b.run(&[], &[]);
+    assert!(lines.contains(&"[who] step as 65534:65534".to_owned()), "{}", lines.join("\n"));
+    assert!(
+        lines.contains(&"[app] greeting=hello in /tmp as 65534:65534 groups 65534".to_owned()),
+        "{}",
+        lines.join("\n")
+    );
+    assert_eq!(code, 0);
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_time() {
+    let b = bundle(
+        r#"
+  daemons:
+    app:
+      command: [sh, -c, "echo hello; echo oops >&2"]
+      restart: { policy: never }
+      on_exit: shutdown
+  logs: { format: json }
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(code, 0);
+    let objs: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let app: Vec<(String, String)> = objs
+        .iter()
+        .filter(|o| o["name"] == "app")
+        .map(|o| {
+            assert!(o["time"].as_str().unwrap().ends_with('Z'));
+            (o["stream"].as_str().unwrap().into(), o["line"].as_str().unwrap().into())
+        })
+        .collect();
+    let mut app = app;
+    app.sort();
+    assert_eq!(
+        app,
+        [("stderr".into(), "oops".into()), ("stdout".into(), "hello".into())]
+    );
+    let events: Vec<&str> = objs
+        .iter()
+        .filter(|o| o["name"] == "tether")
+        .map(|o| o["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["start", "started", "exited", "completed", "stopping", "exit"]);
+}
+
+#[test]
+fn timestamps_come_before_the_prefix() {
+    let b = bundle(
+        r#"
+  daemons:
+    app:
+      command: [sh, -c, "echo hello"]
+      restart: { policy: never }
+      on_exit: shutdown
+  logs: { timestamps: true }
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(code, 0);
+    let line = &lines[pos(&lines, "[app] hello")];
+    let (time, rest) = line.split_once(' ').unwrap();
+    assert_eq!(rest, "[app] hello");
+    assert_eq!(time.len(), "2026-11-22T02:31:52.123Z".len(), "{time}");
+    assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+}
+
+#[test]
+fn a_taken_health_port_is_reported_before_anything_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let b = bundle(&format!(
+        r#"
+  steps:
+    - {{ name: never, command: [sh, -c, "echo should not run"] }}
+  daemons:
+    app: {{ command: [sleep, "100"] }}
+  health: {{ listen: "{addr}" }}
+"#
+    ));
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(
+        lines,
+        [format!("[tether] cannot serve health on {addr}: Address already in use")]
+    );
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn an_invalid_declaration_starts_nothing() {
+    let b = bundle(
+        r#"
+  daemons:
+    app:
+      command: [sleep, "100"]
+      restart: { policy: sometimes }
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(code, 1);
+    assert!(lines[0].starts_with("error: init.daemons.app.restart.policy: "), "{}", lines.join("\n"));
+    assert!(!lines.iter().any(|l| l.contains("[tether]")));
+}
