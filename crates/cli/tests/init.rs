@@ -953,7 +953,11 @@ fn parallel_shutdown_signals_every_daemon_at_once() {
     let (code, lines) = run.finish();
     in_order(
         &lines,
-        &["[base] base stopping", "received SIGTERM again", "top: killed by SIGKILL"],
+        &[
+            "[base] base stopping",
+            "received SIGTERM again",
+            "top: killed by SIGKILL",
+        ],
     );
     assert_eq!(code, 137);
 }
@@ -981,7 +985,11 @@ fn daemons_get_their_env_folder_and_user() {
         return;
     }
     let (code, lines) = b.run(&[], &[]);
-    assert!(lines.contains(&"[who] step as 65534:65534".to_owned()), "{}", lines.join("\n"));
+    assert!(
+        lines.contains(&"[who] step as 65534:65534".to_owned()),
+        "{}",
+        lines.join("\n")
+    );
     assert!(
         lines.contains(&"[app] greeting=hello in /tmp as 65534:65534 groups 65534".to_owned()),
         "{}",
@@ -1020,21 +1028,37 @@ fn json_logs_are_one_object_per_line_with_time() {
         .filter(|o| o["name"] == "app")
         .map(|o| {
             assert!(o["time"].as_str().unwrap().ends_with('Z'));
-            (o["stream"].as_str().unwrap().into(), o["line"].as_str().unwrap().into())
+            (
+                o["stream"].as_str().unwrap().into(),
+                o["line"].as_str().unwrap().into(),
+            )
         })
         .collect();
     let mut app = app;
     app.sort();
     assert_eq!(
         app,
-        [("stderr".into(), "oops".into()), ("stdout".into(), "hello".into())]
+        [
+            ("stderr".into(), "oops".into()),
+            ("stdout".into(), "hello".into())
+        ]
     );
     let events: Vec<&str> = objs
         .iter()
         .filter(|o| o["name"] == "tether")
         .map(|o| o["event"].as_str().unwrap())
         .collect();
-    assert_eq!(events, ["start", "started", "exited", "completed", "stopping", "exit"]);
+    assert_eq!(
+        events,
+        [
+            "start",
+            "started",
+            "exited",
+            "completed",
+            "stopping",
+            "exit"
+        ]
+    );
 }
 
 #[test]
@@ -1074,7 +1098,9 @@ fn a_taken_health_port_is_reported_before_anything_starts() {
     let (code, lines) = b.run(&[], &[]);
     assert_eq!(
         lines,
-        [format!("[tether] cannot serve health on {addr}: Address already in use")]
+        [format!(
+            "[tether] cannot serve health on {addr}: Address already in use"
+        )]
     );
     assert_eq!(code, 2);
 }
@@ -1091,6 +1117,44 @@ fn an_invalid_declaration_starts_nothing() {
     );
     let (code, lines) = b.run(&[], &[]);
     assert_eq!(code, 1);
-    assert!(lines[0].starts_with("error: init.daemons.app.restart.policy: "), "{}", lines.join("\n"));
+    assert!(
+        lines[0].starts_with("error: init.daemons.app.restart.policy: "),
+        "{}",
+        lines.join("\n")
+    );
     assert!(!lines.iter().any(|l| l.contains("[tether]")));
+}
+
+/// The README's quick start: the gateway example runs on the host, /readyz turns true once
+/// both servers are ready, and the proxy's access log file reaches the output.
+#[test]
+fn the_gateway_example_runs_on_the_host() {
+    let file = repo().join("examples/gateway-bundle/tether.yaml");
+    let mut cmd = std::process::Command::new(tether_bin());
+    cmd.args(["init", "-f"]).arg(&file);
+    let mut run = Run::spawn(cmd);
+    run.wait_for("[tether] render-config: step completed");
+    run.wait_for("[tether] prober: started");
+    assert_eq!(
+        http_get("127.0.0.1:19090", "/readyz"),
+        (200, "{\"ready\":true}\n".into())
+    );
+    // The prober's requests show up in the access log the proxy writes to a file.
+    run.wait_for("[proxy] 127.0.0.1 - - ");
+    run.signal(SIGINT);
+    let (code, lines) = run.finish();
+    in_order(
+        &lines,
+        &[
+            "[tether] stopping: received SIGINT",
+            "[tether] prober: stopped",
+            "[tether] proxy: stopped",
+        ],
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "[tether] router: stopped (killed by SIGTERM)")
+    );
+    assert_eq!(code, 0);
 }

@@ -82,14 +82,20 @@ fn runtime() -> Result<(tokio::runtime::Runtime, proc::Signals), Failure> {
 /// returned as text.
 pub fn run_bundle(init: Init, selection: Selection) -> Result<i32, Failure> {
     let (rt, signals) = runtime()?;
-    let (out, writer) = logs::writer();
-    let code = rt.block_on(async move {
-        let sup = supervisor::Supervisor::new(init, selection, signals, out)
-            .map_err(|e| Failure::new(e, exit::INVALID))?;
-        Ok(sup.run().await)
+    let (code, writers) = rt.block_on(async move {
+        let (out, writers) = logs::output();
+        let code = match supervisor::Supervisor::new(init, selection, signals, out.clone()) {
+            Ok(sup) => Ok(sup.run().await),
+            Err(e) => Err(Failure::new(e, exit::INVALID)),
+        };
+        out.flush().await;
+        (code, writers)
     });
+    // Dropping the runtime drops the last handles to the writer threads, which then finish.
     drop(rt);
-    let _ = writer.join();
+    for w in writers {
+        let _ = w.join();
+    }
     code
 }
 

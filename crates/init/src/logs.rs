@@ -1,8 +1,11 @@
-//! Output: every daemon line, prefixed, written whole by one writer thread.
+//! Output: every daemon line, prefixed, written whole, in order.
 //!
-//! Readers (pipes and followed files) frame complete lines, prefix them and hand batches to the
-//! writer over a bounded channel, so a slow consumer of tether's stdout slows the daemons down
-//! instead of growing memory, and the supervisor's own loop never blocks on a write.
+//! Readers (pipes and followed files) frame complete lines, prefix them and write batches under
+//! one lock, so lines never interleave and a slow consumer of tether's output slows the daemons
+//! down instead of growing memory. When tether's stdout or stderr is a pipe (a container's
+//! output, `| tee`), it is reopened through /proc/self/fd with a non-blocking file description of
+//! its own and written from the event loop, which waits for room without blocking. Anything else
+//! (a terminal, a file) is written by a thread, so a paused terminal never stalls supervision.
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -12,7 +15,7 @@ use std::time::SystemTime;
 
 use regex::Regex;
 use tether_spec::model::{LogFormat, Logs};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 /// Lines longer than this are delivered in pieces of this size, as Docker does.
@@ -23,6 +26,11 @@ const MAX_READ: usize = 256 * 1024;
 const PIPE_SIZE: i32 = 1024 * 1024;
 /// Ends every piece of a long line but the last (text format).
 pub const CONTINUED: &str = "\u{21b5}";
+/// Batches waiting for a writer thread; a full queue makes readers wait (back-pressure).
+const QUEUE: usize = 8;
+/// At most this many spare buffers, each at most `POOL_BUFFER` bytes, are kept for reuse.
+const POOL_SIZE: usize = QUEUE + 2;
+const POOL_BUFFER: usize = 1024 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
@@ -30,81 +38,167 @@ pub enum Stream {
     Stderr,
 }
 
-struct Chunk {
-    stream: Stream,
-    bytes: Vec<u8>,
+enum Sink {
+    Pipe(tokio::net::unix::pipe::Sender),
+    /// A regular file or /dev/null: writes that cannot stall.
+    Direct(std::fs::File),
+    Thread(mpsc::Sender<Vec<u8>>),
+}
+
+enum Event {
+    Line(Stream, Vec<u8>),
+    Flush(oneshot::Sender<()>),
+}
+
+struct Inner {
+    /// stdout and stderr under one lock: one total order of writes.
+    sinks: tokio::sync::Mutex<[Sink; 2]>,
+    /// Written buffers come back here: a chatty daemon costs no allocation per batch.
+    pool: Mutex<Vec<Vec<u8>>>,
+    /// The supervisor's own lines, in the order it produced them.
+    events: mpsc::UnboundedSender<Event>,
 }
 
 /// The handle readers write through. Cloning is cheap.
 #[derive(Clone)]
 pub struct Output {
-    tx: mpsc::Sender<Chunk>,
+    inner: Arc<Inner>,
 }
 
-/// Starts the writer thread. Dropping every `Output` lets it finish; join the handle to flush.
-pub fn writer() -> (Output, std::thread::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Chunk>(64);
-    let handle = std::thread::Builder::new()
-        .name("tether-out".into())
-        .spawn(move || {
-            let mut queued: Vec<Chunk> = Vec::new();
-            while let Some(first) = rx.blocking_recv() {
-                queued.push(first);
-                // What is already queued goes out in as few writes as possible, without copying.
-                while queued.len() < 64 {
-                    match rx.try_recv() {
-                        Ok(c) => queued.push(c),
-                        Err(_) => break,
-                    }
-                }
-                let mut rest = &queued[..];
-                while let Some(head) = rest.first() {
-                    let same = rest.iter().take_while(|c| c.stream == head.stream).count();
-                    let (run, tail) = rest.split_at(same);
-                    // A closed stdout (EPIPE) must not stop the draining, or daemons would block.
-                    let _ = match head.stream {
-                        Stream::Stdout => write_chunks(&mut io::stdout().lock(), run),
-                        Stream::Stderr => write_chunks(&mut io::stderr().lock(), run),
-                    };
-                    rest = tail;
-                }
-                queued.clear();
-            }
-        })
-        .expect("the output thread starts");
-    (Output { tx }, handle)
-}
-
-/// Writes every chunk whole, with vectored writes.
-fn write_chunks(w: &mut impl Write, chunks: &[Chunk]) -> io::Result<()> {
-    let mut slices: Vec<io::IoSlice<'_>> =
-        chunks.iter().map(|c| io::IoSlice::new(&c.bytes)).collect();
-    let mut slices = &mut slices[..];
-    while !slices.is_empty() {
-        match w.write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Sets up both streams; call inside the runtime. Join the threads after the runtime is gone.
+pub fn output() -> (Output, Vec<std::thread::JoinHandle<()>>) {
+    let mut threads = Vec::new();
+    let mut sink = |fd: i32| match (reopen_pipe(fd), never_stalls(fd)) {
+        (Some(p), _) => Sink::Pipe(p),
+        (None, Some(f)) => Sink::Direct(f),
+        (None, None) => {
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("tether-out".into())
+                    .spawn(move || {
+                        while let Some(b) = rx.blocking_recv() {
+                            // A closed output (EPIPE) must not stop the draining, or daemons
+                            // would block.
+                            let _ = if fd == 1 {
+                                io::stdout().lock().write_all(&b)
+                            } else {
+                                io::stderr().lock().write_all(&b)
+                            };
+                        }
+                    })
+                    .expect("the output thread starts"),
+            );
+            Sink::Thread(tx)
         }
+    };
+    let sinks = [sink(1), sink(2)];
+    let (events, mut rx) = mpsc::unbounded_channel();
+    let out = Output {
+        inner: Arc::new(Inner {
+            sinks: tokio::sync::Mutex::new(sinks),
+            pool: Mutex::new(Vec::new()),
+            events,
+        }),
+    };
+    let writer = out.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Line(stream, bytes) => writer.send(stream, bytes).await,
+                Event::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    });
+    (out, threads)
+}
+
+/// A copy of `fd` when it is a regular file or a character device other than a terminal.
+fn never_stalls(fd: i32) -> Option<std::fs::File> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let owned = if fd == 1 {
+        io::stdout().as_fd().try_clone_to_owned()
+    } else {
+        io::stderr().as_fd().try_clone_to_owned()
     }
-    w.flush()
+    .ok()?;
+    let file = std::fs::File::from(owned);
+    let kind = file.metadata().ok()?.file_type();
+    let quiet_device = kind.is_char_device() && !nix::unistd::isatty(&file).unwrap_or(true);
+    (kind.is_file() || quiet_device).then_some(file)
+}
+
+/// A new, non-blocking file description for `fd` when it is a pipe.
+fn reopen_pipe(fd: i32) -> Option<tokio::net::unix::pipe::Sender> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{fd}"))
+        .ok()?;
+    if !file.metadata().ok()?.file_type().is_fifo() {
+        return None;
+    }
+    // A deeper pipe means fewer waits for the reader; a refusal is harmless.
+    let _ = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    tokio::net::unix::pipe::Sender::from_file(file).ok()
 }
 
 impl Output {
+    /// An empty buffer with room for `capacity` bytes, reused when one is spare.
+    pub fn buffer(&self, capacity: usize) -> Vec<u8> {
+        let spare = self
+            .inner
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let mut b = spare.unwrap_or_default();
+        b.reserve(capacity);
+        b
+    }
+
+    /// Writes a batch of whole lines, waiting (without blocking) while the reader is behind.
     pub async fn send(&self, stream: Stream, bytes: Vec<u8>) {
-        if !bytes.is_empty() {
-            let _ = self.tx.send(Chunk { stream, bytes }).await;
+        if bytes.is_empty() {
+            return;
+        }
+        let mut sinks = self.inner.sinks.lock().await;
+        // A closed reader (EPIPE) is not worth stopping for: the lines are dropped.
+        match &mut sinks[stream as usize] {
+            Sink::Pipe(p) => {
+                let _ = p.write_all(&bytes).await;
+            }
+            Sink::Direct(f) => {
+                let _ = f.write_all(&bytes);
+            }
+            Sink::Thread(tx) => {
+                let _ = tx.send(bytes).await;
+                return;
+            }
+        }
+        drop(sinks);
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL_SIZE && bytes.capacity() <= POOL_BUFFER {
+            let mut b = bytes;
+            b.clear();
+            pool.push(b);
         }
     }
 
-    /// For the supervisor's own short lines: never waits; a full queue waits in a task.
+    /// For the supervisor's own lines: never waits; written in the order given.
     pub fn send_now(&self, stream: Stream, bytes: Vec<u8>) {
-        if let Err(mpsc::error::TrySendError::Full(c)) = self.tx.try_send(Chunk { stream, bytes }) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(c).await;
-            });
+        let _ = self.inner.events.send(Event::Line(stream, bytes));
+    }
+
+    /// Resolves once every line given to `send_now` so far has been written or handed over.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.events.send(Event::Flush(tx)).is_ok() {
+            let _ = rx.await;
         }
     }
 }
@@ -306,7 +400,10 @@ pub async fn pump(fd: OwnedFd, source: Source, stream: &'static str, watch: Opti
         if n == buf.len() && buf.len() < MAX_READ {
             buf.resize(buf.len() * 2, 0);
         }
-        let mut out = Vec::with_capacity(n + n / 8 + 64);
+        let lines = memchr::memchr_iter(b'\n', &buf[..n]).count();
+        let mut out = source
+            .out
+            .buffer(n + (lines + 1) * (source.prefix.len() + 1) + 64);
         framer.push(&buf[..n], |piece, line| {
             if let Some(w) = &watch {
                 check_watch(w, line);

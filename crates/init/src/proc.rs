@@ -70,8 +70,8 @@ pub struct Spec<'a> {
     pub capture: bool,
     /// A pipe for stdin (notify commands); otherwise /dev/null, or inherited with `foreground`.
     pub stdin_pipe: bool,
-    /// The write end of a readiness pipe, left open across exec; its number goes in `NOTIFY_FD`.
-    pub keep_fd: Option<RawFd>,
+    /// The write end of a readiness pipe, and the number it gets in the child (`NOTIFY_FD`).
+    pub keep_fd: Option<(RawFd, RawFd)>,
     /// Make the child's process group the terminal's foreground group (tini-style mode).
     pub foreground: bool,
 }
@@ -122,15 +122,22 @@ impl Reaper {
         let keep_fd = spec.keep_fd;
         let foreground = spec.foreground;
         // SAFETY: the hook runs in the forked child before exec and only makes
-        // async-signal-safe calls (fcntl, isatty, tcsetpgrp, getpgrp, signal,
+        // async-signal-safe calls (fcntl, dup2, isatty, tcsetpgrp, getpgrp, signal,
         // sigemptyset, pthread_sigmask); it allocates
         // nothing and touches no lock.
         unsafe {
             cmd.pre_exec(move || {
-                if let Some(fd) = keep_fd
-                    && nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1
-                {
-                    return Err(io::Error::last_os_error());
+                if let Some((fd, target)) = keep_fd {
+                    // dup2 leaves the copy open across exec; the same number needs its flag
+                    // cleared instead.
+                    let failed = if fd == target {
+                        nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1
+                    } else {
+                        nix::libc::dup2(fd, target) == -1
+                    };
+                    if failed {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 if foreground && nix::libc::isatty(0) == 1 {
                     // A background group calling tcsetpgrp gets SIGTTOU unless it is blocked,
@@ -300,9 +307,20 @@ pub fn become_subreaper() {
     }
 }
 
-/// A pipe whose read end tether keeps (non-blocking) and whose write end a child inherits.
+/// A pipe whose read end tether keeps and whose write end a child inherits.
 pub fn notify_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// The number a child sees its notification pipe as: 3, a single digit that any shell can
+/// redirect to (`echo >&3`), as s6 services commonly use. 3 is taken over in the child only when
+/// it is open in tether (tether's own first descriptor), so it can never be the pipe that
+/// reports a failed exec; otherwise the pipe keeps its own number.
+pub fn notify_fd_number(write_end: RawFd) -> RawFd {
+    // SAFETY: F_GETFD only reads the flags of descriptor 3, if it exists; nothing is borrowed
+    // or closed.
+    let three_is_ours = unsafe { nix::libc::fcntl(3, nix::libc::F_GETFD) } != -1;
+    if three_is_ours { 3 } else { write_end }
 }
 
 pub fn raw(fd: &OwnedFd) -> RawFd {

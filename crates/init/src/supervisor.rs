@@ -654,7 +654,8 @@ impl Supervisor {
         if d.spec.readiness.check == Check::Notify {
             match notify_channels(&d.name, run) {
                 Ok((read, write, sock, sock_name)) => {
-                    env.push(("NOTIFY_FD".into(), proc::raw(&write).to_string()));
+                    let number = proc::notify_fd_number(proc::raw(&write));
+                    env.push(("NOTIFY_FD".into(), number.to_string()));
                     env.push(("NOTIFY_SOCKET".into(), sock_name));
                     keep_write_end = Some(write);
                     notify = Some((read, sock));
@@ -681,7 +682,9 @@ impl Supervisor {
             ids: d.ids,
             capture: true,
             stdin_pipe: false,
-            keep_fd: keep_write_end.as_ref().map(proc::raw),
+            keep_fd: keep_write_end
+                .as_ref()
+                .map(|w| (proc::raw(w), proc::notify_fd_number(proc::raw(w)))),
             foreground: false,
         });
         drop(keep_write_end);
