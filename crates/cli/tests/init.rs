@@ -590,10 +590,13 @@ fn other_signals_are_forwarded_as_each_daemon_asks() {
     run.wait_for("[main] got HUP");
     run.signal(SIGTERM);
     let (code, lines) = run.finish();
-    // Had SIGHUP reached `untouched`, sleep would have died of it before SIGTERM arrived.
+    // Had SIGHUP reached `untouched`, sleep would have died of it.
     assert_eq!(
-        events(&lines, "untouched").last().unwrap(),
-        "stopped (killed by SIGTERM)"
+        events(&lines, "untouched"),
+        [
+            format!("started (pid {})", pid_in(&lines, "untouched")),
+            "stopped (killed by SIGTERM)".into()
+        ]
     );
     assert_eq!(code, 0);
 }
@@ -769,12 +772,16 @@ fn orphans_are_reaped_when_not_pid_1() {
         r#"
   daemons:
     spawner:
-      command: [sh, -c, "(i=0; while [ $i -lt 1000 ]; do sleep 0.2 & i=$((i+1)); done); echo abandoned; exec sleep 100"]
+      command: [sh, -c, "(i=0; while [ $i -lt 1000 ]; do sleep 1 & i=$((i+1)); done); echo abandoned; exec sleep 100"]
 "#,
     );
     let mut run = b.start(&[], &[]);
     run.wait_for("[spawner] abandoned");
     let pid = run.pid();
+    // The orphans are tether's children now (it is their subreaper)…
+    eventually("the orphans are re-parented to tether", || {
+        children(pid).len() > 100
+    });
     // The 1000 sleeps were re-parented to tether (a subreaper); once they end, only the
     // daemon itself is left: no zombie, no stray child.
     eventually("only the daemon is left under tether", || {
@@ -1157,4 +1164,105 @@ fn the_gateway_example_runs_on_the_host() {
             .any(|l| l == "[tether] router: stopped (killed by SIGTERM)")
     );
     assert_eq!(code, 0);
+}
+
+#[test]
+fn a_closed_output_pipe_does_not_disturb_the_daemons() {
+    let b = bundle(
+        r#"
+  daemons:
+    talker:
+      command: [sh, -c, "while :; do echo chatter; echo x >> $DIR/count; sleep 0.02; done"]
+"#,
+    );
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    drop(out_r);
+    let (err_r, err_w) = std::io::pipe().unwrap();
+    let mut child = std::process::Command::new(tether_bin())
+        .args(["init", "-f"])
+        .arg(b.file())
+        .stdout(out_w)
+        .stderr(err_w)
+        .spawn()
+        .unwrap();
+    eventually("the daemon has written 30 lines into a closed pipe", || {
+        std::fs::read_to_string(b.path("count")).is_ok_and(|t| t.lines().count() >= 30)
+    });
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let err = support::read_all(err_r);
+    let lines: Vec<String> = err.lines().map(str::to_owned).collect();
+    // No SIGPIPE reached the daemon: it was started once and stopped once.
+    assert_eq!(
+        events(&lines, "talker"),
+        [
+            format!("started (pid {})", pid_in(&lines, "talker")),
+            "stopped (killed by SIGTERM)".into()
+        ],
+        "{err}"
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sigterm_during_a_shutdown_of_its_own_is_not_a_second_signal() {
+    let b = bundle(
+        r#"
+  daemons:
+    slow:
+      command: [sh, -c, "trap 'echo draining; sleep 0.5; echo drained; exit 0' TERM; echo up; sleep 100 & wait"]
+      readiness: { mode: log, pattern: up }
+    quitter:
+      depends_on: [slow]
+      command: [sh, -c, "exit 0"]
+      restart: { policy: never }
+      on_exit: shutdown
+"#,
+    );
+    let mut run = b.start(&[], &[]);
+    run.wait_for("[slow] draining");
+    run.signal(SIGTERM);
+    let (code, lines) = run.finish();
+    in_order(
+        &lines,
+        &[
+            "stopping: quitter ended and has on_exit: shutdown",
+            "received SIGTERM; already stopping",
+            "[slow] drained",
+            "slow: stopped (exited with code 0)",
+        ],
+    );
+    assert!(!lines.iter().any(|l| l.contains("killing everything")));
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_completed_daemon_does_not_hide_a_later_kill() {
+    let b = bundle(
+        r#"
+  daemons:
+    stubborn:
+      command: [sh, -c, "trap '' TERM; echo up; while :; do sleep 1; done"]
+      readiness: { mode: log, pattern: up }
+      stop: { grace: 200ms }
+    job:
+      depends_on: [stubborn]
+      command: [sh, -c, "exit 0"]
+      restart: { policy: never }
+      on_exit: shutdown
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    in_order(
+        &lines,
+        &[
+            "job: completed",
+            "stubborn: killed by SIGKILL while stopping",
+        ],
+    );
+    assert_eq!(code, 137);
 }

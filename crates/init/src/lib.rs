@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tether_spec::model::Init;
 
+pub use probe::request as http_request;
 pub use supervisor::{Selection, select};
 
 /// Exit codes of `tether init` (see the README).
@@ -63,6 +64,12 @@ impl Failure {
     }
 }
 
+/// Blocks signals at once, before the declaration is read: as PID 1, an unblocked SIGTERM in
+/// that window would be discarded. The runtime reads them later.
+pub fn block_signals_early() {
+    let _ = proc::block_signals();
+}
+
 /// Sets up PID-1 duties (blocked signals, subreaper) and a single-threaded runtime.
 fn runtime() -> Result<(tokio::runtime::Runtime, proc::Signals), Failure> {
     let fail = |what: &str, e: std::io::Error| Failure::new(format!("{what}: {e}"), exit::INTERNAL);
@@ -82,19 +89,26 @@ fn runtime() -> Result<(tokio::runtime::Runtime, proc::Signals), Failure> {
 /// returned as text.
 pub fn run_bundle(init: Init, selection: Selection) -> Result<i32, Failure> {
     let (rt, signals) = runtime()?;
-    let (code, writers) = rt.block_on(async move {
+    let code = rt.block_on(async move {
         let (out, writers) = logs::output();
         let code = match supervisor::Supervisor::new(init, selection, signals, out.clone()) {
             Ok(sup) => Ok(sup.run().await),
             Err(e) => Err(Failure::new(e, exit::INVALID)),
         };
-        out.flush().await;
-        (code, writers)
+        // A reader that stopped reading must not keep tether from exiting.
+        let flushed = tokio::time::timeout(Duration::from_secs(2), out.flush())
+            .await
+            .is_ok();
+        (code, writers, flushed)
     });
-    // Dropping the runtime drops the last handles to the writer threads, which then finish.
-    drop(rt);
-    for w in writers {
-        let _ = w.join();
+    let (code, writers, flushed) = code;
+    // Dropping the runtime drops the last handles to the writer threads, which then finish;
+    // nothing (a name lookup in a probe, say) holds the exit up for long.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    if flushed {
+        for w in writers {
+            let _ = w.join();
+        }
     }
     code
 }

@@ -466,8 +466,8 @@ async fn follow_with(
     use futures_util::StreamExt as _;
     let mut framer = Framer::new(MAX_LINE);
     loop {
-        // Read whatever is there now, then wait for the next change in the directory.
-        for (bytes, file_ended) in tail.read_new(&path) {
+        // Read whatever is there now, a step at a time, then wait for the next change.
+        while let Some((bytes, file_ended)) = tail.read_new(&path) {
             let mut out = Vec::new();
             framer.push(&bytes, |piece, line| {
                 source.frame_into(&mut out, "file", piece, line)
@@ -476,6 +476,7 @@ async fn follow_with(
                 framer.finish(|piece, line| source.frame_into(&mut out, "file", piece, line));
             }
             source.out.send(Stream::Stdout, out).await;
+            tokio::task::yield_now().await;
         }
         let Some(events) = stream.as_mut() else {
             return;
@@ -527,10 +528,13 @@ impl Tail {
     }
 
     /// New bytes, each batch flagged when it ends a file (rotation: its last line is complete).
-    fn read_new(&mut self, path: &Path) -> Vec<(Vec<u8>, bool)> {
+    /// At most 1 MiB of new bytes (a large file is read across several turns of the event
+    /// loop), flagged when they end a file that was rotated away (its last line is then
+    /// complete). `None`: nothing new.
+    fn read_new(&mut self, path: &Path) -> Option<(Vec<u8>, bool)> {
         use std::io::{Read, Seek, SeekFrom};
         use std::os::unix::fs::MetadataExt;
-        let mut batches = Vec::new();
+        const STEP: u64 = 1024 * 1024;
         let current = std::fs::metadata(path).ok();
         let rotated =
             current.as_ref().is_some_and(|m| m.ino() != self.inode) || self.file.is_none();
@@ -542,19 +546,28 @@ impl Tail {
                 self.pos = 0;
             }
             let mut buf = Vec::new();
-            if f.seek(SeekFrom::Start(self.pos)).is_ok() && f.read_to_end(&mut buf).is_ok() {
-                self.pos += buf.len() as u64;
+            if f.seek(SeekFrom::Start(self.pos)).is_ok() {
+                let _ = f.take(STEP).read_to_end(&mut buf);
             }
-            if !buf.is_empty() || rotated {
-                batches.push((buf, rotated));
+            self.pos += buf.len() as u64;
+            if buf.len() as u64 == STEP {
+                return Some((buf, false));
             }
+            if !buf.is_empty() && !rotated {
+                return Some((buf, false));
+            }
+            if rotated && current.is_some() {
+                // The old file is drained: its last line ends here; the new one is read next.
+                *self = Tail::open(path, false);
+                return Some((buf, true));
+            }
+            return (!buf.is_empty()).then_some((buf, false));
         }
-        if rotated && current.is_some() {
+        if current.is_some() {
             *self = Tail::open(path, false);
-            let mut more = self.read_new(path);
-            batches.append(&mut more);
+            return Some((Vec::new(), false));
         }
-        batches
+        None
     }
 }
 

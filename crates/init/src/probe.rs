@@ -77,14 +77,25 @@ async fn exec(command: &[String], reaper: &Arc<Reaper>, ctx: &ExecContext) -> Re
     let pid = spawned.pid;
     // Kill the check's group if this attempt is abandoned (timeout or the daemon went away).
     let guard = KillOnDrop(pid);
+    /// Reads to the end (a check that prints a lot must not block on a full pipe), keeping
+    /// the last 4 KiB to explain a failure.
     async fn drain(fd: Option<std::os::fd::OwnedFd>) -> Vec<u8> {
-        let mut buf = Vec::new();
+        let mut tail = Vec::new();
         if let Some(mut p) =
             fd.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok())
         {
-            let _ = (&mut p).take(64 * 1024).read_to_end(&mut buf).await;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = p.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 8192 {
+                    tail.drain(..tail.len() - 4096);
+                }
+            }
         }
-        buf
+        tail
     }
     let (mut text, err) = tokio::join!(drain(spawned.stdout), drain(spawned.stderr));
     text.extend_from_slice(&err);

@@ -235,10 +235,19 @@ const SYNCHRONOUS: &[Signal] = &[
 
 /// Blocks every asynchronous signal in this thread (and so in every thread started after).
 /// Must run before any thread starts. Children get an empty mask back before exec.
+///
+/// SIGPIPE stays unblocked and ignored (as Rust programs start): a write to a closed pipe is
+/// an EPIPE error for tether, never a signal to forward. SIGCHLD gets its default disposition
+/// back, because an inherited SIG_IGN would make the kernel reap children unseen.
 pub fn block_signals() -> io::Result<SigSet> {
     let mut set = SigSet::all();
-    for s in SYNCHRONOUS {
+    for s in SYNCHRONOUS.iter().chain([&Signal::SIGPIPE]) {
         set.remove(*s);
+    }
+    // SAFETY: resetting SIGCHLD to its default disposition installs no handler; it runs before
+    // any child exists.
+    unsafe {
+        nix::libc::signal(nix::libc::SIGCHLD, nix::libc::SIG_DFL);
     }
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(io::Error::from)?;
     Ok(set)

@@ -153,6 +153,9 @@ struct D {
     stopping: Option<StopReason>,
     kill_sent: bool,
     following: bool,
+    /// Set the moment the current run's process is reaped, before its last output is drained:
+    /// from then on its pid (and process group id) may belong to someone else.
+    reaped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl D {
@@ -162,6 +165,12 @@ impl D {
 
     fn alive(&self) -> bool {
         self.pid.is_some()
+    }
+
+    /// The pid to signal: none once the process is reaped.
+    fn live_pid(&self) -> Option<i32> {
+        self.pid
+            .filter(|_| !self.reaped.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     fn state_name(&self) -> &'static str {
@@ -214,6 +223,8 @@ pub struct Supervisor {
     health: Option<health::Shared>,
     notifier: Option<Notifier>,
     added: Vec<(String, String)>,
+    /// SIGTERMs and SIGINTs received: the second one kills at once.
+    stop_signals: u32,
 }
 
 impl Supervisor {
@@ -254,6 +265,7 @@ impl Supervisor {
                 stopping: None,
                 kill_sent: false,
                 following: false,
+                reaped: Arc::default(),
             });
         }
         for step in &init.steps {
@@ -279,6 +291,7 @@ impl Supervisor {
             health: None,
             notifier: None,
             added: selection.added,
+            stop_signals: 0,
         })
     }
 
@@ -725,12 +738,20 @@ impl Supervisor {
         // The exit is reported after the daemon's last lines are out.
         let exit_rx = spawned.exit;
         let etx = tx.clone();
+        let reaped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        d.reaped = reaped.clone();
         tokio::spawn(async move {
             let exit = exit_rx.await.unwrap_or(Exit::Code(exit::INTERNAL));
+            // What the daemon left in its group goes with it; the group id is still ours
+            // until the last member is gone.
             proc::kill_group(pid, SIGKILL);
-            for p in pumps {
-                let _ = tokio::time::timeout(Duration::from_secs(1), p).await;
-            }
+            reaped.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Its last lines first, then the exit: all pipes drained under one deadline.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                futures_util::future::join_all(pumps),
+            )
+            .await;
             let _ = etx.send(Msg::Exited { i, run, exit });
         });
         if !d.following {
@@ -867,11 +888,10 @@ impl Supervisor {
             }
             Msg::GraceOver { i, run } => {
                 let d = &mut self.daemons[i];
-                if d.run != run || !d.alive() || d.kill_sent {
+                let Some(pid) = d.live_pid().filter(|_| d.run == run && !d.kill_sent) else {
                     return;
-                }
+                };
                 d.kill_sent = true;
-                let pid = d.pid.unwrap_or(0);
                 let grace = show(
                     d.spec
                         .stop
@@ -903,7 +923,9 @@ impl Supervisor {
             .unwrap_or(self.init.shutdown.grace.0);
         let tx = self.tx.clone();
         let d = &mut self.daemons[i];
-        let Some(pid) = d.pid else { return };
+        if d.pid.is_none() {
+            return;
+        }
         if d.stopping.is_some() {
             // Already signalled (readiness or liveness): it now ends as part of the shutdown.
             d.stopping = Some(reason);
@@ -912,7 +934,9 @@ impl Supervisor {
         d.abort_tasks();
         d.stopping = Some(reason);
         d.state = State::Stopping;
-        proc::kill_group(pid, d.spec.stop.signal.number);
+        if let Some(pid) = d.live_pid() {
+            proc::kill_group(pid, d.spec.stop.signal.number);
+        }
         let run = d.run;
         d.tasks.push(tokio::spawn(async move {
             tokio::time::sleep(grace).await;
@@ -936,11 +960,11 @@ impl Supervisor {
         let reason = d.stopping.take();
         if reason == Some(StopReason::Shutdown) || phase == Phase::Stopping {
             let asked = reason == Some(StopReason::Shutdown);
-            let clean = asked
-                && !d.kill_sent
-                && (exit == Exit::Signal(stop_sig)
-                    || exit == Exit::Code(128 + stop_sig)
-                    || matches!(exit, Exit::Code(c) if d.spec.success_codes.contains(&c)));
+            // A success code is clean whether or not it had been asked to stop yet.
+            let clean = !d.kill_sent
+                && (matches!(exit, Exit::Code(c) if d.spec.success_codes.contains(&c))
+                    || (asked
+                        && (exit == Exit::Signal(stop_sig) || exit == Exit::Code(128 + stop_sig))));
             d.state = State::Done(End::Stopped);
             if clean {
                 self.event(
@@ -1063,7 +1087,7 @@ impl Supervisor {
 
     fn on_signal(&mut self, sig: i32) {
         match sig {
-            SIGTERM | SIGINT if self.phase == Phase::Stopping => {
+            SIGTERM | SIGINT if self.stop_signals > 0 => {
                 self.event(
                     None,
                     "killing",
@@ -1074,18 +1098,29 @@ impl Supervisor {
                     json!({}),
                 );
                 for d in &mut self.daemons {
-                    if let Some(pid) = d.pid {
+                    if let Some(pid) = d.live_pid() {
                         d.kill_sent = true;
                         proc::kill_group(pid, SIGKILL);
                     }
                 }
             }
             SIGTERM | SIGINT => {
-                self.begin_shutdown(format!("received {}", proc::signal_name(sig)), None)
+                self.stop_signals += 1;
+                if self.phase == Phase::Stopping {
+                    // Already stopping on its own: this is the request, not the impatience.
+                    self.event(
+                        None,
+                        "stopping",
+                        format!("received {}; already stopping", proc::signal_name(sig)),
+                        json!({}),
+                    );
+                } else {
+                    self.begin_shutdown(format!("received {}", proc::signal_name(sig)), None)
+                }
             }
             other => {
                 for d in &self.daemons {
-                    match (d.pid, d.spec.forward_signals) {
+                    match (d.live_pid(), d.spec.forward_signals) {
                         (Some(pid), Forward::Group) => proc::kill_group(pid, other),
                         (Some(pid), Forward::Process) => proc::signal_pid(pid, other),
                         _ => {}
@@ -1096,7 +1131,8 @@ impl Supervisor {
     }
 
     fn begin_shutdown(&mut self, why: String, code: Option<i32>) {
-        if let Some(c) = code {
+        // A daemon that completed does not decide the code: later failures still may.
+        if let Some(c) = code.filter(|c| *c != 0) {
             self.exit_code.get_or_insert(c);
         }
         if self.phase == Phase::Stopping {
@@ -1158,7 +1194,10 @@ impl Supervisor {
                     restarts: d.total_restarts,
                     last_exit: d.last_exit.map(|e| e.describe()),
                     ready: d.has_check().then_some(d.state == State::Running),
-                    awaited: d.has_check() && !matches!(d.state, State::Done(_)),
+                    // Not ready while start-up is unfinished: a daemon still waiting for its
+                    // dependencies counts, with or without a check of its own.
+                    awaited: d.state == State::Waiting
+                        || (d.has_check() && !matches!(d.state, State::Done(_))),
                 })
                 .collect(),
         };
@@ -1190,7 +1229,15 @@ type NotifyChannels = (
 fn notify_channels(name: &str, run: u64) -> std::io::Result<NotifyChannels> {
     use std::os::linux::net::SocketAddrExt;
     let (read, write) = proc::notify_pipe()?;
-    let abstract_name = format!("tether/{}/{name}/{run}", std::process::id());
+    // Abstract names are shared by every process in the network namespace (a pod, a
+    // host-network container): a random part keeps two tethers apart and the name unguessable.
+    let nonce = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(run);
+        h.finish()
+    };
+    let abstract_name = format!("tether/{}/{name}/{run}/{nonce:016x}", std::process::id());
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())?;
     let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
     sock.set_nonblocking(true)?;
