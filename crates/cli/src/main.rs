@@ -82,6 +82,45 @@ enum Command {
         #[arg(last = true, value_name = "WORKLOAD")]
         argv: Vec<String>,
     },
+    /// Start the sidecars, wait until they are ready, run the workload in the foreground
+    #[command(
+        after_help = "Examples:\n  tether run -- docker run --rm -it app:dev pytest -x\n  tether run -- ./run-tests.sh          a host process: sidecar ports published on 127.0.0.1\n  tether run                            the declaration's workload.image and command\n\nShared sidecars stay up for the next run; session sidecars are removed when the run ends.\nExit status: the workload's; 130 after Ctrl-C, 143 after SIGTERM; 1 invalid declaration;\n2 engine unreachable or refusing; 3 a sidecar failed to start or become ready."
+    )]
+    Run {
+        #[command(flatten)]
+        file: FileArg,
+        /// The session id used in session sidecar names [default: a new random id]
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// The workload: `docker run … IMAGE …`, or any command to run on this host
+        #[arg(last = true, value_name = "WORKLOAD")]
+        argv: Vec<String>,
+    },
+    /// List this project's sidecar containers
+    #[command(
+        after_help = "Examples:\n  tether ps\n  tether ps --json | jq '.[] | select(.state != \"running\")'"
+    )]
+    Ps {
+        #[command(flatten)]
+        file: FileArg,
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove this project's sidecar containers
+    #[command(
+        after_help = "Examples:\n  tether down              shared and session sidecars\n  tether down --sessions   only session sidecars (left by runs that were killed)\n  tether down --all        everything, the project network too"
+    )]
+    Down {
+        #[command(flatten)]
+        file: FileArg,
+        /// Only session sidecars
+        #[arg(long, conflicts_with = "all")]
+        sessions: bool,
+        /// Also the project network
+        #[arg(long)]
+        all: bool,
+    },
     /// Supervise the bundle's steps and daemons as PID 1, or run one command tini-style
     #[command(
         after_help = "Examples:\n  tether init                               the `init` section of ./tether.yaml\n  tether init -f bundle.yaml --only proxy   proxy and what it depends on\n  tether init -- /app/server --port 80      one command: signals forwarded, zombies reaped\n\nSignals: SIGTERM or SIGINT stops the daemons in reverse dependency order (a second one\nkills them at once); every other signal is forwarded to each daemon's process group.\n\nExit status: 0 after a requested shutdown in which every daemon stopped cleanly; a failed\ndaemon's code (128+N when killed by signal N); 122 a fatal step failed; 123 a daemon gave\nup after max_restarts; 126 a command could not be executed; 127 a command was not found;\n1 the declaration is invalid; 2 tether itself failed. With `-- CMD`, the command's code."
@@ -101,6 +140,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Init { .. }) {
+        tether_init::block_signals_early();
+    }
     // Diagnostics for tether's developers: TETHER_LOG=debug (or any tracing filter).
     if let Ok(filter) = std::env::var("TETHER_LOG") {
         tracing_subscriber::fmt()
@@ -121,6 +163,17 @@ fn main() -> ExitCode {
             json,
             argv,
         } => plan(&file, session, json, argv),
+        Command::Run {
+            file,
+            session,
+            argv,
+        } => return ExitCode::from(run(&file, session, argv)),
+        Command::Ps { file, json } => ps(&file, json),
+        Command::Down {
+            file,
+            sessions,
+            all,
+        } => down(&file, sessions, all),
         Command::Init {
             file,
             only,
@@ -241,50 +294,162 @@ fn config(file: &FileArg, json: bool) -> u8 {
     exit::OK
 }
 
-fn plan(file: &FileArg, session: Option<String>, json: bool, mut argv: Vec<String>) -> u8 {
+/// The workload command: what follows `--`, else the declaration's `workload`.
+fn workload_argv(
+    decl: &tether_spec::model::Declaration,
+    argv: Vec<String>,
+) -> Result<Vec<String>, u8> {
+    if !argv.is_empty() {
+        return Ok(argv);
+    }
+    match decl
+        .workload
+        .as_ref()
+        .and_then(|w| w.image.clone().map(|i| (i, w)))
+    {
+        Some((image, w)) => {
+            let mut argv = vec!["docker".into(), "run".into(), "--rm".into(), image];
+            argv.extend(w.command.clone().unwrap_or_default());
+            Ok(argv)
+        }
+        None => {
+            eprintln!(
+                "error: no workload: give its command after `--`, or declare `workload.image`"
+            );
+            eprintln!("  = hint: tether run -- docker run --rm IMAGE [ARGS]");
+            Err(exit::INVALID)
+        }
+    }
+}
+
+/// The declaration and its plan, or the exit code after saying why not.
+fn planned(
+    file: &FileArg,
+    session: Option<String>,
+    argv: Vec<String>,
+) -> Result<(Loaded, tether_plan::Plan), u8> {
+    let loaded = load(file, false)?;
+    let argv = workload_argv(&loaded.declaration, argv)?;
+    let session = session.unwrap_or_else(new_session_id);
+    if let Err(e) = tether_spec::values::check_dns_label(&session) {
+        eprintln!("error: --session: {e}");
+        return Err(exit::INVALID);
+    }
+    match tether_plan::plan(&loaded.declaration, &session, &argv) {
+        Ok(p) => Ok((loaded, p)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(exit::INVALID)
+        }
+    }
+}
+
+fn plan(file: &FileArg, session: Option<String>, json: bool, argv: Vec<String>) -> u8 {
+    let (_, p) = match planned(file, session, argv) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+    } else {
+        print!("{}", p.render_text());
+    }
+    exit::OK
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+}
+
+/// Connects to the engine, or says why not.
+async fn engine() -> Result<tether_run::docker::DockerEngine, u8> {
+    tether_run::docker::DockerEngine::connect()
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            eprintln!("  = hint: is the Docker Engine running? DOCKER_HOST selects another one");
+            exit::INTERNAL
+        })
+}
+
+fn run(file: &FileArg, session: Option<String>, argv: Vec<String>) -> u8 {
+    let (loaded, p) = match planned(file, session, argv) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let code = runtime().block_on(async {
+        if p.sidecars.is_empty() {
+            return tether_run::run::passthrough(&p).await;
+        }
+        match engine().await {
+            Ok(e) => tether_run::run::run(&e, &loaded.declaration, &p).await,
+            Err(code) => i32::from(code),
+        }
+    });
+    (code & 0xff) as u8
+}
+
+fn ps(file: &FileArg, json: bool) -> u8 {
     let loaded = match load(file, false) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let decl = &loaded.declaration;
-    if argv.is_empty() {
-        match decl
-            .workload
-            .as_ref()
-            .and_then(|w| w.image.clone().map(|i| (i, w)))
-        {
-            Some((image, w)) => {
-                argv = vec!["docker".into(), "run".into(), "--rm".into(), image];
-                argv.extend(w.command.clone().unwrap_or_default());
+    let project = loaded.declaration.project.clone();
+    runtime().block_on(async {
+        let e = match engine().await {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        match tether_run::ps::list(&e, &project).await {
+            Ok(rows) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&rows).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", tether_run::ps::table(&rows));
+                }
+                exit::OK
             }
-            None => {
-                eprintln!(
-                    "error: no workload: give its command after `--`, or declare `workload.image`"
-                );
-                eprintln!("  = hint: tether plan -- docker run --rm IMAGE [ARGS]");
-                return exit::INVALID;
+            Err(err) => {
+                eprintln!("error: {err}");
+                exit::INTERNAL
             }
         }
-    }
-    let session = session.unwrap_or_else(new_session_id);
-    if let Err(e) = tether_spec::values::check_dns_label(&session) {
-        eprintln!("error: --session: {e}");
-        return exit::INVALID;
-    }
-    match tether_plan::plan(decl, &session, &argv) {
-        Ok(p) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
-            } else {
-                print!("{}", p.render_text());
+    })
+}
+
+fn down(file: &FileArg, sessions: bool, all: bool) -> u8 {
+    let loaded = match load(file, false) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let project = loaded.declaration.project.clone();
+    runtime().block_on(async {
+        let e = match engine().await {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        match tether_run::ps::down(&e, &project, sessions, all).await {
+            Ok(removed) => {
+                for name in &removed {
+                    eprintln!("removed {name}");
+                }
+                if removed.is_empty() {
+                    eprintln!("nothing to remove for project {project}");
+                }
+                exit::OK
             }
-            exit::OK
+            Err(err) => {
+                eprintln!("error: {err}");
+                exit::INTERNAL
+            }
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::INVALID
-        }
-    }
+    })
 }
 
 /// Eight hex digits from the clock and the process id: unique enough to tell sessions apart.

@@ -29,7 +29,7 @@ pub const SECRETS_DIR: &str = "/run/secrets";
 /// Where the MCP server list is mounted in a workload container.
 pub const MCP_CONFIG_TARGET: &str = "/run/tether/mcp.json";
 /// Bumped when the hashed form changes, so containers from older plans are recreated.
-const HASH_FORMAT: &str = "tether-config-v1";
+const HASH_FORMAT: &str = "tether-config-v2";
 
 /// `tether-<project>`, the network the project's sidecars and workload share.
 pub fn network_name(project: &str) -> String {
@@ -254,7 +254,8 @@ pub struct ContainerPlan {
     pub mounts: Vec<MountPlan>,
     /// Read on the host at start and written as files under `/run/secrets/`; never env or labels.
     pub secrets: Vec<Secret>,
-    /// Container ports to publish on 127.0.0.1 (host-process workloads only).
+    /// Container ports to publish on 127.0.0.1: always for shared sidecars, for session ones
+    /// when the workload is a host process.
     pub publish: Vec<u16>,
     pub memory: Option<u64>,
     pub nano_cpus: Option<i64>,
@@ -408,8 +409,11 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
     for s in decl.enabled_sidecars() {
         let session_part = (s.lifecycle == Lifecycle::Session).then_some(session);
         let name = container_name(&decl.project, &s.name, session_part);
+        // A shared container serves container and host-process runs alike, so its port is
+        // always published (on 127.0.0.1 only); a session one only when the workload needs it.
         let publish = match (target.clone(), s.port()) {
             (WorkloadTarget::HostProcess, Some(p)) => vec![p],
+            (_, Some(p)) if s.lifecycle == Lifecycle::Shared => vec![p],
             _ => Vec::new(),
         };
         sidecars.push(container_plan(decl, s, name, session, publish));

@@ -1,0 +1,132 @@
+//! The engine seam: the few operations `tether run` needs, in tether's own terms. The Docker
+//! Engine implements it (docker.rs); so does an in-memory fake for orchestration tests (fake.rs).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tether_plan::{HealthcheckPlan, MountPlan};
+
+/// What went wrong talking to the engine, in words a user can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineError {
+    /// The engine cannot be reached at all.
+    Unreachable { endpoint: String, reason: String },
+    /// No such image on this engine.
+    NoImage { image: String },
+    /// No such container or network.
+    NotFound { what: String },
+    /// A container name is taken (another run created it first).
+    NameTaken { name: String },
+    /// The engine refused a request.
+    Refused { what: String, reason: String },
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::Unreachable { endpoint, reason } => {
+                write!(
+                    f,
+                    "cannot reach the container engine at {endpoint}: {reason}"
+                )
+            }
+            EngineError::NoImage { image } => {
+                write!(f, "there is no image `{image}` on this engine")
+            }
+            EngineError::NotFound { what } => write!(f, "{what} does not exist"),
+            EngineError::NameTaken { name } => write!(f, "the name `{name}` is already taken"),
+            EngineError::Refused { what, reason } => {
+                write!(f, "the engine refused to {what}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// A container as the engine reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// `created`, `running`, `exited`, …
+    pub state: String,
+    pub exit_code: Option<i64>,
+    /// `starting`, `healthy`, `unhealthy` when the container has a healthcheck.
+    pub health: Option<String>,
+    /// Network name → the container's IPv4 address on it.
+    pub addresses: BTreeMap<String, String>,
+    /// Container port (tcp) → host port on 127.0.0.1.
+    pub published: BTreeMap<u16, u16>,
+    /// When it was created, RFC 3339.
+    pub created: String,
+}
+
+impl Container {
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// Everything needed to create a container.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    /// `KEY=VALUE`.
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub network: String,
+    pub aliases: Vec<String>,
+    pub mounts: Vec<MountPlan>,
+    /// Container ports to publish on 127.0.0.1, on ports the engine picks.
+    pub publish: Vec<u16>,
+    pub memory: Option<u64>,
+    pub nano_cpus: Option<i64>,
+    pub healthcheck: Option<HealthcheckPlan>,
+}
+
+/// The operations tether needs from a container engine.
+#[allow(async_fn_in_trait)]
+pub trait Engine {
+    /// Where the engine is, for messages.
+    fn endpoint(&self) -> String;
+    /// Reaches the engine; returns its API version.
+    async fn ping(&self) -> Result<String>;
+    /// The image's ID, or `NoImage`.
+    async fn image_id(&self, image: &str) -> Result<String>;
+    /// Creates the network with these labels unless it exists.
+    async fn ensure_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()>;
+    /// Removes the network; a missing one is not an error.
+    async fn remove_network(&self, name: &str) -> Result<()>;
+    async fn inspect(&self, name_or_id: &str) -> Result<Option<Container>>;
+    /// Containers (running or not) carrying every one of these labels.
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>>;
+    /// Creates a container; `NameTaken` when the name is in use.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String>;
+    async fn start(&self, id: &str) -> Result<()>;
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+    /// Removes a container, stopping it first; a missing one is not an error.
+    async fn remove(&self, id: &str) -> Result<()>;
+    /// Runs a command in a running container: its exit code and output.
+    async fn exec(&self, id: &str, command: &[String]) -> Result<(i64, String)>;
+    /// The last `tail` lines the container printed (0: all).
+    async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>>;
+    /// Whether a TCP connection to the container's `port` succeeds, made the way that works
+    /// for this engine, with no tool inside the image.
+    async fn dial(&self, container: &Container, network: &str, port: u16) -> Result<bool>;
+    /// The status of `GET path` on the container's `port`, or `None` when nothing answers.
+    async fn http_get(
+        &self,
+        container: &Container,
+        network: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<Option<u16>>;
+}

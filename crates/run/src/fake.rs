@@ -1,0 +1,313 @@
+//! An in-memory engine that records every call, for fast orchestration tests. Containers
+//! "run" as soon as they start; readiness answers are scripted per container name.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::engine::{Container, ContainerSpec, Engine, EngineError, Result};
+
+#[derive(Default)]
+struct State {
+    images: BTreeMap<String, String>,
+    networks: BTreeSet<String>,
+    containers: BTreeMap<String, (Container, ContainerSpec)>,
+    /// Container names whose readiness never passes.
+    never_ready: BTreeSet<String>,
+    /// Container names that exit as soon as they start.
+    crashing: BTreeSet<String>,
+    calls: Vec<String>,
+    next_id: u64,
+    unreachable: bool,
+}
+
+#[derive(Default)]
+pub struct FakeEngine {
+    state: Mutex<State>,
+}
+
+impl FakeEngine {
+    pub fn new() -> FakeEngine {
+        FakeEngine::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn add_image(&self, name: &str, id: &str) {
+        self.with(|s| s.images.insert(name.into(), id.into()));
+    }
+
+    pub fn never_ready(&self, container: &str) {
+        self.with(|s| s.never_ready.insert(container.into()));
+    }
+
+    pub fn crashing(&self, container: &str) {
+        self.with(|s| s.crashing.insert(container.into()));
+    }
+
+    pub fn unreachable(&self) {
+        self.with(|s| s.unreachable = true);
+    }
+
+    /// Stops a container as if it had exited.
+    pub fn kill(&self, name: &str) {
+        self.with(|s| {
+            if let Some((c, _)) = s.containers.get_mut(name) {
+                c.state = "exited".into();
+                c.exit_code = Some(137);
+            }
+        });
+    }
+
+    /// Every call so far, as `verb target`.
+    pub fn calls(&self) -> Vec<String> {
+        self.with(|s| s.calls.clone())
+    }
+
+    /// The calls that change something (create, start, stop, remove, network).
+    pub fn changes(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| {
+                ["create ", "start ", "stop ", "remove ", "network "]
+                    .iter()
+                    .any(|p| c.starts_with(p))
+            })
+            .collect()
+    }
+
+    pub fn clear_calls(&self) {
+        self.with(|s| s.calls.clear());
+    }
+
+    pub fn container(&self, name: &str) -> Option<(Container, ContainerSpec)> {
+        self.with(|s| s.containers.get(name).cloned())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.with(|s| s.containers.keys().cloned().collect())
+    }
+
+    fn call(&self, text: String) -> Result<()> {
+        self.with(|s| {
+            s.calls.push(text);
+            if s.unreachable {
+                Err(EngineError::Unreachable {
+                    endpoint: "fake://".into(),
+                    reason: "connection refused".into(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn find<'a>(s: &'a mut State, id: &str) -> Option<&'a mut (Container, ContainerSpec)> {
+        s.containers
+            .values_mut()
+            .find(|(c, _)| c.id == id || c.name == id)
+    }
+}
+
+impl Engine for FakeEngine {
+    fn endpoint(&self) -> String {
+        "fake://".into()
+    }
+
+    async fn ping(&self) -> Result<String> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call("ping".into())?;
+        Ok("1.41".into())
+    }
+
+    async fn image_id(&self, image: &str) -> Result<String> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("image {image}"))?;
+        self.with(|s| s.images.get(image).cloned())
+            .ok_or_else(|| EngineError::NoImage {
+                image: image.into(),
+            })
+    }
+
+    async fn ensure_network(&self, name: &str, _labels: &BTreeMap<String, String>) -> Result<()> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        if self.with(|s| s.networks.contains(name)) {
+            return Ok(());
+        }
+        self.call(format!("network {name}"))?;
+        self.with(|s| s.networks.insert(name.into()));
+        Ok(())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<()> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("network-remove {name}"))?;
+        self.with(|s| s.networks.remove(name));
+        Ok(())
+    }
+
+    async fn inspect(&self, name_or_id: &str) -> Result<Option<Container>> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("inspect {name_or_id}"))?;
+        Ok(self.with(|s| Self::find(s, name_or_id).map(|(c, _)| c.clone())))
+    }
+
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call("list".into())?;
+        Ok(self.with(|s| {
+            s.containers
+                .values()
+                .filter(|(c, _)| {
+                    labels
+                        .iter()
+                        .all(|(k, v)| c.labels.get(*k).map(String::as_str) == Some(*v))
+                })
+                .map(|(c, _)| c.clone())
+                .collect()
+        }))
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("create {}", spec.name))?;
+        self.with(|s| {
+            if s.containers.contains_key(&spec.name) {
+                return Err(EngineError::NameTaken {
+                    name: spec.name.clone(),
+                });
+            }
+            let Some(image_id) = s.images.get(&spec.image).cloned() else {
+                return Err(EngineError::NoImage {
+                    image: spec.image.clone(),
+                });
+            };
+            s.next_id += 1;
+            let id = format!("{:012x}", s.next_id);
+            let c = Container {
+                id: id.clone(),
+                name: spec.name.clone(),
+                image: image_id,
+                labels: spec.labels.clone(),
+                state: "created".into(),
+                created: format!("t{}", s.next_id),
+                ..Default::default()
+            };
+            s.containers.insert(spec.name.clone(), (c, spec.clone()));
+            Ok(id)
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("start {}", self.name_of(id)))?;
+        self.with(|s| {
+            let crashing = s.crashing.clone();
+            let (c, spec) = Self::find(s, id).ok_or_else(|| EngineError::NotFound {
+                what: format!("container {id}"),
+            })?;
+            if crashing.contains(&c.name) {
+                c.state = "exited".into();
+                c.exit_code = Some(1);
+                return Ok(());
+            }
+            c.state = "running".into();
+            c.addresses
+                .insert(spec.network.clone(), format!("10.0.0.{}", spec.name.len()));
+            for (i, p) in spec.publish.iter().enumerate() {
+                c.published.insert(*p, 40000 + i as u16);
+            }
+            Ok(())
+        })
+    }
+
+    async fn stop(&self, id: &str, _grace: Duration) -> Result<()> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("stop {}", self.name_of(id)))?;
+        self.with(|s| {
+            if let Some((c, _)) = Self::find(s, id) {
+                c.state = "exited".into();
+            }
+        });
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("remove {}", self.name_of(id)))?;
+        self.with(|s| s.containers.retain(|_, (c, _)| c.id != id && c.name != id));
+        Ok(())
+    }
+
+    async fn exec(&self, id: &str, command: &[String]) -> Result<(i64, String)> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("exec {} {}", self.name_of(id), command.join(" ")))?;
+        let ready = self.ready(id);
+        Ok(if ready {
+            (0, String::new())
+        } else {
+            (1, "not yet".into())
+        })
+    }
+
+    async fn logs(&self, id: &str, _tail: usize) -> Result<Vec<String>> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("logs {}", self.name_of(id)))?;
+        Ok(if self.ready(id) {
+            vec!["booting".into(), "ready to accept connections".into()]
+        } else {
+            vec!["booting".into()]
+        })
+    }
+
+    async fn dial(&self, container: &Container, _network: &str, port: u16) -> Result<bool> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("dial {}:{port}", container.name))?;
+        Ok(self.ready(&container.id))
+    }
+
+    async fn http_get(
+        &self,
+        container: &Container,
+        _network: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<Option<u16>> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("http {}:{port}{path}", container.name))?;
+        Ok(self.ready(&container.id).then_some(200))
+    }
+}
+
+impl FakeEngine {
+    fn name_of(&self, id: &str) -> String {
+        self.with(|s| {
+            Self::find(s, id)
+                .map(|(c, _)| c.name.clone())
+                .unwrap_or_else(|| id.to_owned())
+        })
+    }
+
+    fn ready(&self, id: &str) -> bool {
+        self.with(|s| {
+            let never = s.never_ready.clone();
+            Self::find(s, id).is_some_and(|(c, _)| c.running() && !never.contains(&c.name))
+        })
+    }
+}

@@ -1,0 +1,507 @@
+//! Bringing the plan's sidecars up on an engine: shared ones reused when their configuration
+//! (image ID included) still matches, session ones created for this run; all of them probed
+//! concurrently, each against its own deadline. Whatever fails, nothing is left half-started.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tether_plan::{
+    ContainerPlan, LABEL_CONFIG_HASH, LABEL_LIFECYCLE, LABEL_PROJECT, LABEL_ROLE, MountPlan, Plan,
+    SECRETS_DIR, config_hash,
+};
+use tether_spec::model::{Declaration, Lifecycle, SecretSource};
+
+use crate::engine::{Container, ContainerSpec, Engine, EngineError};
+
+/// Marks a session container with the process that owns it, so a later run can tell a
+/// leftover of a killed run from a live one.
+pub const LABEL_OWNER: &str = "dev.tether.owner";
+
+/// How one sidecar is getting on, for the progress display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// A running container with the same configuration was found.
+    Reused,
+    /// A stopped container with the same configuration was started.
+    Started,
+    /// A new container was made; `why` says what was wrong with the old one, if any.
+    Created {
+        why: Option<String>,
+    },
+    /// Waiting for readiness (`summary` says how).
+    Waiting {
+        summary: String,
+    },
+    Ready {
+        took: Duration,
+    },
+    Failed {
+        why: String,
+    },
+}
+
+#[derive(Debug)]
+pub enum LaunchError {
+    Engine(EngineError),
+    Sidecar {
+        sidecar: String,
+        message: String,
+        /// The container's last lines, when it has any.
+        logs: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LaunchError::Engine(e) => write!(f, "{e}"),
+            LaunchError::Sidecar {
+                sidecar, message, ..
+            } => write!(f, "sidecar {sidecar}: {message}"),
+        }
+    }
+}
+
+impl From<EngineError> for LaunchError {
+    fn from(e: EngineError) -> Self {
+        LaunchError::Engine(e)
+    }
+}
+
+/// The sidecars as they run now.
+#[derive(Debug, Default)]
+pub struct Launched {
+    /// Sidecar name → its container, inspected once ready.
+    pub containers: BTreeMap<String, Container>,
+    /// This run's session containers, to remove when it ends.
+    pub session: Vec<String>,
+    /// The workload's environment, published ports filled in.
+    pub env: Vec<(String, String)>,
+}
+
+pub type Report<'a> = &'a (dyn Fn(&str, Status) + Sync);
+
+/// Ensures the network and every sidecar, then waits until all are ready. On failure the
+/// session containers made so far are removed before the error is returned.
+pub async fn up<E: Engine>(
+    engine: &E,
+    decl: &Declaration,
+    plan: &Plan,
+    owner: &str,
+    report: Report<'_>,
+) -> Result<Launched, LaunchError> {
+    let mut launched = Launched::default();
+    if plan.sidecars.is_empty() {
+        launched.env = resolve_env(plan, &launched.containers);
+        return Ok(launched);
+    }
+    engine.ping().await?;
+    remove_orphans(engine, &plan.project).await?;
+    let labels = BTreeMap::from([
+        (LABEL_PROJECT.to_owned(), plan.project.clone()),
+        (LABEL_ROLE.to_owned(), "network".to_owned()),
+    ]);
+    engine.ensure_network(&plan.network, &labels).await?;
+    let ensured = join_all(
+        plan.sidecars
+            .iter()
+            .map(|c| ensure(engine, decl, plan, c, owner, report)),
+    )
+    .await;
+    let mut failure = None;
+    for (c, result) in plan.sidecars.iter().zip(ensured) {
+        match result {
+            Ok(id) => {
+                if c.lifecycle == Lifecycle::Session {
+                    launched.session.push(id);
+                }
+            }
+            Err(e) => {
+                report(&c.sidecar, Status::Failed { why: e.to_string() });
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failure {
+        cleanup(engine, &launched.session).await;
+        return Err(e);
+    }
+    let readied = join_all(plan.sidecars.iter().map(|c| async move {
+        report(
+            &c.sidecar,
+            Status::Waiting {
+                summary: c.readiness.summary(),
+            },
+        );
+        let r = wait_ready(engine, c).await;
+        match &r {
+            Ok((took, _)) => report(&c.sidecar, Status::Ready { took: *took }),
+            Err(e) => report(&c.sidecar, Status::Failed { why: message(e) }),
+        }
+        r
+    }))
+    .await;
+    for (c, result) in plan.sidecars.iter().zip(readied) {
+        match result {
+            Ok((_, container)) => {
+                launched.containers.insert(c.sidecar.clone(), container);
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failure {
+        cleanup(engine, &launched.session).await;
+        return Err(e);
+    }
+    launched.env = resolve_env(plan, &launched.containers);
+    Ok(launched)
+}
+
+fn message(e: &LaunchError) -> String {
+    match e {
+        LaunchError::Engine(e) => e.to_string(),
+        LaunchError::Sidecar { message, .. } => message.clone(),
+    }
+}
+
+/// Removes session containers; errors are reported by the engine call, not fatal here.
+pub async fn cleanup<E: Engine>(engine: &E, ids: &[String]) {
+    join_all(ids.iter().map(|id| async move {
+        if let Err(e) = engine.remove(id).await {
+            tracing::warn!("removing {id}: {e}");
+        }
+    }))
+    .await;
+}
+
+/// Session containers of this project left by runs that were killed (their owner process is
+/// gone) are removed.
+async fn remove_orphans<E: Engine>(engine: &E, project: &str) -> Result<(), LaunchError> {
+    let sessions = engine
+        .list(&[(LABEL_PROJECT, project), (LABEL_LIFECYCLE, "session")])
+        .await?;
+    let orphans: Vec<String> = sessions
+        .into_iter()
+        .filter(|c| c.labels.get(LABEL_OWNER).is_some_and(|o| !owner_alive(o)))
+        .map(|c| c.id)
+        .collect();
+    cleanup(engine, &orphans).await;
+    Ok(())
+}
+
+/// `host:pid:start`, where start is the process's start time in clock ticks since boot: a
+/// reused pid does not look alive.
+pub fn owner_id() -> String {
+    let pid = std::process::id();
+    format!("{}:{pid}:{}", hostname(), start_ticks(pid).unwrap_or(0))
+}
+
+fn owner_alive(owner: &str) -> bool {
+    let mut parts = owner.rsplitn(3, ':');
+    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return true;
+    };
+    if host != hostname() {
+        // Another machine's run: not ours to judge.
+        return true;
+    }
+    let Ok(pid) = pid.parse::<u32>() else {
+        return true;
+    };
+    start_ticks(pid).is_some_and(|t| t.to_string() == start)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, counted after the command name in parentheses.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn sidecar_error(c: &ContainerPlan, e: EngineError) -> LaunchError {
+    let message = match &e {
+        EngineError::NoImage { image } => {
+            format!(
+                "there is no image `{image}` on this engine (build it, or pull it where a registry is reachable)"
+            )
+        }
+        _ => e.to_string(),
+    };
+    LaunchError::Sidecar {
+        sidecar: c.sidecar.clone(),
+        message,
+        logs: Vec::new(),
+    }
+}
+
+/// Makes sure the sidecar's container exists, with this configuration, and is started.
+/// Returns its id.
+async fn ensure<E: Engine>(
+    engine: &E,
+    decl: &Declaration,
+    plan: &Plan,
+    c: &ContainerPlan,
+    owner: &str,
+    report: Report<'_>,
+) -> Result<String, LaunchError> {
+    let image_id = engine
+        .image_id(&c.image)
+        .await
+        .map_err(|e| sidecar_error(c, e))?;
+    let Some(sidecar) = decl.sidecars.get(&c.sidecar) else {
+        return Err(LaunchError::Sidecar {
+            sidecar: c.sidecar.clone(),
+            message: "is not in the declaration".into(),
+            logs: Vec::new(),
+        });
+    };
+    let hash = config_hash(&plan.project, sidecar, Some(&image_id));
+    let mut spec = spec_for(c, &hash, &plan.project).map_err(|message| LaunchError::Sidecar {
+        sidecar: c.sidecar.clone(),
+        message,
+        logs: Vec::new(),
+    })?;
+    if c.lifecycle == Lifecycle::Session {
+        spec.labels.insert(LABEL_OWNER.into(), owner.into());
+        let id = engine
+            .create(&spec)
+            .await
+            .map_err(|e| sidecar_error(c, e))?;
+        engine.start(&id).await.map_err(|e| sidecar_error(c, e))?;
+        report(&c.sidecar, Status::Created { why: None });
+        return Ok(id);
+    }
+    let mut why = None;
+    // Another run may be doing the same at this moment: a taken name means it won, and its
+    // container is inspected again.
+    for _ in 0..5 {
+        match engine.inspect(&c.name).await? {
+            Some(found) if found.labels.get(LABEL_CONFIG_HASH) == Some(&hash) => {
+                if found.running() {
+                    report(&c.sidecar, Status::Reused);
+                } else {
+                    engine
+                        .start(&found.id)
+                        .await
+                        .map_err(|e| sidecar_error(c, e))?;
+                    report(&c.sidecar, Status::Started);
+                }
+                return Ok(found.id);
+            }
+            Some(stale) => {
+                why = Some(if stale.image != image_id {
+                    "its image changed".to_owned()
+                } else {
+                    "its configuration changed".to_owned()
+                });
+                engine.remove(&stale.id).await?;
+            }
+            None => match engine.create(&spec).await {
+                Ok(id) => {
+                    engine.start(&id).await.map_err(|e| sidecar_error(c, e))?;
+                    report(&c.sidecar, Status::Created { why });
+                    return Ok(id);
+                }
+                Err(EngineError::NameTaken { .. }) => continue,
+                Err(e) => return Err(sidecar_error(c, e)),
+            },
+        }
+    }
+    Err(LaunchError::Sidecar {
+        sidecar: c.sidecar.clone(),
+        message: format!("the container {} keeps changing under another run", c.name),
+        logs: Vec::new(),
+    })
+}
+
+/// The engine request for a planned container. Secrets are read on the host now and written
+/// to files on a tmpfs (/dev/shm), bound read-only under /run/secrets; their values go nowhere
+/// else.
+fn spec_for(c: &ContainerPlan, hash: &str, project: &str) -> Result<ContainerSpec, String> {
+    let mut labels = c.labels.clone();
+    labels.insert(LABEL_CONFIG_HASH.into(), hash.into());
+    let mut mounts = c.mounts.clone();
+    if !c.secrets.is_empty() {
+        let dir = secrets_dir(project, &c.name)?;
+        for s in &c.secrets {
+            let value = match &s.from {
+                SecretSource::Env(var) => std::env::var(var).map_err(|_| {
+                    format!(
+                        "secret {}: the variable {var} is not set on this host",
+                        s.name
+                    )
+                })?,
+                SecretSource::File(path) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("secret {}: cannot read {path}: {}", s.name, e.kind()))?,
+            };
+            let file = dir.join(&s.name);
+            write_private(&file, value.as_bytes()).map_err(|e| {
+                format!("secret {}: cannot write it for the container: {e}", s.name)
+            })?;
+            mounts.push(MountPlan::Bind {
+                source: file.display().to_string(),
+                target: format!("{SECRETS_DIR}/{}", s.name),
+                read_only: true,
+            });
+        }
+    }
+    Ok(ContainerSpec {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        entrypoint: c.entrypoint.clone(),
+        command: c.command.clone(),
+        env: c.env.clone(),
+        labels,
+        network: c.network.clone(),
+        aliases: c.aliases.clone(),
+        mounts,
+        publish: c.publish.clone(),
+        memory: c.memory,
+        nano_cpus: c.nano_cpus,
+        healthcheck: c.healthcheck.clone(),
+    })
+}
+
+/// `/dev/shm/tether-<uid>/<container>`, private to this user: memory, never disk.
+fn secrets_dir(_project: &str, container: &str) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .unwrap_or_else(|| "0".into());
+    let dir = std::path::Path::new("/dev/shm")
+        .join(format!("tether-{uid}"))
+        .join(container);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot make {} for secrets: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Rewritten in place: a running container bound to this file sees the new value.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+/// Probes until the sidecar is ready, it exits, or its deadline passes.
+async fn wait_ready<E: Engine>(
+    engine: &E,
+    c: &ContainerPlan,
+) -> Result<(Duration, Container), LaunchError> {
+    let r = &c.readiness;
+    let began = Instant::now();
+    let limit = r.timeout.0 + r.start_period.map(|d| d.0).unwrap_or_default();
+    let pattern = match &r.pattern {
+        Some(p) => Some(regex::Regex::new(p).map_err(|e| LaunchError::Sidecar {
+            sidecar: c.sidecar.clone(),
+            message: format!("readiness pattern: {e}"),
+            logs: Vec::new(),
+        })?),
+        None => None,
+    };
+    let fail = |message: String, logs: Vec<String>| LaunchError::Sidecar {
+        sidecar: c.sidecar.clone(),
+        message,
+        logs,
+    };
+    loop {
+        let Some(now) = engine.inspect(&c.name).await? else {
+            return Err(fail(
+                "its container was removed while starting".into(),
+                Vec::new(),
+            ));
+        };
+        if !now.running() {
+            let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
+            let code = now
+                .exit_code
+                .map(|c| format!(" with code {c}"))
+                .unwrap_or_default();
+            return Err(fail(format!("exited{code} before it was ready"), logs));
+        }
+        let port = r.port.unwrap_or(0);
+        let ready = match r.mode {
+            "tcp" => engine.dial(&now, &c.network, port).await?,
+            "http" => {
+                let path = r.path.as_deref().unwrap_or("/");
+                matches!(engine.http_get(&now, &c.network, port, path).await?, Some(s) if (200..400).contains(&s))
+            }
+            "exec" => {
+                let command = r.command.clone().unwrap_or_default();
+                engine.exec(&now.id, &command).await?.0 == 0
+            }
+            "healthcheck" => match now.health.as_deref() {
+                Some("healthy") => true,
+                Some("unhealthy") => {
+                    let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
+                    return Err(fail("its healthcheck reports unhealthy".into(), logs));
+                }
+                Some(_) => false,
+                None => {
+                    return Err(fail(
+                        "has healthcheck readiness but its image declares no HEALTHCHECK; give `readiness.command`".into(),
+                        Vec::new(),
+                    ));
+                }
+            },
+            "log" => {
+                let lines = engine.logs(&now.id, 0).await?;
+                pattern
+                    .as_ref()
+                    .is_some_and(|p| lines.iter().any(|l| p.is_match(l)))
+            }
+            _ => true,
+        };
+        if ready {
+            return Ok((began.elapsed(), now));
+        }
+        if began.elapsed() + r.interval.0 > limit {
+            let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
+            return Err(fail(
+                format!("not ready within {} ({})", r.timeout, r.summary()),
+                logs,
+            ));
+        }
+        tokio::time::sleep(r.interval.0).await;
+    }
+}
+
+/// The workload's environment with each published port looked up.
+fn resolve_env(plan: &Plan, containers: &BTreeMap<String, Container>) -> Vec<(String, String)> {
+    let published = |sidecar: &str, port: u16| {
+        containers
+            .get(sidecar)
+            .and_then(|c| c.published.get(&port).copied())
+    };
+    plan.env
+        .iter()
+        .filter_map(|(k, v)| v.resolve(&published).map(|v| (k.clone(), v)))
+        .collect()
+}

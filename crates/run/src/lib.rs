@@ -1,0 +1,8 @@
+//! `tether run`: sidecars on a container engine, gated on readiness, beside a workload.
+
+pub mod docker;
+pub mod engine;
+pub mod fake;
+pub mod launch;
+pub mod ps;
+pub mod run;

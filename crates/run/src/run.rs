@@ -1,0 +1,260 @@
+//! `tether run`: sidecars up, then the workload in the foreground, then session sidecars gone,
+//! whatever way the run ends.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use tether_plan::{LABEL_PROJECT, LABEL_SESSION, Plan, WorkloadTarget};
+use tether_spec::model::Declaration;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::engine::Engine;
+use crate::launch::{self, LaunchError, Status};
+
+/// Exit codes of `tether run` besides the workload's own.
+pub mod exit {
+    /// The declaration or the command line is wrong; nothing was started.
+    pub const INVALID: i32 = 1;
+    /// The engine is unreachable or refused a request.
+    pub const ENGINE: i32 = 2;
+    /// A sidecar could not be started or did not become ready.
+    pub const SIDECAR: i32 = 3;
+    pub const SIGINT: i32 = 130;
+    pub const SIGTERM: i32 = 143;
+}
+
+/// How long the workload gets to stop after Ctrl-C or SIGTERM before it is stopped by force.
+const WORKLOAD_GRACE: Duration = Duration::from_secs(10);
+
+/// One line of progress, on stderr.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "tether: {line}");
+}
+
+pub fn describe(sidecar: &str, status: &Status) -> String {
+    match status {
+        Status::Reused => format!("{sidecar}: reused (running, same configuration)"),
+        Status::Started => format!("{sidecar}: started (stopped, same configuration)"),
+        Status::Created { why: None } => format!("{sidecar}: created"),
+        Status::Created { why: Some(w) } => format!("{sidecar}: recreated ({w})"),
+        Status::Waiting { summary } => format!("{sidecar}: waiting for readiness ({summary})"),
+        Status::Ready { took } => format!("{sidecar}: ready in {:.1}s", took.as_secs_f64()),
+        Status::Failed { why } => format!("{sidecar}: failed: {why}"),
+    }
+}
+
+/// Starts the sidecars, runs the workload, cleans up; returns the exit code.
+pub async fn run<E: Engine>(engine: &E, decl: &Declaration, plan: &Plan) -> i32 {
+    let mut sigint = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut sigterm = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let owner = launch::owner_id();
+    let report = |sidecar: &str, status: Status| say(&describe(sidecar, &status));
+    let launched = tokio::select! {
+        r = launch::up(engine, decl, plan, &owner, &report) => r,
+        _ = sigint.recv() => {
+            remove_session(engine, plan).await;
+            return exit::SIGINT;
+        }
+        _ = sigterm.recv() => {
+            remove_session(engine, plan).await;
+            return exit::SIGTERM;
+        }
+    };
+    let launched = match launched {
+        Ok(l) => l,
+        Err(e) => {
+            report_failure(&e);
+            return match e {
+                LaunchError::Engine(_) => exit::ENGINE,
+                LaunchError::Sidecar { .. } => exit::SIDECAR,
+            };
+        }
+    };
+    let mut argv = plan.argv.clone();
+    let mut env = match plan.target {
+        WorkloadTarget::HostProcess => launched.env.clone(),
+        WorkloadTarget::Container => Vec::new(),
+    };
+    let _mcp_dir = match write_mcp(plan, &launched, &mut argv, &mut env) {
+        Ok(d) => d,
+        Err(e) => {
+            say(&format!("error: cannot write the MCP configuration: {e}"));
+            launch::cleanup(engine, &launched.session).await;
+            return exit::ENGINE;
+        }
+    };
+    let code = workload(Some(engine), plan, &argv, &env, &mut sigint, &mut sigterm).await;
+    launch::cleanup(engine, &launched.session).await;
+    code
+}
+
+/// With no sidecars there is nothing to start: the command runs as given, with the declared
+/// environment, and no engine is contacted.
+pub async fn passthrough(plan: &Plan) -> i32 {
+    let mut sigint = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut sigterm = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let env: Vec<(String, String)> = match plan.target {
+        WorkloadTarget::HostProcess => plan
+            .env
+            .iter()
+            .filter_map(|(k, v)| v.resolve(&|_, _| None).map(|v| (k.clone(), v)))
+            .collect(),
+        WorkloadTarget::Container => Vec::new(),
+    };
+    workload::<crate::fake::FakeEngine>(None, plan, &plan.argv, &env, &mut sigint, &mut sigterm)
+        .await
+}
+
+fn report_failure(e: &LaunchError) {
+    match e {
+        LaunchError::Engine(e) => {
+            say(&format!("error: {e}"));
+            if matches!(e, crate::engine::EngineError::Unreachable { .. }) {
+                say("  = hint: is the Docker Engine running? DOCKER_HOST selects another one");
+            }
+        }
+        LaunchError::Sidecar {
+            sidecar,
+            message,
+            logs,
+        } => {
+            say(&format!("error: sidecar {sidecar}: {message}"));
+            if !logs.is_empty() {
+                say(&format!("  its last {} lines:", logs.len()));
+                for l in logs {
+                    say(&format!("  | {l}"));
+                }
+            }
+        }
+    }
+}
+
+/// Removes this session's containers by label: also those an interrupted start left behind.
+pub async fn remove_session<E: Engine>(engine: &E, plan: &Plan) {
+    if let Ok(found) = engine
+        .list(&[
+            (LABEL_PROJECT, plan.project.as_str()),
+            (LABEL_SESSION, plan.session.as_str()),
+        ])
+        .await
+    {
+        let ids: Vec<String> = found.into_iter().map(|c| c.id).collect();
+        launch::cleanup(engine, &ids).await;
+    }
+}
+
+/// Writes the MCP server list and points the workload at it.
+fn write_mcp(
+    plan: &Plan,
+    launched: &launch::Launched,
+    argv: &mut [String],
+    env: &mut [(String, String)],
+) -> std::io::Result<Option<std::path::PathBuf>> {
+    let Some(mcp) = &plan.mcp else {
+        return Ok(None);
+    };
+    let published = |sidecar: &str, port: u16| {
+        launched
+            .containers
+            .get(sidecar)
+            .and_then(|c| c.published.get(&port).copied())
+    };
+    let dir = std::env::temp_dir().join(format!("tether-{}-{}", plan.project, plan.session));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("mcp.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&mcp.render(&published))?)?;
+    let path = file.display().to_string();
+    for a in argv.iter_mut() {
+        if a.contains("<mcp.json>") {
+            *a = a.replace("<mcp.json>", &path);
+        }
+    }
+    for (_, v) in env.iter_mut() {
+        if v.contains("<mcp.json>") {
+            *v = v.replace("<mcp.json>", &path);
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// Runs the workload with the terminal; Ctrl-C and SIGTERM stop it (by force after a grace).
+async fn workload<E: Engine>(
+    engine: Option<&E>,
+    plan: &Plan,
+    argv: &[String],
+    env: &[(String, String)],
+    sigint: &mut tokio::signal::unix::Signal,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> i32 {
+    let Some((program, args)) = argv.split_first() else {
+        say("error: no workload command");
+        return exit::INVALID;
+    };
+    let mut child = match tokio::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().cloned())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            say(&format!("error: cannot run `{program}`: {e}"));
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+        }
+    };
+    let from_terminal = std::io::stdin().is_terminal();
+    let signalled = tokio::select! {
+        status = child.wait() => return code_of(status),
+        _ = sigint.recv() => {
+            // A terminal's Ctrl-C already reached the workload (same process group).
+            if !from_terminal {
+                forward(&child, nix::sys::signal::Signal::SIGINT);
+            }
+            exit::SIGINT
+        }
+        _ = sigterm.recv() => {
+            forward(&child, nix::sys::signal::Signal::SIGTERM);
+            exit::SIGTERM
+        }
+    };
+    match tokio::time::timeout(WORKLOAD_GRACE, child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            // Still there: stop its container (if it is one) and the command.
+            if plan.target == WorkloadTarget::Container
+                && let Some(engine) = engine
+                && let Ok(found) = engine
+                    .list(&[
+                        (LABEL_PROJECT, plan.project.as_str()),
+                        (LABEL_SESSION, plan.session.as_str()),
+                        ("dev.tether.role", "workload"),
+                    ])
+                    .await
+            {
+                for c in found {
+                    let _ = engine.stop(&c.id, Duration::from_secs(1)).await;
+                }
+            }
+            let _ = child.kill().await;
+        }
+    }
+    signalled
+}
+
+fn forward(child: &tokio::process::Child, sig: nix::sys::signal::Signal) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+fn code_of(status: std::io::Result<std::process::ExitStatus>) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+        Err(_) => exit::ENGINE,
+    }
+}
