@@ -593,7 +593,12 @@ fn container_plan(
                 .collect(),
             interval: s.readiness.interval,
             timeout: s.readiness.interval.max(Duration::from_secs(1)),
-            start_period: s.readiness.start_period,
+            // Failures while it starts up do not count (the engine's start period ends at the
+            // first success): readiness has its own timeout; afterwards, 3 in a row mean
+            // unhealthy.
+            start_period: Some(Duration(
+                s.readiness.timeout.0 + s.readiness.start_period.map(|d| d.0).unwrap_or_default(),
+            )),
             retries: 3,
         }),
         _ => None,

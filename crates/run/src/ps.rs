@@ -15,8 +15,10 @@ pub struct Row {
     /// The engine's health status, when the container has a healthcheck.
     pub health: Option<String>,
     pub created: String,
-    /// Container port → host port, for host-process runs.
-    pub published: Vec<(u16, u16)>,
+    /// Seconds since it was created.
+    pub age_seconds: Option<u64>,
+    /// Container port → host port on 127.0.0.1.
+    pub published: std::collections::BTreeMap<u16, u16>,
 }
 
 /// This project's sidecar containers, sorted by name.
@@ -32,8 +34,12 @@ pub async fn list<E: Engine>(engine: &E, project: &str) -> Result<Vec<Row>> {
             container: c.name,
             state: c.state,
             health: c.health,
+            age_seconds: humantime::parse_rfc3339_weak(&c.created)
+                .ok()
+                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                .map(|d| d.as_secs()),
             created: c.created,
-            published: c.published.into_iter().collect(),
+            published: c.published,
         })
         .collect())
 }
@@ -45,10 +51,11 @@ pub fn table(rows: &[Row]) -> String {
         "LIFECYCLE",
         "STATE",
         "HEALTH",
+        "AGE",
+        "PORTS",
         "CONTAINER",
-        "CREATED",
     ];
-    let cells: Vec<[String; 6]> = rows
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
             [
@@ -59,8 +66,17 @@ pub fn table(rows: &[Row]) -> String {
                 },
                 r.state.clone(),
                 r.health.clone().unwrap_or_else(|| "-".into()),
+                r.age_seconds.map(age).unwrap_or_else(|| "-".into()),
+                if r.published.is_empty() {
+                    "-".into()
+                } else {
+                    r.published
+                        .iter()
+                        .map(|(c, h)| format!("127.0.0.1:{h}->{c}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
                 r.container.clone(),
-                r.created.clone(),
             ]
         })
         .collect();
@@ -88,6 +104,16 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// `45s`, `12m`, `3h`, `2d`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
 /// Removes the project's session containers (`sessions_only`), or all its containers; with
 /// `network`, its network too. Returns the names removed.
 pub async fn down<E: Engine>(
@@ -112,4 +138,33 @@ pub async fn down<E: Engine>(
         removed.push(format!("network {name}"));
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lines_up_and_says_dash_for_nothing() {
+        let rows = vec![Row {
+            sidecar: "db".into(),
+            lifecycle: "shared".into(),
+            session: None,
+            container: "tether-demo-db".into(),
+            state: "running".into(),
+            health: None,
+            created: String::new(),
+            age_seconds: Some(150),
+            published: [(5432, 32768)].into(),
+        }];
+        assert_eq!(
+            table(&rows),
+            "SIDECAR  LIFECYCLE  STATE    HEALTH  AGE  PORTS                  CONTAINER\n\
+             db       shared     running  -       2m   127.0.0.1:32768->5432  tether-demo-db\n"
+        );
+        assert_eq!(
+            [age(59), age(3599), age(7200), age(200_000)],
+            ["59s", "59m", "2h", "2d"]
+        );
+    }
 }

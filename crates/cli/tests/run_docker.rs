@@ -1,0 +1,406 @@
+//! `tether run` against the machine's real Docker Engine, with an image built `FROM scratch`
+//! from busybox-static (sh, httpd, nc, wget): nothing is pulled.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use support::*;
+
+const APPLETS: &[&str] = &[
+    "sh", "httpd", "nc", "wget", "sleep", "cat", "echo", "test", "touch", "env", "ls", "true",
+];
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// The test image, built once per test binary; `None` (skipped, or failed under CI) when no
+/// engine or busybox-static is available.
+fn image() -> Option<&'static str> {
+    static IMAGE: OnceLock<Option<String>> = OnceLock::new();
+    let built = IMAGE.get_or_init(|| {
+        let engine = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+        if !engine.status.success() {
+            return None;
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| {
+            Command::new("file")
+                .arg(p)
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
+        })?;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        std::fs::create_dir_all(d.join("www")).unwrap();
+        std::fs::create_dir_all(d.join("tmp")).unwrap();
+        std::fs::copy(busybox, d.join("bin/busybox")).unwrap();
+        for a in APPLETS {
+            std::os::unix::fs::symlink("busybox", d.join("bin").join(a)).unwrap();
+        }
+        std::fs::write(d.join("www/index.html"), "hello from the sidecar\n").unwrap();
+        std::fs::write(
+            d.join("Dockerfile"),
+            "FROM scratch\nCOPY . /\nENV PATH=/bin\nCMD [\"sh\"]\n",
+        )
+        .unwrap();
+        let tag = "tether-run-test:busybox".to_owned();
+        let out = docker(&["build", "-q", "-t", &tag, d.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(tag)
+    });
+    match built {
+        Some(tag) => Some(tag.as_str()),
+        None => {
+            require(
+                false,
+                "no Docker Engine reachable, or no static busybox (apt-get install busybox-static)",
+            );
+            None
+        }
+    }
+}
+
+/// A project of its own per test, removed with everything in it at the end.
+struct Project {
+    bundle: Bundle,
+    name: String,
+}
+
+impl Project {
+    fn new(test: &str, body: &str) -> Project {
+        let name = format!("rt-{test}-{}", std::process::id());
+        let bundle = Bundle::new(&format!("version: 1\nproject: {name}\n{body}"));
+        Project { bundle, name }
+    }
+
+    fn write(&self, body: &str) {
+        std::fs::write(
+            self.bundle.file(),
+            format!("version: 1\nproject: {}\n{body}", self.name),
+        )
+        .unwrap();
+    }
+
+    fn command(&self, sub: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(tether_bin());
+        c.arg(sub).arg("-f").arg(self.bundle.file()).args(args);
+        c
+    }
+
+    /// `tether run -- ARGS`: (code, stdout, stderr).
+    fn run(&self, argv: &[&str]) -> (i32, String, String) {
+        let out = self
+            .command("run", &[])
+            .arg("--")
+            .args(argv)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn id(&self, sidecar: &str) -> String {
+        text(&docker(&[
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            &format!("tether-{}-{sidecar}", self.name),
+        ]))
+    }
+
+    /// The project's containers, by name.
+    fn containers(&self) -> Vec<String> {
+        let out = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=dev.tether.project={}", self.name),
+            "--format",
+            "{{.Names}}",
+        ]);
+        let mut names: Vec<String> = text(&out).lines().map(str::to_owned).collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.command("down", &["--all"]).output();
+    }
+}
+
+fn web(image: &str, extra: &str) -> String {
+    format!(
+        r#"sidecars:
+  web:
+    image: {image}
+    lifecycle: shared
+    command: [httpd, -f, -p, "8080", -h, /www]
+    interface: {{ kind: port, port: 8080 }}
+    readiness: {{ mode: http, path: /, timeout: 20s }}{extra}
+"#
+    )
+}
+
+#[test]
+fn a_workload_container_reaches_a_shared_sidecar_by_name_and_the_next_run_reuses_it() {
+    let Some(img) = image() else { return };
+    let p = Project::new("alias", &web(img, ""));
+    let (code, out, err) = p.run(&[
+        "docker",
+        "run",
+        "--rm",
+        img,
+        "wget",
+        "-qO-",
+        "http://web:8080/",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hello from the sidecar\n"),
+        "{err}"
+    );
+    assert!(err.contains("tether: web: created\n"), "{err}");
+    let first = p.id("web");
+
+    let (code, out, err) = p.run(&[
+        "docker",
+        "run",
+        "--rm",
+        img,
+        "sh",
+        "-c",
+        "echo $TETHER_WEB_HOST:$TETHER_WEB_PORT",
+    ]);
+    assert_eq!((code, out.as_str()), (0, "web:8080\n"), "{err}");
+    assert!(
+        err.contains("tether: web: reused (running, same configuration)\n"),
+        "{err}"
+    );
+    assert_eq!(p.id("web"), first, "the same container, not a new one");
+
+    // A changed declaration recreates it.
+    p.write(&web(img, "\n    env: { GREETING: hi }"));
+    let (code, _, err) = p.run(&["docker", "run", "--rm", img, "true"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("tether: web: recreated (its configuration changed)\n"),
+        "{err}"
+    );
+    assert_ne!(p.id("web"), first);
+}
+
+#[test]
+fn a_host_process_reaches_the_sidecar_through_the_injected_env() {
+    let Some(img) = image() else { return };
+    let p = Project::new("host", &web(img, ""));
+    let (code, out, err) = p.run(&[
+        "sh",
+        "-c",
+        "busybox wget -qO- \"$TETHER_WEB_URL\"; echo \"$TETHER_WEB_HOST\"",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hello from the sidecar\n127.0.0.1\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_shared_namespace_workload_reaches_its_sidecar_on_loopback() {
+    let Some(img) = image() else { return };
+    let p = Project::new(
+        "netns",
+        &format!(
+            "{}workload:\n  network_mode: shared-namespace\n  sidecar: web\n",
+            web(img, "")
+        ),
+    );
+    let (code, out, err) = p.run(&[
+        "docker",
+        "run",
+        "--rm",
+        img,
+        "wget",
+        "-qO-",
+        "http://127.0.0.1:8080/",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hello from the sidecar\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_readiness_mode_gates_the_workload() {
+    let Some(img) = image() else { return };
+    // Each sidecar becomes ready only after a delay; the workload fails unless all of them are.
+    let body = format!(
+        r#"sidecars:
+  tcp:
+    image: {img}
+    lifecycle: session
+    command: [sh, -c, "sleep 1; exec nc -ll -p 7000 -e echo tcp-ok"]
+    interface: {{ kind: port, port: 7000 }}
+    readiness: {{ mode: tcp, timeout: 20s, interval: 100ms }}
+  http:
+    image: {img}
+    lifecycle: session
+    command: [sh, -c, "sleep 1; exec httpd -f -p 8080 -h /www"]
+    interface: {{ kind: port, port: 8080 }}
+    readiness: {{ mode: http, path: /, timeout: 20s, interval: 100ms }}
+  exec:
+    image: {img}
+    lifecycle: session
+    command: [sh, -c, "sleep 1; touch /tmp/up; exec sleep 1000"]
+    interface: {{ kind: none }}
+    readiness: {{ mode: exec, command: [test, -f, /tmp/up], timeout: 20s, interval: 100ms }}
+  health:
+    image: {img}
+    lifecycle: session
+    command: [sh, -c, "sleep 1; touch /tmp/up; exec sleep 1000"]
+    interface: {{ kind: none }}
+    readiness: {{ mode: healthcheck, command: [test, -f, /tmp/up], timeout: 20s, interval: 200ms }}
+  log:
+    image: {img}
+    lifecycle: session
+    command: [sh, -c, "sleep 1; echo warmed up; exec sleep 1000"]
+    interface: {{ kind: none }}
+    readiness: {{ mode: log, pattern: "warmed up", timeout: 20s, interval: 100ms }}
+"#
+    );
+    let p = Project::new("modes", &body);
+    let (code, out, err) = p.run(&[
+        "docker",
+        "run",
+        "--rm",
+        img,
+        "sh",
+        "-c",
+        "nc tcp 7000 </dev/null && wget -qO- http://http:8080/ && echo all-ready",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "tcp-ok\nhello from the sidecar\nall-ready\n"),
+        "{err}"
+    );
+    for s in ["tcp", "http", "exec", "health", "log"] {
+        assert!(err.contains(&format!("tether: {s}: ready in ")), "{err}");
+    }
+    // Session sidecars are gone after the run.
+    assert_eq!(p.containers(), Vec::<String>::new());
+}
+
+#[test]
+fn a_sidecar_that_never_gets_ready_fails_the_run_and_leaves_nothing() {
+    let Some(img) = image() else { return };
+    let body = format!(
+        r#"sidecars:
+  stuck:
+    image: {img}
+    lifecycle: session
+    command: [sh, -c, "echo starting up; exec sleep 1000"]
+    interface: {{ kind: port, port: 9 }}
+    readiness: {{ mode: tcp, timeout: 1s, interval: 100ms }}
+"#
+    );
+    let p = Project::new("stuck", &body);
+    let (code, _, err) = p.run(&["docker", "run", "--rm", img, "echo", "never"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("tether: error: sidecar stuck: not ready within 1s (tcp :9"),
+        "{err}"
+    );
+    assert!(err.contains("tether:   | starting up\n"), "{err}");
+    assert_eq!(p.containers(), Vec::<String>::new());
+}
+
+#[test]
+fn ctrl_c_stops_the_workload_and_removes_session_sidecars() {
+    let Some(img) = image() else { return };
+    let body = format!(
+        r#"sidecars:
+  helper:
+    image: {img}
+    lifecycle: session
+    command: [sleep, "1000"]
+    interface: {{ kind: none }}
+    readiness: {{ mode: none }}
+"#
+    );
+    let p = Project::new("ctrlc", &body);
+    let mut cmd = p.command("run", &[]);
+    // The plan labels the workload container with the project too.
+    cmd.args(["--", "docker", "run", "--rm"]).args([
+        img,
+        "sh",
+        "-c",
+        "echo workload up; exec sleep 1000",
+    ]);
+    let mut run = Run::spawn(cmd);
+    run.wait_for("workload up");
+    assert_eq!(
+        p.containers().len(),
+        2,
+        "the session sidecar and the workload"
+    );
+    run.signal(2);
+    let (code, lines) = run.finish();
+    assert_eq!(code, 130, "{}", lines.join("\n"));
+    eventually("the workload container is gone too", || {
+        p.containers().is_empty()
+    });
+}
+
+#[test]
+fn a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect() {
+    let Some(img) = image() else { return };
+    let body = format!(
+        r#"sidecars:
+  vault:
+    image: {img}
+    lifecycle: shared
+    command: [sleep, "1000"]
+    interface: {{ kind: none }}
+    readiness: {{ mode: exec, command: [test, -f, /run/secrets/token] }}
+    secrets: [{{ name: token, from: "env:RT_SECRET_TOKEN" }}]
+"#
+    );
+    let p = Project::new("secret", &body);
+    let out = p
+        .command("run", &[])
+        .env("RT_SECRET_TOKEN", "s3cr3t-v4lue")
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = format!("tether-{}-vault", p.name);
+    assert_eq!(
+        text(&docker(&["exec", &name, "cat", "/run/secrets/token"])),
+        "s3cr3t-v4lue"
+    );
+    let inspect = text(&docker(&["inspect", &name]));
+    assert!(!inspect.contains("s3cr3t-v4lue"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cr3t-v4lue"));
+}
