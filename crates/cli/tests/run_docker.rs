@@ -404,3 +404,52 @@ fn a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect() {
     assert!(!inspect.contains("s3cr3t-v4lue"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cr3t-v4lue"));
 }
+
+/// The README's `tether run` quick start, as written.
+#[test]
+fn the_web_sidecar_example_runs() {
+    if image().is_none() {
+        return;
+    }
+    let root = repo();
+    let built = Command::new(root.join("examples/web-sidecar/build-image"))
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let file = root.join("examples/web-sidecar/tether.yaml");
+    let out = Command::new(tether_bin())
+        .args(["run", "-f"])
+        .arg(&file)
+        .args([
+            "--",
+            "docker",
+            "run",
+            "--rm",
+            "tether-example/busybox",
+            "sh",
+            "-c",
+            "wget -qO- http://web:8080/; echo ping | nc echo 7000",
+        ])
+        .output()
+        .unwrap();
+    let down = Command::new(tether_bin())
+        .args(["down", "--all", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the web sidecar\nping\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&down.stderr),
+        "removed tether-web-sidecar-web\nremoved network tether-web-sidecar\n"
+    );
+}
