@@ -453,3 +453,21 @@ fn the_web_sidecar_example_runs() {
         "removed tether-web-sidecar-web\nremoved network tether-web-sidecar\n"
     );
 }
+
+#[test]
+fn a_sidecar_joins_its_extra_networks() {
+    let Some(img) = image() else { return };
+    let net = format!("rt-extra-{}", std::process::id());
+    assert!(docker(&["network", "create", &net]).status.success());
+    let p = Project::new("extra", &web(img, &format!("\n    networks: [{net}]")));
+    let (code, _, err) = p.run(&["true"]);
+    assert_eq!(code, 0, "{err}");
+    // Another container on that network (not the project's) reaches it by container name.
+    let container = format!("tether-{}-web", p.name);
+    let out = docker(&[
+        "run", "--rm", "--network", &net, img, "wget", "-qO-", &format!("http://{container}:8080/"),
+    ]);
+    drop(p);
+    let _ = docker(&["network", "rm", &net]);
+    assert_eq!(text(&out), "hello from the sidecar");
+}

@@ -9,8 +9,9 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::StartExecResults;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, ExecConfig, HealthConfig, HostConfig, Mount,
-    MountTmpfsOptions, MountTypeEnum, NetworkCreateRequest, NetworkingConfig, PortBinding,
+    ContainerCreateBody, DeviceRequest, EndpointSettings, ExecConfig, HealthConfig, HostConfig,
+    Mount, MountTmpfsOptions, MountTypeEnum, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions,
@@ -330,6 +331,20 @@ impl Engine for DockerEngine {
                 port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
                 memory: spec.memory.and_then(|m| i64::try_from(m).ok()),
                 nano_cpus: spec.nano_cpus,
+                device_requests: spec.gpus.as_ref().map(|g| {
+                    use tether_spec::model::Gpus;
+                    let (count, device_ids) = match g {
+                        Gpus::All => (Some(-1), None),
+                        Gpus::Count(n) => (Some(i64::from(*n)), None),
+                        Gpus::Devices(ids) => (None, Some(ids.clone())),
+                    };
+                    vec![DeviceRequest {
+                        count,
+                        device_ids,
+                        capabilities: Some(vec![vec!["gpu".into()]]),
+                        ..Default::default()
+                    }]
+                }),
                 network_mode: Some(spec.network.clone()),
                 ..Default::default()
             }),
@@ -349,7 +364,19 @@ impl Engine for DockerEngine {
             ..Default::default()
         };
         match self.docker.create_container(Some(options), body).await {
-            Ok(r) => Ok(r.id),
+            Ok(r) => {
+                for extra in &spec.extra_networks {
+                    let request = NetworkConnectRequest {
+                        container: Some(r.id.clone()),
+                        endpoint_config: None,
+                    };
+                    if let Err(e) = self.docker.connect_network(extra, request).await {
+                        let _ = self.remove(&r.id).await;
+                        return Err(self.error(&format!("connect {} to network {extra}", spec.name), e));
+                    }
+                }
+                Ok(r.id)
+            }
             Err(BollardError::DockerResponseServerError {
                 status_code: 409, ..
             }) => Err(EngineError::NameTaken {

@@ -84,11 +84,14 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     pub network: String,
     pub aliases: Vec<String>,
+    /// Networks the container joins besides the project network (they must exist).
+    pub extra_networks: Vec<String>,
     pub mounts: Vec<MountPlan>,
     /// Container ports to publish on 127.0.0.1, on ports the engine picks.
     pub publish: Vec<u16>,
     pub memory: Option<u64>,
     pub nano_cpus: Option<i64>,
+    pub gpus: Option<tether_spec::model::Gpus>,
     pub healthcheck: Option<HealthcheckPlan>,
 }
 

@@ -367,10 +367,12 @@ fn spec_for(c: &ContainerPlan, hash: &str, project: &str) -> Result<ContainerSpe
         labels,
         network: c.network.clone(),
         aliases: c.aliases.clone(),
+        extra_networks: c.extra_networks.clone(),
         mounts,
         publish: c.publish.clone(),
         memory: c.memory,
         nano_cpus: c.nano_cpus,
+        gpus: c.gpus.clone(),
         healthcheck: c.healthcheck.clone(),
     })
 }
