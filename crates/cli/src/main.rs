@@ -96,6 +96,34 @@ enum Command {
         #[arg(last = true, value_name = "WORKLOAD")]
         argv: Vec<String>,
     },
+    /// Start sidecars and wait until they are ready, with no workload
+    #[command(
+        after_help = "Examples:\n  tether up                    every sidecar\n  tether up db cache\n  eval \"$(tether up --env)\"     then run tests on this host against them\n\nPorts are published on 127.0.0.1. Sidecars started here stay until `tether down`."
+    )]
+    Up {
+        #[command(flatten)]
+        file: FileArg,
+        /// Only these sidecars [default: all]
+        #[arg(value_name = "SIDECAR")]
+        names: Vec<String>,
+        /// Print `export NAME=VALUE` lines for the sidecars' addresses on this host
+        #[arg(long)]
+        env: bool,
+    },
+    /// Print a sidecar's output
+    #[command(after_help = "Examples:\n  tether logs db\n  tether logs db --follow --tail 20")]
+    Logs {
+        #[command(flatten)]
+        file: FileArg,
+        /// The sidecar
+        sidecar: String,
+        /// Keep printing new output until the container stops (-f is the declaration file)
+        #[arg(long)]
+        follow: bool,
+        /// Only the last N lines
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
     /// List this project's sidecar containers
     #[command(
         after_help = "Examples:\n  tether ps\n  tether ps --json | jq '.[] | select(.state != \"running\")'"
@@ -169,6 +197,13 @@ fn main() -> ExitCode {
             argv,
         } => return ExitCode::from(run(&file, session, argv)),
         Command::Ps { file, json } => ps(&file, json),
+        Command::Up { file, names, env } => return ExitCode::from(up(&file, names, env)),
+        Command::Logs {
+            file,
+            sidecar,
+            follow,
+            tail,
+        } => logs(&file, &sidecar, follow, tail),
         Command::Down {
             file,
             sessions,
@@ -392,6 +427,67 @@ fn run(file: &FileArg, session: Option<String>, argv: Vec<String>) -> u8 {
     (code & 0xff) as u8
 }
 
+fn up(file: &FileArg, names: Vec<String>, print_env: bool) -> u8 {
+    // A host-process plan: ports published on 127.0.0.1, addresses for this host.
+    let (loaded, mut p) = match planned(file, Some("up".into()), vec!["true".into()]) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let code = runtime().block_on(async {
+        match engine().await {
+            Ok(e) => tether_run::run::up(&e, &loaded.declaration, &mut p, &names, print_env).await,
+            Err(code) => i32::from(code),
+        }
+    });
+    (code & 0xff) as u8
+}
+
+fn logs(file: &FileArg, sidecar: &str, follow: bool, tail: Option<usize>) -> u8 {
+    let loaded = match load(file, false) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let decl = &loaded.declaration;
+    if !decl.sidecars.contains_key(sidecar) {
+        let known: Vec<&str> = decl.sidecars.keys().map(String::as_str).collect();
+        eprintln!(
+            "error: no sidecar named `{sidecar}` (declared: {})",
+            known.join(", ")
+        );
+        return exit::INVALID;
+    }
+    let project = decl.project.clone();
+    runtime().block_on(async {
+        let e = match engine().await {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        let rows = match tether_run::ps::list(&e, &project).await {
+            Ok(r) => r,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return exit::INTERNAL;
+            }
+        };
+        // The running one if any, else the newest.
+        let mut mine: Vec<_> = rows.into_iter().filter(|r| r.sidecar == sidecar).collect();
+        mine.sort_by(|a, b| {
+            (a.state == "running", &a.created).cmp(&(b.state == "running", &b.created))
+        });
+        let Some(row) = mine.pop() else {
+            eprintln!("error: sidecar {sidecar} has no container; `tether up {sidecar}` starts it");
+            return exit::INVALID;
+        };
+        match e.print_logs(&row.container, follow, tail).await {
+            Ok(()) => exit::OK,
+            Err(err) => {
+                eprintln!("error: {err}");
+                exit::INTERNAL
+            }
+        }
+    })
+}
+
 fn ps(file: &FileArg, json: bool) -> u8 {
     let loaded = match load(file, false) {
         Ok(l) => l,
@@ -515,5 +611,14 @@ fn init(file: &FileArg, only: Vec<String>, command: Vec<String>) -> u8 {
             eprintln!("tether init: error: {}", f.message);
             (f.code & 0xff) as u8
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -465,9 +465,60 @@ fn a_sidecar_joins_its_extra_networks() {
     // Another container on that network (not the project's) reaches it by container name.
     let container = format!("tether-{}-web", p.name);
     let out = docker(&[
-        "run", "--rm", "--network", &net, img, "wget", "-qO-", &format!("http://{container}:8080/"),
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        img,
+        "wget",
+        "-qO-",
+        &format!("http://{container}:8080/"),
     ]);
     drop(p);
     let _ = docker(&["network", "rm", &net]);
     assert_eq!(text(&out), "hello from the sidecar");
+}
+
+#[test]
+fn up_prints_the_env_for_the_host_and_logs_shows_a_sidecars_output() {
+    let Some(img) = image() else { return };
+    let body = format!(
+        r#"sidecars:
+  chatty:
+    image: {img}
+    lifecycle: session
+    command: [sh, -c, "echo first line; echo second line >&2; exec httpd -f -p 8080 -h /www"]
+    interface: {{ kind: port, port: 8080 }}
+    readiness: {{ mode: log, pattern: "first line" }}
+"#
+    );
+    let p = Project::new("up", &body);
+    let out = p.command("up", &["--env"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = env.lines().collect();
+    assert_eq!(lines[0], "export TETHER_CHATTY_HOST=127.0.0.1");
+    assert!(lines[1].starts_with("export TETHER_CHATTY_PORT="), "{env}");
+    // The printed lines work as written in a shell on this host.
+    let fetched = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{env}busybox wget -qO- http://$TETHER_CHATTY_HOST:$TETHER_CHATTY_PORT/"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&fetched.stdout),
+        "hello from the sidecar\n"
+    );
+    let logs = p.command("logs", &["chatty"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "first line\n");
+    assert_eq!(String::from_utf8_lossy(&logs.stderr), "second line\n");
+    // Made by `up`, owned by no run: still there until `tether down`.
+    assert_eq!(p.containers(), [format!("tether-{}-up-chatty", p.name)]);
 }

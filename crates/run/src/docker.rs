@@ -81,6 +81,35 @@ fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+impl DockerEngine {
+    /// Copies a container's output to ours, stdout to stdout and stderr to stderr; with
+    /// `follow`, until the container stops.
+    pub async fn print_logs(&self, id: &str, follow: bool, tail: Option<usize>) -> Result<()> {
+        use std::io::Write;
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: tail.map_or_else(|| "all".to_owned(), |t| t.to_string()),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(id, Some(options));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(bollard::container::LogOutput::StdErr { message }) => {
+                    let _ = std::io::stderr().write_all(&message);
+                }
+                Ok(other) => {
+                    let _ = std::io::stdout().write_all(&other.into_bytes());
+                    let _ = std::io::stdout().flush();
+                }
+                Err(e) => return Err(self.error(&format!("read the logs of {id}"), e)),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Engine for DockerEngine {
     fn endpoint(&self) -> String {
         self.endpoint.clone()
@@ -372,7 +401,9 @@ impl Engine for DockerEngine {
                     };
                     if let Err(e) = self.docker.connect_network(extra, request).await {
                         let _ = self.remove(&r.id).await;
-                        return Err(self.error(&format!("connect {} to network {extra}", spec.name), e));
+                        return Err(
+                            self.error(&format!("connect {} to network {extra}", spec.name), e)
+                        );
                     }
                 }
                 Ok(r.id)

@@ -258,3 +258,79 @@ fn code_of(status: std::io::Result<std::process::ExitStatus>) -> i32 {
         Err(_) => exit::ENGINE,
     }
 }
+
+/// `tether up`: starts and readies sidecars with no workload. Session sidecars made here are
+/// owned by no run, so they stay until `tether down`. With `print_env`, prints `export` lines
+/// for the host's shell (ports published on 127.0.0.1).
+pub async fn up<E: Engine>(
+    engine: &E,
+    decl: &Declaration,
+    plan: &mut Plan,
+    names: &[String],
+    print_env: bool,
+) -> i32 {
+    if !names.is_empty() {
+        let known: Vec<&str> = plan.sidecars.iter().map(|c| c.sidecar.as_str()).collect();
+        for n in names {
+            if !known.contains(&n.as_str()) {
+                let hint = tether_spec::values::did_you_mean(n, &known)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                say(&format!(
+                    "error: no sidecar named `{n}` (declared: {}){hint}",
+                    known.join(", ")
+                ));
+                return exit::INVALID;
+            }
+        }
+        plan.sidecars.retain(|c| names.contains(&c.sidecar));
+    }
+    let report = |sidecar: &str, status: Status| say(&describe(sidecar, &status));
+    match launch::up(engine, decl, plan, "tether-up", &report).await {
+        Ok(launched) => {
+            if print_env {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                for (k, v) in &launched.env {
+                    let _ = writeln!(out, "export {k}={}", shell_quote(v));
+                }
+            }
+            0
+        }
+        Err(e) => {
+            report_failure(&e);
+            match e {
+                LaunchError::Engine(_) => exit::ENGINE,
+                LaunchError::Sidecar { .. } => exit::SIDECAR,
+            }
+        }
+    }
+}
+
+/// A value a POSIX shell reads back unchanged.
+fn shell_quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,".contains(&b))
+    {
+        return v.to_owned();
+    }
+    format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_quoted_for_the_shell_only_when_needed() {
+        assert_eq!(shell_quote("127.0.0.1"), "127.0.0.1");
+        assert_eq!(
+            shell_quote("http://127.0.0.1:5/mcp"),
+            "http://127.0.0.1:5/mcp"
+        );
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}
