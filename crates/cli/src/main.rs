@@ -92,6 +92,9 @@ enum Command {
         /// The session id used in session sidecar names [default: a new random id]
         #[arg(long, value_name = "ID")]
         session: Option<String>,
+        /// Report progress as JSON lines on stderr
+        #[arg(long)]
+        json: bool,
         /// The workload: `docker run … IMAGE …`, or any command to run on this host
         #[arg(last = true, value_name = "WORKLOAD")]
         argv: Vec<String>,
@@ -109,6 +112,9 @@ enum Command {
         /// Print `export NAME=VALUE` lines for the sidecars' addresses on this host
         #[arg(long)]
         env: bool,
+        /// Report progress as JSON lines on stderr
+        #[arg(long)]
+        json: bool,
     },
     /// Print a sidecar's output
     #[command(after_help = "Examples:\n  tether logs db\n  tether logs db --follow --tail 20")]
@@ -194,10 +200,16 @@ fn main() -> ExitCode {
         Command::Run {
             file,
             session,
+            json,
             argv,
-        } => return ExitCode::from(run(&file, session, argv)),
+        } => return ExitCode::from(run(&file, session, json, argv)),
         Command::Ps { file, json } => ps(&file, json),
-        Command::Up { file, names, env } => return ExitCode::from(up(&file, names, env)),
+        Command::Up {
+            file,
+            names,
+            env,
+            json,
+        } => return ExitCode::from(up(&file, names, env, json)),
         Command::Logs {
             file,
             sidecar,
@@ -410,7 +422,7 @@ async fn engine() -> Result<tether_run::docker::DockerEngine, u8> {
         })
 }
 
-fn run(file: &FileArg, session: Option<String>, argv: Vec<String>) -> u8 {
+fn run(file: &FileArg, session: Option<String>, json: bool, argv: Vec<String>) -> u8 {
     let (loaded, p) = match planned(file, session, argv) {
         Ok(x) => x,
         Err(code) => return code,
@@ -420,14 +432,17 @@ fn run(file: &FileArg, session: Option<String>, argv: Vec<String>) -> u8 {
             return tether_run::run::passthrough(&p).await;
         }
         match engine().await {
-            Ok(e) => tether_run::run::run(&e, &loaded.declaration, &p).await,
+            Ok(e) => {
+                let progress = tether_run::run::Progress::new(json);
+                tether_run::run::run(&e, &loaded.declaration, &p, &progress).await
+            }
             Err(code) => i32::from(code),
         }
     });
     (code & 0xff) as u8
 }
 
-fn up(file: &FileArg, names: Vec<String>, print_env: bool) -> u8 {
+fn up(file: &FileArg, names: Vec<String>, print_env: bool, json: bool) -> u8 {
     // A host-process plan: ports published on 127.0.0.1, addresses for this host.
     let (loaded, mut p) = match planned(file, Some("up".into()), vec!["true".into()]) {
         Ok(x) => x,
@@ -435,7 +450,18 @@ fn up(file: &FileArg, names: Vec<String>, print_env: bool) -> u8 {
     };
     let code = runtime().block_on(async {
         match engine().await {
-            Ok(e) => tether_run::run::up(&e, &loaded.declaration, &mut p, &names, print_env).await,
+            Ok(e) => {
+                let progress = tether_run::run::Progress::new(json);
+                tether_run::run::up(
+                    &e,
+                    &loaded.declaration,
+                    &mut p,
+                    &names,
+                    print_env,
+                    &progress,
+                )
+                .await
+            }
             Err(code) => i32::from(code),
         }
     });

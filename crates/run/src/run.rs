@@ -32,6 +32,74 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "tether: {line}");
 }
 
+/// How progress is shown: a live line per sidecar on a terminal, plain lines otherwise, or
+/// one JSON object per change for scripts. Always on stderr: stdout is the workload's.
+pub enum Progress {
+    Plain,
+    Live(std::sync::Mutex<Vec<(String, String)>>),
+    Json,
+}
+
+impl Progress {
+    pub fn new(json: bool) -> Progress {
+        if json {
+            Progress::Json
+        } else if std::io::stderr().is_terminal()
+            && std::env::var_os("TERM").is_some_and(|t| t != "dumb")
+        {
+            Progress::Live(std::sync::Mutex::new(Vec::new()))
+        } else {
+            Progress::Plain
+        }
+    }
+
+    pub fn update(&self, sidecar: &str, status: &Status) {
+        use std::io::Write;
+        match self {
+            Progress::Plain => say(&describe(sidecar, status)),
+            Progress::Json => {
+                let (state, detail) = match status {
+                    Status::Reused => ("reused", serde_json::Value::Null),
+                    Status::Started => ("started", serde_json::Value::Null),
+                    Status::Created { why } => ("created", serde_json::json!(why)),
+                    Status::Waiting { summary } => ("waiting", serde_json::json!(summary)),
+                    Status::Ready { took } => ("ready", serde_json::json!(took.as_millis() as u64)),
+                    Status::Failed { why } => ("failed", serde_json::json!(why)),
+                };
+                let line =
+                    serde_json::json!({"sidecar": sidecar, "status": state, "detail": detail});
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+            Progress::Live(lines) => {
+                let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+                let drawn = lines.len();
+                let text = describe(sidecar, status);
+                match lines.iter_mut().find(|(s, _)| s == sidecar) {
+                    Some(l) => l.1 = text,
+                    None => lines.push((sidecar.to_owned(), text)),
+                }
+                // Back to the top of the block, then every line again, each cleared first.
+                let mut out = String::new();
+                if drawn > 0 {
+                    out.push_str(&format!("\x1b[{drawn}A"));
+                }
+                for (_, l) in lines.iter() {
+                    out.push_str("\r\x1b[2Ktether: ");
+                    // One screen line each, or moving up would miss: long ones are cut.
+                    if l.chars().count() > 90 {
+                        out.extend(l.chars().take(89));
+                        out.push('\u{2026}');
+                    } else {
+                        out.push_str(l);
+                    }
+                    out.push('\n');
+                }
+                let _ = std::io::stderr().write_all(out.as_bytes());
+            }
+        }
+    }
+}
+
 pub fn describe(sidecar: &str, status: &Status) -> String {
     match status {
         Status::Reused => format!("{sidecar}: reused (running, same configuration)"),
@@ -45,11 +113,16 @@ pub fn describe(sidecar: &str, status: &Status) -> String {
 }
 
 /// Starts the sidecars, runs the workload, cleans up; returns the exit code.
-pub async fn run<E: Engine>(engine: &E, decl: &Declaration, plan: &Plan) -> i32 {
+pub async fn run<E: Engine>(
+    engine: &E,
+    decl: &Declaration,
+    plan: &Plan,
+    progress: &Progress,
+) -> i32 {
     let mut sigint = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let mut sigterm = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let owner = launch::owner_id();
-    let report = |sidecar: &str, status: Status| say(&describe(sidecar, &status));
+    let report = |sidecar: &str, status: Status| progress.update(sidecar, &status);
     let launched = tokio::select! {
         r = launch::up(engine, decl, plan, &owner, &report) => r,
         _ = sigint.recv() => {
@@ -268,6 +341,7 @@ pub async fn up<E: Engine>(
     plan: &mut Plan,
     names: &[String],
     print_env: bool,
+    progress: &Progress,
 ) -> i32 {
     if !names.is_empty() {
         let known: Vec<&str> = plan.sidecars.iter().map(|c| c.sidecar.as_str()).collect();
@@ -285,7 +359,7 @@ pub async fn up<E: Engine>(
         }
         plan.sidecars.retain(|c| names.contains(&c.sidecar));
     }
-    let report = |sidecar: &str, status: Status| say(&describe(sidecar, &status));
+    let report = |sidecar: &str, status: Status| progress.update(sidecar, &status);
     match launch::up(engine, decl, plan, "tether-up", &report).await {
         Ok(launched) => {
             if print_env {
