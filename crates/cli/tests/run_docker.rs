@@ -522,3 +522,44 @@ fn up_prints_the_env_for_the_host_and_logs_shows_a_sidecars_output() {
     // Made by `up`, owned by no run: still there until `tether down`.
     assert_eq!(p.containers(), [format!("tether-{}-up-chatty", p.name)]);
 }
+
+#[test]
+fn a_volume_sidecar_shares_its_volume_and_an_mcp_sidecar_is_listed_in_the_mcp_file() {
+    let Some(img) = image() else { return };
+    let volume = format!("rt-vol-{}", std::process::id());
+    let body = format!(
+        r#"sidecars:
+  data:
+    image: {img}
+    lifecycle: session
+    command: [sh, -c, "echo shared-data > /data/hello; exec sleep 1000"]
+    interface: {{ kind: volume, volume: {volume}, mountpoint: /data }}
+    readiness: {{ mode: exec, command: [test, -f, /data/hello] }}
+  docs:
+    image: {img}
+    lifecycle: session
+    command: [httpd, -f, -p, "8000", -h, /www]
+    interface: {{ kind: mcp, name: docs-mcp, port: 8000, path: /mcp }}
+"#
+    );
+    let p = Project::new("volmcp", &body);
+    let (code, out, err) = p.run(&[
+        "docker",
+        "run",
+        "--rm",
+        img,
+        "sh",
+        "-c",
+        "cat /data/hello; cat $TETHER_MCP_CONFIG",
+    ]);
+    let _ = docker(&["volume", "rm", &volume]);
+    assert_eq!(code, 0, "{err}");
+    let (first, json) = out.split_once('\n').unwrap();
+    assert_eq!(first, "shared-data");
+    let mcp: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert!(
+        mcp.to_string().contains("http://docs-mcp:8000/mcp"),
+        "{mcp}"
+    );
+}
