@@ -488,7 +488,7 @@ fn logs(file: &FileArg, sidecar: &str, follow: bool, tail: Option<usize>) -> u8 
             Ok(e) => e,
             Err(code) => return code,
         };
-        let rows = match tether_run::ps::list(&e, &project).await {
+        let rows = match tether_run::ps::list(&e, &project, None).await {
             Ok(r) => r,
             Err(err) => {
                 eprintln!("error: {err}");
@@ -515,8 +515,8 @@ fn logs(file: &FileArg, sidecar: &str, follow: bool, tail: Option<usize>) -> u8 
 }
 
 fn ps(file: &FileArg, json: bool) -> u8 {
-    let loaded = match load(file, false) {
-        Ok(l) => l,
+    let (loaded, p) = match planned(file, Some("ps".into()), vec!["true".into()]) {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let project = loaded.declaration.project.clone();
@@ -525,7 +525,7 @@ fn ps(file: &FileArg, json: bool) -> u8 {
             Ok(e) => e,
             Err(code) => return code,
         };
-        match tether_run::ps::list(&e, &project).await {
+        match tether_run::ps::list(&e, &project, Some(&p)).await {
             Ok(rows) => {
                 if json {
                     println!(

@@ -519,8 +519,13 @@ fn up_prints_the_env_for_the_host_and_logs_shows_a_sidecars_output() {
     let logs = p.command("logs", &["chatty"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&logs.stdout), "first line\n");
     assert_eq!(String::from_utf8_lossy(&logs.stderr), "second line\n");
-    // Made by `up`, owned by no run: still there until `tether down`.
+    // Made by `up`, owned by no run: still there until `tether down`, and ready.
     assert_eq!(p.containers(), [format!("tether-{}-up-chatty", p.name)]);
+    let ps = p.command("ps", &["--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(rows[0]["sidecar"], "chatty");
+    assert_eq!(rows[0]["state"], "running");
+    assert_eq!(rows[0]["ready"], true);
 }
 
 #[test]

@@ -412,6 +412,51 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)
 }
 
+/// One readiness check's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    Ready,
+    NotYet,
+    /// It will not become ready (an unhealthy healthcheck, a healthcheck that does not exist).
+    Failed(String),
+}
+
+/// One attempt of the sidecar's readiness check against a running container.
+pub async fn probe_once<E: Engine>(
+    engine: &E,
+    c: &ContainerPlan,
+    now: &Container,
+    pattern: Option<&regex::Regex>,
+) -> Result<Probe, EngineError> {
+    let r = &c.readiness;
+    let port = r.port.unwrap_or(0);
+    let yes = |b: bool| if b { Probe::Ready } else { Probe::NotYet };
+    Ok(match r.mode {
+        "tcp" => yes(engine.dial(now, &c.network, port).await?),
+        "http" => {
+            let path = r.path.as_deref().unwrap_or("/");
+            yes(matches!(engine.http_get(now, &c.network, port, path).await?, Some(s) if (200..400).contains(&s)))
+        }
+        "exec" => {
+            let command = r.command.clone().unwrap_or_default();
+            yes(engine.exec(&now.id, &command).await?.0 == 0)
+        }
+        "healthcheck" => match now.health.as_deref() {
+            Some("healthy") => Probe::Ready,
+            Some("unhealthy") => Probe::Failed("its healthcheck reports unhealthy".into()),
+            Some(_) => Probe::NotYet,
+            None => Probe::Failed(
+                "has healthcheck readiness but its image declares no HEALTHCHECK; give `readiness.command`".into(),
+            ),
+        },
+        "log" => {
+            let lines = engine.logs(&now.id, 0).await?;
+            yes(pattern.is_some_and(|p| lines.iter().any(|l| p.is_match(l))))
+        }
+        _ => Probe::Ready,
+    })
+}
+
 /// Probes until the sidecar is ready, it exits, or its deadline passes.
 async fn wait_ready<E: Engine>(
     engine: &E,
@@ -448,38 +493,13 @@ async fn wait_ready<E: Engine>(
                 .unwrap_or_default();
             return Err(fail(format!("exited{code} before it was ready"), logs));
         }
-        let port = r.port.unwrap_or(0);
-        let ready = match r.mode {
-            "tcp" => engine.dial(&now, &c.network, port).await?,
-            "http" => {
-                let path = r.path.as_deref().unwrap_or("/");
-                matches!(engine.http_get(&now, &c.network, port, path).await?, Some(s) if (200..400).contains(&s))
+        let ready = match probe_once(engine, c, &now, pattern.as_ref()).await? {
+            Probe::Ready => true,
+            Probe::NotYet => false,
+            Probe::Failed(why) => {
+                let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
+                return Err(fail(why, logs));
             }
-            "exec" => {
-                let command = r.command.clone().unwrap_or_default();
-                engine.exec(&now.id, &command).await?.0 == 0
-            }
-            "healthcheck" => match now.health.as_deref() {
-                Some("healthy") => true,
-                Some("unhealthy") => {
-                    let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
-                    return Err(fail("its healthcheck reports unhealthy".into(), logs));
-                }
-                Some(_) => false,
-                None => {
-                    return Err(fail(
-                        "has healthcheck readiness but its image declares no HEALTHCHECK; give `readiness.command`".into(),
-                        Vec::new(),
-                    ));
-                }
-            },
-            "log" => {
-                let lines = engine.logs(&now.id, 0).await?;
-                pattern
-                    .as_ref()
-                    .is_some_and(|p| lines.iter().any(|l| p.is_match(l)))
-            }
-            _ => true,
         };
         if ready {
             return Ok((began.elapsed(), now));

@@ -14,6 +14,8 @@ pub struct Row {
     pub state: String,
     /// The engine's health status, when the container has a healthcheck.
     pub health: Option<String>,
+    /// Whether its readiness check passes now (running containers with a known sidecar).
+    pub ready: Option<bool>,
     pub created: String,
     /// Seconds since it was created.
     pub age_seconds: Option<u64>,
@@ -21,19 +23,50 @@ pub struct Row {
     pub published: std::collections::BTreeMap<u16, u16>,
 }
 
-/// This project's sidecar containers, sorted by name.
-pub async fn list<E: Engine>(engine: &E, project: &str) -> Result<Vec<Row>> {
+/// This project's sidecar containers, sorted by name. With the plan, each running one is
+/// checked once for readiness.
+pub async fn list<E: Engine>(
+    engine: &E,
+    project: &str,
+    plan: Option<&tether_plan::Plan>,
+) -> Result<Vec<Row>> {
     let found = engine.list(&[(LABEL_PROJECT, project)]).await?;
+    let mut readiness = Vec::new();
+    for c in &found {
+        let planned = plan.and_then(|p| {
+            p.sidecars
+                .iter()
+                .find(|s| Some(&s.sidecar) == c.labels.get(LABEL_SIDECAR))
+        });
+        let ready = match planned {
+            Some(s) if c.running() => {
+                let pattern = s
+                    .readiness
+                    .pattern
+                    .as_deref()
+                    .and_then(|p| regex::Regex::new(p).ok());
+                crate::launch::probe_once(engine, s, c, pattern.as_ref())
+                    .await
+                    .ok()
+                    .map(|p| p == crate::launch::Probe::Ready)
+            }
+            Some(_) => Some(false),
+            None => None,
+        };
+        readiness.push(ready);
+    }
     Ok(found
         .into_iter()
-        .filter(|c| c.labels.contains_key(LABEL_SIDECAR))
-        .map(|c| Row {
+        .zip(readiness)
+        .filter(|(c, _)| c.labels.contains_key(LABEL_SIDECAR))
+        .map(|(c, ready)| Row {
             sidecar: c.labels.get(LABEL_SIDECAR).cloned().unwrap_or_default(),
             lifecycle: c.labels.get(LABEL_LIFECYCLE).cloned().unwrap_or_default(),
             session: c.labels.get(LABEL_SESSION).cloned(),
             container: c.name,
             state: c.state,
             health: c.health,
+            ready,
             age_seconds: humantime::parse_rfc3339_weak(&c.created)
                 .ok()
                 .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
@@ -50,12 +83,13 @@ pub fn table(rows: &[Row]) -> String {
         "SIDECAR",
         "LIFECYCLE",
         "STATE",
+        "READY",
         "HEALTH",
         "AGE",
         "PORTS",
         "CONTAINER",
     ];
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
             [
@@ -65,6 +99,11 @@ pub fn table(rows: &[Row]) -> String {
                     None => r.lifecycle.clone(),
                 },
                 r.state.clone(),
+                match r.ready {
+                    Some(true) => "yes".into(),
+                    Some(false) => "no".into(),
+                    None => "-".into(),
+                },
                 r.health.clone().unwrap_or_else(|| "-".into()),
                 r.age_seconds.map(age).unwrap_or_else(|| "-".into()),
                 if r.published.is_empty() {
@@ -153,14 +192,15 @@ mod tests {
             container: "tether-demo-db".into(),
             state: "running".into(),
             health: None,
+            ready: Some(true),
             created: String::new(),
             age_seconds: Some(150),
             published: [(5432, 32768)].into(),
         }];
         assert_eq!(
             table(&rows),
-            "SIDECAR  LIFECYCLE  STATE    HEALTH  AGE  PORTS                  CONTAINER\n\
-             db       shared     running  -       2m   127.0.0.1:32768->5432  tether-demo-db\n"
+            "SIDECAR  LIFECYCLE  STATE    READY  HEALTH  AGE  PORTS                  CONTAINER\n\
+             db       shared     running  yes    -       2m   127.0.0.1:32768->5432  tether-demo-db\n"
         );
         assert_eq!(
             [age(59), age(3599), age(7200), age(200_000)],
