@@ -36,6 +36,12 @@ struct FileArg {
     file: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RenderTarget {
+    /// A Compose file (docker compose, docker-compose)
+    Compose,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Validate the declaration and report every problem with its file, line and column
@@ -98,6 +104,20 @@ enum Command {
         /// The workload: `docker run … IMAGE …`, or any command to run on this host
         #[arg(last = true, value_name = "WORKLOAD")]
         argv: Vec<String>,
+    },
+    /// Write the declaration as a Compose file (Kubernetes: not yet)
+    #[command(
+        after_help = "Examples:\n  tether render compose > docker-compose.yml\n  tether render compose -o deploy/docker-compose.yml\n\nThe output names its source and says, in comments, what Compose cannot check."
+    )]
+    Render {
+        /// What to write
+        #[arg(value_enum)]
+        target: RenderTarget,
+        #[command(flatten)]
+        file: FileArg,
+        /// Write here instead of stdout
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: Option<PathBuf>,
     },
     /// Start sidecars and wait until they are ready, with no workload
     #[command(
@@ -204,6 +224,11 @@ fn main() -> ExitCode {
             argv,
         } => return ExitCode::from(run(&file, session, json, argv)),
         Command::Ps { file, json } => ps(&file, json),
+        Command::Render {
+            target,
+            file,
+            output,
+        } => render(target, &file, output),
         Command::Up {
             file,
             names,
@@ -402,6 +427,53 @@ fn plan(file: &FileArg, session: Option<String>, json: bool, argv: Vec<String>) 
         print!("{}", p.render_text());
     }
     exit::OK
+}
+
+fn render(target: RenderTarget, file: &FileArg, output: Option<PathBuf>) -> u8 {
+    let loaded = match load(file, false) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let base = match &output {
+        Some(o) => o
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        None => PathBuf::from("."),
+    };
+    let base = base.canonicalize().unwrap_or(base);
+    let text = match target {
+        RenderTarget::Compose => tether_render::compose::render(&loaded.declaration, &base),
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: {e}", loaded.declaration.file);
+            return exit::INVALID;
+        }
+    };
+    match output {
+        Some(path) => match path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, text))
+        {
+            Ok(()) => {
+                eprintln!("wrote {}", path.display());
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                exit::INTERNAL
+            }
+        },
+        None => {
+            print!("{text}");
+            exit::OK
+        }
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

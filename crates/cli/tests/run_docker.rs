@@ -3,73 +3,9 @@
 
 mod support;
 
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Command;
 
 use support::*;
-
-const APPLETS: &[&str] = &[
-    "sh", "httpd", "nc", "wget", "sleep", "cat", "echo", "test", "touch", "env", "ls", "true",
-];
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-/// The test image, built once per test binary; `None` (skipped, or failed under CI) when no
-/// engine or busybox-static is available.
-fn image() -> Option<&'static str> {
-    static IMAGE: OnceLock<Option<String>> = OnceLock::new();
-    let built = IMAGE.get_or_init(|| {
-        let engine = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
-        if !engine.status.success() {
-            return None;
-        }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| {
-            Command::new("file")
-                .arg(p)
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
-        })?;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("bin")).unwrap();
-        std::fs::create_dir_all(d.join("www")).unwrap();
-        std::fs::create_dir_all(d.join("tmp")).unwrap();
-        std::fs::copy(busybox, d.join("bin/busybox")).unwrap();
-        for a in APPLETS {
-            std::os::unix::fs::symlink("busybox", d.join("bin").join(a)).unwrap();
-        }
-        std::fs::write(d.join("www/index.html"), "hello from the sidecar\n").unwrap();
-        std::fs::write(
-            d.join("Dockerfile"),
-            "FROM scratch\nCOPY . /\nENV PATH=/bin\nCMD [\"sh\"]\n",
-        )
-        .unwrap();
-        let tag = "tether-run-test:busybox".to_owned();
-        let out = docker(&["build", "-q", "-t", &tag, d.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(tag)
-    });
-    match built {
-        Some(tag) => Some(tag.as_str()),
-        None => {
-            require(
-                false,
-                "no Docker Engine reachable, or no static busybox (apt-get install busybox-static)",
-            );
-            None
-        }
-    }
-}
 
 /// A project of its own per test, removed with everything in it at the end.
 struct Project {
@@ -159,7 +95,7 @@ fn web(image: &str, extra: &str) -> String {
 
 #[test]
 fn a_workload_container_reaches_a_shared_sidecar_by_name_and_the_next_run_reuses_it() {
-    let Some(img) = image() else { return };
+    let Some(img) = busybox_image() else { return };
     let p = Project::new("alias", &web(img, ""));
     let (code, out, err) = p.run(&[
         "docker",
@@ -207,7 +143,7 @@ fn a_workload_container_reaches_a_shared_sidecar_by_name_and_the_next_run_reuses
 
 #[test]
 fn a_host_process_reaches_the_sidecar_through_the_injected_env() {
-    let Some(img) = image() else { return };
+    let Some(img) = busybox_image() else { return };
     let p = Project::new("host", &web(img, ""));
     let (code, out, err) = p.run(&[
         "sh",
@@ -223,7 +159,7 @@ fn a_host_process_reaches_the_sidecar_through_the_injected_env() {
 
 #[test]
 fn a_shared_namespace_workload_reaches_its_sidecar_on_loopback() {
-    let Some(img) = image() else { return };
+    let Some(img) = busybox_image() else { return };
     let p = Project::new(
         "netns",
         &format!(
@@ -249,7 +185,7 @@ fn a_shared_namespace_workload_reaches_its_sidecar_on_loopback() {
 
 #[test]
 fn every_readiness_mode_gates_the_workload() {
-    let Some(img) = image() else { return };
+    let Some(img) = busybox_image() else { return };
     // Each sidecar becomes ready only after a delay; the workload fails unless all of them are.
     let body = format!(
         r#"sidecars:
@@ -309,7 +245,7 @@ fn every_readiness_mode_gates_the_workload() {
 
 #[test]
 fn a_sidecar_that_never_gets_ready_fails_the_run_and_leaves_nothing() {
-    let Some(img) = image() else { return };
+    let Some(img) = busybox_image() else { return };
     let body = format!(
         r#"sidecars:
   stuck:
@@ -333,7 +269,7 @@ fn a_sidecar_that_never_gets_ready_fails_the_run_and_leaves_nothing() {
 
 #[test]
 fn ctrl_c_stops_the_workload_and_removes_session_sidecars() {
-    let Some(img) = image() else { return };
+    let Some(img) = busybox_image() else { return };
     let body = format!(
         r#"sidecars:
   helper:
@@ -370,7 +306,7 @@ fn ctrl_c_stops_the_workload_and_removes_session_sidecars() {
 
 #[test]
 fn a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect() {
-    let Some(img) = image() else { return };
+    let Some(img) = busybox_image() else { return };
     let body = format!(
         r#"sidecars:
   vault:
@@ -408,7 +344,7 @@ fn a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect() {
 /// The README's `tether run` quick start, as written.
 #[test]
 fn the_web_sidecar_example_runs() {
-    if image().is_none() {
+    if busybox_image().is_none() {
         return;
     }
     let root = repo();
@@ -456,7 +392,7 @@ fn the_web_sidecar_example_runs() {
 
 #[test]
 fn a_sidecar_joins_its_extra_networks() {
-    let Some(img) = image() else { return };
+    let Some(img) = busybox_image() else { return };
     let net = format!("rt-extra-{}", std::process::id());
     assert!(docker(&["network", "create", &net]).status.success());
     let p = Project::new("extra", &web(img, &format!("\n    networks: [{net}]")));
@@ -481,7 +417,7 @@ fn a_sidecar_joins_its_extra_networks() {
 
 #[test]
 fn up_prints_the_env_for_the_host_and_logs_shows_a_sidecars_output() {
-    let Some(img) = image() else { return };
+    let Some(img) = busybox_image() else { return };
     let body = format!(
         r#"sidecars:
   chatty:
@@ -530,7 +466,7 @@ fn up_prints_the_env_for_the_host_and_logs_shows_a_sidecars_output() {
 
 #[test]
 fn a_volume_sidecar_shares_its_volume_and_an_mcp_sidecar_is_listed_in_the_mcp_file() {
-    let Some(img) = image() else { return };
+    let Some(img) = busybox_image() else { return };
     let volume = format!("rt-vol-{}", std::process::id());
     let body = format!(
         r#"sidecars:

@@ -276,3 +276,67 @@ pub fn read_all(mut r: impl Read) -> String {
     r.read_to_string(&mut s).unwrap();
     s
 }
+
+const APPLETS: &[&str] = &[
+    "sh", "httpd", "nc", "wget", "sleep", "cat", "echo", "test", "touch", "env", "ls", "true",
+];
+
+pub fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker").args(args).output().unwrap()
+}
+
+/// A command's stdout, trimmed.
+pub fn text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// The test image, built once per test binary; `None` (skipped, or failed under CI) when no
+/// engine or busybox-static is available.
+pub fn busybox_image() -> Option<&'static str> {
+    static IMAGE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let built = IMAGE.get_or_init(|| {
+        let engine = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+        if !engine.status.success() {
+            return None;
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| {
+            Command::new("file")
+                .arg(p)
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
+        })?;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        std::fs::create_dir_all(d.join("www")).unwrap();
+        std::fs::create_dir_all(d.join("tmp")).unwrap();
+        std::fs::copy(busybox, d.join("bin/busybox")).unwrap();
+        for a in APPLETS {
+            std::os::unix::fs::symlink("busybox", d.join("bin").join(a)).unwrap();
+        }
+        std::fs::write(d.join("www/index.html"), "hello from the sidecar\n").unwrap();
+        std::fs::write(
+            d.join("Dockerfile"),
+            "FROM scratch\nCOPY . /\nENV PATH=/bin\nCMD [\"sh\"]\n",
+        )
+        .unwrap();
+        let tag = "tether-run-test:busybox".to_owned();
+        let out = docker(&["build", "-q", "-t", &tag, d.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(tag)
+    });
+    match built {
+        Some(tag) => Some(tag.as_str()),
+        None => {
+            require(
+                false,
+                "no Docker Engine reachable, or no static busybox (apt-get install busybox-static)",
+            );
+            None
+        }
+    }
+}
