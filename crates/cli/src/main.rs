@@ -40,6 +40,8 @@ struct FileArg {
 enum RenderTarget {
     /// A Compose file (docker compose, docker-compose)
     Compose,
+    /// Kubernetes manifests (Deployments, Services, a Secret)
+    Kubernetes,
 }
 
 #[derive(Subcommand)]
@@ -105,9 +107,9 @@ enum Command {
         #[arg(last = true, value_name = "WORKLOAD")]
         argv: Vec<String>,
     },
-    /// Write the declaration as a Compose file (Kubernetes: not yet)
+    /// Write the declaration as a Compose file or Kubernetes manifests
     #[command(
-        after_help = "Examples:\n  tether render compose > docker-compose.yml\n  tether render compose -o deploy/docker-compose.yml\n\nThe output names its source and says, in comments, what Compose cannot check."
+        after_help = "Examples:\n  tether render compose > docker-compose.yml\n  tether render compose -o deploy/docker-compose.yml\n  tether render kubernetes -o deploy/k8s.yaml\n\nThe output names its source and says, in comments, what the target cannot check.\nWhat a target cannot express at all is an error naming the field, unless --allow-lossy."
     )]
     Render {
         /// What to write
@@ -118,6 +120,12 @@ enum Command {
         /// Write here instead of stdout
         #[arg(short = 'o', long = "output", value_name = "OUT")]
         output: Option<PathBuf>,
+        /// Render even what cannot be kept faithfully, with a warning for each loss
+        #[arg(long)]
+        allow_lossy: bool,
+        /// Kubernetes: write the secrets' values (read on this host) into the Secret
+        #[arg(long)]
+        include_secret_values: bool,
     },
     /// Start sidecars and wait until they are ready, with no workload
     #[command(
@@ -228,7 +236,9 @@ fn main() -> ExitCode {
             target,
             file,
             output,
-        } => render(target, &file, output),
+            allow_lossy,
+            include_secret_values,
+        } => render(target, &file, output, allow_lossy, include_secret_values),
         Command::Up {
             file,
             names,
@@ -429,11 +439,18 @@ fn plan(file: &FileArg, session: Option<String>, json: bool, argv: Vec<String>) 
     exit::OK
 }
 
-fn render(target: RenderTarget, file: &FileArg, output: Option<PathBuf>) -> u8 {
+fn render(
+    target: RenderTarget,
+    file: &FileArg,
+    output: Option<PathBuf>,
+    allow_lossy: bool,
+    include_secret_values: bool,
+) -> u8 {
     let loaded = match load(file, false) {
         Ok(l) => l,
         Err(code) => return code,
     };
+    let decl = &loaded.declaration;
     let base = match &output {
         Some(o) => o
             .parent()
@@ -443,13 +460,36 @@ fn render(target: RenderTarget, file: &FileArg, output: Option<PathBuf>) -> u8 {
         None => PathBuf::from("."),
     };
     let base = base.canonicalize().unwrap_or(base);
+    let read_secret = |from: &tether_spec::model::SecretSource| match from {
+        tether_spec::model::SecretSource::Env(var) => {
+            std::env::var(var).map_err(|_| format!("the variable {var} is not set on this host"))
+        }
+        tether_spec::model::SecretSource::File(path) => {
+            let p = Path::new(&decl.root).join(path);
+            std::fs::read_to_string(&p).map_err(|e| format!("cannot read {path}: {}", e.kind()))
+        }
+    };
     let text = match target {
-        RenderTarget::Compose => tether_render::compose::render(&loaded.declaration, &base),
+        RenderTarget::Compose => tether_render::compose::render(decl, &base),
+        RenderTarget::Kubernetes => {
+            let declaration_text = std::fs::read_to_string(&decl.file).ok();
+            let options = tether_render::kubernetes::Options {
+                allow_lossy,
+                secret_value: include_secret_values.then_some(&read_secret as _),
+                declaration_text: declaration_text.as_deref(),
+            };
+            tether_render::kubernetes::render(decl, &options).map(|r| {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+                r.text
+            })
+        }
     };
     let text = match text {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {}: {e}", loaded.declaration.file);
+            eprintln!("error: {}: {e}", decl.file);
             return exit::INVALID;
         }
     };

@@ -2,6 +2,7 @@
 //! same input, same bytes.
 
 pub mod compose;
+pub mod kubernetes;
 
 /// Why a declaration cannot be rendered.
 #[derive(Debug, PartialEq, Eq)]
@@ -13,6 +14,23 @@ pub enum RenderError {
         message: String,
     },
     Plan(String),
+    /// Things the target cannot express, refused without `--allow-lossy`.
+    Lossy(Vec<Loss>),
+}
+
+/// Something of the declaration a target cannot keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loss {
+    /// `sidecars.db`, `workload`, `init.health`.
+    pub owner: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}: {}", self.owner, self.field, self.message)
+    }
 }
 
 impl std::fmt::Display for RenderError {
@@ -24,6 +42,20 @@ impl std::fmt::Display for RenderError {
                 message,
             } => write!(f, "{owner}: {field}: {message}"),
             RenderError::Plan(m) => write!(f, "{m}"),
+            RenderError::Lossy(losses) => {
+                write!(
+                    f,
+                    "{} thing(s) cannot be rendered faithfully:",
+                    losses.len()
+                )?;
+                for l in losses {
+                    write!(f, "\n  {l}")?;
+                }
+                write!(
+                    f,
+                    "\n  = hint: --allow-lossy renders anyway and lists each loss"
+                )
+            }
         }
     }
 }

@@ -1,0 +1,579 @@
+//! The declaration as Kubernetes manifests: the workload's Deployment with session sidecars as
+//! native sidecars (init containers that keep running, with a startup probe from their
+//! readiness, so the workload starts only once they are ready), shared sidecars as their own
+//! Deployment and Service, secrets as a Secret mounted as files.
+
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+use tether_plan::{ContainerPlan, LABEL_PROJECT, LABEL_ROLE, LABEL_SIDECAR, Plan, ReadinessPlan};
+use tether_spec::model::{Declaration, Gpus, Lifecycle, NetworkMode, SecretSource};
+
+use crate::{Loss, RenderError};
+
+/// Where a bundle's declaration is mounted.
+pub const INIT_DECLARATION: &str = "/etc/tether/tether.yaml";
+
+/// Reads a secret's value on this host.
+pub type ReadSecret<'a> = &'a dyn Fn(&SecretSource) -> Result<String, String>;
+
+pub struct Options<'a> {
+    /// Losses become warnings instead of errors.
+    pub allow_lossy: bool,
+    /// Reads a secret's value on this host; `None`: placeholders (empty values) only.
+    pub secret_value: Option<ReadSecret<'a>>,
+    /// The declaration's text, carried into a ConfigMap for `tether init` bundles.
+    pub declaration_text: Option<&'a str>,
+}
+
+pub struct Rendered {
+    pub text: String,
+    /// What could not be expressed, when `allow_lossy` let it pass.
+    pub warnings: Vec<Loss>,
+}
+
+pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, RenderError> {
+    let workload = decl.workload.as_ref();
+    let image = workload.and_then(|w| w.image.clone());
+    let argv: Vec<String> = ["docker", "run", image.as_deref().unwrap_or("workload")]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let plan =
+        tether_plan::plan(decl, "k8s", &argv).map_err(|e| RenderError::Plan(e.to_string()))?;
+    let mut losses = Vec::new();
+    let project = decl.project.clone();
+    let has_session = plan
+        .sidecars
+        .iter()
+        .any(|c| c.lifecycle == Lifecycle::Session);
+    if image.is_none() && (has_session || decl.init.is_some()) {
+        return Err(RenderError::Field {
+            owner: if decl.init.is_some() {
+                "init".into()
+            } else {
+                "sidecars".into()
+            },
+            field: "workload.image".into(),
+            message:
+                "session sidecars and `init` bundles run in the workload's Pod: declare its image"
+                    .into(),
+        });
+    }
+
+    let mut docs: Vec<Value> = Vec::new();
+    let mut secret_data = Map::new();
+    for c in &plan.sidecars {
+        for s in &c.secrets {
+            let value = match options.secret_value {
+                Some(read) => read(&s.from).map_err(|e| RenderError::Field {
+                    owner: format!("sidecars.{}", c.sidecar),
+                    field: format!("secrets.{}", s.name),
+                    message: e,
+                })?,
+                None => String::new(),
+            };
+            secret_data.insert(secret_key(c, &s.name), value.into());
+        }
+    }
+    let secret_name = format!("{project}-secrets");
+    if !secret_data.is_empty() {
+        let mut meta = metadata(&secret_name, &project, None);
+        if options.secret_value.is_none() {
+            meta["annotations"] = json!({
+                "tether.dev/placeholder": "the values are empty: fill them in (kubectl create secret … --dry-run=client -o yaml | kubectl apply -f -), or render with --include-secret-values"
+            });
+        }
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": meta,
+            "type": "Opaque",
+            "stringData": secret_data,
+        }));
+    }
+
+    // Shared sidecars: a Deployment and a Service each (one Service per name it answers to).
+    for c in plan
+        .sidecars
+        .iter()
+        .filter(|c| c.lifecycle == Lifecycle::Shared)
+    {
+        let decl_s = &decl.sidecars[&c.sidecar];
+        let owner = format!("sidecars.{}", c.sidecar);
+        let mut container = container(c, &owner, &mut losses);
+        if let Some(p) = probe(&c.readiness, &owner, &mut losses) {
+            container.insert("readinessProbe".into(), p);
+        }
+        let mut volumes = Vec::new();
+        secret_volume(c, &secret_name, &mut container, &mut volumes);
+        if matches!(
+            decl_s.interface,
+            tether_spec::model::Interface::Volume { .. }
+        ) {
+            losses.push(Loss {
+                owner: owner.clone(),
+                field: "interface.volume".into(),
+                message: "a shared sidecar runs in its own Pod, so its volume cannot be mounted in the workload's; it becomes an emptyDir of its own".into(),
+            });
+        }
+        volume_mounts(c, &owner, &mut container, &mut volumes, &mut losses);
+        let selector = json!({ LABEL_PROJECT: project, LABEL_SIDECAR: c.sidecar });
+        let mut pod_spec = json!({ "containers": [Value::Object(container)] });
+        if !volumes.is_empty() {
+            pod_spec["volumes"] = Value::Array(volumes);
+        }
+        docs.push(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata(&format!("{project}-{}", c.sidecar), &project, Some(&c.sidecar)),
+            "spec": {
+                "replicas": 1,
+                "selector": { "matchLabels": selector },
+                "template": {
+                    "metadata": { "labels": pod_labels(&project, Some(&c.sidecar)) },
+                    "spec": pod_spec,
+                }
+            }
+        }));
+        if let Some(port) = decl_s.port() {
+            for alias in &c.aliases {
+                docs.push(json!({
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": metadata(alias, &project, Some(&c.sidecar)),
+                    "spec": {
+                        "selector": selector,
+                        "ports": [{ "name": "main", "port": port, "targetPort": port, "protocol": "TCP" }],
+                    }
+                }));
+            }
+        }
+    }
+
+    if let Some(image) = image {
+        let w = workload.expect("an image implies a workload");
+        docs.extend(workload_objects(
+            decl,
+            &plan,
+            w,
+            &image,
+            &secret_name,
+            options,
+            &mut losses,
+        )?);
+    }
+
+    if !losses.is_empty() && !options.allow_lossy {
+        return Err(RenderError::Lossy(losses));
+    }
+    let mut text = format!(
+        "# Rendered by tether from {} (project {}); edit that file, not this one.\n\
+         # Apply with: kubectl apply -f <this file>\n",
+        Path::new(&decl.file)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        project
+    );
+    for l in &losses {
+        text.push_str(&format!(
+            "# not kept: {}.{}: {}\n",
+            l.owner, l.field, l.message
+        ));
+    }
+    for d in &docs {
+        text.push_str("---\n");
+        text.push_str(&tether_spec::emit::to_yaml(d));
+    }
+    Ok(Rendered {
+        text,
+        warnings: losses,
+    })
+}
+
+/// Kubernetes expands `$(NAME)` in commands and arguments; tether does not, so `$(` is
+/// written as `$$(` and reaches the container as declared.
+fn kube_words(words: &[String]) -> Vec<String> {
+    words.iter().map(|w| w.replace("$(", "$$(")).collect()
+}
+
+fn secret_key(c: &ContainerPlan, name: &str) -> String {
+    format!("{}-{name}", c.sidecar)
+}
+
+fn metadata(name: &str, project: &str, sidecar: Option<&str>) -> Value {
+    json!({ "name": name, "labels": pod_labels(project, sidecar) })
+}
+
+fn pod_labels(project: &str, sidecar: Option<&str>) -> Value {
+    let mut l = Map::new();
+    l.insert("app.kubernetes.io/part-of".into(), project.into());
+    l.insert("app.kubernetes.io/managed-by".into(), "tether".into());
+    l.insert(LABEL_PROJECT.into(), project.into());
+    match sidecar {
+        Some(s) => {
+            l.insert("app.kubernetes.io/name".into(), s.into());
+            l.insert(LABEL_SIDECAR.into(), s.into());
+        }
+        None => {
+            l.insert("app.kubernetes.io/name".into(), project.into());
+            l.insert(LABEL_ROLE.into(), "workload".into());
+        }
+    }
+    Value::Object(l)
+}
+
+/// Seconds, at least 1 (the API's smallest period).
+fn secs(d: std::time::Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// The readiness check as a probe, or `None` for `none`; a loss when it has no equivalent.
+fn probe(r: &ReadinessPlan, owner: &str, losses: &mut Vec<Loss>) -> Option<Value> {
+    let port = r.port.unwrap_or(0);
+    let handler = match (r.mode, &r.command) {
+        ("tcp", _) => json!({ "tcpSocket": { "port": port } }),
+        ("http", _) => {
+            json!({ "httpGet": { "path": r.path.as_deref().unwrap_or("/"), "port": port } })
+        }
+        ("exec", Some(cmd)) | ("healthcheck", Some(cmd)) => json!({ "exec": { "command": cmd } }),
+        ("healthcheck", None) => {
+            losses.push(Loss {
+                owner: owner.into(),
+                field: "readiness".into(),
+                message: "Kubernetes ignores an image's HEALTHCHECK: give `readiness.command`"
+                    .into(),
+            });
+            return None;
+        }
+        ("log", _) => {
+            losses.push(Loss {
+                owner: owner.into(),
+                field: "readiness".into(),
+                message:
+                    "a probe cannot watch a container's output: use tcp, http or exec readiness"
+                        .into(),
+            });
+            return None;
+        }
+        _ => return None,
+    };
+    let period = secs(r.interval.0);
+    let total = r.timeout.0 + r.start_period.map(|d| d.0).unwrap_or_default();
+    let mut p = handler;
+    p["periodSeconds"] = period.into();
+    p["timeoutSeconds"] = secs(r.interval.0).into();
+    p["failureThreshold"] = ((total.as_secs_f64() / period as f64).ceil().max(1.0) as u64).into();
+    Some(p)
+}
+
+/// The sidecar's container: image, command, env, resources.
+fn container(c: &ContainerPlan, owner: &str, losses: &mut Vec<Loss>) -> Map<String, Value> {
+    let mut k = Map::new();
+    k.insert("name".into(), c.sidecar.clone().into());
+    k.insert("image".into(), c.image.clone().into());
+    if let Some(e) = &c.entrypoint {
+        k.insert("command".into(), json!(kube_words(e)));
+    }
+    if let Some(cmd) = &c.command {
+        k.insert("args".into(), json!(kube_words(cmd)));
+    }
+    let env: Vec<Value> = c
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(n, v)| json!({ "name": n, "value": v }))
+        .collect();
+    if !env.is_empty() {
+        k.insert("env".into(), Value::Array(env));
+    }
+    if let Some(port) = c.readiness.port.filter(|p| *p > 0) {
+        k.insert(
+            "ports".into(),
+            json!([{ "containerPort": port, "protocol": "TCP" }]),
+        );
+    }
+    let mut res = Map::new();
+    if let Some(m) = c.memory {
+        res.insert("memory".into(), m.to_string().into());
+    }
+    if let Some(n) = c.nano_cpus {
+        res.insert("cpu".into(), format!("{}m", n / 1_000_000).into());
+    }
+    match &c.gpus {
+        Some(Gpus::Count(n)) => {
+            res.insert("nvidia.com/gpu".into(), (*n).into());
+        }
+        Some(_) => losses.push(Loss {
+            owner: owner.into(),
+            field: "resources.gpus".into(),
+            message: "only a count of GPUs can be requested from a cluster (nvidia.com/gpu)".into(),
+        }),
+        None => {}
+    }
+    if !c.extra_networks.is_empty() {
+        losses.push(Loss {
+            owner: owner.into(),
+            field: "networks".into(),
+            message: "a Pod has one network; extra networks are not joined".into(),
+        });
+    }
+    if !res.is_empty() {
+        let res = Value::Object(res);
+        k.insert(
+            "resources".into(),
+            json!({ "requests": res, "limits": res }),
+        );
+    }
+    k
+}
+
+fn secret_volume(
+    c: &ContainerPlan,
+    secret_name: &str,
+    container: &mut Map<String, Value>,
+    volumes: &mut Vec<Value>,
+) {
+    if c.secrets.is_empty() {
+        return;
+    }
+    let vol = format!("{}-secrets", c.sidecar);
+    let items: Vec<Value> = c
+        .secrets
+        .iter()
+        .map(|s| json!({ "key": secret_key(c, &s.name), "path": s.name }))
+        .collect();
+    volumes.push(json!({ "name": vol, "secret": { "secretName": secret_name, "items": items, "defaultMode": 0o400 } }));
+    push_mount(
+        container,
+        json!({ "name": vol, "mountPath": tether_plan::SECRETS_DIR, "readOnly": true }),
+    );
+}
+
+fn push_mount(container: &mut Map<String, Value>, mount: Value) {
+    match container.get_mut("volumeMounts") {
+        Some(Value::Array(a)) => a.push(mount),
+        _ => {
+            container.insert("volumeMounts".into(), json!([mount]));
+        }
+    }
+}
+
+/// Named volumes become emptyDirs shared within the Pod; host paths are losses.
+fn volume_mounts(
+    c: &ContainerPlan,
+    owner: &str,
+    container: &mut Map<String, Value>,
+    volumes: &mut Vec<Value>,
+    losses: &mut Vec<Loss>,
+) {
+    for m in &c.mounts {
+        match m {
+            tether_plan::MountPlan::Volume {
+                name,
+                target,
+                read_only,
+            } => {
+                if !volumes.iter().any(|v| v["name"] == name.as_str()) {
+                    volumes.push(json!({ "name": name, "emptyDir": {} }));
+                }
+                push_mount(container, json!({ "name": name, "mountPath": target, "readOnly": read_only }));
+            }
+            tether_plan::MountPlan::Bind { source, target, .. } => losses.push(Loss {
+                owner: owner.into(),
+                field: "mounts".into(),
+                message: if target == tether_spec::model::DOCKER_SOCKET {
+                    "docker-socket: a cluster node's container engine is not the developer's; it is left out".into()
+                } else {
+                    format!("{source} is a path on this host, which a cluster does not have; it is left out")
+                },
+            }),
+            tether_plan::MountPlan::Tmpfs { .. } => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn workload_objects(
+    decl: &Declaration,
+    plan: &Plan,
+    w: &tether_spec::model::Workload,
+    image: &str,
+    secret_name: &str,
+    options: &Options<'_>,
+    losses: &mut Vec<Loss>,
+) -> Result<Vec<Value>, RenderError> {
+    let project = &decl.project;
+    let mut docs = Vec::new();
+    let mut volumes: Vec<Value> = Vec::new();
+    // Session sidecars run in the workload's Pod: native sidecars, reached on 127.0.0.1.
+    let mut init_containers = Vec::new();
+    for c in plan
+        .sidecars
+        .iter()
+        .filter(|c| c.lifecycle == Lifecycle::Session)
+    {
+        let owner = format!("sidecars.{}", c.sidecar);
+        let mut k = container(c, &owner, losses);
+        k.insert("restartPolicy".into(), "Always".into());
+        if let Some(p) = probe(&c.readiness, &owner, losses) {
+            k.insert("startupProbe".into(), p);
+        }
+        secret_volume(c, secret_name, &mut k, &mut volumes);
+        volume_mounts(c, &owner, &mut k, &mut volumes, losses);
+        init_containers.push(Value::Object(k));
+    }
+    let local = |sidecar: &str| {
+        plan.sidecars
+            .iter()
+            .any(|c| c.sidecar == sidecar && c.lifecycle == Lifecycle::Session)
+    };
+    if w.network_mode == NetworkMode::SharedNamespace
+        && let Some(s) = w.sidecar.as_deref()
+        && !local(s)
+    {
+        losses.push(Loss {
+            owner: "workload".into(),
+            field: "network_mode".into(),
+            message: format!("{s} is shared, so it runs in its own Pod: the workload reaches it through its Service, not on 127.0.0.1"),
+        });
+    }
+    let mut env: Vec<Value> = Vec::new();
+    for (k, v) in &plan.env {
+        let Some(mut value) = v.resolve(&|_, _| None) else {
+            continue;
+        };
+        // A session sidecar shares the Pod's network: it is on 127.0.0.1.
+        for c in plan.sidecars.iter().filter(|c| local(&c.sidecar)) {
+            let stem = tether_plan::env_stem(&decl.env_prefix, &c.sidecar);
+            if let Some(alias) = c.aliases.first() {
+                if *k == format!("{stem}_HOST") {
+                    value = "127.0.0.1".into();
+                } else if *k == format!("{stem}_URL") {
+                    value = value.replacen(&format!("://{alias}:"), "://127.0.0.1:", 1);
+                }
+            }
+        }
+        env.push(json!({ "name": k, "value": value }));
+    }
+    let mut main = Map::new();
+    main.insert("name".into(), "workload".into());
+    main.insert("image".into(), image.into());
+    if let Some(init) = &decl.init {
+        main.insert(
+            "command".into(),
+            json!(["tether", "init", "-f", INIT_DECLARATION]),
+        );
+        let cm = format!("{project}-declaration");
+        let text = options.declaration_text.unwrap_or("");
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata(&cm, project, None),
+            "data": { "tether.yaml": text },
+        }));
+        volumes.push(json!({ "name": "declaration", "configMap": { "name": cm } }));
+        push_mount(
+            &mut main,
+            json!({ "name": "declaration", "mountPath": INIT_DECLARATION, "subPath": "tether.yaml", "readOnly": true }),
+        );
+        match &init.health {
+            Some(h) => {
+                let port: u16 = h
+                    .listen
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .unwrap_or(0);
+                main.insert(
+                    "livenessProbe".into(),
+                    json!({ "httpGet": { "path": "/healthz", "port": port }, "periodSeconds": 10 }),
+                );
+                main.insert(
+                    "readinessProbe".into(),
+                    json!({ "httpGet": { "path": "/readyz", "port": port }, "periodSeconds": 2 }),
+                );
+                if h.listen.starts_with("127.") || h.listen.starts_with("localhost") {
+                    losses.push(Loss {
+                        owner: "init.health".into(),
+                        field: "listen".into(),
+                        message: format!("{} is loopback only: the kubelet's probes cannot reach it; listen on :{port}", h.listen),
+                    });
+                }
+            }
+            None => losses.push(Loss {
+                owner: "init".into(),
+                field: "health".into(),
+                message: "without `health.listen` the Pod gets no liveness or readiness probe"
+                    .into(),
+            }),
+        }
+    } else if let Some(cmd) = &w.command {
+        main.insert("args".into(), json!(kube_words(cmd)));
+    }
+    if !env.is_empty() {
+        main.insert("env".into(), Value::Array(env));
+    }
+    for v in &plan.volumes {
+        if let Some((name, target)) = v.split_once(':') {
+            push_mount(&mut main, json!({ "name": name, "mountPath": target }));
+        }
+    }
+    if let Some(mcp) = &plan.mcp {
+        let cm = format!("{project}-mcp");
+        let mut rendered = mcp.render(&|_, _| None).to_string();
+        for c in plan.sidecars.iter().filter(|c| local(&c.sidecar)) {
+            if let Some(alias) = c.aliases.first() {
+                rendered = rendered.replace(&format!("://{alias}:"), "://127.0.0.1:");
+            }
+        }
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata(&cm, project, None),
+            "data": { "mcp.json": rendered },
+        }));
+        volumes.push(json!({ "name": "mcp", "configMap": { "name": cm } }));
+        push_mount(
+            &mut main,
+            json!({ "name": "mcp", "mountPath": mcp.target, "subPath": "mcp.json", "readOnly": true }),
+        );
+    }
+    let mut spec = Map::new();
+    if !init_containers.is_empty() {
+        spec.insert("initContainers".into(), Value::Array(init_containers));
+    }
+    spec.insert("containers".into(), json!([Value::Object(main)]));
+    if !volumes.is_empty() {
+        spec.insert("volumes".into(), Value::Array(volumes));
+    }
+    if let Some(init) = &decl.init {
+        let longest = init
+            .daemons
+            .values()
+            .filter_map(|d| d.stop.grace)
+            .map(|g| g.0)
+            .chain([init.shutdown.grace.0])
+            .max()
+            .unwrap_or_default();
+        // Above the bundle's own grace, so tether's SIGKILL comes before the kubelet's.
+        spec.insert(
+            "terminationGracePeriodSeconds".into(),
+            (longest.as_secs() + 5).into(),
+        );
+    }
+    docs.push(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(project, project, None),
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { LABEL_PROJECT: project, LABEL_ROLE: "workload" } },
+            "template": {
+                "metadata": { "labels": pod_labels(project, None) },
+                "spec": spec,
+            }
+        }
+    }));
+    Ok(docs)
+}

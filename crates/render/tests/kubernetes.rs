@@ -1,0 +1,112 @@
+//! `tether render kubernetes` for every example: exact output, losses refused unless allowed,
+//! secret values only when asked.
+
+use std::path::{Path, PathBuf};
+
+use tether_render::kubernetes::{Options, render};
+use tether_render::{Loss, RenderError};
+use tether_spec::model::SecretSource;
+
+fn examples() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut all: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("tether.yaml"))
+        .filter(|p| p.exists())
+        .collect();
+    all.sort();
+    all
+}
+
+fn load(file: &Path) -> tether_spec::model::Declaration {
+    tether_spec::load(file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .declaration
+}
+
+fn lossy() -> Options<'static> {
+    Options {
+        allow_lossy: true,
+        secret_value: None,
+        declaration_text: Some("# the declaration\n"),
+    }
+}
+
+#[test]
+fn every_example_renders_exactly() {
+    for file in examples() {
+        let decl = load(&file);
+        let text = render(&decl, &lossy()).unwrap().text;
+        assert_eq!(
+            text,
+            render(&decl, &lossy()).unwrap().text,
+            "same input, same bytes"
+        );
+        let name = file
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
+        insta::assert_snapshot!(name.into_owned(), text);
+    }
+}
+
+#[test]
+fn what_a_cluster_cannot_keep_is_refused_naming_the_field() {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gateway-bundle/tether.yaml");
+    let decl = load(&file);
+    let strict = Options {
+        allow_lossy: false,
+        ..lossy()
+    };
+    let Err(RenderError::Lossy(losses)) = render(&decl, &strict) else {
+        panic!("expected losses");
+    };
+    assert_eq!(
+        losses,
+        [Loss {
+            owner: "init.health".into(),
+            field: "listen".into(),
+            message: "127.0.0.1:19090 is loopback only: the kubelet's probes cannot reach it; listen on :19090".into(),
+        }]
+    );
+    // Allowed, the same loss is a warning and a comment in the output.
+    let r = render(&decl, &lossy()).unwrap();
+    assert_eq!(r.warnings, losses);
+    assert!(
+        r.text
+            .contains("# not kept: init.health.listen: 127.0.0.1:19090 is loopback only")
+    );
+}
+
+#[test]
+fn secret_values_are_written_only_when_asked() {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/dev-services/tether.yaml");
+    let decl = load(&file);
+    let placeholder = render(&decl, &lossy()).unwrap().text;
+    assert!(
+        placeholder.contains("  db-db-password: \"\"\n"),
+        "{placeholder}"
+    );
+    let read = |from: &SecretSource| match from {
+        SecretSource::Env(var) => Ok(format!("value-of-{var}")),
+        SecretSource::File(path) => Ok(format!("contents-of-{path}")),
+    };
+    let with_values = render(
+        &decl,
+        &Options {
+            secret_value: Some(&read),
+            ..lossy()
+        },
+    )
+    .unwrap()
+    .text;
+    assert!(
+        with_values.contains("  db-db-password: value-of-DB_PASSWORD\n"),
+        "{with_values}"
+    );
+    assert!(!with_values.contains("tether.dev/placeholder"));
+}
