@@ -498,8 +498,19 @@ fn render(
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&path, text))
-        {
+            .and_then(|()| {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                // Secret values, when asked for, make the file for its owner's eyes only.
+                let mode = if include_secret_values { 0o600 } else { 0o644 };
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(mode)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(text.as_bytes()))
+            }) {
             Ok(()) => {
                 eprintln!("wrote {}", path.display());
                 exit::OK

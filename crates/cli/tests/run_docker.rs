@@ -204,20 +204,20 @@ fn every_readiness_mode_gates_the_workload() {
   exec:
     image: {img}
     lifecycle: session
-    command: [sh, -c, "sleep 1; touch /tmp/up; exec sleep 1000"]
-    interface: {{ kind: none }}
+    command: [sh, -c, "sleep 1; touch /tmp/up; exec nc -ll -p 7001 -e echo exec-ok"]
+    interface: {{ kind: port, port: 7001 }}
     readiness: {{ mode: exec, command: [test, -f, /tmp/up], timeout: 20s, interval: 100ms }}
   health:
     image: {img}
     lifecycle: session
-    command: [sh, -c, "sleep 1; touch /tmp/up; exec sleep 1000"]
-    interface: {{ kind: none }}
+    command: [sh, -c, "sleep 1; touch /tmp/up; exec nc -ll -p 7002 -e echo health-ok"]
+    interface: {{ kind: port, port: 7002 }}
     readiness: {{ mode: healthcheck, command: [test, -f, /tmp/up], timeout: 20s, interval: 200ms }}
   log:
     image: {img}
     lifecycle: session
-    command: [sh, -c, "sleep 1; echo warmed up; exec sleep 1000"]
-    interface: {{ kind: none }}
+    command: [sh, -c, "sleep 1; echo warmed up; exec nc -ll -p 7003 -e echo log-ok"]
+    interface: {{ kind: port, port: 7003 }}
     readiness: {{ mode: log, pattern: "warmed up", timeout: 20s, interval: 100ms }}
 "#
     );
@@ -229,11 +229,17 @@ fn every_readiness_mode_gates_the_workload() {
         img,
         "sh",
         "-c",
-        "nc tcp 7000 </dev/null && wget -qO- http://http:8080/ && echo all-ready",
+        // Every listener starts only after its sidecar became ready: each answers only if
+        // the workload waited for all of them.
+        "nc tcp 7000 </dev/null && wget -qO- http://http:8080/ && nc exec 7001 </dev/null \
+         && nc health 7002 </dev/null && nc log 7003 </dev/null && echo all-ready",
     ]);
     assert_eq!(
         (code, out.as_str()),
-        (0, "tcp-ok\nhello from the sidecar\nall-ready\n"),
+        (
+            0,
+            "tcp-ok\nhello from the sidecar\nexec-ok\nhealth-ok\nlog-ok\nall-ready\n"
+        ),
         "{err}"
     );
     for s in ["tcp", "http", "exec", "health", "log"] {
@@ -336,6 +342,9 @@ fn a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect() {
         text(&docker(&["exec", &name, "cat", "/run/secrets/token"])),
         "s3cr3t-v4lue"
     );
+    // Readable by whatever user the sidecar's process runs as.
+    let listing = text(&docker(&["exec", &name, "ls", "-l", "/run/secrets/token"]));
+    assert!(listing.starts_with("-rw-r--r--"), "{listing}");
     let inspect = text(&docker(&["inspect", &name]));
     assert!(!inspect.contains("s3cr3t-v4lue"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cr3t-v4lue"));

@@ -198,6 +198,15 @@ fn kube_words(words: &[String]) -> Vec<String> {
     words.iter().map(|w| w.replace("$(", "$$(")).collect()
 }
 
+/// A Docker volume name as a Pod volume name: an RFC 1123 label.
+fn volume_name(name: &str) -> String {
+    let mut n: String = tether_spec::values::sanitize_label(name);
+    if n.is_empty() {
+        n = "volume".into();
+    }
+    n
+}
+
 fn secret_key(c: &ContainerPlan, name: &str) -> String {
     format!("{}-{name}", c.sidecar)
 }
@@ -283,7 +292,7 @@ fn container(c: &ContainerPlan, owner: &str, losses: &mut Vec<Loss>) -> Map<Stri
         .env
         .iter()
         .filter_map(|kv| kv.split_once('='))
-        .map(|(n, v)| json!({ "name": n, "value": v }))
+        .map(|(n, v)| json!({ "name": n, "value": v.replace("$(", "$$(") }))
         .collect();
     if !env.is_empty() {
         k.insert("env".into(), Value::Array(env));
@@ -338,13 +347,13 @@ fn secret_volume(
     if c.secrets.is_empty() {
         return;
     }
-    let vol = format!("{}-secrets", c.sidecar);
+    let vol = volume_name(&format!("secrets-{}", c.sidecar));
     let items: Vec<Value> = c
         .secrets
         .iter()
         .map(|s| json!({ "key": secret_key(c, &s.name), "path": s.name }))
         .collect();
-    volumes.push(json!({ "name": vol, "secret": { "secretName": secret_name, "items": items, "defaultMode": 0o400 } }));
+    volumes.push(json!({ "name": vol, "secret": { "secretName": secret_name, "items": items, "defaultMode": 0o444 } }));
     push_mount(
         container,
         json!({ "name": vol, "mountPath": tether_plan::SECRETS_DIR, "readOnly": true }),
@@ -375,6 +384,7 @@ fn volume_mounts(
                 target,
                 read_only,
             } => {
+                let name = volume_name(name);
                 if !volumes.iter().any(|v| v["name"] == name.as_str()) {
                     volumes.push(json!({ "name": name, "emptyDir": {} }));
                 }
@@ -424,6 +434,25 @@ fn workload_objects(
         volume_mounts(c, &owner, &mut k, &mut volumes, losses);
         init_containers.push(Value::Object(k));
     }
+    // One Pod, one network namespace: two session sidecars on one port cannot both listen.
+    let mut ports: std::collections::BTreeMap<u16, &str> = std::collections::BTreeMap::new();
+    for c in plan
+        .sidecars
+        .iter()
+        .filter(|c| c.lifecycle == Lifecycle::Session)
+    {
+        if let Some(port) = decl.sidecars[&c.sidecar].port()
+            && let Some(first) = ports.insert(port, &c.sidecar)
+        {
+            losses.push(Loss {
+                owner: format!("sidecars.{}", c.sidecar),
+                field: "interface.port".into(),
+                message: format!(
+                    "{first} listens on {port} too, and in one Pod they share the network: only one can"
+                ),
+            });
+        }
+    }
     let local = |sidecar: &str| {
         plan.sidecars
             .iter()
@@ -455,7 +484,7 @@ fn workload_objects(
                 }
             }
         }
-        env.push(json!({ "name": k, "value": value }));
+        env.push(json!({ "name": k, "value": value.replace("$(", "$$(") }));
     }
     let mut main = Map::new();
     main.insert("name".into(), "workload".into());
@@ -493,7 +522,10 @@ fn workload_objects(
                     "readinessProbe".into(),
                     json!({ "httpGet": { "path": "/readyz", "port": port }, "periodSeconds": 2 }),
                 );
-                if h.listen.starts_with("127.") || h.listen.starts_with("localhost") {
+                if h.listen.starts_with("127.")
+                    || h.listen.starts_with("localhost")
+                    || h.listen.starts_with("[::1]")
+                {
                     losses.push(Loss {
                         owner: "init.health".into(),
                         field: "listen".into(),
@@ -516,6 +548,10 @@ fn workload_objects(
     }
     for v in &plan.volumes {
         if let Some((name, target)) = v.split_once(':') {
+            let name = volume_name(name);
+            if !volumes.iter().any(|x| x["name"] == name.as_str()) {
+                volumes.push(json!({ "name": name, "emptyDir": {} }));
+            }
             push_mount(&mut main, json!({ "name": name, "mountPath": target }));
         }
     }

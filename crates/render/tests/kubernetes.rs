@@ -110,3 +110,31 @@ fn secret_values_are_written_only_when_asked() {
     );
     assert!(!with_values.contains("tether.dev/placeholder"));
 }
+
+#[test]
+fn two_session_sidecars_on_one_port_cannot_share_a_pod() {
+    let dir = std::env::temp_dir().join(format!("tether-k8s-ports-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tether.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nproject: ports\nworkload: { image: app:1 }\nsidecars:\n  a: { image: a:1, lifecycle: session, interface: { kind: port, port: 8080 } }\n  b: { image: b:1, lifecycle: session, interface: { kind: port, port: 8080 }, mounts: [\"volume:Data_Dir:/data\"] }\n",
+    )
+    .unwrap();
+    let decl = load(&file);
+    let strict = Options {
+        allow_lossy: false,
+        ..lossy()
+    };
+    let Err(RenderError::Lossy(losses)) = render(&decl, &strict) else {
+        panic!("expected a loss");
+    };
+    assert_eq!(losses.len(), 1);
+    assert_eq!(
+        losses[0].to_string(),
+        "sidecars.b.interface.port: a listens on 8080 too, and in one Pod they share the network: only one can"
+    );
+    // A Docker volume name becomes a valid Pod volume name.
+    let text = render(&decl, &lossy()).unwrap().text;
+    assert!(text.contains("- name: data-dir\n"), "{text}");
+}

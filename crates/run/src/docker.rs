@@ -154,10 +154,14 @@ impl Engine for DockerEngine {
             labels: Some(labels.clone().into_iter().collect()),
             ..Default::default()
         };
-        self.docker
-            .create_network(request)
-            .await
-            .map_err(|e| self.error(&format!("create network {name}"), e))?;
+        match self.docker.create_network(request).await {
+            Ok(_) => {}
+            // Newer engines refuse a second network of one name: another run made it first.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => return Ok(()),
+            Err(e) => return Err(self.error(&format!("create network {name}"), e)),
+        }
         // Older engines allow two networks of one name; runs that raced here all keep the one
         // with the smallest ID and remove the others, so every container joins the same one.
         let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
@@ -314,7 +318,7 @@ impl Engine for DockerEngine {
                     typ: Some(MountTypeEnum::TMPFS),
                     target: Some(target.clone()),
                     tmpfs_options: Some(MountTmpfsOptions {
-                        mode: Some(0o700),
+                        mode: Some(0o755),
                         ..Default::default()
                     }),
                     ..Default::default()

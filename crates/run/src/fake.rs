@@ -16,6 +16,8 @@ struct State {
     never_ready: BTreeSet<String>,
     /// Container names that exit as soon as they start.
     crashing: BTreeSet<String>,
+    /// Container names the engine refuses to start.
+    unstartable: BTreeSet<String>,
     calls: Vec<String>,
     next_id: u64,
     unreachable: bool,
@@ -45,6 +47,10 @@ impl FakeEngine {
 
     pub fn crashing(&self, container: &str) {
         self.with(|s| s.crashing.insert(container.into()));
+    }
+
+    pub fn unstartable(&self, container: &str) {
+        self.with(|s| s.unstartable.insert(container.into()));
     }
 
     pub fn unreachable(&self) {
@@ -213,9 +219,16 @@ impl Engine for FakeEngine {
         self.call(format!("start {}", self.name_of(id)))?;
         self.with(|s| {
             let crashing = s.crashing.clone();
+            let unstartable = s.unstartable.clone();
             let (c, spec) = Self::find(s, id).ok_or_else(|| EngineError::NotFound {
                 what: format!("container {id}"),
             })?;
+            if unstartable.contains(&c.name) {
+                return Err(EngineError::Refused {
+                    what: format!("start container {}", c.name),
+                    reason: "no GPU runtime (HTTP 500)".into(),
+                });
+            }
             if crashing.contains(&c.name) {
                 c.state = "exited".into();
                 c.exit_code = Some(1);

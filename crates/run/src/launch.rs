@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, try_join_all};
 use tether_plan::{
     ContainerPlan, LABEL_CONFIG_HASH, LABEL_LIFECYCLE, LABEL_PROJECT, LABEL_ROLE, MountPlan, Plan,
     SECRETS_DIR, config_hash,
@@ -17,6 +17,8 @@ use crate::engine::{Container, ContainerSpec, Engine, EngineError};
 /// Marks a session container with the process that owns it, so a later run can tell a
 /// leftover of a killed run from a live one.
 pub const LABEL_OWNER: &str = "dev.tether.owner";
+/// The owner of sidecars started by `tether up`: no run, so never swept as a leftover.
+pub const UP_OWNER: &str = "tether-up";
 
 /// How one sidecar is getting on, for the progress display.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,9 +127,11 @@ pub async fn up<E: Engine>(
     }
     if let Some(e) = failure {
         cleanup(engine, &launched.session).await;
+        forget_secrets(&session_names(plan));
         return Err(e);
     }
-    let readied = join_all(plan.sidecars.iter().map(|c| async move {
+    // All at once; the first failure ends the wait for the others.
+    let readied = try_join_all(plan.sidecars.iter().map(|c| async move {
         report(
             &c.sidecar,
             Status::Waiting {
@@ -139,22 +143,16 @@ pub async fn up<E: Engine>(
             Ok((took, _)) => report(&c.sidecar, Status::Ready { took: *took }),
             Err(e) => report(&c.sidecar, Status::Failed { why: message(e) }),
         }
-        r
+        r.map(|(_, container)| (c.sidecar.clone(), container))
     }))
     .await;
-    for (c, result) in plan.sidecars.iter().zip(readied) {
-        match result {
-            Ok((_, container)) => {
-                launched.containers.insert(c.sidecar.clone(), container);
-            }
-            Err(e) => {
-                failure.get_or_insert(e);
-            }
+    match readied {
+        Ok(ready) => launched.containers.extend(ready),
+        Err(e) => {
+            cleanup(engine, &launched.session).await;
+            forget_secrets(&session_names(plan));
+            return Err(e);
         }
-    }
-    if let Some(e) = failure {
-        cleanup(engine, &launched.session).await;
-        return Err(e);
     }
     launched.env = resolve_env(plan, &launched.containers);
     Ok(launched)
@@ -208,10 +206,18 @@ fn owner_alive(owner: &str) -> bool {
         // Another machine's run: not ours to judge.
         return true;
     }
-    let Ok(pid) = pid.parse::<u32>() else {
+    let Ok(pid) = pid.parse::<i32>() else {
         return true;
     };
-    start_ticks(pid).is_some_and(|t| t.to_string() == start)
+    // Gone for sure only when the kernel says so; a process we may not see (another PID
+    // namespace, hidepid) counts as alive.
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Err(nix::errno::Errno::ESRCH) => false,
+        _ => match start_ticks(pid as u32) {
+            Some(t) => t.to_string() == start,
+            None => true,
+        },
+    }
 }
 
 fn hostname() -> String {
@@ -269,18 +275,21 @@ async fn ensure<E: Engine>(
         });
     };
     let hash = config_hash(&plan.project, sidecar, Some(&image_id));
-    let mut spec = spec_for(c, &hash, &plan.project).map_err(|message| LaunchError::Sidecar {
+    let mut spec = spec_for(c, &hash, &decl.root).map_err(|message| LaunchError::Sidecar {
         sidecar: c.sidecar.clone(),
         message,
         logs: Vec::new(),
     })?;
     if c.lifecycle == Lifecycle::Session {
         spec.labels.insert(LABEL_OWNER.into(), owner.into());
+    }
+    // `tether up` owns its session sidecars for good: a second `up` reuses them like shared ones.
+    if c.lifecycle == Lifecycle::Session && owner != UP_OWNER {
         let id = engine
             .create(&spec)
             .await
             .map_err(|e| sidecar_error(c, e))?;
-        engine.start(&id).await.map_err(|e| sidecar_error(c, e))?;
+        start_or_remove(engine, c, &id).await?;
         report(&c.sidecar, Status::Created { why: None });
         return Ok(id);
     }
@@ -311,7 +320,7 @@ async fn ensure<E: Engine>(
             }
             None => match engine.create(&spec).await {
                 Ok(id) => {
-                    engine.start(&id).await.map_err(|e| sidecar_error(c, e))?;
+                    start_or_remove(engine, c, &id).await?;
                     report(&c.sidecar, Status::Created { why });
                     return Ok(id);
                 }
@@ -327,15 +336,28 @@ async fn ensure<E: Engine>(
     })
 }
 
+/// Starts a container just created; one that will not start is removed, not left behind.
+async fn start_or_remove<E: Engine>(
+    engine: &E,
+    c: &ContainerPlan,
+    id: &str,
+) -> Result<(), LaunchError> {
+    if let Err(e) = engine.start(id).await {
+        let _ = engine.remove(id).await;
+        return Err(sidecar_error(c, e));
+    }
+    Ok(())
+}
+
 /// The engine request for a planned container. Secrets are read on the host now and written
 /// to files on a tmpfs (/dev/shm), bound read-only under /run/secrets; their values go nowhere
 /// else.
-fn spec_for(c: &ContainerPlan, hash: &str, project: &str) -> Result<ContainerSpec, String> {
+fn spec_for(c: &ContainerPlan, hash: &str, root: &str) -> Result<ContainerSpec, String> {
     let mut labels = c.labels.clone();
     labels.insert(LABEL_CONFIG_HASH.into(), hash.into());
     let mut mounts = c.mounts.clone();
     if !c.secrets.is_empty() {
-        let dir = secrets_dir(project, &c.name)?;
+        let dir = secrets_dir(&c.name)?;
         for s in &c.secrets {
             let value = match &s.from {
                 SecretSource::Env(var) => std::env::var(var).map_err(|_| {
@@ -344,8 +366,11 @@ fn spec_for(c: &ContainerPlan, hash: &str, project: &str) -> Result<ContainerSpe
                         s.name
                     )
                 })?,
-                SecretSource::File(path) => std::fs::read_to_string(path)
-                    .map_err(|e| format!("secret {}: cannot read {path}: {}", s.name, e.kind()))?,
+                SecretSource::File(path) => {
+                    std::fs::read_to_string(std::path::Path::new(root).join(path)).map_err(|e| {
+                        format!("secret {}: cannot read {path}: {}", s.name, e.kind())
+                    })?
+                }
             };
             let file = dir.join(&s.name);
             write_private(&file, value.as_bytes()).map_err(|e| {
@@ -377,38 +402,76 @@ fn spec_for(c: &ContainerPlan, hash: &str, project: &str) -> Result<ContainerSpe
     })
 }
 
-/// `/dev/shm/tether-<uid>/<container>`, private to this user: memory, never disk.
-fn secrets_dir(_project: &str, container: &str) -> Result<std::path::PathBuf, String> {
-    use std::os::unix::fs::DirBuilderExt;
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .unwrap_or_else(|| "0".into());
-    let dir = std::path::Path::new("/dev/shm")
-        .join(format!("tether-{uid}"))
-        .join(container);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| format!("cannot make {} for secrets: {e}", dir.display()))?;
+/// `/dev/shm/tether-<uid>`: memory, never disk; a folder only this user can enter.
+fn secrets_base() -> std::path::PathBuf {
+    std::path::Path::new("/dev/shm").join(format!("tether-{}", nix::unistd::getuid()))
+}
+
+/// `<base>/<container>`, made if missing, and refused unless it and the base are real
+/// folders owned by this user and closed to everyone else (another user could otherwise have
+/// made them first, to read or redirect what is written there).
+fn secrets_dir(container: &str) -> Result<std::path::PathBuf, String> {
+    let base = secrets_base();
+    let dir = base.join(container);
+    for d in [&base, &dir] {
+        private_dir(d).map_err(|e| format!("refusing to keep secrets in {}: {e}", d.display()))?;
+    }
     Ok(dir)
 }
 
+fn private_dir(d: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(d) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let meta = std::fs::symlink_metadata(d).map_err(|e| e.to_string())?;
+    if !meta.file_type().is_dir() {
+        return Err("it is not a folder".into());
+    }
+    if meta.uid() != nix::unistd::getuid().as_raw() {
+        return Err(format!("it belongs to uid {}", meta.uid()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "others may use it (mode {:o})",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// The container names of the plan's session sidecars.
+pub fn session_names(plan: &Plan) -> Vec<String> {
+    plan.sidecars
+        .iter()
+        .filter(|c| c.lifecycle == Lifecycle::Session)
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// Removes the secret files of these containers (session sidecars, once removed).
+pub fn forget_secrets(containers: &[String]) {
+    for c in containers {
+        let _ = std::fs::remove_dir_all(secrets_base().join(c));
+    }
+}
+
+/// Writes in place (a running container bound to the file sees the new value), never through
+/// a symbolic link. The file is readable by any user inside the container (a sidecar that drops
+/// to its own user must read it); on the host, the 0700 folder keeps everyone else out.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    // Rewritten in place: a running container bound to this file sees the new value.
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
     f.write_all(bytes)
 }
 
@@ -493,13 +556,26 @@ async fn wait_ready<E: Engine>(
                 .unwrap_or_default();
             return Err(fail(format!("exited{code} before it was ready"), logs));
         }
-        let ready = match probe_once(engine, c, &now, pattern.as_ref()).await? {
-            Probe::Ready => true,
-            Probe::NotYet => false,
-            Probe::Failed(why) => {
+        // One attempt may not outlast the deadline (a check that hangs is a check that has not
+        // passed); an engine error may just mean the container stopped meanwhile: look again.
+        let left = limit.saturating_sub(began.elapsed());
+        let attempt = left.min(r.interval.0.max(Duration::from_secs(1)));
+        let ready = match tokio::time::timeout(
+            attempt,
+            probe_once(engine, c, &now, pattern.as_ref()),
+        )
+        .await
+        {
+            Ok(Ok(Probe::Ready)) => true,
+            Ok(Ok(Probe::NotYet)) | Err(_) => false,
+            Ok(Ok(Probe::Failed(why))) => {
                 let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
                 return Err(fail(why, logs));
             }
+            Ok(Err(e)) => match engine.inspect(&c.name).await? {
+                Some(again) if again.running() => return Err(e.into()),
+                _ => continue,
+            },
         };
         if ready {
             return Ok((began.elapsed(), now));

@@ -161,7 +161,11 @@ pub async fn down<E: Engine>(
     sessions_only: bool,
     network: bool,
 ) -> Result<Vec<String>> {
-    let mut labels = vec![(LABEL_PROJECT, project)];
+    // Sidecars only: a workload that a `tether run` is running right now is not ours to remove.
+    let mut labels = vec![
+        (LABEL_PROJECT, project),
+        (tether_plan::LABEL_ROLE, "sidecar"),
+    ];
     if sessions_only {
         labels.push((LABEL_LIFECYCLE, "session"));
     }

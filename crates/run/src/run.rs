@@ -23,6 +23,32 @@ pub mod exit {
     pub const SIGTERM: i32 = 143;
 }
 
+/// The signals that end a run: Ctrl-C, SIGTERM, and SIGHUP (the terminal went away).
+pub struct Stops {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Stops {
+    fn new() -> Stops {
+        Stops {
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+        }
+    }
+
+    /// The next one, as its number.
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => 2,
+            _ = self.term.recv() => 15,
+            _ = self.hup.recv() => 1,
+        }
+    }
+}
+
 /// How long the workload gets to stop after Ctrl-C or SIGTERM before it is stopped by force.
 const WORKLOAD_GRACE: Duration = Duration::from_secs(10);
 
@@ -119,19 +145,14 @@ pub async fn run<E: Engine>(
     plan: &Plan,
     progress: &Progress,
 ) -> i32 {
-    let mut sigint = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut sigterm = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut stops = Stops::new();
     let owner = launch::owner_id();
     let report = |sidecar: &str, status: Status| progress.update(sidecar, &status);
     let launched = tokio::select! {
         r = launch::up(engine, decl, plan, &owner, &report) => r,
-        _ = sigint.recv() => {
+        sig = stops.next() => {
             remove_session(engine, plan).await;
-            return exit::SIGINT;
-        }
-        _ = sigterm.recv() => {
-            remove_session(engine, plan).await;
-            return exit::SIGTERM;
+            return 128 + sig;
         }
     };
     let launched = match launched {
@@ -157,16 +178,16 @@ pub async fn run<E: Engine>(
             return exit::ENGINE;
         }
     };
-    let code = workload(Some(engine), plan, &argv, &env, &mut sigint, &mut sigterm).await;
+    let code = workload(Some(engine), plan, &argv, &env, &mut stops).await;
     launch::cleanup(engine, &launched.session).await;
+    launch::forget_secrets(&launch::session_names(plan));
     code
 }
 
 /// With no sidecars there is nothing to start: the command runs as given, with the declared
 /// environment, and no engine is contacted.
 pub async fn passthrough(plan: &Plan) -> i32 {
-    let mut sigint = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut sigterm = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut stops = Stops::new();
     let env: Vec<(String, String)> = match plan.target {
         WorkloadTarget::HostProcess => plan
             .env
@@ -175,8 +196,7 @@ pub async fn passthrough(plan: &Plan) -> i32 {
             .collect(),
         WorkloadTarget::Container => Vec::new(),
     };
-    workload::<crate::fake::FakeEngine>(None, plan, &plan.argv, &env, &mut sigint, &mut sigterm)
-        .await
+    workload::<crate::fake::FakeEngine>(None, plan, &plan.argv, &env, &mut stops).await
 }
 
 fn report_failure(e: &LaunchError) {
@@ -215,6 +235,7 @@ pub async fn remove_session<E: Engine>(engine: &E, plan: &Plan) {
         let ids: Vec<String> = found.into_iter().map(|c| c.id).collect();
         launch::cleanup(engine, &ids).await;
     }
+    launch::forget_secrets(&launch::session_names(plan));
 }
 
 /// Writes the MCP server list and points the workload at it.
@@ -257,8 +278,7 @@ async fn workload<E: Engine>(
     plan: &Plan,
     argv: &[String],
     env: &[(String, String)],
-    sigint: &mut tokio::signal::unix::Signal,
-    sigterm: &mut tokio::signal::unix::Signal,
+    stops: &mut Stops,
 ) -> i32 {
     let Some((program, args)) = argv.split_first() else {
         say("error: no workload command");
@@ -282,16 +302,16 @@ async fn workload<E: Engine>(
     let from_terminal = std::io::stdin().is_terminal();
     let signalled = tokio::select! {
         status = child.wait() => return code_of(status),
-        _ = sigint.recv() => {
-            // A terminal's Ctrl-C already reached the workload (same process group).
-            if !from_terminal {
-                forward(&child, nix::sys::signal::Signal::SIGINT);
+        sig = stops.next() => {
+            use nix::sys::signal::Signal;
+            match sig {
+                // A terminal's Ctrl-C already reached the workload (same process group).
+                2 if from_terminal => {}
+                2 => forward(&child, Signal::SIGINT),
+                1 => forward(&child, Signal::SIGHUP),
+                _ => forward(&child, Signal::SIGTERM),
             }
-            exit::SIGINT
-        }
-        _ = sigterm.recv() => {
-            forward(&child, nix::sys::signal::Signal::SIGTERM);
-            exit::SIGTERM
+            128 + sig
         }
     };
     match tokio::time::timeout(WORKLOAD_GRACE, child.wait()).await {
@@ -360,7 +380,7 @@ pub async fn up<E: Engine>(
         plan.sidecars.retain(|c| names.contains(&c.sidecar));
     }
     let report = |sidecar: &str, status: Status| progress.update(sidecar, &status);
-    match launch::up(engine, decl, plan, "tether-up", &report).await {
+    match launch::up(engine, decl, plan, launch::UP_OWNER, &report).await {
         Ok(launched) => {
             if print_env {
                 use std::io::Write;

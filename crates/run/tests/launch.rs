@@ -334,3 +334,41 @@ async fn session_leftovers_of_a_killed_run_are_removed_by_the_next() {
         ]
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_container_that_will_not_start_is_removed_not_left_behind() {
+    let (_d, decl) = declaration(BASE);
+    let e = engine();
+    e.unstartable("tether-demo-s1-cache");
+    let err = up(&e, &decl, "s1", &Run::new()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sidecar cache: the engine refused to start container tether-demo-s1-cache: no GPU runtime (HTTP 500)"
+    );
+    assert!(
+        e.changes()
+            .contains(&"remove tether-demo-s1-cache".to_owned())
+    );
+    assert_eq!(e.names(), ["tether-demo-db"]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_second_up_reuses_its_session_sidecars() {
+    let (_d, decl) = declaration(BASE);
+    let e = engine();
+    let argv = ["true".to_owned()];
+    let plan = tether_plan::plan(&decl, "up", &argv).unwrap();
+    launch::up(&e, &decl, &plan, launch::UP_OWNER, &|_, _| {})
+        .await
+        .unwrap();
+    e.clear_calls();
+    let run = Run::new();
+    launch::up(&e, &decl, &plan, launch::UP_OWNER, &run.report())
+        .await
+        .unwrap();
+    assert_eq!(
+        run.statuses(),
+        ["cache: Reused", "cache: ready", "db: Reused", "db: ready"]
+    );
+    assert!(e.changes().is_empty(), "{:?}", e.changes());
+}
