@@ -138,6 +138,14 @@ pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, Ren
         }));
         if let Some(port) = decl_s.port() {
             for alias in &c.aliases {
+                if !alias.starts_with(|ch: char| ch.is_ascii_lowercase()) {
+                    losses.push(Loss {
+                        owner: owner.clone(),
+                        field: "aliases".into(),
+                        message: format!("`{alias}` cannot name a Service, whose names start with a letter; it is left out"),
+                    });
+                    continue;
+                }
                 docs.push(json!({
                     "apiVersion": "v1",
                     "kind": "Service",

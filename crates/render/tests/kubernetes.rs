@@ -138,3 +138,26 @@ fn two_session_sidecars_on_one_port_cannot_share_a_pod() {
     let text = render(&decl, &lossy()).unwrap().text;
     assert!(text.contains("- name: data-dir\n"), "{text}");
 }
+
+#[test]
+fn a_name_a_service_cannot_take_is_reported() {
+    let dir = std::env::temp_dir().join(format!("tether-k8s-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tether.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nproject: names\nsidecars:\n  db: { image: db:1, lifecycle: shared, interface: { kind: port, port: 5432 }, aliases: [2nd-db] }\n",
+    )
+    .unwrap();
+    let strict = Options {
+        allow_lossy: false,
+        ..lossy()
+    };
+    let Err(RenderError::Lossy(losses)) = render(&load(&file), &strict) else {
+        panic!("expected a loss");
+    };
+    assert_eq!(
+        losses[0].to_string(),
+        "sidecars.db.aliases: `2nd-db` cannot name a Service, whose names start with a letter; it is left out"
+    );
+}
