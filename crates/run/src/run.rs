@@ -196,7 +196,8 @@ pub async fn passthrough(plan: &Plan) -> i32 {
             .collect(),
         WorkloadTarget::Container => Vec::new(),
     };
-    workload::<crate::fake::FakeEngine>(None, plan, &plan.argv, &env, &mut stops).await
+    // No engine: a workload that will not stop is killed, with no container to look for.
+    workload::<crate::docker::DockerEngine>(None, plan, &plan.argv, &env, &mut stops).await
 }
 
 fn report_failure(e: &LaunchError) {
