@@ -145,14 +145,17 @@ enum Command {
         json: bool,
     },
     /// Print a sidecar's output
-    #[command(after_help = "Examples:\n  tether logs db\n  tether logs db --follow --tail 20")]
+    #[command(
+        after_help = "Examples:\n  tether logs db\n  tether logs db -f --tail 20\n\nHere -f follows, as with docker logs; name the declaration with --file."
+    )]
     Logs {
-        #[command(flatten)]
-        file: FileArg,
+        /// The declaration file [default: tether.yaml in this folder or the nearest parent]
+        #[arg(long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
         /// The sidecar
         sidecar: String,
-        /// Keep printing new output until the container stops (-f is the declaration file)
-        #[arg(long)]
+        /// Keep printing new output until the container stops
+        #[arg(short, long)]
         follow: bool,
         /// Only the last N lines
         #[arg(long, value_name = "N")]
@@ -250,7 +253,7 @@ fn main() -> ExitCode {
             sidecar,
             follow,
             tail,
-        } => logs(&file, &sidecar, follow, tail),
+        } => logs(&FileArg { file }, &sidecar, follow, tail),
         Command::Down {
             file,
             sessions,

@@ -461,7 +461,12 @@ fn up_prints_the_env_for_the_host_and_logs_shows_a_sidecars_output() {
         String::from_utf8_lossy(&fetched.stdout),
         "hello from the sidecar\n"
     );
-    let logs = p.command("logs", &["chatty"]).output().unwrap();
+    let logs = Command::new(tether_bin())
+        .args(["logs", "--file"])
+        .arg(p.bundle.file())
+        .args(["chatty", "--tail", "5"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&logs.stdout), "first line\n");
     assert_eq!(String::from_utf8_lossy(&logs.stderr), "second line\n");
     // Made by `up`, owned by no run: still there until `tether down`, and ready.
