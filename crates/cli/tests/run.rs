@@ -61,3 +61,47 @@ fn an_unreachable_engine_is_named_with_a_hint() {
         "{err}"
     );
 }
+
+/// On a terminal (a pty from `script`), Ctrl-C reaches the workload once, through the
+/// terminal, and tether returns what the workload returns.
+#[test]
+fn ctrl_c_on_a_terminal_reaches_the_workload_once() {
+    let has_script = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(has_script, "`script` (util-linux) is not installed") {
+        return;
+    }
+    let b = Bundle::new("version: 1\nproject: p\n");
+    let inner = format!(
+        "{} run -f {} -- sh -c 'trap \"echo got INT; exit 5\" INT; echo ready; while :; do sleep 0.1; done'",
+        tether_bin().display(),
+        b.file().display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qfec", &inner, "/dev/null"]);
+    cmd.stdin(std::process::Stdio::piped());
+    let (reader, writer) = std::io::pipe().unwrap();
+    cmd.stdout(writer.try_clone().unwrap()).stderr(writer);
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(reader);
+    let mut seen = String::new();
+    use std::io::{BufRead, Write};
+    while !seen.contains("ready") {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no `ready`: {seen}");
+        seen.push_str(&line);
+    }
+    // ^C typed at the terminal.
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+    seen.push_str(&rest);
+    assert_eq!(seen.matches("got INT").count(), 1, "{seen}");
+    assert_eq!(status.code(), Some(5), "{seen}");
+}

@@ -285,9 +285,14 @@ async fn workload<E: Engine>(
         say("error: no workload command");
         return exit::INVALID;
     };
+    // The workload gets a process group of its own, and the terminal (when tether has it):
+    // Ctrl-C there reaches the workload exactly once, and a signal sent to tether is
+    // forwarded to the group exactly once.
+    let terminal = Terminal::ours();
     let mut child = match tokio::process::Command::new(program)
         .args(args)
         .envs(env.iter().cloned())
+        .process_group(0)
         .spawn()
     {
         Ok(c) => c,
@@ -300,17 +305,29 @@ async fn workload<E: Engine>(
             };
         }
     };
-    let from_terminal = std::io::stdin().is_terminal();
+    let group = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(nix::unistd::Pid::from_raw);
+    if let (Some(t), Some(g)) = (&terminal, group) {
+        t.give(g);
+    }
     let signalled = tokio::select! {
-        status = child.wait() => return code_of(status),
+        status = child.wait() => {
+            if let Some(t) = &terminal {
+                t.take_back();
+            }
+            return code_of(status);
+        }
         sig = stops.next() => {
             use nix::sys::signal::Signal;
-            match sig {
-                // A terminal's Ctrl-C already reached the workload (same process group).
-                2 if from_terminal => {}
-                2 => forward(&child, Signal::SIGINT),
-                1 => forward(&child, Signal::SIGHUP),
-                _ => forward(&child, Signal::SIGTERM),
+            let signal = match sig {
+                2 => Signal::SIGINT,
+                1 => Signal::SIGHUP,
+                _ => Signal::SIGTERM,
+            };
+            if let Some(g) = group {
+                let _ = nix::sys::signal::killpg(g, signal);
             }
             128 + sig
         }
@@ -336,13 +353,46 @@ async fn workload<E: Engine>(
             let _ = child.kill().await;
         }
     }
+    if let Some(t) = &terminal {
+        t.take_back();
+    }
     signalled
 }
 
-fn forward(child: &tokio::process::Child, sig: nix::sys::signal::Signal) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+/// The controlling terminal, when tether's process group is in its foreground.
+struct Terminal {
+    tty: std::fs::File,
+}
+
+impl Terminal {
+    fn ours() -> Option<Terminal> {
+        let tty = std::fs::File::open("/dev/tty").ok()?;
+        let fg = nix::unistd::tcgetpgrp(&tty).ok()?;
+        (fg == nix::unistd::getpgrp()).then_some(Terminal { tty })
     }
+
+    /// Makes `group` the foreground; a workload that touched the terminal a moment before
+    /// (and was stopped for it) is continued.
+    fn give(&self, group: nix::unistd::Pid) {
+        quietly(|| nix::unistd::tcsetpgrp(&self.tty, group));
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn take_back(&self) {
+        quietly(|| nix::unistd::tcsetpgrp(&self.tty, nix::unistd::getpgrp()));
+    }
+}
+
+/// Runs a terminal call with SIGTTOU blocked: a background group changing the foreground
+/// would otherwise be stopped by it.
+fn quietly(f: impl FnOnce() -> nix::Result<()>) {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTTOU);
+    let mut old = SigSet::empty();
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old));
+    let _ = f();
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
 }
 
 fn code_of(status: std::io::Result<std::process::ExitStatus>) -> i32 {
