@@ -170,17 +170,21 @@ pub async fn run<E: Engine>(
         WorkloadTarget::HostProcess => launched.env.clone(),
         WorkloadTarget::Container => Vec::new(),
     };
-    let _mcp_dir = match write_mcp(plan, &launched, &mut argv, &mut env) {
+    let mcp_dir = match write_mcp(plan, &launched, &mut argv, &mut env) {
         Ok(d) => d,
         Err(e) => {
             say(&format!("error: cannot write the MCP configuration: {e}"));
             launch::cleanup(engine, &launched.session).await;
+            launch::forget_secrets(&launch::session_names(plan));
             return exit::ENGINE;
         }
     };
     let code = workload(Some(engine), plan, &argv, &env, &mut stops).await;
     launch::cleanup(engine, &launched.session).await;
     launch::forget_secrets(&launch::session_names(plan));
+    if let Some(dir) = mcp_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     code
 }
 
