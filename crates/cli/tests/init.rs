@@ -1266,3 +1266,21 @@ fn a_completed_daemon_does_not_hide_a_later_kill() {
     );
     assert_eq!(code, 137);
 }
+
+#[test]
+fn a_missing_working_folder_is_named_not_blamed_on_the_program() {
+    let b = bundle(
+        r#"
+  daemons:
+    app:
+      command: [sleep, "100"]
+      workdir: /no/such/folder
+"#,
+    );
+    let (code, lines) = b.run(&[], &[]);
+    assert_eq!(
+        events(&lines, "app"),
+        ["cannot run `sleep`: the working folder /no/such/folder does not exist"]
+    );
+    assert_eq!(code, 126);
+}

@@ -97,6 +97,14 @@ impl Reaper {
             .argv
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+        // A missing folder would fail inside exec as "not found", blaming the program.
+        if let Some(dir) = spec.workdir
+            && !std::path::Path::new(dir).is_dir()
+        {
+            return Err(io::Error::other(format!(
+                "the working folder {dir} does not exist"
+            )));
+        }
         let mut cmd = Command::new(program);
         cmd.args(args).process_group(0);
         cmd.envs(
