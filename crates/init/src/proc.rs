@@ -131,8 +131,7 @@ impl Reaper {
         let foreground = spec.foreground;
         // SAFETY: the hook runs in the forked child before exec and only makes
         // async-signal-safe calls (fcntl, dup2, isatty, tcsetpgrp, getpgrp, signal,
-        // sigemptyset, pthread_sigmask); it allocates
-        // nothing and touches no lock.
+        // sigemptyset, pthread_sigmask); it allocates nothing and touches no lock.
         unsafe {
             cmd.pre_exec(move || {
                 if let Some((fd, target)) = keep_fd {
