@@ -57,6 +57,30 @@ impl FakeEngine {
         self.with(|s| s.unreachable = true);
     }
 
+    /// A container made by someone else, with this name and no labels.
+    pub fn foreign(&self, name: &str, image: &str) {
+        self.with(|s| {
+            s.next_id += 1;
+            let c = Container {
+                id: format!("{:012x}", s.next_id),
+                name: name.into(),
+                image: image.into(),
+                state: "running".into(),
+                ..Default::default()
+            };
+            s.containers.insert(
+                name.into(),
+                (
+                    c,
+                    ContainerSpec {
+                        name: name.into(),
+                        ..Default::default()
+                    },
+                ),
+            );
+        });
+    }
+
     /// Stops a container as if it had exited.
     pub fn kill(&self, name: &str) {
         self.with(|s| {

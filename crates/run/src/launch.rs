@@ -310,6 +310,20 @@ async fn ensure<E: Engine>(
                 }
                 return Ok(found.id);
             }
+            Some(other)
+                if other.labels.get(LABEL_PROJECT) != Some(&plan.project)
+                    || other.labels.get(tether_plan::LABEL_SIDECAR) != Some(&c.sidecar) =>
+            {
+                // Not one of ours: never removed behind its owner's back.
+                return Err(LaunchError::Sidecar {
+                    sidecar: c.sidecar.clone(),
+                    message: format!(
+                        "the name {} is taken by a container tether did not make for this project; remove or rename it",
+                        c.name
+                    ),
+                    logs: Vec::new(),
+                });
+            }
             Some(stale) => {
                 why = Some(if stale.image != image_id {
                     "its image changed".to_owned()

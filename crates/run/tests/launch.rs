@@ -372,3 +372,17 @@ async fn a_second_up_reuses_its_session_sidecars() {
     );
     assert!(e.changes().is_empty(), "{:?}", e.changes());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_container_tether_did_not_make_is_never_removed() {
+    let (_d, decl) = declaration(BASE);
+    let e = engine();
+    e.foreign("tether-demo-db", "sha256:someone-elses");
+    let err = up(&e, &decl, "s1", &Run::new()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sidecar db: the name tether-demo-db is taken by a container tether did not make for this project; remove or rename it"
+    );
+    assert!(!e.changes().contains(&"remove tether-demo-db".to_owned()));
+    assert!(e.names().contains(&"tether-demo-db".to_owned()));
+}
