@@ -8,10 +8,6 @@ use std::process::Command;
 
 use support::*;
 
-fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker").args(args).output().unwrap()
-}
-
 fn ok(args: &[&str]) -> String {
     let out = docker(args);
     assert!(
@@ -34,18 +30,6 @@ fn static_tether() -> Option<PathBuf> {
         .to_owned();
     let p = repo().join(format!("target/static/{host}/debug/tether"));
     p.exists().then_some(p)
-}
-
-fn static_busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| {
-            Command::new("file")
-                .arg(p)
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
-        })
 }
 
 /// Removes the container and image whatever the test's outcome.

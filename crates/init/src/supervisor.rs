@@ -670,7 +670,7 @@ impl Supervisor {
                     let number = proc::notify_fd_number(proc::raw(&write));
                     env.push(("NOTIFY_FD".into(), number.to_string()));
                     env.push(("NOTIFY_SOCKET".into(), sock_name));
-                    keep_write_end = Some(write);
+                    keep_write_end = Some((write, number));
                     notify = Some((read, sock));
                 }
                 Err(e) => tracing::warn!(
@@ -697,7 +697,7 @@ impl Supervisor {
             stdin_pipe: false,
             keep_fd: keep_write_end
                 .as_ref()
-                .map(|w| (proc::raw(w), proc::notify_fd_number(proc::raw(w)))),
+                .map(|(w, number)| (proc::raw(w), *number)),
             foreground: false,
         });
         drop(keep_write_end);

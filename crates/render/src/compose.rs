@@ -31,12 +31,7 @@ pub fn render(decl: &Declaration, base: &Path) -> Result<String, RenderError> {
             message: "a bundle runs as the workload's container under `tether init`: declare the image that holds tether and the daemons".into(),
         });
     }
-    let argv: Vec<String> = ["docker", "run", image.as_deref().unwrap_or("workload")]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let plan =
-        tether_plan::plan(decl, "compose", &argv).map_err(|e| RenderError::Plan(e.to_string()))?;
+    let (_, plan) = crate::workload_plan(decl, "compose")?;
 
     let mut notes: Vec<String> = Vec::new();
     let mut services = Map::new();

@@ -34,13 +34,7 @@ pub struct Rendered {
 
 pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, RenderError> {
     let workload = decl.workload.as_ref();
-    let image = workload.and_then(|w| w.image.clone());
-    let argv: Vec<String> = ["docker", "run", image.as_deref().unwrap_or("workload")]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let plan =
-        tether_plan::plan(decl, "k8s", &argv).map_err(|e| RenderError::Plan(e.to_string()))?;
+    let (image, plan) = crate::workload_plan(decl, "k8s")?;
     let mut losses = Vec::new();
     let project = decl.project.clone();
     let has_session = plan

@@ -4,6 +4,22 @@
 pub mod compose;
 pub mod kubernetes;
 
+/// The workload's image (if declared) and the plan both renderers start from: the workload as
+/// a container of that image.
+pub(crate) fn workload_plan(
+    decl: &tether_spec::model::Declaration,
+    session: &str,
+) -> Result<(Option<String>, tether_plan::Plan), RenderError> {
+    let image = decl.workload.as_ref().and_then(|w| w.image.clone());
+    let argv: Vec<String> = ["docker", "run", image.as_deref().unwrap_or("workload")]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let plan =
+        tether_plan::plan(decl, session, &argv).map_err(|e| RenderError::Plan(e.to_string()))?;
+    Ok((image, plan))
+}
+
 /// Why a declaration cannot be rendered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RenderError {

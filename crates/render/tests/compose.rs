@@ -3,30 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn examples() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
-    let mut all: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path().join("tether.yaml"))
-        .filter(|p| p.exists())
-        .collect();
-    all.sort();
-    all
-}
+mod common;
+use common::{examples, load, name};
 
 fn render(file: &Path) -> String {
-    let loaded = tether_spec::load(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    let root = PathBuf::from(&loaded.declaration.root);
-    tether_render::compose::render(&loaded.declaration, &root).unwrap()
-}
-
-fn name(file: &Path) -> String {
-    file.parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
+    let decl = load(file);
+    let root = PathBuf::from(&decl.root);
+    tether_render::compose::render(&decl, &root).unwrap()
 }
 
 #[test]

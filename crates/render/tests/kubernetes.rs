@@ -1,28 +1,14 @@
 //! `tether render kubernetes` for every example: exact output, losses refused unless allowed,
 //! secret values only when asked.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tether_render::kubernetes::{Options, render};
 use tether_render::{Loss, RenderError};
 use tether_spec::model::SecretSource;
 
-fn examples() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
-    let mut all: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path().join("tether.yaml"))
-        .filter(|p| p.exists())
-        .collect();
-    all.sort();
-    all
-}
-
-fn load(file: &Path) -> tether_spec::model::Declaration {
-    tether_spec::load(file)
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
-        .declaration
-}
+mod common;
+use common::{examples, load, name};
 
 fn lossy() -> Options<'static> {
     Options {
@@ -42,13 +28,7 @@ fn every_example_renders_exactly() {
             render(&decl, &lossy()).unwrap().text,
             "same input, same bytes"
         );
-        let name = file
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy();
-        insta::assert_snapshot!(name.into_owned(), text);
+        insta::assert_snapshot!(name(&file), text);
     }
 }
 

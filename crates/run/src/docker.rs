@@ -18,9 +18,9 @@ use bollard::query_parameters::{
     ListNetworksOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
-use tether_plan::MountPlan;
+use tether_plan::{ContainerPlan, MountPlan};
 
-use crate::engine::{Container, ContainerSpec, Engine, EngineError, Result};
+use crate::engine::{Container, Engine, EngineError, Result};
 
 pub struct DockerEngine {
     docker: Docker,
@@ -287,7 +287,7 @@ impl Engine for DockerEngine {
         Ok(out)
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+    async fn create(&self, spec: &ContainerPlan) -> Result<String> {
         let mounts = spec
             .mounts
             .iter()

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tether_plan::{HealthcheckPlan, MountPlan};
+use tether_plan::ContainerPlan;
 
 /// What went wrong talking to the engine, in words a user can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,29 +72,6 @@ impl Container {
     }
 }
 
-/// Everything needed to create a container.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ContainerSpec {
-    pub name: String,
-    pub image: String,
-    pub entrypoint: Option<Vec<String>>,
-    pub command: Option<Vec<String>>,
-    /// `KEY=VALUE`.
-    pub env: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-    pub network: String,
-    pub aliases: Vec<String>,
-    /// Networks the container joins besides the project network (they must exist).
-    pub extra_networks: Vec<String>,
-    pub mounts: Vec<MountPlan>,
-    /// Container ports to publish on 127.0.0.1, on ports the engine picks.
-    pub publish: Vec<u16>,
-    pub memory: Option<u64>,
-    pub nano_cpus: Option<i64>,
-    pub gpus: Option<tether_spec::model::Gpus>,
-    pub healthcheck: Option<HealthcheckPlan>,
-}
-
 /// The operations tether needs from a container engine.
 #[allow(async_fn_in_trait)]
 pub trait Engine {
@@ -111,8 +88,9 @@ pub trait Engine {
     async fn inspect(&self, name_or_id: &str) -> Result<Option<Container>>;
     /// Containers (running or not) carrying every one of these labels.
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>>;
-    /// Creates a container; `NameTaken` when the name is in use.
-    async fn create(&self, spec: &ContainerSpec) -> Result<String>;
+    /// Creates the planned container (labels and mounts final: config hash and secret files
+    /// included); `NameTaken` when the name is in use.
+    async fn create(&self, spec: &ContainerPlan) -> Result<String>;
     async fn start(&self, id: &str) -> Result<()>;
     async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
     /// Removes a container, stopping it first; a missing one is not an error.

@@ -5,13 +5,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::engine::{Container, ContainerSpec, Engine, EngineError, Result};
+use tether_plan::ContainerPlan;
+
+use crate::engine::{Container, Engine, EngineError, Result};
 
 #[derive(Default)]
 struct State {
     images: BTreeMap<String, String>,
     networks: BTreeSet<String>,
-    containers: BTreeMap<String, (Container, ContainerSpec)>,
+    /// Name → the container and, when tether made it, its plan.
+    containers: BTreeMap<String, (Container, Option<ContainerPlan>)>,
     /// Container names whose readiness never passes.
     never_ready: BTreeSet<String>,
     /// Container names that exit as soon as they start.
@@ -68,16 +71,7 @@ impl FakeEngine {
                 state: "running".into(),
                 ..Default::default()
             };
-            s.containers.insert(
-                name.into(),
-                (
-                    c,
-                    ContainerSpec {
-                        name: name.into(),
-                        ..Default::default()
-                    },
-                ),
-            );
+            s.containers.insert(name.into(), (c, None));
         });
     }
 
@@ -112,8 +106,13 @@ impl FakeEngine {
         self.with(|s| s.calls.clear());
     }
 
-    pub fn container(&self, name: &str) -> Option<(Container, ContainerSpec)> {
-        self.with(|s| s.containers.get(name).cloned())
+    /// A container tether made, with the plan it was made from.
+    pub fn container(&self, name: &str) -> Option<(Container, ContainerPlan)> {
+        self.with(|s| {
+            s.containers
+                .get(name)
+                .and_then(|(c, p)| Some((c.clone(), p.clone()?)))
+        })
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -134,7 +133,7 @@ impl FakeEngine {
         })
     }
 
-    fn find<'a>(s: &'a mut State, id: &str) -> Option<&'a mut (Container, ContainerSpec)> {
+    fn find<'a>(s: &'a mut State, id: &str) -> Option<&'a mut (Container, Option<ContainerPlan>)> {
         s.containers
             .values_mut()
             .find(|(c, _)| c.id == id || c.name == id)
@@ -206,7 +205,7 @@ impl Engine for FakeEngine {
         }))
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+    async fn create(&self, spec: &ContainerPlan) -> Result<String> {
         // Every call is a point where another run can interleave, as with a real engine.
         tokio::task::yield_now().await;
         self.call(format!("create {}", spec.name))?;
@@ -232,7 +231,8 @@ impl Engine for FakeEngine {
                 created: format!("t{}", s.next_id),
                 ..Default::default()
             };
-            s.containers.insert(spec.name.clone(), (c, spec.clone()));
+            s.containers
+                .insert(spec.name.clone(), (c, Some(spec.clone())));
             Ok(id)
         })
     }
@@ -259,10 +259,12 @@ impl Engine for FakeEngine {
                 return Ok(());
             }
             c.state = "running".into();
-            c.addresses
-                .insert(spec.network.clone(), format!("10.0.0.{}", spec.name.len()));
-            for (i, p) in spec.publish.iter().enumerate() {
-                c.published.insert(*p, 40000 + i as u16);
+            if let Some(spec) = spec {
+                c.addresses
+                    .insert(spec.network.clone(), format!("10.0.0.{}", spec.name.len()));
+                for (i, p) in spec.publish.iter().enumerate() {
+                    c.published.insert(*p, 40000 + i as u16);
+                }
             }
             Ok(())
         })

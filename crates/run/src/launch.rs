@@ -12,7 +12,7 @@ use tether_plan::{
 };
 use tether_spec::model::{Declaration, Lifecycle, SecretSource};
 
-use crate::engine::{Container, ContainerSpec, Engine, EngineError};
+use crate::engine::{Container, Engine, EngineError};
 
 /// Marks a session container with the process that owns it, so a later run can tell a
 /// leftover of a killed run from a live one.
@@ -76,7 +76,7 @@ impl From<EngineError> for LaunchError {
 pub struct Launched {
     /// Sidecar name → its container, inspected once ready.
     pub containers: BTreeMap<String, Container>,
-    /// This run's session containers, to remove when it ends.
+    /// This run's session containers, by name, to remove when it ends.
     pub session: Vec<String>,
     /// The workload's environment, published ports filled in.
     pub env: Vec<(String, String)>,
@@ -114,9 +114,9 @@ pub async fn up<E: Engine>(
     let mut failure = None;
     for (c, result) in plan.sidecars.iter().zip(ensured) {
         match result {
-            Ok(id) => {
+            Ok(_) => {
                 if c.lifecycle == Lifecycle::Session {
-                    launched.session.push(id);
+                    launched.session.push(c.name.clone());
                 }
             }
             Err(e) => {
@@ -126,8 +126,7 @@ pub async fn up<E: Engine>(
         }
     }
     if let Some(e) = failure {
-        cleanup(engine, &launched.session).await;
-        forget_secrets(&session_names(plan));
+        abandon(engine, plan, &launched.session).await;
         return Err(e);
     }
     // All at once; the first failure ends the wait for the others.
@@ -149,8 +148,7 @@ pub async fn up<E: Engine>(
     match readied {
         Ok(ready) => launched.containers.extend(ready),
         Err(e) => {
-            cleanup(engine, &launched.session).await;
-            forget_secrets(&session_names(plan));
+            abandon(engine, plan, &launched.session).await;
             return Err(e);
         }
     }
@@ -165,14 +163,22 @@ fn message(e: &LaunchError) -> String {
     }
 }
 
-/// Removes session containers; errors are reported by the engine call, not fatal here.
-pub async fn cleanup<E: Engine>(engine: &E, ids: &[String]) {
-    join_all(ids.iter().map(|id| async move {
-        if let Err(e) = engine.remove(id).await {
-            tracing::warn!("removing {id}: {e}");
+/// Removes session containers (by name) and their secret files; errors are logged, not fatal.
+pub async fn cleanup<E: Engine>(engine: &E, names: &[String]) {
+    join_all(names.iter().map(|name| async move {
+        if let Err(e) = engine.remove(name).await {
+            tracing::warn!("removing {name}: {e}");
         }
     }))
     .await;
+    forget_secrets(names);
+}
+
+/// A launch that failed: the session containers it made go, and the secret files written for
+/// all of its session sidecars (some written before their container could be made).
+async fn abandon<E: Engine>(engine: &E, plan: &Plan, made: &[String]) {
+    cleanup(engine, made).await;
+    forget_secrets(&session_names(plan));
 }
 
 /// Session containers of this project left by runs that were killed (their owner process is
@@ -184,7 +190,7 @@ async fn remove_orphans<E: Engine>(engine: &E, project: &str) -> Result<(), Laun
     let orphans: Vec<String> = sessions
         .into_iter()
         .filter(|c| c.labels.get(LABEL_OWNER).is_some_and(|o| !owner_alive(o)))
-        .map(|c| c.id)
+        .map(|c| c.name)
         .collect();
     cleanup(engine, &orphans).await;
     Ok(())
@@ -366,7 +372,7 @@ async fn start_or_remove<E: Engine>(
 /// The engine request for a planned container. Secrets are read on the host now and written
 /// to files on a tmpfs (/dev/shm), bound read-only under /run/secrets; their values go nowhere
 /// else.
-fn spec_for(c: &ContainerPlan, hash: &str, root: &str) -> Result<ContainerSpec, String> {
+fn spec_for(c: &ContainerPlan, hash: &str, root: &str) -> Result<ContainerPlan, String> {
     let mut labels = c.labels.clone();
     labels.insert(LABEL_CONFIG_HASH.into(), hash.into());
     let mut mounts = c.mounts.clone();
@@ -397,22 +403,10 @@ fn spec_for(c: &ContainerPlan, hash: &str, root: &str) -> Result<ContainerSpec, 
             });
         }
     }
-    Ok(ContainerSpec {
-        name: c.name.clone(),
-        image: c.image.clone(),
-        entrypoint: c.entrypoint.clone(),
-        command: c.command.clone(),
-        env: c.env.clone(),
+    Ok(ContainerPlan {
         labels,
-        network: c.network.clone(),
-        aliases: c.aliases.clone(),
-        extra_networks: c.extra_networks.clone(),
         mounts,
-        publish: c.publish.clone(),
-        memory: c.memory,
-        nano_cpus: c.nano_cpus,
-        gpus: c.gpus.clone(),
-        healthcheck: c.healthcheck.clone(),
+        ..c.clone()
     })
 }
 

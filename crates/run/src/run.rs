@@ -19,8 +19,6 @@ pub mod exit {
     pub const ENGINE: i32 = 2;
     /// A sidecar could not be started or did not become ready.
     pub const SIDECAR: i32 = 3;
-    pub const SIGINT: i32 = 130;
-    pub const SIGTERM: i32 = 143;
 }
 
 /// The signals that end a run: Ctrl-C, SIGTERM, and SIGHUP (the terminal went away).
@@ -175,13 +173,11 @@ pub async fn run<E: Engine>(
         Err(e) => {
             say(&format!("error: cannot write the MCP configuration: {e}"));
             launch::cleanup(engine, &launched.session).await;
-            launch::forget_secrets(&launch::session_names(plan));
             return exit::ENGINE;
         }
     };
     let code = workload(Some(engine), plan, &argv, &env, &mut stops).await;
     launch::cleanup(engine, &launched.session).await;
-    launch::forget_secrets(&launch::session_names(plan));
     if let Some(dir) = mcp_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -237,9 +233,10 @@ pub async fn remove_session<E: Engine>(engine: &E, plan: &Plan) {
         ])
         .await
     {
-        let ids: Vec<String> = found.into_iter().map(|c| c.id).collect();
-        launch::cleanup(engine, &ids).await;
+        let names: Vec<String> = found.into_iter().map(|c| c.name).collect();
+        launch::cleanup(engine, &names).await;
     }
+    // Secret files written for sidecars whose container was not made yet.
     launch::forget_secrets(&launch::session_names(plan));
 }
 

@@ -189,7 +189,7 @@ async fn a_stale_shared_sidecar_is_recreated_with_the_reason() {
         run.statuses()
             .contains(&"db: Created { why: Some(\"its configuration changed\") }".to_owned())
     );
-    let (spec, _) = (e.container("tether-demo-db").unwrap().1, ());
+    let spec = e.container("tether-demo-db").unwrap().1;
     assert!(spec.env.contains(&"POSTGRES_DB=app".to_owned()));
 }
 

@@ -290,6 +290,19 @@ pub fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
+/// Debian's busybox-static, the one binary a FROM-scratch test image needs for a shell.
+pub fn static_busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| {
+            Command::new("file")
+                .arg(p)
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
+        })
+}
+
 /// The test image, built once per test binary; `None` (skipped, or failed under CI) when no
 /// engine or busybox-static is available.
 pub fn busybox_image() -> Option<&'static str> {
@@ -299,12 +312,7 @@ pub fn busybox_image() -> Option<&'static str> {
         if !engine.status.success() {
             return None;
         }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| {
-            Command::new("file")
-                .arg(p)
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
-        })?;
+        let busybox = static_busybox()?;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir_all(d.join("bin")).unwrap();
