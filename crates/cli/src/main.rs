@@ -212,6 +212,7 @@ fn main() -> ExitCode {
     if let Ok(filter) = std::env::var("TETHER_LOG") {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .init();
     }

@@ -237,7 +237,7 @@ fn plan_refuses_a_conflicting_network_and_a_bad_session() {
             "docker",
             "run",
             "--network",
-            "host",
+            "bridge",
             "app",
         ],
         &repo(),
@@ -245,7 +245,7 @@ fn plan_refuses_a_conflicting_network_and_a_bad_session() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         text(&out.stderr),
-        "error: the workload asks for `--network host`, but it must join `tether-dev-services` to reach its sidecars; remove the option\n"
+        "error: the workload's `--network bridge` is the default bridge, where sidecars have no names; remove the option (tether joins it to `tether-dev-services`) or name a network of your own\n"
     );
     let out = tether(
         &[

@@ -350,6 +350,93 @@ fn a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cr3t-v4lue"));
 }
 
+/// An engine that is not on this host (forced here: the machine's own engine stands in for
+/// it) gets secrets copied in and is probed from inside each sidecar's network namespace.
+#[test]
+fn an_engine_elsewhere_gets_secrets_copied_and_readiness_probed_from_inside() {
+    let Some(img) = busybox_image() else { return };
+    let body = format!(
+        r#"sidecars:
+  web:
+    image: {img}
+    lifecycle: session
+    command: [sh, -c, "sleep 1; exec httpd -f -p 8080 -h /www"]
+    interface: {{ kind: port, port: 8080 }}
+    readiness: {{ mode: http, path: /, timeout: 20s, interval: 100ms }}
+    secrets: [{{ name: token, from: "env:RT_REMOTE_TOKEN" }}]
+  echo:
+    image: {img}
+    lifecycle: session
+    command: [sh, -c, "sleep 1; exec nc -ll -p 7000 -e cat"]
+    interface: {{ kind: port, port: 7000 }}
+    readiness: {{ mode: tcp, timeout: 20s, interval: 100ms }}
+"#
+    );
+    let p = Project::new("remote", &body);
+    let out = p
+        .command("run", &[])
+        .env("TETHER_ENGINE_REMOTE", "1")
+        .env("TETHER_LOG", "tether_run=debug")
+        .env("RT_REMOTE_TOKEN", "r3mote-s3cret")
+        .args([
+            "--",
+            "docker",
+            "run",
+            "--rm",
+            img,
+            "sh",
+            "-c",
+            // Both were ready when the workload started: no retry here.
+            "wget -qO- http://web:8080/ && echo ping | nc echo 7000",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        (out.status.code(), text(&out).as_str()),
+        (Some(0), "hello from the sidecar\nping"),
+        "{err}"
+    );
+    for sidecar in ["web:8080", "echo:7000"] {
+        let line = format!("probing tether-{}-", p.name);
+        assert!(
+            err.lines().any(|l| l.contains(&line)
+                && l.contains(sidecar)
+                && l.contains("from inside its network namespace")),
+            "{err}"
+        );
+    }
+    assert!(!err.contains("r3mote-s3cret"), "{err}");
+    // Nothing is left: neither the session sidecars nor a probe helper.
+    assert_eq!(p.containers(), Vec::<String>::new());
+
+    // The secret: a file, not a bind mount from this host, and in no inspect output (`up`
+    // keeps the sidecar to look at).
+    let out = p
+        .command("up", &["web"])
+        .env("TETHER_ENGINE_REMOTE", "1")
+        .env("RT_REMOTE_TOKEN", "r3mote-s3cret")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = p.containers().join(" ");
+    assert!(name.ends_with("-web"), "{name}");
+    assert_eq!(
+        text(&docker(&["exec", &name, "cat", "/run/secrets/token"])),
+        "r3mote-s3cret"
+    );
+    let listing = text(&docker(&["exec", &name, "ls", "-l", "/run/secrets/token"]));
+    assert!(listing.starts_with("-r--r--r--"), "{listing}");
+    let inspect = text(&docker(&["inspect", &name]));
+    assert!(!inspect.contains("r3mote-s3cret"));
+    assert!(!inspect.contains("/dev/shm"), "{inspect}");
+}
+
 /// The README's `tether run` quick start, as written.
 #[test]
 fn the_web_sidecar_example_runs() {
@@ -422,6 +509,63 @@ fn a_sidecar_joins_its_extra_networks() {
     drop(p);
     let _ = docker(&["network", "rm", &net]);
     assert_eq!(text(&out), "hello from the sidecar");
+}
+
+#[test]
+fn a_workload_on_the_hosts_network_or_its_own_reaches_a_session_sidecar() {
+    let Some(img) = busybox_image() else { return };
+    let session = web(img, "").replace("lifecycle: shared", "lifecycle: session");
+    let p = Project::new("ownnet", &session);
+    let fetch = "wget -qO- http://$TETHER_WEB_HOST:$TETHER_WEB_PORT/";
+
+    // --network host: the port is published on 127.0.0.1 and the CLI passes the values on.
+    let (code, out, err) = p.run(&[
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        img,
+        "sh",
+        "-c",
+        fetch,
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hello from the sidecar\n"),
+        "{err}"
+    );
+
+    // A network of the user's own: the sidecar joins it under its name.
+    let net = format!("rt-ownnet-{}", std::process::id());
+    assert!(docker(&["network", "create", &net]).status.success());
+    let (code, out, err) = p.run(&[
+        "docker",
+        "run",
+        "--rm",
+        &format!("--network={net}"),
+        img,
+        "sh",
+        "-c",
+        &format!("echo $TETHER_WEB_HOST; {fetch}"),
+    ]);
+    let left = p.containers();
+    let _ = docker(&["network", "rm", &net]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "web\nhello from the sidecar\n"),
+        "{err}"
+    );
+    assert_eq!(left, Vec::<String>::new());
+
+    // One that does not exist is named, and nothing is left behind.
+    let (code, _, err) = p.run(&["docker", "run", "--rm", "--network", &net, img, "true"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("error: the network `{net}` does not exist\n")),
+        "{err}"
+    );
+    assert_eq!(p.containers(), Vec::<String>::new());
 }
 
 #[test]

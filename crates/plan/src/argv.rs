@@ -30,11 +30,6 @@ pub enum ArgvError {
     NoImage,
     /// An option that takes a value came last.
     MissingValue(String),
-    /// The user chose a network that conflicts with the one tether must use.
-    NetworkConflict {
-        given: String,
-        needed: String,
-    },
 }
 
 impl fmt::Display for ArgvError {
@@ -43,10 +38,6 @@ impl fmt::Display for ArgvError {
             Self::Empty => write!(f, "no workload command was given after `--`"),
             Self::NoImage => write!(f, "the workload's `run` command names no image"),
             Self::MissingValue(o) => write!(f, "the workload's option `{o}` needs a value"),
-            Self::NetworkConflict { given, needed } => write!(
-                f,
-                "the workload asks for `--network {given}`, but it must join `{needed}` to reach its sidecars; remove the option"
-            ),
         }
     }
 }
@@ -183,10 +174,13 @@ pub fn classify(argv: &[String]) -> Result<WorkloadArgv, ArgvError> {
 /// What tether adds to a workload container's command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Injection {
-    /// `--network VALUE`: the project network, or `container:NAME`.
+    /// `--network VALUE`: the project network, or `container:NAME`; added only when the
+    /// command line names no network of its own.
     pub network: Option<String>,
     pub labels: Vec<(String, String)>,
     pub env: Vec<(String, String)>,
+    /// `-e NAME` without a value: the engine's CLI passes on its own environment's value.
+    pub pass_env: Vec<String>,
     /// `-v` specifications.
     pub volumes: Vec<String>,
 }
@@ -196,6 +190,7 @@ impl Injection {
         self.network.is_none()
             && self.labels.is_empty()
             && self.env.is_empty()
+            && self.pass_env.is_empty()
             && self.volumes.is_empty()
     }
 }
@@ -214,18 +209,9 @@ pub fn inject(argv: &[String], injection: &Injection) -> Result<Vec<String>, Arg
         return Ok(argv.to_vec());
     }
     let mut add: Vec<String> = Vec::new();
-    match (&injection.network, network) {
-        (Some(needed), Some(given)) if *needed != given => {
-            return Err(ArgvError::NetworkConflict {
-                given,
-                needed: needed.clone(),
-            });
-        }
-        (Some(needed), None) => {
-            add.push("--network".into());
-            add.push(needed.clone());
-        }
-        _ => {}
+    if let (Some(needed), None) = (&injection.network, network) {
+        add.push("--network".into());
+        add.push(needed.clone());
     }
     for (k, v) in &injection.labels {
         add.push("--label".into());
@@ -234,6 +220,10 @@ pub fn inject(argv: &[String], injection: &Injection) -> Result<Vec<String>, Arg
     for (k, v) in &injection.env {
         add.push("-e".into());
         add.push(format!("{k}={v}"));
+    }
+    for k in &injection.pass_env {
+        add.push("-e".into());
+        add.push(k.clone());
     }
     for v in &injection.volumes {
         add.push("-v".into());
@@ -348,21 +338,15 @@ mod tests {
     }
 
     #[test]
-    fn a_conflicting_network_is_refused() {
-        let argv = v("docker run --network host img");
+    fn a_network_of_the_users_own_is_kept() {
         let inj = Injection {
             network: Some("tether-demo".into()),
+            pass_env: vec!["A".into()],
             ..Injection::default()
         };
         assert_eq!(
-            inject(&argv, &inj),
-            Err(ArgvError::NetworkConflict {
-                given: "host".into(),
-                needed: "tether-demo".into()
-            })
+            inject(&v("docker run --net=mine img"), &inj).unwrap(),
+            v("docker run --net=mine -e A img")
         );
-        // The same network as tether's is fine and not added twice.
-        let argv = v("docker run --network tether-demo img");
-        assert_eq!(inject(&argv, &inj).unwrap(), argv);
     }
 }

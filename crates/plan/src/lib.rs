@@ -28,6 +28,8 @@ pub const LABEL_ROLE: &str = "dev.tether.role";
 pub const SECRETS_DIR: &str = "/run/secrets";
 /// Where the MCP server list is mounted in a workload container.
 pub const MCP_CONFIG_TARGET: &str = "/run/tether/mcp.json";
+/// Stands for the MCP file's path on the host, which the launcher fills in once written.
+pub const MCP_CONFIG_HOST: &str = "<mcp.json>";
 /// Bumped when the hashed form changes, so containers from older plans are recreated.
 const HASH_FORMAT: &str = "tether-config-v2";
 
@@ -270,10 +272,21 @@ pub struct ContainerPlan {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkloadTarget {
-    /// A container on the project network (or in a sidecar's namespace).
+    /// A container on the project network, in a sidecar's namespace, or on a network of the
+    /// user's own that the sidecars join.
     Container,
+    /// A container given `--network host`: like a host process, it reaches the sidecars on
+    /// ports published on 127.0.0.1.
+    HostNetwork,
     /// A process on the host: sidecar ports are published on 127.0.0.1.
     HostProcess,
+}
+
+impl WorkloadTarget {
+    /// Whether the workload reaches sidecars through ports published on the host.
+    pub fn on_host(&self) -> bool {
+        matches!(self, Self::HostNetwork | Self::HostProcess)
+    }
 }
 
 /// A value for the workload's environment that may only be known once containers run.
@@ -361,6 +374,9 @@ pub struct Plan {
     pub session: String,
     pub network: String,
     pub target: WorkloadTarget,
+    /// The workload's own `--network`, a user-defined one: the network-facing sidecars join it
+    /// too, under the same aliases.
+    pub workload_network: Option<String>,
     pub sidecars: Vec<ContainerPlan>,
     /// Injected into the workload, in order.
     pub env: Vec<(String, EnvValue)>,
@@ -374,13 +390,62 @@ pub struct Plan {
 #[derive(Clone, Debug, PartialEq)]
 pub enum PlanError {
     Argv(ArgvError),
+    /// The workload's `--network` cannot reach its sidecars.
+    Network {
+        given: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for PlanError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Argv(e) => e.fmt(f),
+            Self::Network { given, reason } => {
+                write!(f, "the workload's `--network {given}` {reason}")
+            }
         }
+    }
+}
+
+/// What the workload's own `--network` means for reaching its sidecars: the target and the
+/// user-defined network the sidecars must join, if any.
+fn workload_network(
+    given: &str,
+    project_network: &str,
+    namespace_of: Option<&str>,
+    network_facing: Option<&str>,
+) -> Result<(WorkloadTarget, Option<String>), PlanError> {
+    let refuse = |reason: String| {
+        Err(PlanError::Network {
+            given: given.to_owned(),
+            reason,
+        })
+    };
+    if given == project_network {
+        return Ok((WorkloadTarget::Container, None));
+    }
+    if let Some(ns) = namespace_of {
+        return refuse(format!(
+            "conflicts with `workload.network_mode: shared-namespace`, which runs it in sidecar {ns}'s namespace; remove the option"
+        ));
+    }
+    let mode = given.split_once(':').map_or(given, |(m, _)| m);
+    match (mode, network_facing) {
+        ("host", _) => Ok((WorkloadTarget::HostNetwork, None)),
+        (_, None) => Ok((WorkloadTarget::Container, None)),
+        ("none", Some(s)) => refuse(format!(
+            "leaves it no network, but sidecar {s} is reached over one; remove the option"
+        )),
+        ("bridge" | "default", Some(_)) => refuse(format!(
+            "is the default bridge, where sidecars have no names; remove the option (tether joins it to `{project_network}`) or name a network of your own"
+        )),
+        ("container" | "ns" | "slirp4netns" | "pasta" | "private" | "service", Some(_)) => {
+            refuse(format!(
+                "cannot reach the sidecars; remove the option (tether joins it to `{project_network}`), or declare `workload.network_mode: shared-namespace`"
+            ))
+        }
+        _ => Ok((WorkloadTarget::Container, Some(given.to_owned()))),
     }
 }
 
@@ -392,15 +457,23 @@ impl std::error::Error for PlanError {}
 /// env, a container workload's argv comes back byte-identical.
 pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, PlanError> {
     let kind = argv::classify(argv).map_err(PlanError::Argv)?;
-    let target = match kind {
-        WorkloadArgv::HostProcess => WorkloadTarget::HostProcess,
-        WorkloadArgv::Container { .. } => WorkloadTarget::Container,
-    };
     let network = network_name(&decl.project);
     let workload = decl.workload.as_ref();
     let namespace_of = workload
         .filter(|w| w.network_mode == NetworkMode::SharedNamespace)
         .and_then(|w| w.sidecar.as_deref());
+    let network_facing = decl
+        .enabled_sidecars()
+        .find(|s| s.port().is_some())
+        .map(|s| s.name.as_str());
+    let (target, workload_network) = match kind {
+        WorkloadArgv::HostProcess => (WorkloadTarget::HostProcess, None),
+        WorkloadArgv::Container { network: None, .. } => (WorkloadTarget::Container, None),
+        WorkloadArgv::Container {
+            network: Some(given),
+            ..
+        } => workload_network(&given, &network, namespace_of, network_facing)?,
+    };
 
     let mut sidecars = Vec::new();
     let mut env: Vec<(String, EnvValue)> = Vec::new();
@@ -411,9 +484,8 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
         let name = container_name(&decl.project, &s.name, session_part);
         // A shared container serves container and host-process runs alike, so its port is
         // always published (on 127.0.0.1 only); a session one only when the workload needs it.
-        let publish = match (target.clone(), s.port()) {
-            (WorkloadTarget::HostProcess, Some(p)) => vec![p],
-            (_, Some(p)) if s.lifecycle == Lifecycle::Shared => vec![p],
+        let publish = match s.port() {
+            Some(p) if target.on_host() || s.lifecycle == Lifecycle::Shared => vec![p],
             _ => Vec::new(),
         };
         sidecars.push(container_plan(decl, s, name, session, publish));
@@ -423,7 +495,7 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
         if let Some(port) = s.port() {
             let in_namespace = namespace_of == Some(s.name.as_str());
             let (host, port_value) = match target {
-                WorkloadTarget::HostProcess => (
+                WorkloadTarget::HostProcess | WorkloadTarget::HostNetwork => (
                     "127.0.0.1".to_owned(),
                     EnvValue::PublishedPort {
                         sidecar: s.name.clone(),
@@ -471,7 +543,11 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
         }
     }
     let mcp = (!mcp_servers.is_empty()).then(|| McpConfig {
-        target: MCP_CONFIG_TARGET.to_owned(),
+        // A host process reads the file where the launcher writes it.
+        target: match target {
+            WorkloadTarget::HostProcess => MCP_CONFIG_HOST.to_owned(),
+            _ => MCP_CONFIG_TARGET.to_owned(),
+        },
         servers: mcp_servers,
     });
     if let Some(m) = &mcp {
@@ -488,7 +564,7 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
 
     let argv = match target {
         WorkloadTarget::HostProcess => argv.to_vec(),
-        WorkloadTarget::Container => {
+        WorkloadTarget::Container | WorkloadTarget::HostNetwork => {
             let mut injection = Injection::default();
             if !sidecars.is_empty() {
                 injection.network = Some(match namespace_of {
@@ -508,12 +584,18 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
                     (LABEL_SESSION.to_owned(), session.to_owned()),
                 ];
             }
-            injection.env = env.iter().map(|(k, v)| (k.clone(), v.display())).collect();
+            if target == WorkloadTarget::HostNetwork {
+                // Published ports are known only once the sidecars run: the engine's CLI
+                // passes the values on from the environment tether gives it.
+                injection.pass_env = env.iter().map(|(k, _)| k.clone()).collect();
+            } else {
+                injection.env = env.iter().map(|(k, v)| (k.clone(), v.display())).collect();
+            }
             injection.volumes = volumes.clone();
             if let Some(m) = &mcp {
                 injection
                     .volumes
-                    .push(format!("<mcp.json>:{}:ro", m.target));
+                    .push(format!("{MCP_CONFIG_HOST}:{}:ro", m.target));
             }
             argv::inject(argv, &injection).map_err(PlanError::Argv)?
         }
@@ -523,6 +605,7 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
         session: session.to_owned(),
         network,
         target,
+        workload_network,
         sidecars,
         env,
         volumes,
@@ -641,9 +724,16 @@ impl Plan {
             out,
             "workload: {}",
             match self.target {
-                WorkloadTarget::Container => "a container",
+                WorkloadTarget::Container => match &self.workload_network {
+                    Some(n) =>
+                        format!("a container on its own network {n}, which the sidecars join"),
+                    None => "a container".to_owned(),
+                },
+                WorkloadTarget::HostNetwork =>
+                    "a container on the host's network (sidecar ports published on 127.0.0.1)"
+                        .to_owned(),
                 WorkloadTarget::HostProcess =>
-                    "a process on this host (sidecar ports published on 127.0.0.1)",
+                    "a process on this host (sidecar ports published on 127.0.0.1)".to_owned(),
             }
         );
         if self.sidecars.is_empty() {

@@ -284,3 +284,102 @@ fn engine_requests_carry_resources_healthcheck_and_mounts() {
         "healthcheck wget -q localhost, timeout 30s, every 2s"
     );
 }
+
+const CACHE: &str = "sidecars:\n  cache:\n    image: redis:7\n    lifecycle: session\n    interface: { kind: port, port: 6379 }\n";
+
+#[test]
+fn a_host_network_container_gets_published_ports_through_its_engines_environment() {
+    let p = plan(&decl(CACHE), "s1", &argv("docker run --net=host app")).unwrap();
+    assert_eq!(p.target, WorkloadTarget::HostNetwork);
+    assert_eq!(p.workload_network, None);
+    // A session sidecar is published too, and the values reach the container by name only:
+    // the engine's CLI takes them from the environment tether gives it.
+    assert_eq!(p.sidecars[0].publish, [6379]);
+    assert_eq!(
+        p.argv,
+        argv(&format!(
+            "docker run --net=host {LABELS} -e TETHER_CACHE_HOST -e TETHER_CACHE_PORT app"
+        ))
+    );
+    assert_eq!(
+        p.env[1].1,
+        EnvValue::PublishedPort {
+            sidecar: "cache".into(),
+            port: 6379
+        }
+    );
+}
+
+#[test]
+fn a_workload_on_its_own_network_keeps_it_and_the_sidecars_join() {
+    let p = plan(&decl(CACHE), "s1", &argv("docker run --network mine app")).unwrap();
+    assert_eq!(p.target, WorkloadTarget::Container);
+    assert_eq!(p.workload_network.as_deref(), Some("mine"));
+    assert!(p.sidecars[0].publish.is_empty());
+    assert_eq!(
+        p.argv,
+        argv(&format!(
+            "docker run --network mine {LABELS} -e TETHER_CACHE_HOST=cache -e TETHER_CACHE_PORT=6379 app"
+        ))
+    );
+    // The project network itself is no network of the user's own.
+    let p = plan(
+        &decl(CACHE),
+        "s1",
+        &argv("docker run --network tether-demo app"),
+    )
+    .unwrap();
+    assert_eq!(p.workload_network, None);
+}
+
+#[test]
+fn networks_that_cannot_reach_the_sidecars_are_refused_with_the_way_out() {
+    let refused = |yaml: &str, network: &str| {
+        plan(
+            &decl(yaml),
+            "s1",
+            &argv(&format!("docker run --network {network} app")),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert_eq!(
+        refused(CACHE, "none"),
+        "the workload's `--network none` leaves it no network, but sidecar cache is reached over one; remove the option"
+    );
+    assert_eq!(
+        refused(CACHE, "bridge"),
+        "the workload's `--network bridge` is the default bridge, where sidecars have no names; remove the option (tether joins it to `tether-demo`) or name a network of your own"
+    );
+    assert_eq!(
+        refused(CACHE, "container:db"),
+        "the workload's `--network container:db` cannot reach the sidecars; remove the option (tether joins it to `tether-demo`), or declare `workload.network_mode: shared-namespace`"
+    );
+    let shared = format!("{CACHE}workload:\n  network_mode: shared-namespace\n  sidecar: cache\n");
+    assert_eq!(
+        refused(&shared, "host"),
+        "the workload's `--network host` conflicts with `workload.network_mode: shared-namespace`, which runs it in sidecar cache's namespace; remove the option"
+    );
+    // With no sidecar to reach over a network, any network will do.
+    let volume = "sidecars:\n  models:\n    image: m:1\n    lifecycle: session\n    interface: { kind: volume, volume: models, mountpoint: /models }\n    readiness: { mode: none }\n";
+    let p = plan(&decl(volume), "s1", &argv("docker run --network none app")).unwrap();
+    assert_eq!(
+        p.argv,
+        argv(&format!(
+            "docker run --network none {LABELS} -v models:/models app"
+        ))
+    );
+}
+
+#[test]
+fn a_host_process_reads_the_mcp_file_where_it_is_written() {
+    let yaml = "sidecars:\n  docs:\n    image: d:1\n    lifecycle: session\n    interface: { kind: mcp, port: 8000, path: /mcp, name: docs }\n";
+    let p = plan(&decl(yaml), "s1", &argv("claude")).unwrap();
+    assert_eq!(
+        p.env.last().unwrap(),
+        &(
+            "TETHER_MCP_CONFIG".to_owned(),
+            EnvValue::Literal(tether_plan::MCP_CONFIG_HOST.to_owned())
+        )
+    );
+}

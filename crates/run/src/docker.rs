@@ -15,16 +15,53 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions,
-    ListNetworksOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    ListNetworksOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions,
+    StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
-use tether_plan::{ContainerPlan, MountPlan};
+use tether_plan::{ContainerPlan, LABEL_PROJECT, LABEL_ROLE, MountPlan};
 
-use crate::engine::{Container, Engine, EngineError, Result};
+use crate::engine::{Container, Engine, EngineError, FileCopy, Result};
 
 pub struct DockerEngine {
     docker: Docker,
     endpoint: String,
+    reach: tokio::sync::OnceCell<Reach>,
+}
+
+/// What this host shares with the engine, found out once, when first needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Reach {
+    /// A file on this host can be bind-mounted into a container.
+    files_shared: bool,
+    /// A container's address on a bridge network can be dialled from this host.
+    routable: bool,
+}
+
+/// tether's readiness probe (probe/probe.c, built by build.rs): a static program with no libc,
+/// copied into a helper container that shares a sidecar's network namespace. Empty where it
+/// could not be built.
+const PROBE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe"));
+/// Where the probe is put in the helper container.
+const PROBE_PATH: &str = "/.tether-probe";
+
+/// `dir/NAME` for each file, with this mode, as a tar archive.
+fn tar_of(dir: &str, files: &[FileCopy], mode: u32) -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    let dir = dir.trim_matches('/');
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(mode);
+        header.set_mtime(0);
+        let path = if dir.is_empty() {
+            name.clone()
+        } else {
+            format!("{dir}/{name}")
+        };
+        archive.append_data(&mut header, path, bytes.as_slice())?;
+    }
+    archive.into_inner()
 }
 
 impl DockerEngine {
@@ -42,7 +79,140 @@ impl DockerEngine {
             .negotiate_version()
             .await
             .map_err(|e| unreachable(plain(&e)))?;
-        Ok(DockerEngine { docker, endpoint })
+        Ok(DockerEngine {
+            docker,
+            endpoint,
+            reach: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// An engine shares this host's files and routes its containers' addresses when it runs
+    /// on this host's own kernel, as root, outside Docker Desktop's VM. `TETHER_ENGINE_REMOTE=1`
+    /// says it does neither (an engine in a VM that looks like this host).
+    async fn reach(&self) -> Reach {
+        *self
+            .reach
+            .get_or_init(|| async {
+                let local = Reach {
+                    files_shared: true,
+                    routable: true,
+                };
+                let remote = Reach {
+                    files_shared: false,
+                    routable: false,
+                };
+                if std::env::var("TETHER_ENGINE_REMOTE").as_deref() == Ok("1") {
+                    return remote;
+                }
+                let info = match self.docker.info().await {
+                    Ok(i) => i,
+                    Err(e) => {
+                        tracing::warn!("cannot read the engine's info, taking it for local: {e}");
+                        return local;
+                    }
+                };
+                let kernel = nix::sys::utsname::uname()
+                    .map(|u| u.release().to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default();
+                let same_machine = info.kernel_version.as_deref() == Some(kernel.as_str())
+                    && info.name.as_deref() == Some(host.as_str())
+                    && !info
+                        .operating_system
+                        .as_deref()
+                        .unwrap_or_default()
+                        .contains("Docker Desktop");
+                let rootless = info
+                    .security_options
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|o| o.contains("rootless"));
+                let reach = Reach {
+                    files_shared: same_machine,
+                    routable: same_machine && !rootless,
+                };
+                tracing::debug!(?reach, "the engine's reach");
+                reach
+            })
+            .await
+    }
+
+    /// Copies files into a container under `dir`, with this mode.
+    async fn copy_in(&self, id: &str, dir: &str, files: &[FileCopy], mode: u32) -> Result<()> {
+        let what = format!("copy files into {id}");
+        let archive = tar_of(dir, files, mode).map_err(|e| EngineError::Refused {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+        // Unpacked at the root, so that the archive's paths make `dir` when it is missing.
+        let options = UploadToContainerOptions {
+            path: "/".into(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(id, Some(options), bollard::body_full(archive.into()))
+            .await
+            .map_err(|e| self.error(&what, e))
+    }
+
+    /// Runs the probe once in a helper container that joins the sidecar's network namespace:
+    /// made from the sidecar's own image (already on the engine), the probe copied in.
+    async fn probe_inside(&self, c: &Container, port: u16, path: Option<&str>) -> Result<bool> {
+        let mut cmd = vec![
+            if path.is_some() { "http" } else { "tcp" }.to_owned(),
+            port.to_string(),
+        ];
+        cmd.extend(path.map(str::to_owned));
+        let mut labels = HashMap::from([(LABEL_ROLE.to_owned(), "probe".to_owned())]);
+        if let Some(project) = c.labels.get(LABEL_PROJECT) {
+            labels.insert(LABEL_PROJECT.to_owned(), project.clone());
+        }
+        let body = ContainerCreateBody {
+            image: Some(c.image.clone()),
+            entrypoint: Some(vec![PROBE_PATH.to_owned()]),
+            cmd: Some(cmd),
+            labels: Some(labels),
+            user: Some("0".into()),
+            host_config: Some(HostConfig {
+                network_mode: Some(format!("container:{}", c.id)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let what = format!("probe {} from inside", c.name);
+        tracing::debug!(
+            "probing {}:{port} from inside its network namespace",
+            c.name
+        );
+        let id = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(|e| self.error(&what, e))?
+            .id;
+        let code = async {
+            let probe = [(PROBE_PATH[1..].to_owned(), PROBE.to_vec())];
+            self.copy_in(&id, "/", &probe, 0o755).await?;
+            self.docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| self.error(&what, e))?;
+            let mut wait = self
+                .docker
+                .wait_container(&id, None::<WaitContainerOptions>);
+            Ok::<_, EngineError>(
+                match tokio::time::timeout(Duration::from_secs(5), wait.next()).await {
+                    Ok(Some(Ok(r))) => r.status_code,
+                    Ok(Some(Err(BollardError::DockerContainerWaitError { code, .. }))) => code,
+                    _ => -1,
+                },
+            )
+        }
+        .await;
+        let _ = self.remove(&id).await;
+        Ok(code? == 0)
     }
 
     fn error(&self, what: &str, e: BollardError) -> EngineError {
@@ -191,6 +361,31 @@ impl Engine for DockerEngine {
                 status_code: 404, ..
             }) => Ok(()),
             Err(e) => Err(self.error(&format!("remove network {name}"), e)),
+        }
+    }
+
+    async fn connect(&self, id: &str, network: &str, aliases: &[String]) -> Result<()> {
+        let request = NetworkConnectRequest {
+            container: Some(id.to_owned()),
+            endpoint_config: Some(EndpointSettings {
+                aliases: (!aliases.is_empty()).then(|| aliases.to_vec()),
+                ..Default::default()
+            }),
+        };
+        match self.docker.connect_network(network, request).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if message.contains("network") => Err(EngineError::NotFound {
+                what: format!("the network `{network}`"),
+            }),
+            // Already on it (another run connected it first).
+            Err(BollardError::DockerResponseServerError {
+                status_code: 403 | 409,
+                message,
+            }) if message.contains("already exists") => Ok(()),
+            Err(e) => Err(self.error(&format!("connect {id} to network {network}"), e)),
         }
     }
 
@@ -399,15 +594,9 @@ impl Engine for DockerEngine {
         match self.docker.create_container(Some(options), body).await {
             Ok(r) => {
                 for extra in &spec.extra_networks {
-                    let request = NetworkConnectRequest {
-                        container: Some(r.id.clone()),
-                        endpoint_config: None,
-                    };
-                    if let Err(e) = self.docker.connect_network(extra, request).await {
+                    if let Err(e) = self.connect(&r.id, extra, &[]).await {
                         let _ = self.remove(&r.id).await;
-                        return Err(
-                            self.error(&format!("connect {} to network {extra}", spec.name), e)
-                        );
+                        return Err(e);
                     }
                 }
                 Ok(r.id)
@@ -532,40 +721,49 @@ impl Engine for DockerEngine {
         Ok(text.lines().map(str::to_owned).collect())
     }
 
-    /// From the host to the container's address on the project network: on Linux a bridge
-    /// network's addresses are routable from the host, so no tool inside the image is needed.
-    async fn dial(&self, container: &Container, network: &str, port: u16) -> Result<bool> {
-        let Some(ip) = container.addresses.get(network) else {
-            return Ok(false);
-        };
-        let addr = format!("{ip}:{port}");
-        Ok(matches!(
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                tokio::net::TcpStream::connect(&addr)
-            )
-            .await,
-            Ok(Ok(_))
-        ))
-    }
-
-    async fn http_get(
+    /// On an engine whose container addresses this host can route to (a rootful engine on this
+    /// Linux host), dialled from here; otherwise from inside the container's network namespace,
+    /// by a helper container that runs tether's probe there.
+    async fn reachable(
         &self,
         container: &Container,
         network: &str,
         port: u16,
-        path: &str,
-    ) -> Result<Option<u16>> {
+        path: Option<&str>,
+    ) -> Result<bool> {
+        if !self.reach().await.routable && !PROBE.is_empty() {
+            return self.probe_inside(container, port, path).await;
+        }
         let Some(ip) = container.addresses.get(network) else {
-            return Ok(None);
+            return Ok(false);
+        };
+        let Some(path) = path else {
+            let addr = format!("{ip}:{port}");
+            return Ok(matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::TcpStream::connect(&addr)
+                )
+                .await,
+                Ok(Ok(_))
+            ));
         };
         let url = format!("http://{ip}:{port}{path}");
-        Ok(tokio::time::timeout(
-            Duration::from_secs(5),
-            tether_init::http_request(&url, "GET", None),
-        )
-        .await
-        .ok()
-        .and_then(|r| r.ok()))
+        Ok(matches!(
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                tether_init::http_request(&url, "GET", None),
+            )
+            .await,
+            Ok(Ok(status)) if (200..400).contains(&status)
+        ))
+    }
+
+    async fn shares_files(&self) -> bool {
+        self.reach().await.files_shared
+    }
+
+    async fn upload(&self, id: &str, dir: &str, files: &[FileCopy]) -> Result<()> {
+        self.copy_in(id, dir, files, 0o444).await
     }
 }

@@ -46,6 +46,9 @@ impl std::error::Error for EngineError {}
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+/// A file to copy into a container: its name and its bytes.
+pub type FileCopy = (String, Vec<u8>);
+
 /// A container as the engine reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Container {
@@ -85,6 +88,9 @@ pub trait Engine {
     async fn ensure_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()>;
     /// Removes the network; a missing one is not an error.
     async fn remove_network(&self, name: &str) -> Result<()>;
+    /// Connects a container to an existing network under these aliases; a container already
+    /// on it is left as it is. A missing network is `NotFound`.
+    async fn connect(&self, id: &str, network: &str, aliases: &[String]) -> Result<()>;
     async fn inspect(&self, name_or_id: &str) -> Result<Option<Container>>;
     /// Containers (running or not) carrying every one of these labels.
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>>;
@@ -99,15 +105,18 @@ pub trait Engine {
     async fn exec(&self, id: &str, command: &[String]) -> Result<(i64, String)>;
     /// The last `tail` lines the container printed (0: all).
     async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>>;
-    /// Whether a TCP connection to the container's `port` succeeds, made the way that works
-    /// for this engine, with no tool inside the image.
-    async fn dial(&self, container: &Container, network: &str, port: u16) -> Result<bool>;
-    /// The status of `GET path` on the container's `port`, or `None` when nothing answers.
-    async fn http_get(
+    /// Whether the container's `port` accepts a TCP connection (`path: None`) or answers
+    /// `GET path` with a status from 200 to 399; dialled the way that works for this engine,
+    /// with no tool inside the image.
+    async fn reachable(
         &self,
         container: &Container,
         network: &str,
         port: u16,
-        path: &str,
-    ) -> Result<Option<u16>>;
+        path: Option<&str>,
+    ) -> Result<bool>;
+    /// Whether the engine sees this host's files, so that a bind mount of one works.
+    async fn shares_files(&self) -> bool;
+    /// Copies files into a container (created or running) under `dir`, readable by all.
+    async fn upload(&self, id: &str, dir: &str, files: &[FileCopy]) -> Result<()>;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tether_plan::ContainerPlan;
 
-use crate::engine::{Container, Engine, EngineError, Result};
+use crate::engine::{Container, Engine, EngineError, FileCopy, Result};
 
 #[derive(Default)]
 struct State {
@@ -24,6 +24,10 @@ struct State {
     calls: Vec<String>,
     next_id: u64,
     unreachable: bool,
+    /// The engine runs elsewhere: it cannot see this host's files.
+    remote: bool,
+    /// (container name, path) → what was copied there.
+    files: BTreeMap<(String, String), Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -42,6 +46,21 @@ impl FakeEngine {
 
     pub fn add_image(&self, name: &str, id: &str) {
         self.with(|s| s.images.insert(name.into(), id.into()));
+    }
+
+    /// An engine on another machine: secrets are copied in, not bound.
+    pub fn remote(&self) {
+        self.with(|s| s.remote = true);
+    }
+
+    /// What was copied to `path` in the container.
+    pub fn file(&self, container: &str, path: &str) -> Option<Vec<u8>> {
+        self.with(|s| s.files.get(&(container.into(), path.into())).cloned())
+    }
+
+    /// A network someone else made.
+    pub fn add_network(&self, name: &str) {
+        self.with(|s| s.networks.insert(name.into()));
     }
 
     pub fn never_ready(&self, container: &str) {
@@ -95,9 +114,11 @@ impl FakeEngine {
         self.calls()
             .into_iter()
             .filter(|c| {
-                ["create ", "start ", "stop ", "remove ", "network "]
-                    .iter()
-                    .any(|p| c.starts_with(p))
+                [
+                    "create ", "start ", "stop ", "remove ", "network ", "connect ", "upload ",
+                ]
+                .iter()
+                .any(|p| c.starts_with(p))
             })
             .collect()
     }
@@ -179,6 +200,28 @@ impl Engine for FakeEngine {
         self.call(format!("network-remove {name}"))?;
         self.with(|s| s.networks.remove(name));
         Ok(())
+    }
+
+    async fn connect(&self, id: &str, network: &str, _aliases: &[String]) -> Result<()> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        if !self.with(|s| s.networks.contains(network)) {
+            return Err(EngineError::NotFound {
+                what: format!("the network `{network}`"),
+            });
+        }
+        let name = self.with(|s| {
+            let (c, _) = Self::find(s, id)?;
+            let address = format!("10.1.0.{}", c.addresses.len() + 2);
+            c.addresses.entry(network.to_owned()).or_insert(address);
+            Some(c.name.clone())
+        });
+        let Some(name) = name else {
+            return Err(EngineError::NotFound {
+                what: format!("the container {id}"),
+            });
+        };
+        self.call(format!("connect {name} {network}"))
     }
 
     async fn inspect(&self, name_or_id: &str) -> Result<Option<Container>> {
@@ -313,24 +356,39 @@ impl Engine for FakeEngine {
         })
     }
 
-    async fn dial(&self, container: &Container, _network: &str, port: u16) -> Result<bool> {
-        // Every call is a point where another run can interleave, as with a real engine.
-        tokio::task::yield_now().await;
-        self.call(format!("dial {}:{port}", container.name))?;
-        Ok(self.ready(&container.id))
-    }
-
-    async fn http_get(
+    async fn reachable(
         &self,
         container: &Container,
         _network: &str,
         port: u16,
-        path: &str,
-    ) -> Result<Option<u16>> {
+        path: Option<&str>,
+    ) -> Result<bool> {
         // Every call is a point where another run can interleave, as with a real engine.
         tokio::task::yield_now().await;
-        self.call(format!("http {}:{port}{path}", container.name))?;
-        Ok(self.ready(&container.id).then_some(200))
+        match path {
+            None => self.call(format!("dial {}:{port}", container.name))?,
+            Some(path) => self.call(format!("http {}:{port}{path}", container.name))?,
+        }
+        Ok(self.ready(&container.id))
+    }
+
+    async fn shares_files(&self) -> bool {
+        !self.with(|s| s.remote)
+    }
+
+    async fn upload(&self, id: &str, dir: &str, files: &[FileCopy]) -> Result<()> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        let name = self.name_of(id);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        self.call(format!("upload {name} {dir}/{{{}}}", names.join(",")))?;
+        self.with(|s| {
+            for (file, bytes) in files {
+                s.files
+                    .insert((name.clone(), format!("{dir}/{file}")), bytes.clone());
+            }
+        });
+        Ok(())
     }
 }
 

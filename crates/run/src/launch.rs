@@ -12,7 +12,7 @@ use tether_plan::{
 };
 use tether_spec::model::{Declaration, Lifecycle, SecretSource};
 
-use crate::engine::{Container, Engine, EngineError};
+use crate::engine::{Container, Engine, EngineError, FileCopy};
 
 /// Marks a session container with the process that owns it, so a later run can tell a
 /// leftover of a killed run from a live one.
@@ -105,11 +105,20 @@ pub async fn up<E: Engine>(
         (LABEL_ROLE.to_owned(), "network".to_owned()),
     ]);
     engine.ensure_network(&plan.network, &labels).await?;
-    let ensured = join_all(
-        plan.sidecars
-            .iter()
-            .map(|c| ensure(engine, decl, plan, c, owner, report)),
-    )
+    let ensured = join_all(plan.sidecars.iter().map(|c| async move {
+        let id = ensure(engine, decl, plan, c, owner, report).await?;
+        // The workload's own network: the sidecars it reaches join it under the same names.
+        if let Some(network) = &plan.workload_network
+            && !c.aliases.is_empty()
+            && let Err(e) = engine.connect(&id, network, &c.aliases).await
+        {
+            if c.lifecycle == Lifecycle::Session {
+                let _ = engine.remove(&id).await;
+            }
+            return Err(e.into());
+        }
+        Ok::<_, LaunchError>(id)
+    }))
     .await;
     let mut failure = None;
     for (c, result) in plan.sidecars.iter().zip(ensured) {
@@ -184,12 +193,20 @@ async fn abandon<E: Engine>(engine: &E, plan: &Plan, made: &[String]) {
 /// Session containers of this project left by runs that were killed (their owner process is
 /// gone) are removed.
 async fn remove_orphans<E: Engine>(engine: &E, project: &str) -> Result<(), LaunchError> {
-    let sessions = engine
-        .list(&[(LABEL_PROJECT, project), (LABEL_LIFECYCLE, "session")])
-        .await?;
-    let orphans: Vec<String> = sessions
+    let orphans: Vec<String> = engine
+        .list(&[(LABEL_PROJECT, project)])
+        .await?
         .into_iter()
-        .filter(|c| c.labels.get(LABEL_OWNER).is_some_and(|o| !owner_alive(o)))
+        .filter(|c| {
+            let label = |k: &str| c.labels.get(k).map(String::as_str);
+            match (label(LABEL_LIFECYCLE), label(LABEL_ROLE)) {
+                (Some("session"), _) => label(LABEL_OWNER).is_some_and(|o| !owner_alive(o)),
+                // A readiness probe helper that outlived a run killed while it waited; a
+                // running one may belong to a run in progress, and ends by itself.
+                (_, Some("probe")) => !c.running(),
+                _ => false,
+            }
+        })
         .map(|c| c.name)
         .collect();
     cleanup(engine, &orphans).await;
@@ -281,11 +298,14 @@ async fn ensure<E: Engine>(
         });
     };
     let hash = config_hash(&plan.project, sidecar, Some(&image_id));
-    let mut spec = spec_for(c, &hash, &decl.root).map_err(|message| LaunchError::Sidecar {
-        sidecar: c.sidecar.clone(),
-        message,
-        logs: Vec::new(),
-    })?;
+    let (mut spec, secrets) =
+        spec_for(c, &hash, &decl.root, engine.shares_files().await).map_err(|message| {
+            LaunchError::Sidecar {
+                sidecar: c.sidecar.clone(),
+                message,
+                logs: Vec::new(),
+            }
+        })?;
     if c.lifecycle == Lifecycle::Session {
         spec.labels.insert(LABEL_OWNER.into(), owner.into());
     }
@@ -295,7 +315,7 @@ async fn ensure<E: Engine>(
             .create(&spec)
             .await
             .map_err(|e| sidecar_error(c, e))?;
-        start_or_remove(engine, c, &id).await?;
+        start_or_remove(engine, c, &id, &secrets).await?;
         report(&c.sidecar, Status::Created { why: None });
         return Ok(id);
     }
@@ -305,6 +325,14 @@ async fn ensure<E: Engine>(
     for _ in 0..5 {
         match engine.inspect(&c.name).await? {
             Some(found) if found.labels.get(LABEL_CONFIG_HASH) == Some(&hash) => {
+                // Copied secrets are copied again: a changed value reaches the container as
+                // a rewritten file does through a bind mount.
+                if !secrets.is_empty() {
+                    engine
+                        .upload(&found.id, SECRETS_DIR, &secrets)
+                        .await
+                        .map_err(|e| sidecar_error(c, e))?;
+                }
                 if found.running() {
                     report(&c.sidecar, Status::Reused);
                 } else {
@@ -340,7 +368,7 @@ async fn ensure<E: Engine>(
             }
             None => match engine.create(&spec).await {
                 Ok(id) => {
-                    start_or_remove(engine, c, &id).await?;
+                    start_or_remove(engine, c, &id, &secrets).await?;
                     report(&c.sidecar, Status::Created { why });
                     return Ok(id);
                 }
@@ -356,28 +384,51 @@ async fn ensure<E: Engine>(
     })
 }
 
-/// Starts a container just created; one that will not start is removed, not left behind.
+/// Starts a container just created, its secrets copied in first when the engine cannot see
+/// this host's files; one that will not start is removed, not left behind.
 async fn start_or_remove<E: Engine>(
     engine: &E,
     c: &ContainerPlan,
     id: &str,
+    secrets: &[FileCopy],
 ) -> Result<(), LaunchError> {
-    if let Err(e) = engine.start(id).await {
+    let started = async {
+        if !secrets.is_empty() {
+            engine.upload(id, SECRETS_DIR, secrets).await?;
+        }
+        engine.start(id).await
+    };
+    if let Err(e) = started.await {
         let _ = engine.remove(id).await;
         return Err(sidecar_error(c, e));
     }
     Ok(())
 }
 
-/// The engine request for a planned container. Secrets are read on the host now and written
-/// to files on a tmpfs (/dev/shm), bound read-only under /run/secrets; their values go nowhere
-/// else.
-fn spec_for(c: &ContainerPlan, hash: &str, root: &str) -> Result<ContainerPlan, String> {
+/// The engine request for a planned container, and the secrets to copy into it.
+///
+/// Secrets are read on the host now. With an engine on this host they are written to files on
+/// a tmpfs (/dev/shm) and bound read-only under /run/secrets; otherwise they are returned, to
+/// be copied into the container's /run/secrets before it starts. Their values go nowhere else.
+fn spec_for(
+    c: &ContainerPlan,
+    hash: &str,
+    root: &str,
+    files_shared: bool,
+) -> Result<(ContainerPlan, Vec<FileCopy>), String> {
     let mut labels = c.labels.clone();
     labels.insert(LABEL_CONFIG_HASH.into(), hash.into());
     let mut mounts = c.mounts.clone();
+    let mut copies = Vec::new();
     if !c.secrets.is_empty() {
-        let dir = secrets_dir(&c.name)?;
+        let dir = if files_shared {
+            Some(secrets_dir(&c.name)?)
+        } else {
+            // Copied before the container starts, when no tmpfs is mounted yet: the files are
+            // in the container's own layer, on the engine's machine, and go with the container.
+            mounts.retain(|m| !matches!(m, MountPlan::Tmpfs { target } if target == SECRETS_DIR));
+            None
+        };
         for s in &c.secrets {
             let value = match &s.from {
                 SecretSource::Env(var) => std::env::var(var).map_err(|_| {
@@ -392,6 +443,10 @@ fn spec_for(c: &ContainerPlan, hash: &str, root: &str) -> Result<ContainerPlan, 
                     })?
                 }
             };
+            let Some(dir) = &dir else {
+                copies.push((s.name.clone(), value.into_bytes()));
+                continue;
+            };
             let file = dir.join(&s.name);
             write_private(&file, value.as_bytes()).map_err(|e| {
                 format!("secret {}: cannot write it for the container: {e}", s.name)
@@ -403,11 +458,14 @@ fn spec_for(c: &ContainerPlan, hash: &str, root: &str) -> Result<ContainerPlan, 
             });
         }
     }
-    Ok(ContainerPlan {
-        labels,
-        mounts,
-        ..c.clone()
-    })
+    Ok((
+        ContainerPlan {
+            labels,
+            mounts,
+            ..c.clone()
+        },
+        copies,
+    ))
 }
 
 /// `/dev/shm/tether-<uid>`: memory, never disk; a folder only this user can enter.
@@ -503,10 +561,10 @@ pub async fn probe_once<E: Engine>(
     let port = r.port.unwrap_or(0);
     let yes = |b: bool| if b { Probe::Ready } else { Probe::NotYet };
     Ok(match r.mode {
-        "tcp" => yes(engine.dial(now, &c.network, port).await?),
+        "tcp" => yes(engine.reachable(now, &c.network, port, None).await?),
         "http" => {
             let path = r.path.as_deref().unwrap_or("/");
-            yes(matches!(engine.http_get(now, &c.network, port, path).await?, Some(s) if (200..400).contains(&s)))
+            yes(engine.reachable(now, &c.network, port, Some(path)).await?)
         }
         "exec" => {
             let command = r.command.clone().unwrap_or_default();

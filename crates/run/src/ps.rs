@@ -175,6 +175,15 @@ pub async fn down<E: Engine>(
         engine.remove(&c.id).await?;
         removed.push(c.name);
     }
+    // Readiness probe helpers a killed run left behind (running ones end by themselves).
+    for c in engine
+        .list(&[(LABEL_PROJECT, project), (tether_plan::LABEL_ROLE, "probe")])
+        .await?
+    {
+        if !c.running() {
+            engine.remove(&c.id).await?;
+        }
+    }
     if network {
         let name = network_name(project);
         engine.remove_network(&name).await?;

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use tether_plan::{LABEL_PROJECT, LABEL_SESSION, Plan, WorkloadTarget};
+use tether_plan::{LABEL_PROJECT, LABEL_SESSION, MCP_CONFIG_HOST, Plan, WorkloadTarget};
 use tether_spec::model::Declaration;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -164,9 +164,11 @@ pub async fn run<E: Engine>(
         }
     };
     let mut argv = plan.argv.clone();
-    let mut env = match plan.target {
-        WorkloadTarget::HostProcess => launched.env.clone(),
-        WorkloadTarget::Container => Vec::new(),
+    // A process on the host, or the engine's CLI passing values on to a host-network container.
+    let mut env = if plan.target.on_host() {
+        launched.env.clone()
+    } else {
+        Vec::new()
     };
     let mcp_dir = match write_mcp(plan, &launched, &mut argv, &mut env) {
         Ok(d) => d,
@@ -188,13 +190,13 @@ pub async fn run<E: Engine>(
 /// environment, and no engine is contacted.
 pub async fn passthrough(plan: &Plan) -> i32 {
     let mut stops = Stops::new();
-    let env: Vec<(String, String)> = match plan.target {
-        WorkloadTarget::HostProcess => plan
-            .env
+    let env: Vec<(String, String)> = if plan.target.on_host() {
+        plan.env
             .iter()
             .filter_map(|(k, v)| v.resolve(&|_, _| None).map(|v| (k.clone(), v)))
-            .collect(),
-        WorkloadTarget::Container => Vec::new(),
+            .collect()
+    } else {
+        Vec::new()
     };
     // No engine: a workload that will not stop is killed, with no container to look for.
     workload::<crate::docker::DockerEngine>(None, plan, &plan.argv, &env, &mut stops).await
@@ -262,13 +264,13 @@ fn write_mcp(
     std::fs::write(&file, serde_json::to_vec_pretty(&mcp.render(&published))?)?;
     let path = file.display().to_string();
     for a in argv.iter_mut() {
-        if a.contains("<mcp.json>") {
-            *a = a.replace("<mcp.json>", &path);
+        if a.contains(MCP_CONFIG_HOST) {
+            *a = a.replace(MCP_CONFIG_HOST, &path);
         }
     }
     for (_, v) in env.iter_mut() {
-        if v.contains("<mcp.json>") {
-            *v = v.replace("<mcp.json>", &path);
+        if v.contains(MCP_CONFIG_HOST) {
+            *v = v.replace(MCP_CONFIG_HOST, &path);
         }
     }
     Ok(Some(dir))
@@ -337,7 +339,7 @@ async fn workload<E: Engine>(
         Ok(_) => {}
         Err(_) => {
             // Still there: stop its container (if it is one) and the command.
-            if plan.target == WorkloadTarget::Container
+            if plan.target != WorkloadTarget::HostProcess
                 && let Some(engine) = engine
                 && let Ok(found) = engine
                     .list(&[

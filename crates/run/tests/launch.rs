@@ -386,3 +386,84 @@ async fn a_container_tether_did_not_make_is_never_removed() {
     assert!(!e.changes().contains(&"remove tether-demo-db".to_owned()));
     assert!(e.names().contains(&"tether-demo-db".to_owned()));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn sidecars_join_the_workloads_own_network_and_a_missing_one_leaves_nothing() {
+    let (_d, decl) = declaration(BASE);
+    let e = engine();
+    e.add_network("mine");
+    let argv = |net: &str| -> Vec<String> {
+        ["docker", "run", "--network", net, "app"]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let plan = tether_plan::plan(&decl, "s1", &argv("mine")).unwrap();
+    let run = Run::new();
+    let launched = launch::up(&e, &decl, &plan, "test:1:1", &run.report())
+        .await
+        .unwrap();
+    let mut connects: Vec<String> = e
+        .changes()
+        .into_iter()
+        .filter(|c| c.starts_with("connect "))
+        .collect();
+    connects.sort();
+    assert_eq!(
+        connects,
+        [
+            "connect tether-demo-db mine",
+            "connect tether-demo-s1-cache mine"
+        ]
+    );
+    // Reached by the same names as on the project network.
+    assert_eq!(launched.env[0], ("TETHER_DB_HOST".into(), "db".into()));
+    launch::cleanup(&e, &launched.session).await;
+
+    // A network that does not exist: the error names it, and this run's containers are gone.
+    let plan = tether_plan::plan(&decl, "s2", &argv("missing")).unwrap();
+    let err = launch::up(&e, &decl, &plan, "test:1:1", &Run::new().report())
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "the network `missing` does not exist");
+    assert_eq!(e.names(), ["tether-demo-db"]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_engine_elsewhere_gets_secrets_copied_in_before_the_start() {
+    let (_d, decl) = declaration(
+        r#"
+version: 1
+project: demo
+sidecars:
+  vault:
+    image: db:1
+    lifecycle: session
+    interface: { kind: none }
+    readiness: { mode: none }
+    secrets: [{ name: token, from: "file:token.txt" }]
+"#,
+    );
+    std::fs::write(std::path::Path::new(&decl.root).join("token.txt"), "t0ken").unwrap();
+    let e = engine();
+    e.remote();
+    let run = Run::new();
+    let launched = up(&e, &decl, "s1", &run).await.unwrap();
+    assert_eq!(
+        e.changes(),
+        [
+            "network tether-demo",
+            "create tether-demo-s1-vault",
+            "upload tether-demo-s1-vault /run/secrets/{token}",
+            "start tether-demo-s1-vault",
+        ]
+    );
+    assert_eq!(
+        e.file("tether-demo-s1-vault", "/run/secrets/token")
+            .as_deref(),
+        Some(b"t0ken".as_slice())
+    );
+    // Neither a bind mount from this host nor a tmpfs that would hide the copy.
+    let (_, spec) = e.container("tether-demo-s1-vault").unwrap();
+    assert_eq!(spec.mounts, []);
+    launch::cleanup(&e, &launched.session).await;
+}
