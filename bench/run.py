@@ -20,7 +20,7 @@ import time
 import urllib.request
 
 TETHER, IMAGE = sys.argv[1], sys.argv[2]
-ROUNDS = 7
+ROUNDS = 11
 N = 5
 WORK = tempfile.mkdtemp(prefix="tether-bench-run-")
 

@@ -544,7 +544,9 @@ async fn engine() -> Result<tether_run::docker::DockerEngine, u8> {
         .await
         .map_err(|e| {
             eprintln!("error: {e}");
-            eprintln!("  = hint: is the Docker Engine running? DOCKER_HOST selects another one");
+            if let Some(hint) = e.hint() {
+                eprintln!("  = hint: {hint}");
+            }
             exit::INTERNAL
         })
 }

@@ -62,6 +62,26 @@ fn an_unreachable_engine_is_named_with_a_hint() {
     );
 }
 
+#[test]
+fn an_engine_tether_cannot_speak_to_is_named_with_the_way_around() {
+    let b = Bundle::new(
+        "version: 1\nproject: p\nsidecars:\n  db:\n    image: db:1\n    lifecycle: shared\n    interface: { kind: port, port: 5432 }\n",
+    );
+    let out = Command::new(tether_bin())
+        .args(["run", "-f"])
+        .arg(b.file())
+        .args(["--", "true"])
+        .env("DOCKER_HOST", "ssh://me@build-box")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: cannot reach the container engine at ssh://me@build-box: tether speaks to engines over unix:// and tcp:// only\n\
+         \x20 = hint: forward the engine's socket over ssh (`ssh -nNT -L /tmp/engine.sock:/var/run/docker.sock me@build-box`), then DOCKER_HOST=unix:///tmp/engine.sock\n"
+    );
+}
+
 /// On a terminal (a pty from `script`), Ctrl-C reaches the workload once, through the
 /// terminal, and tether returns what the workload returns.
 #[test]

@@ -662,3 +662,51 @@ fn a_volume_sidecar_shares_its_volume_and_an_mcp_sidecar_is_listed_in_the_mcp_fi
         "{mcp}"
     );
 }
+
+/// `DOCKER_HOST=tcp://…`: the engine reached over TCP (a relay to its socket stands in for an
+/// engine listening on a port), with the same results.
+#[test]
+fn an_engine_over_tcp_serves_a_run() {
+    let Some(img) = busybox_image() else { return };
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = relay.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in relay.incoming().flatten() {
+            let Ok(engine) = std::os::unix::net::UnixStream::connect("/var/run/docker.sock") else {
+                continue;
+            };
+            let (mut c1, mut e1) = (client.try_clone().unwrap(), engine.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut e1);
+                let _ = e1.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut c2, mut e2) = (client, engine);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut e2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let p = Project::new("tcp", &web(img, ""));
+    let out = p
+        .command("run", &[])
+        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
+        .args([
+            "--",
+            "docker",
+            "run",
+            "--rm",
+            img,
+            "wget",
+            "-qO-",
+            "http://web:8080/",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        (out.status.code(), text(&out).as_str()),
+        (Some(0), "hello from the sidecar"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -26,7 +26,7 @@ use crate::engine::{Container, Engine, EngineError, FileCopy, Result};
 pub struct DockerEngine {
     docker: Docker,
     endpoint: String,
-    reach: tokio::sync::OnceCell<Reach>,
+    reach: std::sync::Arc<tokio::sync::OnceCell<Reach>>,
 }
 
 /// What this host shares with the engine, found out once, when first needed.
@@ -64,6 +64,109 @@ fn tar_of(dir: &str, files: &[FileCopy], mode: u32) -> std::io::Result<Vec<u8>> 
     archive.into_inner()
 }
 
+/// The system socket of a rootful engine on this machine (Docker's or Podman's, owned by root):
+/// known to be local without asking the engine (its info takes milliseconds on every run).
+fn rootful_local_socket(endpoint: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    const SYSTEM: &[&str] = &[
+        "/var/run/docker.sock",
+        "/run/docker.sock",
+        "/run/podman/podman.sock",
+        "/var/run/podman/podman.sock",
+    ];
+    let Some(path) = endpoint.strip_prefix("unix://") else {
+        return false;
+    };
+    std::env::var("TETHER_ENGINE_REMOTE").as_deref() != Ok("1")
+        && SYSTEM.contains(&path)
+        && std::fs::metadata(path).is_ok_and(|m| m.uid() == 0)
+}
+
+/// An engine shares this host's files and routes its containers' addresses when it runs on this
+/// host's own kernel, as root, outside Docker Desktop's VM. `TETHER_ENGINE_REMOTE=1` says it
+/// does neither (an engine in a VM that looks like this host).
+async fn reach_of(docker: Docker) -> Reach {
+    let local = Reach {
+        files_shared: true,
+        routable: true,
+    };
+    let remote = Reach {
+        files_shared: false,
+        routable: false,
+    };
+    if std::env::var("TETHER_ENGINE_REMOTE").as_deref() == Ok("1") {
+        return remote;
+    }
+    let info = match docker.info().await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!("cannot read the engine's info, taking it for local: {e}");
+            return local;
+        }
+    };
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let same_machine = info.kernel_version.as_deref() == Some(kernel.as_str())
+        && info.name.as_deref() == Some(host.as_str())
+        && !info
+            .operating_system
+            .as_deref()
+            .unwrap_or_default()
+            .contains("Docker Desktop");
+    let rootless = info
+        .security_options
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.contains("rootless"));
+    let reach = Reach {
+        files_shared: same_machine,
+        routable: same_machine && !rootless,
+    };
+    tracing::debug!(?reach, "the engine's reach");
+    reach
+}
+
+/// The API version to speak with the engine behind this socket: the lower of its own (the
+/// `Api-Version` header of `/_ping`) and bollard's.
+async fn ping_version(path: &str) -> Option<bollard::ClientVersion> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(path).await.ok()?;
+        stream
+            .write_all(b"GET /_ping HTTP/1.0\r\nHost: engine\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        Some(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()??;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, _) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.") || head.get(9..12) != Some("200") {
+        return None;
+    }
+    let version = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("api-version")
+            .then(|| value.trim().to_owned())
+    })?;
+    let (major, minor) = version.split_once('.')?;
+    let theirs = (major.parse::<usize>().ok()?, minor.parse::<usize>().ok()?);
+    let ours = bollard::API_DEFAULT_VERSION;
+    let (major_version, minor_version) = theirs.min((ours.major_version, ours.minor_version));
+    Some(bollard::ClientVersion {
+        major_version,
+        minor_version,
+    })
+}
+
 impl DockerEngine {
     /// Connects as the `docker` CLI would (`DOCKER_HOST`, else the local socket) and agrees on
     /// an API version with the engine.
@@ -74,69 +177,60 @@ impl DockerEngine {
             endpoint: endpoint.clone(),
             reason,
         };
-        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| unreachable(plain(&e)))?;
+        let scheme = endpoint.split_once("://").map_or("", |(s, _)| s);
+        if !matches!(scheme, "unix" | "tcp" | "http")
+            || std::env::var_os("DOCKER_TLS_VERIFY").is_some()
+        {
+            let host = endpoint
+                .split_once("://")
+                .map_or(endpoint.as_str(), |(_, h)| h);
+            return Err(EngineError::Unsupported {
+                endpoint: endpoint.clone(),
+                hint: format!(
+                    "forward the engine's socket over ssh (`ssh -nNT -L /tmp/engine.sock:/var/run/docker.sock {host}`), then DOCKER_HOST=unix:///tmp/engine.sock"
+                ),
+            });
+        }
+        // A local socket: the engine's API version from the headers of one cheap /_ping, as the
+        // docker CLI does; otherwise (or if that fails) bollard's negotiation through /version.
+        let pinged = match endpoint.strip_prefix("unix://") {
+            Some(path) => ping_version(path).await,
+            None => None,
+        };
+        let docker = match pinged {
+            Some(version) => Docker::connect_with_unix(&endpoint, 120, &version)
+                .map_err(|e| unreachable(e.to_string()))?,
+            None => Docker::connect_with_defaults()
+                .map_err(|e| unreachable(e.to_string()))?
+                .negotiate_version()
+                .await
+                .map_err(|e| unreachable(plain(&e)))?,
+        };
+        let reach = std::sync::Arc::new(tokio::sync::OnceCell::new());
+        if rootful_local_socket(&endpoint) {
+            let _ = reach.set(Reach {
+                files_shared: true,
+                routable: true,
+            });
+        } else {
+            // Asked now, in the background, so that the answer is there when the first sidecar
+            // needs it.
+            let (cell, client) = (reach.clone(), docker.clone());
+            tokio::spawn(async move {
+                cell.get_or_init(|| reach_of(client)).await;
+            });
+        }
         Ok(DockerEngine {
             docker,
             endpoint,
-            reach: tokio::sync::OnceCell::new(),
+            reach,
         })
     }
 
-    /// An engine shares this host's files and routes its containers' addresses when it runs
-    /// on this host's own kernel, as root, outside Docker Desktop's VM. `TETHER_ENGINE_REMOTE=1`
-    /// says it does neither (an engine in a VM that looks like this host).
+    /// What this host shares with the engine.
     async fn reach(&self) -> Reach {
-        *self
-            .reach
-            .get_or_init(|| async {
-                let local = Reach {
-                    files_shared: true,
-                    routable: true,
-                };
-                let remote = Reach {
-                    files_shared: false,
-                    routable: false,
-                };
-                if std::env::var("TETHER_ENGINE_REMOTE").as_deref() == Ok("1") {
-                    return remote;
-                }
-                let info = match self.docker.info().await {
-                    Ok(i) => i,
-                    Err(e) => {
-                        tracing::warn!("cannot read the engine's info, taking it for local: {e}");
-                        return local;
-                    }
-                };
-                let kernel = nix::sys::utsname::uname()
-                    .map(|u| u.release().to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .unwrap_or_default();
-                let same_machine = info.kernel_version.as_deref() == Some(kernel.as_str())
-                    && info.name.as_deref() == Some(host.as_str())
-                    && !info
-                        .operating_system
-                        .as_deref()
-                        .unwrap_or_default()
-                        .contains("Docker Desktop");
-                let rootless = info
-                    .security_options
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|o| o.contains("rootless"));
-                let reach = Reach {
-                    files_shared: same_machine,
-                    routable: same_machine && !rootless,
-                };
-                tracing::debug!(?reach, "the engine's reach");
-                reach
-            })
-            .await
+        let docker = self.docker.clone();
+        *self.reach.get_or_init(|| reach_of(docker)).await
     }
 
     /// Copies files into a container under `dir`, with this mode.
@@ -286,12 +380,11 @@ impl Engine for DockerEngine {
     }
 
     async fn ping(&self) -> Result<String> {
-        let v = self
-            .docker
-            .version()
+        self.docker
+            .ping()
             .await
-            .map_err(|e| self.error("report its version", e))?;
-        Ok(v.api_version.unwrap_or_default())
+            .map_err(|e| self.error("answer a ping", e))?;
+        Ok(self.docker.client_version().to_string())
     }
 
     async fn image_id(&self, image: &str) -> Result<String> {
@@ -470,14 +563,15 @@ impl Engine for DockerEngine {
             }))
             .await
             .map_err(|e| self.error("list containers", e))?;
-        let mut out = Vec::new();
-        for c in found {
-            if let Some(id) = c.id
-                && let Some(c) = self.inspect(&id).await?
-            {
-                out.push(c);
-            }
-        }
+        let inspected = futures_util::future::try_join_all(
+            found
+                .iter()
+                .filter_map(|c| c.id.as_deref())
+                .map(|id| self.inspect(id)),
+        )
+        .await?;
+        // One removed meanwhile is simply not there any more.
+        let mut out: Vec<Container> = inspected.into_iter().flatten().collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }

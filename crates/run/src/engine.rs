@@ -11,6 +11,8 @@ use tether_plan::ContainerPlan;
 pub enum EngineError {
     /// The engine cannot be reached at all.
     Unreachable { endpoint: String, reason: String },
+    /// `DOCKER_HOST` names a transport tether does not speak (ssh://, TLS).
+    Unsupported { endpoint: String, hint: String },
     /// No such image on this engine.
     NoImage { image: String },
     /// No such container or network.
@@ -30,6 +32,10 @@ impl std::fmt::Display for EngineError {
                     "cannot reach the container engine at {endpoint}: {reason}"
                 )
             }
+            EngineError::Unsupported { endpoint, .. } => write!(
+                f,
+                "cannot reach the container engine at {endpoint}: tether speaks to engines over unix:// and tcp:// only"
+            ),
             EngineError::NoImage { image } => {
                 write!(f, "there is no image `{image}` on this engine")
             }
@@ -43,6 +49,19 @@ impl std::fmt::Display for EngineError {
 }
 
 impl std::error::Error for EngineError {}
+
+impl EngineError {
+    /// What a user can do about it, when tether can tell.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            EngineError::Unreachable { .. } => {
+                Some("is the Docker Engine running? DOCKER_HOST selects another one".into())
+            }
+            EngineError::Unsupported { hint, .. } => Some(hint.clone()),
+            _ => None,
+        }
+    }
+}
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 

@@ -99,12 +99,14 @@ pub async fn up<E: Engine>(
         return Ok(launched);
     }
     engine.ping().await?;
-    remove_orphans(engine, &plan.project).await?;
     let labels = BTreeMap::from([
         (LABEL_PROJECT.to_owned(), plan.project.clone()),
         (LABEL_ROLE.to_owned(), "network".to_owned()),
     ]);
-    engine.ensure_network(&plan.network, &labels).await?;
+    futures_util::try_join!(remove_orphans(engine, &plan.project), async {
+        Ok(engine.ensure_network(&plan.network, &labels).await?)
+    })?;
+    tracing::debug!("network and leftovers checked");
     let ensured = join_all(plan.sidecars.iter().map(|c| async move {
         let id = ensure(engine, decl, plan, c, owner, report).await?;
         // The workload's own network: the sidecars it reaches join it under the same names.
@@ -138,6 +140,7 @@ pub async fn up<E: Engine>(
         abandon(engine, plan, &launched.session).await;
         return Err(e);
     }
+    tracing::debug!("sidecars in place");
     // All at once; the first failure ends the wait for the others.
     let readied = try_join_all(plan.sidecars.iter().map(|c| async move {
         report(

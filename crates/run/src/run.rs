@@ -206,8 +206,8 @@ fn report_failure(e: &LaunchError) {
     match e {
         LaunchError::Engine(e) => {
             say(&format!("error: {e}"));
-            if matches!(e, crate::engine::EngineError::Unreachable { .. }) {
-                say("  = hint: is the Docker Engine running? DOCKER_HOST selects another one");
+            if let Some(hint) = e.hint() {
+                say(&format!("  = hint: {hint}"));
             }
         }
         LaunchError::Sidecar {

@@ -303,6 +303,28 @@ pub fn static_busybox() -> Option<PathBuf> {
         })
 }
 
+/// A folder to build the test image from: busybox-static with its applets, a page to serve
+/// at /www, and a Dockerfile `FROM scratch`.
+pub fn busybox_rootfs() -> Option<tempfile::TempDir> {
+    let busybox = static_busybox()?;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    std::fs::create_dir_all(d.join("www")).unwrap();
+    std::fs::create_dir_all(d.join("tmp")).unwrap();
+    std::fs::copy(busybox, d.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", d.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(d.join("www/index.html"), "hello from the sidecar\n").unwrap();
+    std::fs::write(
+        d.join("Dockerfile"),
+        "FROM scratch\nCOPY . /\nENV PATH=/bin\nCMD [\"sh\"]\n",
+    )
+    .unwrap();
+    Some(dir)
+}
+
 /// The test image, built once per test binary; `None` (skipped, or failed under CI) when no
 /// engine or busybox-static is available.
 pub fn busybox_image() -> Option<&'static str> {
@@ -312,22 +334,8 @@ pub fn busybox_image() -> Option<&'static str> {
         if !engine.status.success() {
             return None;
         }
-        let busybox = static_busybox()?;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = busybox_rootfs()?;
         let d = dir.path();
-        std::fs::create_dir_all(d.join("bin")).unwrap();
-        std::fs::create_dir_all(d.join("www")).unwrap();
-        std::fs::create_dir_all(d.join("tmp")).unwrap();
-        std::fs::copy(busybox, d.join("bin/busybox")).unwrap();
-        for a in APPLETS {
-            std::os::unix::fs::symlink("busybox", d.join("bin").join(a)).unwrap();
-        }
-        std::fs::write(d.join("www/index.html"), "hello from the sidecar\n").unwrap();
-        std::fs::write(
-            d.join("Dockerfile"),
-            "FROM scratch\nCOPY . /\nENV PATH=/bin\nCMD [\"sh\"]\n",
-        )
-        .unwrap();
         let tag = "tether-run-test:busybox".to_owned();
         let out = docker(&["build", "-q", "-t", &tag, d.to_str().unwrap()]);
         assert!(
