@@ -348,6 +348,12 @@ fn a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect() {
     let inspect = text(&docker(&["inspect", &name]));
     assert!(!inspect.contains("s3cr3t-v4lue"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cr3t-v4lue"));
+    // `down` takes the file on this host away with the container.
+    let kept = std::path::PathBuf::from(format!("/dev/shm/tether-{}/{name}", nix_uid()));
+    assert!(kept.join("token").exists());
+    let down = p.command("down", &["--all"]).output().unwrap();
+    assert_eq!(down.status.code(), Some(0));
+    assert!(!kept.exists());
 }
 
 /// An engine that is not on this host (forced here: the machine's own engine stands in for
@@ -709,4 +715,38 @@ fn an_engine_over_tcp_serves_a_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The engine's info (milliseconds on every run) is asked once per engine: what it says of
+/// this host is remembered beside the secrets, named after the engine's socket.
+#[test]
+fn the_engines_reach_is_asked_once_and_remembered() {
+    let Some(img) = busybox_image() else { return };
+    let p = Project::new("reach", &web(img, ""));
+    let run = || {
+        p.command("run", &[])
+            .env("TETHER_LOG", "tether_run=debug")
+            .args(["--", "true"])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert_eq!(first.status.code(), Some(0));
+    let base = format!("/dev/shm/tether-{}", nix_uid());
+    let memos: Vec<String> = std::fs::read_dir(&base)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("engine-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(memos.iter().any(|m| m == "local"), "{memos:?}");
+    let second = run();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(0), "{err}");
+    assert!(!err.contains("the engine's reach"), "{err}");
+}
+
+fn nix_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
 }

@@ -26,7 +26,9 @@ use crate::engine::{Container, Engine, EngineError, FileCopy, Result};
 pub struct DockerEngine {
     docker: Docker,
     endpoint: String,
-    reach: std::sync::Arc<tokio::sync::OnceCell<Reach>>,
+    reach: std::sync::Arc<tokio::sync::OnceCell<Option<Reach>>>,
+    /// Where the reach is remembered for the next run.
+    memo: Option<std::path::PathBuf>,
 }
 
 /// What this host shares with the engine, found out once, when first needed.
@@ -64,44 +66,65 @@ fn tar_of(dir: &str, files: &[FileCopy], mode: u32) -> std::io::Result<Vec<u8>> 
     archive.into_inner()
 }
 
-/// The system socket of a rootful engine on this machine (Docker's or Podman's, owned by root):
-/// known to be local without asking the engine (its info takes milliseconds on every run).
-fn rootful_local_socket(endpoint: &str) -> bool {
+/// Where the reach of the engine behind this socket is remembered: a file named after the
+/// socket's identity (a restarted engine makes a new socket, and is asked again). Only for
+/// sockets: a TCP endpoint may lead anywhere from one run to the next.
+fn reach_memo(endpoint: &str) -> Option<std::path::PathBuf> {
+    use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt;
-    const SYSTEM: &[&str] = &[
-        "/var/run/docker.sock",
-        "/run/docker.sock",
-        "/run/podman/podman.sock",
-        "/var/run/podman/podman.sock",
-    ];
-    let Some(path) = endpoint.strip_prefix("unix://") else {
-        return false;
+    let path = endpoint.strip_prefix("unix://")?;
+    let m = std::fs::metadata(path).ok()?;
+    let mut h = std::hash::DefaultHasher::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    (path, m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), host).hash(&mut h);
+    let base = crate::launch::private_base().ok()?;
+    Some(base.join(format!("engine-{:016x}", h.finish())))
+}
+
+fn recall(memo: &std::path::Path) -> Option<Reach> {
+    match std::fs::read_to_string(memo).ok()?.trim() {
+        "local" => Some(Reach {
+            files_shared: true,
+            routable: true,
+        }),
+        "rootless" => Some(Reach {
+            files_shared: true,
+            routable: false,
+        }),
+        "elsewhere" => Some(Reach {
+            files_shared: false,
+            routable: false,
+        }),
+        _ => None,
+    }
+}
+
+fn remember(memo: &std::path::Path, reach: Reach) {
+    let word = match (reach.files_shared, reach.routable) {
+        (true, true) => "local",
+        (true, false) => "rootless",
+        _ => "elsewhere",
     };
-    std::env::var("TETHER_ENGINE_REMOTE").as_deref() != Ok("1")
-        && SYSTEM.contains(&path)
-        && std::fs::metadata(path).is_ok_and(|m| m.uid() == 0)
+    let _ = std::fs::write(memo, word);
 }
 
 /// An engine shares this host's files and routes its containers' addresses when it runs on this
 /// host's own kernel, as root, outside Docker Desktop's VM. `TETHER_ENGINE_REMOTE=1` says it
 /// does neither (an engine in a VM that looks like this host).
-async fn reach_of(docker: Docker) -> Reach {
-    let local = Reach {
-        files_shared: true,
-        routable: true,
-    };
-    let remote = Reach {
-        files_shared: false,
-        routable: false,
-    };
+/// `None` when the engine would not say (then tether takes it for local, and asks again next
+/// time); otherwise the answer is remembered in `memo`.
+async fn reach_of(docker: Docker, memo: Option<std::path::PathBuf>) -> Option<Reach> {
     if std::env::var("TETHER_ENGINE_REMOTE").as_deref() == Ok("1") {
-        return remote;
+        return Some(Reach {
+            files_shared: false,
+            routable: false,
+        });
     }
     let info = match docker.info().await {
         Ok(i) => i,
         Err(e) => {
             tracing::warn!("cannot read the engine's info, taking it for local: {e}");
-            return local;
+            return None;
         }
     };
     let kernel = nix::sys::utsname::uname()
@@ -127,8 +150,17 @@ async fn reach_of(docker: Docker) -> Reach {
         routable: same_machine && !rootless,
     };
     tracing::debug!(?reach, "the engine's reach");
-    reach
+    if let Some(memo) = memo {
+        remember(&memo, reach);
+    }
+    Some(reach)
 }
+
+/// What tether assumes of an engine that would not say.
+const ASSUMED: Reach = Reach {
+    files_shared: true,
+    routable: true,
+};
 
 /// The API version to speak with the engine behind this socket: the lower of its own (the
 /// `Api-Version` header of `/_ping`) and bollard's.
@@ -206,31 +238,37 @@ impl DockerEngine {
                 .await
                 .map_err(|e| unreachable(plain(&e)))?,
         };
+        // Known from an earlier run, or asked now, in the background, so that the answer is
+        // there when the first sidecar needs it.
         let reach = std::sync::Arc::new(tokio::sync::OnceCell::new());
-        if rootful_local_socket(&endpoint) {
-            let _ = reach.set(Reach {
-                files_shared: true,
-                routable: true,
-            });
-        } else {
-            // Asked now, in the background, so that the answer is there when the first sidecar
-            // needs it.
-            let (cell, client) = (reach.clone(), docker.clone());
-            tokio::spawn(async move {
-                cell.get_or_init(|| reach_of(client)).await;
-            });
+        let forced = std::env::var("TETHER_ENGINE_REMOTE").as_deref() == Ok("1");
+        let memo = reach_memo(&endpoint).filter(|_| !forced);
+        match memo.as_deref().and_then(recall) {
+            Some(known) => {
+                let _ = reach.set(Some(known));
+            }
+            None => {
+                let (cell, client, memo) = (reach.clone(), docker.clone(), memo.clone());
+                tokio::spawn(async move {
+                    cell.get_or_init(|| reach_of(client, memo)).await;
+                });
+            }
         }
         Ok(DockerEngine {
             docker,
             endpoint,
             reach,
+            memo,
         })
     }
 
     /// What this host shares with the engine.
     async fn reach(&self) -> Reach {
-        let docker = self.docker.clone();
-        *self.reach.get_or_init(|| reach_of(docker)).await
+        let (docker, memo) = (self.docker.clone(), self.memo.clone());
+        self.reach
+            .get_or_init(|| reach_of(docker, memo))
+            .await
+            .unwrap_or(ASSUMED)
     }
 
     /// Copies files into a container under `dir`, with this mode.

@@ -301,13 +301,13 @@ async fn ensure<E: Engine>(
         });
     };
     let hash = config_hash(&plan.project, sidecar, Some(&image_id));
+    // Only secrets need to know whether the engine sees this host's files.
+    let files_shared = c.secrets.is_empty() || engine.shares_files().await;
     let (mut spec, secrets) =
-        spec_for(c, &hash, &decl.root, engine.shares_files().await).map_err(|message| {
-            LaunchError::Sidecar {
-                sidecar: c.sidecar.clone(),
-                message,
-                logs: Vec::new(),
-            }
+        spec_for(c, &hash, &decl.root, files_shared).map_err(|message| LaunchError::Sidecar {
+            sidecar: c.sidecar.clone(),
+            message,
+            logs: Vec::new(),
         })?;
     if c.lifecycle == Lifecycle::Session {
         spec.labels.insert(LABEL_OWNER.into(), owner.into());
@@ -474,6 +474,14 @@ fn spec_for(
 /// `/dev/shm/tether-<uid>`: memory, never disk; a folder only this user can enter.
 fn secrets_base() -> std::path::PathBuf {
     std::path::Path::new("/dev/shm").join(format!("tether-{}", nix::unistd::getuid()))
+}
+
+/// The base folder, made if missing and checked like the secrets' own folders: for what tether
+/// remembers between runs of this user.
+pub(crate) fn private_base() -> Result<std::path::PathBuf, String> {
+    let base = secrets_base();
+    private_dir(&base)?;
+    Ok(base)
 }
 
 /// `<base>/<container>`, made if missing, and refused unless it and the base are real

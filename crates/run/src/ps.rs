@@ -175,6 +175,8 @@ pub async fn down<E: Engine>(
         engine.remove(&c.id).await?;
         removed.push(c.name);
     }
+    // Their secrets' files on this host go with them.
+    crate::launch::forget_secrets(&removed);
     // Readiness probe helpers a killed run left behind (running ones end by themselves).
     for c in engine
         .list(&[(LABEL_PROJECT, project), (tether_plan::LABEL_ROLE, "probe")])
