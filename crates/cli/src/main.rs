@@ -36,6 +36,27 @@ struct FileArg {
     file: Option<PathBuf>,
 }
 
+/// When to pull the sidecars' images, as with `docker run --pull`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Pull {
+    /// Only images this engine does not have
+    Missing,
+    /// On every run, so that a moved tag is followed
+    Always,
+    /// Never: a missing image is an error
+    Never,
+}
+
+impl From<Pull> for tether_plan::PullPolicy {
+    fn from(p: Pull) -> Self {
+        match p {
+            Pull::Missing => Self::Missing,
+            Pull::Always => Self::Always,
+            Pull::Never => Self::Never,
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum RenderTarget {
     /// A Compose file (docker compose, docker-compose)
@@ -103,6 +124,9 @@ enum Command {
         /// Report progress as JSON lines on stderr
         #[arg(long)]
         json: bool,
+        /// When to pull the sidecars' images
+        #[arg(long, value_enum, default_value_t = Pull::Missing)]
+        pull: Pull,
         /// The workload: `docker run … IMAGE …`, or any command to run on this host
         #[arg(last = true, value_name = "WORKLOAD")]
         argv: Vec<String>,
@@ -143,6 +167,9 @@ enum Command {
         /// Report progress as JSON lines on stderr
         #[arg(long)]
         json: bool,
+        /// When to pull the sidecars' images
+        #[arg(long, value_enum, default_value_t = Pull::Missing)]
+        pull: Pull,
     },
     /// Print a sidecar's output
     #[command(
@@ -233,8 +260,9 @@ fn main() -> ExitCode {
             file,
             session,
             json,
+            pull,
             argv,
-        } => return ExitCode::from(run(&file, session, json, argv)),
+        } => return ExitCode::from(run(&file, session, json, pull.into(), argv)),
         Command::Ps { file, json } => ps(&file, json),
         Command::Render {
             target,
@@ -248,7 +276,8 @@ fn main() -> ExitCode {
             names,
             env,
             json,
-        } => return ExitCode::from(up(&file, names, env, json)),
+            pull,
+        } => return ExitCode::from(up(&file, names, env, json, pull.into())),
         Command::Logs {
             file,
             sidecar,
@@ -551,11 +580,18 @@ async fn engine() -> Result<tether_run::docker::DockerEngine, u8> {
         })
 }
 
-fn run(file: &FileArg, session: Option<String>, json: bool, argv: Vec<String>) -> u8 {
-    let (loaded, p) = match planned(file, session, argv) {
+fn run(
+    file: &FileArg,
+    session: Option<String>,
+    json: bool,
+    pull: tether_plan::PullPolicy,
+    argv: Vec<String>,
+) -> u8 {
+    let (loaded, mut p) = match planned(file, session, argv) {
         Ok(x) => x,
         Err(code) => return code,
     };
+    p.pull = pull;
     let code = runtime().block_on(async {
         if p.sidecars.is_empty() {
             return tether_run::run::passthrough(&p).await;
@@ -571,12 +607,19 @@ fn run(file: &FileArg, session: Option<String>, json: bool, argv: Vec<String>) -
     (code & 0xff) as u8
 }
 
-fn up(file: &FileArg, names: Vec<String>, print_env: bool, json: bool) -> u8 {
+fn up(
+    file: &FileArg,
+    names: Vec<String>,
+    print_env: bool,
+    json: bool,
+    pull: tether_plan::PullPolicy,
+) -> u8 {
     // A host-process plan: ports published on 127.0.0.1, addresses for this host.
     let (loaded, mut p) = match planned(file, Some("up".into()), vec!["true".into()]) {
         Ok(x) => x,
         Err(code) => return code,
     };
+    p.pull = pull;
     let code = runtime().block_on(async {
         match engine().await {
             Ok(e) => {

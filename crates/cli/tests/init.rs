@@ -583,11 +583,10 @@ fn other_signals_are_forwarded_as_each_daemon_asks() {
 "#,
     );
     let mut run = b.start(&[], &[]);
-    run.wait_for("group: ready");
-    run.wait_for("main: ready");
+    run.wait_for_all(&["group: ready", "main: ready"]);
     run.signal(SIGHUP);
-    run.wait_for("[group] got HUP");
-    run.wait_for("[main] got HUP");
+    // Each daemon answers in its own time.
+    run.wait_for_all(&["[group] got HUP", "[main] got HUP"]);
     run.signal(SIGTERM);
     let (code, lines) = run.finish();
     // Had SIGHUP reached `untouched`, sleep would have died of it.

@@ -80,6 +80,20 @@ impl Drop for Project {
     }
 }
 
+/// `-- docker run` of a workload that prints the web sidecar's page, reached by name.
+fn fetch_web(image: &str) -> [&str; 8] {
+    [
+        "--",
+        "docker",
+        "run",
+        "--rm",
+        image,
+        "wget",
+        "-qO-",
+        "http://web:8080/",
+    ]
+}
+
 fn web(image: &str, extra: &str) -> String {
     format!(
         r#"sidecars:
@@ -697,16 +711,7 @@ fn an_engine_over_tcp_serves_a_run() {
     let out = p
         .command("run", &[])
         .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
-        .args([
-            "--",
-            "docker",
-            "run",
-            "--rm",
-            img,
-            "wget",
-            "-qO-",
-            "http://web:8080/",
-        ])
+        .args(fetch_web(img))
         .output()
         .unwrap();
     assert_eq!(
@@ -722,31 +727,199 @@ fn an_engine_over_tcp_serves_a_run() {
 #[test]
 fn the_engines_reach_is_asked_once_and_remembered() {
     let Some(img) = busybox_image() else { return };
+    // A path of this test's own to the engine's socket: a name no other run has remembered.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("engine.sock");
+    std::os::unix::fs::symlink("/var/run/docker.sock", &socket).unwrap();
     let p = Project::new("reach", &web(img, ""));
     let run = || {
         p.command("run", &[])
+            .env("DOCKER_HOST", format!("unix://{}", socket.display()))
             .env("TETHER_LOG", "tether_run=debug")
             .args(["--", "true"])
             .output()
             .unwrap()
     };
+    let memos = || -> Vec<(String, String)> {
+        let base = format!("/dev/shm/tether-{}", nix_uid());
+        let mut found: Vec<(String, String)> = std::fs::read_dir(&base)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("engine-"))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let before = memos();
     let first = run();
-    assert_eq!(first.status.code(), Some(0));
-    let base = format!("/dev/shm/tether-{}", nix_uid());
-    let memos: Vec<String> = std::fs::read_dir(&base)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("engine-"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("the engine's reach"),
+        "asked the first time: {err}"
+    );
+    // This machine's own engine: files shared, addresses routable, ports here, probe runs.
+    let new: Vec<(String, String)> = memos()
+        .into_iter()
+        .filter(|m| !before.contains(m))
         .collect();
-    assert!(memos.iter().any(|m| m == "local"), "{memos:?}");
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0].1, "1111");
     let second = run();
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(0), "{err}");
-    assert!(!err.contains("the engine's reach"), "{err}");
+    assert!(!err.contains("the engine's reach"), "remembered: {err}");
+    let _ = std::fs::remove_file(format!("/dev/shm/tether-{}/{}", nix_uid(), new[0].0));
 }
 
 fn nix_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+/// A registry on this machine (Debian's docker-registry), stopped when dropped.
+struct Registry {
+    server: std::process::Child,
+    _dir: tempfile::TempDir,
+    address: String,
+}
+
+impl Registry {
+    fn start() -> Option<Registry> {
+        let installed = Command::new("docker-registry")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !require(
+            installed,
+            "no docker-registry (apt-get install docker-registry)",
+        ) {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let server = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually("the registry listens", || {
+            std::net::TcpStream::connect(&address).is_ok()
+        });
+        Some(Registry {
+            server,
+            _dir: dir,
+            address,
+        })
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+#[test]
+fn a_missing_image_is_pulled_with_progress_and_a_failed_pull_is_named() {
+    let Some(img) = busybox_image() else { return };
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    // The test image, in the registry only.
+    let remote = format!("{}/tether-pull-{}:1", registry.address, std::process::id());
+    assert!(docker(&["tag", img, &remote]).status.success());
+    let pushed = docker(&["push", &remote]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    assert!(docker(&["rmi", &remote]).status.success());
+
+    let p = Project::new("pull", &web(&remote, ""));
+    let out = p
+        .command("run", &["--json"])
+        .args(fetch_web(img))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        (out.status.code(), text(&out).as_str()),
+        (Some(0), "hello from the sidecar"),
+        "{err}"
+    );
+    let first = err.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!(
+            r#"{{"sidecar":"web","status":"pulling","detail":{{"image":"{remote}","percent":null}}}}"#
+        )
+    );
+    drop(p);
+    let _ = docker(&["rmi", &remote]);
+
+    // Not in the registry: the image and the registry's answer are named.
+    let missing = format!("{}/tether-nope:1", registry.address);
+    let p = Project::new("nopull", &web(&missing, ""));
+    let (code, _, err) = p.run(&["true"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: sidecar web: cannot pull `{missing}`: manifest for {missing} not found"
+        )),
+        "{err}"
+    );
+
+    // --pull never: not even asked.
+    let out = p
+        .command("run", &["--pull", "never"])
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: sidecar web: there is no image `{missing}` on this engine (build it, or let tether pull it)"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_host_workload_is_refused_on_an_engine_elsewhere_before_anything_is_made() {
+    let Some(img) = busybox_image() else { return };
+    let p = Project::new("hostelsewhere", &web(img, ""));
+    let out = p
+        .command("run", &[])
+        .env("TETHER_ENGINE_REMOTE", "1")
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tether: error: the engine at unix:///var/run/docker.sock runs on another machine: the ports it publishes are on that machine's 127.0.0.1, not this one's\n\
+         tether:   = hint: run the workload as a container (`tether run -- docker run …`), which reaches the sidecars by name\n"
+    );
+    assert_eq!(p.containers(), Vec::<String>::new());
 }

@@ -289,6 +289,19 @@ impl WorkloadTarget {
     }
 }
 
+/// When a sidecar's image is pulled, as with `docker run --pull`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Only when the engine does not have it.
+    #[default]
+    Missing,
+    /// On every run, so that a moved tag is followed.
+    Always,
+    /// Never: a missing image is an error.
+    Never,
+}
+
 /// A value for the workload's environment that may only be known once containers run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "value", rename_all = "kebab-case")]
@@ -377,6 +390,8 @@ pub struct Plan {
     /// The workload's own `--network`, a user-defined one: the network-facing sidecars join it
     /// too, under the same aliases.
     pub workload_network: Option<String>,
+    /// When the sidecars' images are pulled (set from the command line).
+    pub pull: PullPolicy,
     pub sidecars: Vec<ContainerPlan>,
     /// Injected into the workload, in order.
     pub env: Vec<(String, EnvValue)>,
@@ -606,6 +621,7 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
         network,
         target,
         workload_network,
+        pull: PullPolicy::default(),
         sidecars,
         env,
         volumes,

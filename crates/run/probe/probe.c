@@ -147,7 +147,11 @@ __attribute__((used)) void start(i64 *stack) {
         got += (u64)r;
     }
     sys(SYS_close, fd, 0, 0, 0, 0);
-    if (head[0] != 'H' || head[1] != 'T' || head[2] != 'T' || head[3] != 'P') quit(1);
+    static const char version[] = "HTTP/1.";
+    for (u64 i = 0; i < sizeof version - 1; i++)
+        if (head[i] != version[i]) quit(1);
+    for (int i = 9; i < 12; i++)
+        if (head[i] < '0' || head[i] > '9') quit(1);
     int status = (head[9] - '0') * 100 + (head[10] - '0') * 10 + (head[11] - '0');
     quit(status >= 200 && status < 400 ? 0 : 2);
 }

@@ -14,15 +14,18 @@ use bollard::models::{
     NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions,
-    ListNetworksOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions,
-    StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, InspectNetworkOptions,
+    ListContainersOptions, ListNetworksOptions, LogsOptions, RemoveContainerOptions,
+    StartContainerOptions, StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use tether_plan::{ContainerPlan, LABEL_PROJECT, LABEL_ROLE, MountPlan};
 
+use crate::launch::LABEL_OWNER;
+
 use crate::engine::{Container, Engine, EngineError, FileCopy, Result};
 
+#[derive(Clone)]
 pub struct DockerEngine {
     docker: Docker,
     endpoint: String,
@@ -38,6 +41,27 @@ struct Reach {
     files_shared: bool,
     /// A container's address on a bridge network can be dialled from this host.
     routable: bool,
+    /// A port the engine publishes on 127.0.0.1 is reachable on this host's 127.0.0.1 (true
+    /// on this machine, rootless or not, and through Docker Desktop's forwarding).
+    ports_here: bool,
+    /// The engine runs programs of this host's architecture, so the probe runs there.
+    probe_runs: bool,
+}
+
+impl Reach {
+    const ELSEWHERE: Reach = Reach {
+        files_shared: false,
+        routable: false,
+        ports_here: false,
+        probe_runs: true,
+    };
+    /// What tether assumes of an engine that would not say.
+    const ASSUMED: Reach = Reach {
+        files_shared: true,
+        routable: true,
+        ports_here: true,
+        probe_runs: true,
+    };
 }
 
 /// tether's readiness probe (probe/probe.c, built by build.rs): a static program with no libc,
@@ -46,6 +70,19 @@ struct Reach {
 const PROBE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe"));
 /// Where the probe is put in the helper container.
 const PROBE_PATH: &str = "/.tether-probe";
+
+/// An image reference as the engine's pull takes it: the repository, and the tag or digest
+/// (`latest` when it names neither; an empty tag would pull every tag).
+fn split_reference(image: &str) -> (&str, &str) {
+    if let Some((repo, digest)) = image.split_once('@') {
+        return (repo, digest);
+    }
+    let last = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last..].rfind(':') {
+        Some(i) => (&image[..last + i], &image[last + i + 1..]),
+        None => (image, "latest"),
+    }
+}
 
 /// `dir/NAME` for each file, with this mode, as a tar archive.
 fn tar_of(dir: &str, files: &[FileCopy], mode: u32) -> std::io::Result<Vec<u8>> {
@@ -81,31 +118,35 @@ fn reach_memo(endpoint: &str) -> Option<std::path::PathBuf> {
     Some(base.join(format!("engine-{:016x}", h.finish())))
 }
 
+/// The memo is four flags, `1` or `0`, in the order of [`Reach`]'s fields.
 fn recall(memo: &std::path::Path) -> Option<Reach> {
-    match std::fs::read_to_string(memo).ok()?.trim() {
-        "local" => Some(Reach {
-            files_shared: true,
-            routable: true,
-        }),
-        "rootless" => Some(Reach {
-            files_shared: true,
-            routable: false,
-        }),
-        "elsewhere" => Some(Reach {
-            files_shared: false,
-            routable: false,
-        }),
-        _ => None,
-    }
+    let text = std::fs::read_to_string(memo).ok()?;
+    let flags: Vec<bool> = text
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '1' => Some(true),
+            '0' => Some(false),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let [files_shared, routable, ports_here, probe_runs] = flags[..] else {
+        return None;
+    };
+    Some(Reach {
+        files_shared,
+        routable,
+        ports_here,
+        probe_runs,
+    })
 }
 
-fn remember(memo: &std::path::Path, reach: Reach) {
-    let word = match (reach.files_shared, reach.routable) {
-        (true, true) => "local",
-        (true, false) => "rootless",
-        _ => "elsewhere",
-    };
-    let _ = std::fs::write(memo, word);
+fn remember(memo: &std::path::Path, r: Reach) {
+    let flags: String = [r.files_shared, r.routable, r.ports_here, r.probe_runs]
+        .iter()
+        .map(|&f| if f { '1' } else { '0' })
+        .collect();
+    let _ = std::fs::write(memo, flags);
 }
 
 /// An engine shares this host's files and routes its containers' addresses when it runs on this
@@ -115,10 +156,7 @@ fn remember(memo: &std::path::Path, reach: Reach) {
 /// time); otherwise the answer is remembered in `memo`.
 async fn reach_of(docker: Docker, memo: Option<std::path::PathBuf>) -> Option<Reach> {
     if std::env::var("TETHER_ENGINE_REMOTE").as_deref() == Ok("1") {
-        return Some(Reach {
-            files_shared: false,
-            routable: false,
-        });
+        return Some(Reach::ELSEWHERE);
     }
     let info = match docker.info().await {
         Ok(i) => i,
@@ -133,21 +171,30 @@ async fn reach_of(docker: Docker, memo: Option<std::path::PathBuf>) -> Option<Re
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
+    let desktop = info
+        .operating_system
+        .as_deref()
+        .unwrap_or_default()
+        .contains("Docker Desktop");
     let same_machine = info.kernel_version.as_deref() == Some(kernel.as_str())
         && info.name.as_deref() == Some(host.as_str())
-        && !info
-            .operating_system
-            .as_deref()
-            .unwrap_or_default()
-            .contains("Docker Desktop");
+        && !desktop;
     let rootless = info
         .security_options
         .unwrap_or_default()
         .iter()
         .any(|o| o.contains("rootless"));
+    // Docker says x86_64 and aarch64; Podman says amd64 and arm64.
+    let arch = match info.architecture.as_deref().unwrap_or_default() {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        other => other,
+    };
     let reach = Reach {
         files_shared: same_machine,
         routable: same_machine && !rootless,
+        ports_here: same_machine || desktop,
+        probe_runs: arch.is_empty() || arch == std::env::consts::ARCH,
     };
     tracing::debug!(?reach, "the engine's reach");
     if let Some(memo) = memo {
@@ -155,12 +202,6 @@ async fn reach_of(docker: Docker, memo: Option<std::path::PathBuf>) -> Option<Re
     }
     Some(reach)
 }
-
-/// What tether assumes of an engine that would not say.
-const ASSUMED: Reach = Reach {
-    files_shared: true,
-    routable: true,
-};
 
 /// The API version to speak with the engine behind this socket: the lower of its own (the
 /// `Api-Version` header of `/_ping`) and bollard's.
@@ -268,7 +309,7 @@ impl DockerEngine {
         self.reach
             .get_or_init(|| reach_of(docker, memo))
             .await
-            .unwrap_or(ASSUMED)
+            .unwrap_or(Reach::ASSUMED)
     }
 
     /// Copies files into a container under `dir`, with this mode.
@@ -290,14 +331,31 @@ impl DockerEngine {
     }
 
     /// Runs the probe once in a helper container that joins the sidecar's network namespace:
-    /// made from the sidecar's own image (already on the engine), the probe copied in.
+    /// made from the sidecar's own image (already on the engine), the probe copied in. The
+    /// helper's life runs in a task of its own, so that it is removed even when the attempt
+    /// is given up; one a killed run leaves is removed by the next run (its owner is gone).
     async fn probe_inside(&self, c: &Container, port: u16, path: Option<&str>) -> Result<bool> {
+        let reach = self.reach().await;
+        if PROBE.is_empty() || !reach.probe_runs {
+            return Err(EngineError::Unable {
+                what: format!("check {}:{port} from inside its network namespace", c.name),
+                why: if PROBE.is_empty() {
+                    "this tether was built without its probe (no C compiler for its target)"
+                } else {
+                    "the engine runs another architecture than this tether"
+                }
+                .into(),
+            });
+        }
         let mut cmd = vec![
             if path.is_some() { "http" } else { "tcp" }.to_owned(),
             port.to_string(),
         ];
         cmd.extend(path.map(str::to_owned));
-        let mut labels = HashMap::from([(LABEL_ROLE.to_owned(), "probe".to_owned())]);
+        let mut labels = HashMap::from([
+            (LABEL_ROLE.to_owned(), "probe".to_owned()),
+            (LABEL_OWNER.to_owned(), crate::launch::owner_id()),
+        ]);
         if let Some(project) = c.labels.get(LABEL_PROJECT) {
             labels.insert(LABEL_PROJECT.to_owned(), project.clone());
         }
@@ -313,38 +371,55 @@ impl DockerEngine {
             }),
             ..Default::default()
         };
-        let what = format!("probe {} from inside", c.name);
         tracing::debug!(
             "probing {}:{port} from inside its network namespace",
             c.name
         );
-        let id = self
-            .docker
-            .create_container(None::<CreateContainerOptions>, body)
-            .await
-            .map_err(|e| self.error(&what, e))?
-            .id;
-        let code = async {
-            let probe = [(PROBE_PATH[1..].to_owned(), PROBE.to_vec())];
-            self.copy_in(&id, "/", &probe, 0o755).await?;
-            self.docker
-                .start_container(&id, None::<StartContainerOptions>)
-                .await
-                .map_err(|e| self.error(&what, e))?;
-            let mut wait = self
+        let what = format!("probe {} from inside", c.name);
+        let engine = self.clone();
+        let helper = tokio::spawn(async move {
+            let id = engine
                 .docker
-                .wait_container(&id, None::<WaitContainerOptions>);
-            Ok::<_, EngineError>(
-                match tokio::time::timeout(Duration::from_secs(5), wait.next()).await {
-                    Ok(Some(Ok(r))) => r.status_code,
-                    Ok(Some(Err(BollardError::DockerContainerWaitError { code, .. }))) => code,
-                    _ => -1,
-                },
-            )
+                .create_container(None::<CreateContainerOptions>, body)
+                .await
+                .map_err(|e| engine.error(&what, e))?
+                .id;
+            let code = async {
+                let probe = [(PROBE_PATH[1..].to_owned(), PROBE.to_vec())];
+                engine.copy_in(&id, "/", &probe, 0o755).await?;
+                engine
+                    .docker
+                    .start_container(&id, None::<StartContainerOptions>)
+                    .await
+                    .map_err(|e| engine.error(&what, e))?;
+                let mut wait = engine
+                    .docker
+                    .wait_container(&id, None::<WaitContainerOptions>);
+                Ok::<_, EngineError>(
+                    match tokio::time::timeout(Duration::from_secs(5), wait.next()).await {
+                        Ok(Some(Ok(r))) => r.status_code,
+                        Ok(Some(Err(BollardError::DockerContainerWaitError { code, .. }))) => code,
+                        _ => -1,
+                    },
+                )
+            }
+            .await;
+            // With the anonymous volumes the sidecar's image may declare.
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                link: false,
+            };
+            let _ = engine.docker.remove_container(&id, Some(options)).await;
+            code
+        });
+        match helper.await {
+            Ok(code) => Ok(code? == 0),
+            Err(e) => Err(EngineError::Unable {
+                what: format!("check {}:{port} from inside its network namespace", c.name),
+                why: e.to_string(),
+            }),
         }
-        .await;
-        let _ = self.remove(&id).await;
-        Ok(code? == 0)
     }
 
     fn error(&self, what: &str, e: BollardError) -> EngineError {
@@ -435,6 +510,60 @@ impl Engine for DockerEngine {
             }),
             Err(e) => Err(self.error(&format!("inspect image {image}"), e)),
         }
+    }
+
+    async fn pull(&self, image: &str, progress: &(dyn Fn(u8) + Sync)) -> Result<()> {
+        let (from, tag) = split_reference(image);
+        let options = CreateImageOptions {
+            from_image: Some(from.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        };
+        let failed = |reason: String| EngineError::PullFailed {
+            image: image.to_owned(),
+            reason,
+        };
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        // Layer → (bytes done, bytes in all), as the engine reports them.
+        let mut layers: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut shown = None;
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(BollardError::DockerStreamError { error }) => return Err(failed(error)),
+                Err(BollardError::DockerResponseServerError { message, .. }) => {
+                    return Err(failed(message));
+                }
+                Err(e) => return Err(self.error(&format!("pull {image}"), e)),
+            };
+            if let Some(error) = info.error_detail.and_then(|d| d.message).or(info.error) {
+                return Err(failed(error));
+            }
+            let (Some(layer), Some(status)) = (info.id, info.status) else {
+                continue;
+            };
+            let detail = info.progress_detail.unwrap_or_default();
+            let entry = layers.entry(layer).or_insert((0, 0));
+            match status.as_str() {
+                "Downloading" => {
+                    entry.1 = detail.total.unwrap_or(entry.1);
+                    entry.0 = detail.current.unwrap_or(entry.0);
+                }
+                "Download complete" | "Pull complete" | "Already exists" => entry.0 = entry.1,
+                _ => continue,
+            }
+            let (done, all) = layers
+                .values()
+                .fold((0, 0), |(d, a), (ld, la)| (d + ld, a + la));
+            if all > 0 {
+                let percent = u8::try_from(done * 100 / all).unwrap_or(100).min(100);
+                if shown != Some(percent) {
+                    shown = Some(percent);
+                    progress(percent);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn ensure_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
@@ -863,7 +992,7 @@ impl Engine for DockerEngine {
         port: u16,
         path: Option<&str>,
     ) -> Result<bool> {
-        if !self.reach().await.routable && !PROBE.is_empty() {
+        if !self.reach().await.routable {
             return self.probe_inside(container, port, path).await;
         }
         let Some(ip) = container.addresses.get(network) else {
@@ -895,7 +1024,34 @@ impl Engine for DockerEngine {
         self.reach().await.files_shared
     }
 
+    async fn ports_here(&self) -> bool {
+        self.reach().await.ports_here
+    }
+
     async fn upload(&self, id: &str, dir: &str, files: &[FileCopy]) -> Result<()> {
         self.copy_in(id, dir, files, 0o444).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn a_reference_splits_into_what_the_pull_takes() {
+        assert_eq!(split_reference("redis"), ("redis", "latest"));
+        assert_eq!(split_reference("redis:7"), ("redis", "7"));
+        assert_eq!(
+            split_reference("127.0.0.1:5000/team/tool"),
+            ("127.0.0.1:5000/team/tool", "latest")
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/team/tool:1.2"),
+            ("127.0.0.1:5000/team/tool", "1.2")
+        );
+        assert_eq!(
+            split_reference("ghcr.io/a/b@sha256:0123"),
+            ("ghcr.io/a/b", "sha256:0123")
+        );
     }
 }

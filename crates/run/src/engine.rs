@@ -15,6 +15,10 @@ pub enum EngineError {
     Unsupported { endpoint: String, hint: String },
     /// No such image on this engine.
     NoImage { image: String },
+    /// The engine could not pull the image.
+    PullFailed { image: String, reason: String },
+    /// Something tether cannot do with this engine.
+    Unable { what: String, why: String },
     /// No such container or network.
     NotFound { what: String },
     /// A container name is taken (another run created it first).
@@ -39,6 +43,10 @@ impl std::fmt::Display for EngineError {
             EngineError::NoImage { image } => {
                 write!(f, "there is no image `{image}` on this engine")
             }
+            EngineError::PullFailed { image, reason } => {
+                write!(f, "cannot pull `{image}`: {reason}")
+            }
+            EngineError::Unable { what, why } => write!(f, "cannot {what}: {why}"),
             EngineError::NotFound { what } => write!(f, "{what} does not exist"),
             EngineError::NameTaken { name } => write!(f, "the name `{name}` is already taken"),
             EngineError::Refused { what, reason } => {
@@ -103,6 +111,8 @@ pub trait Engine {
     async fn ping(&self) -> Result<String>;
     /// The image's ID, or `NoImage`.
     async fn image_id(&self, image: &str) -> Result<String>;
+    /// Pulls the image from its registry, telling the percentage done as it goes.
+    async fn pull(&self, image: &str, progress: &(dyn Fn(u8) + Sync)) -> Result<()>;
     /// Creates the network with these labels unless it exists.
     async fn ensure_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()>;
     /// Removes the network; a missing one is not an error.
@@ -136,6 +146,8 @@ pub trait Engine {
     ) -> Result<bool>;
     /// Whether the engine sees this host's files, so that a bind mount of one works.
     async fn shares_files(&self) -> bool;
+    /// Whether a port the engine publishes on 127.0.0.1 is reachable on this host's 127.0.0.1.
+    async fn ports_here(&self) -> bool;
     /// Copies files into a container (created or running) under `dir`, readable by all.
     async fn upload(&self, id: &str, dir: &str, files: &[FileCopy]) -> Result<()>;
 }

@@ -26,6 +26,8 @@ struct State {
     unreachable: bool,
     /// The engine runs elsewhere: it cannot see this host's files.
     remote: bool,
+    /// Images a pull finds: name → the ID it gets.
+    registry: BTreeMap<String, String>,
     /// (container name, path) → what was copied there.
     files: BTreeMap<(String, String), Vec<u8>>,
 }
@@ -46,6 +48,12 @@ impl FakeEngine {
 
     pub fn add_image(&self, name: &str, id: &str) {
         self.with(|s| s.images.insert(name.into(), id.into()));
+    }
+
+    /// An image its registry has: pulling it gives it this ID (and a pulled image with a new
+    /// ID is a moved tag).
+    pub fn in_registry(&self, name: &str, id: &str) {
+        self.with(|s| s.registry.insert(name.into(), id.into()));
     }
 
     /// An engine on another machine: secrets are copied in, not bound.
@@ -109,13 +117,15 @@ impl FakeEngine {
         self.with(|s| s.calls.clone())
     }
 
-    /// The calls that change something (create, start, stop, remove, network).
+    /// The calls that change something (create, start, stop, remove, network, connect, upload,
+    /// pull).
     pub fn changes(&self) -> Vec<String> {
         self.calls()
             .into_iter()
             .filter(|c| {
                 [
                     "create ", "start ", "stop ", "remove ", "network ", "connect ", "upload ",
+                    "pull ",
                 ]
                 .iter()
                 .any(|p| c.starts_with(p))
@@ -181,6 +191,23 @@ impl Engine for FakeEngine {
             .ok_or_else(|| EngineError::NoImage {
                 image: image.into(),
             })
+    }
+
+    async fn pull(&self, image: &str, progress: &(dyn Fn(u8) + Sync)) -> Result<()> {
+        // Every call is a point where another run can interleave, as with a real engine.
+        tokio::task::yield_now().await;
+        self.call(format!("pull {image}"))?;
+        let Some(id) = self.with(|s| s.registry.get(image).cloned()) else {
+            return Err(EngineError::PullFailed {
+                image: image.into(),
+                reason: "manifest unknown".into(),
+            });
+        };
+        progress(50);
+        tokio::task::yield_now().await;
+        progress(100);
+        self.with(|s| s.images.insert(image.into(), id));
+        Ok(())
     }
 
     async fn ensure_network(&self, name: &str, _labels: &BTreeMap<String, String>) -> Result<()> {
@@ -373,6 +400,10 @@ impl Engine for FakeEngine {
     }
 
     async fn shares_files(&self) -> bool {
+        !self.with(|s| s.remote)
+    }
+
+    async fn ports_here(&self) -> bool {
         !self.with(|s| s.remote)
     }
 

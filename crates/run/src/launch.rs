@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::{join_all, try_join_all};
 use tether_plan::{
     ContainerPlan, LABEL_CONFIG_HASH, LABEL_LIFECYCLE, LABEL_PROJECT, LABEL_ROLE, MountPlan, Plan,
-    SECRETS_DIR, config_hash,
+    PullPolicy, SECRETS_DIR, config_hash,
 };
 use tether_spec::model::{Declaration, Lifecycle, SecretSource};
 
@@ -27,6 +27,11 @@ pub enum Status {
     Reused,
     /// A stopped container with the same configuration was started.
     Started,
+    /// Its image is being pulled: `percent` done, when the engine has said.
+    Pulling {
+        image: String,
+        percent: Option<u8>,
+    },
     /// A new container was made; `why` says what was wrong with the old one, if any.
     Created {
         why: Option<String>,
@@ -204,9 +209,7 @@ async fn remove_orphans<E: Engine>(engine: &E, project: &str) -> Result<(), Laun
             let label = |k: &str| c.labels.get(k).map(String::as_str);
             match (label(LABEL_LIFECYCLE), label(LABEL_ROLE)) {
                 (Some("session"), _) => label(LABEL_OWNER).is_some_and(|o| !owner_alive(o)),
-                // A readiness probe helper that outlived a run killed while it waited; a
-                // running one may belong to a run in progress, and ends by itself.
-                (_, Some("probe")) => !c.running(),
+                (_, Some("probe")) => is_leftover_probe(c),
                 _ => false,
             }
         })
@@ -214,6 +217,14 @@ async fn remove_orphans<E: Engine>(engine: &E, project: &str) -> Result<(), Laun
         .collect();
     cleanup(engine, &orphans).await;
     Ok(())
+}
+
+/// A readiness probe helper that outlived the run that made it (killed while it waited).
+pub(crate) fn is_leftover_probe(c: &Container) -> bool {
+    match c.labels.get(LABEL_OWNER) {
+        Some(owner) => !owner_alive(owner),
+        None => !c.running(),
+    }
 }
 
 /// `host:pid:start`, where start is the process's start time in clock ticks since boot: a
@@ -263,13 +274,46 @@ fn start_ticks(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The ID of the sidecar's image, pulled first as the policy says.
+async fn image_of<E: Engine>(
+    engine: &E,
+    policy: PullPolicy,
+    c: &ContainerPlan,
+    report: Report<'_>,
+) -> Result<String, LaunchError> {
+    let pull = || async {
+        let status = |percent| Status::Pulling {
+            image: c.image.clone(),
+            percent,
+        };
+        report(&c.sidecar, status(None));
+        engine
+            .pull(&c.image, &|p| report(&c.sidecar, status(Some(p))))
+            .await
+            .map_err(|e| sidecar_error(c, e))
+    };
+    match policy {
+        PullPolicy::Always => pull().await?,
+        PullPolicy::Missing => match engine.image_id(&c.image).await {
+            Err(EngineError::NoImage { .. }) => pull().await?,
+            found => return found.map_err(|e| sidecar_error(c, e)),
+        },
+        PullPolicy::Never => {}
+    }
+    engine
+        .image_id(&c.image)
+        .await
+        .map_err(|e| sidecar_error(c, e))
+}
+
 fn sidecar_error(c: &ContainerPlan, e: EngineError) -> LaunchError {
     let message = match &e {
         EngineError::NoImage { image } => {
-            format!(
-                "there is no image `{image}` on this engine (build it, or pull it where a registry is reachable)"
-            )
+            format!("there is no image `{image}` on this engine (build it, or let tether pull it)")
         }
+        EngineError::PullFailed { .. } => format!(
+            "{e} (check the name; for a registry that needs a login, `docker pull` it once yourself)"
+        ),
         _ => e.to_string(),
     };
     LaunchError::Sidecar {
@@ -289,10 +333,7 @@ async fn ensure<E: Engine>(
     owner: &str,
     report: Report<'_>,
 ) -> Result<String, LaunchError> {
-    let image_id = engine
-        .image_id(&c.image)
-        .await
-        .map_err(|e| sidecar_error(c, e))?;
+    let image_id = image_of(engine, plan.pull, c, report).await?;
     let Some(sidecar) = decl.sidecars.get(&c.sidecar) else {
         return Err(LaunchError::Sidecar {
             sidecar: c.sidecar.clone(),
@@ -636,7 +677,8 @@ async fn wait_ready<E: Engine>(
         // One attempt may not outlast the deadline (a check that hangs is a check that has not
         // passed); an engine error may just mean the container stopped meanwhile: look again.
         let left = limit.saturating_sub(began.elapsed());
-        let attempt = left.min(r.interval.0.max(Duration::from_secs(1)));
+        // (A probe from inside a namespace is a helper container: seconds on a slow engine.)
+        let attempt = left.min(r.interval.0.max(Duration::from_secs(5)));
         let ready = match tokio::time::timeout(
             attempt,
             probe_once(engine, c, &now, pattern.as_ref()),

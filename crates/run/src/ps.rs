@@ -177,12 +177,12 @@ pub async fn down<E: Engine>(
     }
     // Their secrets' files on this host go with them.
     crate::launch::forget_secrets(&removed);
-    // Readiness probe helpers a killed run left behind (running ones end by themselves).
+    // Readiness probe helpers a killed run left behind.
     for c in engine
         .list(&[(LABEL_PROJECT, project), (tether_plan::LABEL_ROLE, "probe")])
         .await?
     {
-        if !c.running() {
+        if crate::launch::is_leftover_probe(&c) {
             engine.remove(&c.id).await?;
         }
     }

@@ -80,11 +80,26 @@ impl Progress {
     pub fn update(&self, sidecar: &str, status: &Status) {
         use std::io::Write;
         match self {
-            Progress::Plain => say(&describe(sidecar, status)),
+            // Off a terminal, a pull is one line, not one per percent.
+            Progress::Plain => {
+                if !matches!(
+                    status,
+                    Status::Pulling {
+                        percent: Some(_),
+                        ..
+                    }
+                ) {
+                    say(&describe(sidecar, status));
+                }
+            }
             Progress::Json => {
                 let (state, detail) = match status {
                     Status::Reused => ("reused", serde_json::Value::Null),
                     Status::Started => ("started", serde_json::Value::Null),
+                    Status::Pulling { image, percent } => (
+                        "pulling",
+                        serde_json::json!({"image": image, "percent": percent}),
+                    ),
                     Status::Created { why } => ("created", serde_json::json!(why)),
                     Status::Waiting { summary } => ("waiting", serde_json::json!(summary)),
                     Status::Ready { took } => ("ready", serde_json::json!(took.as_millis() as u64)),
@@ -128,12 +143,37 @@ pub fn describe(sidecar: &str, status: &Status) -> String {
     match status {
         Status::Reused => format!("{sidecar}: reused (running, same configuration)"),
         Status::Started => format!("{sidecar}: started (stopped, same configuration)"),
+        Status::Pulling {
+            image,
+            percent: None,
+        } => format!("{sidecar}: pulling {image}"),
+        Status::Pulling {
+            image,
+            percent: Some(p),
+        } => format!("{sidecar}: pulling {image} ({p}%)"),
         Status::Created { why: None } => format!("{sidecar}: created"),
         Status::Created { why: Some(w) } => format!("{sidecar}: recreated ({w})"),
         Status::Waiting { summary } => format!("{sidecar}: waiting for readiness ({summary})"),
         Status::Ready { took } => format!("{sidecar}: ready in {:.1}s", took.as_secs_f64()),
         Status::Failed { why } => format!("{sidecar}: failed: {why}"),
     }
+}
+
+/// A workload on this host reaches sidecars through ports published on 127.0.0.1: of no use
+/// when the engine publishes them on another machine's. Says so, before anything is made.
+async fn refuse_ports_elsewhere<E: Engine>(engine: &E, plan: &Plan) -> bool {
+    let published = plan.sidecars.iter().any(|c| !c.publish.is_empty());
+    if plan.target.on_host() && published && !engine.ports_here().await {
+        say(&format!(
+            "error: the engine at {} runs on another machine: the ports it publishes are on that machine's 127.0.0.1, not this one's",
+            engine.endpoint()
+        ));
+        say(
+            "  = hint: run the workload as a container (`tether run -- docker run …`), which reaches the sidecars by name",
+        );
+        return true;
+    }
+    false
 }
 
 /// Starts the sidecars, runs the workload, cleans up; returns the exit code.
@@ -144,6 +184,9 @@ pub async fn run<E: Engine>(
     progress: &Progress,
 ) -> i32 {
     let mut stops = Stops::new();
+    if refuse_ports_elsewhere(engine, plan).await {
+        return exit::ENGINE;
+    }
     let owner = launch::owner_id();
     let report = |sidecar: &str, status: Status| progress.update(sidecar, &status);
     let launched = tokio::select! {
@@ -432,6 +475,9 @@ pub async fn up<E: Engine>(
             }
         }
         plan.sidecars.retain(|c| names.contains(&c.sidecar));
+    }
+    if print_env && refuse_ports_elsewhere(engine, plan).await {
+        return exit::ENGINE;
     }
     let report = |sidecar: &str, status: Status| progress.update(sidecar, &status);
     match launch::up(engine, decl, plan, launch::UP_OWNER, &report).await {

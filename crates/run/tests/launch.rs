@@ -239,19 +239,6 @@ async fn a_sidecar_that_exits_stops_the_launch_with_its_last_lines() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_missing_image_is_named_and_nothing_is_left_behind() {
-    let (_d, decl) = declaration(BASE);
-    let e = FakeEngine::new();
-    e.add_image("db:1", "sha256:db1");
-    let err = up(&e, &decl, "s1", &Run::new()).await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "sidecar cache: there is no image `cache:1` on this engine (build it, or pull it where a registry is reachable)"
-    );
-    assert_eq!(e.names(), ["tether-demo-db"]);
-}
-
-#[tokio::test(flavor = "current_thread")]
 async fn two_runs_at_once_share_one_container_and_both_succeed() {
     let (_d, decl) = declaration(BASE);
     let e = engine();
@@ -466,4 +453,98 @@ sidecars:
     let (_, spec) = e.container("tether-demo-s1-vault").unwrap();
     assert_eq!(spec.mounts, []);
     launch::cleanup(&e, &launched.session).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_missing_image_is_pulled_and_the_pull_policy_is_followed() {
+    let (_d, decl) = declaration(BASE);
+    let e = FakeEngine::new();
+    e.add_image("db:1", "sha256:db1");
+    e.in_registry("cache:1", "sha256:cache1");
+    let plan_with = |session: &str, pull: tether_plan::PullPolicy| {
+        let mut p = tether_plan::plan(
+            &decl,
+            session,
+            &["docker".into(), "run".into(), "app".into()],
+        )
+        .unwrap();
+        p.pull = pull;
+        p
+    };
+
+    // missing (the default): only the image the engine lacks is pulled, with its progress.
+    let run = Run::new();
+    let plan = plan_with("s1", tether_plan::PullPolicy::Missing);
+    let launched = launch::up(&e, &decl, &plan, "test:1:1", &run.report())
+        .await
+        .unwrap();
+    let pulls: Vec<String> = e
+        .changes()
+        .into_iter()
+        .filter(|c| c.starts_with("pull "))
+        .collect();
+    assert_eq!(pulls, ["pull cache:1"]);
+    let statuses = run.statuses();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| s.starts_with("cache: Pulling"))
+            .collect::<Vec<_>>(),
+        [
+            r#"cache: Pulling { image: "cache:1", percent: None }"#,
+            r#"cache: Pulling { image: "cache:1", percent: Some(100) }"#,
+            r#"cache: Pulling { image: "cache:1", percent: Some(50) }"#,
+        ]
+    );
+    launch::cleanup(&e, &launched.session).await;
+
+    // always: pulled on every run; the tag moved, so the shared sidecar is made anew.
+    e.in_registry("db:1", "sha256:db2");
+    e.clear_calls();
+    let run = Run::new();
+    let plan = plan_with("s2", tether_plan::PullPolicy::Always);
+    let launched = launch::up(&e, &decl, &plan, "test:1:1", &run.report())
+        .await
+        .unwrap();
+    let mut pulls: Vec<String> = e
+        .changes()
+        .into_iter()
+        .filter(|c| c.starts_with("pull "))
+        .collect();
+    pulls.sort();
+    assert_eq!(pulls, ["pull cache:1", "pull db:1"]);
+    assert!(
+        run.statuses()
+            .contains(&r#"db: Created { why: Some("its image changed") }"#.to_owned()),
+        "{:?}",
+        run.statuses()
+    );
+    launch::cleanup(&e, &launched.session).await;
+
+    // never: a missing image is an error, and nothing is asked of a registry.
+    let e = FakeEngine::new();
+    e.add_image("db:1", "sha256:db1");
+    e.in_registry("cache:1", "sha256:cache1");
+    let plan = plan_with("s3", tether_plan::PullPolicy::Never);
+    let err = launch::up(&e, &decl, &plan, "test:1:1", &Run::new().report())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sidecar cache: there is no image `cache:1` on this engine (build it, or let tether pull it)"
+    );
+    assert!(!e.calls().iter().any(|c| c.starts_with("pull ")));
+
+    // A pull that fails names the image and what the registry said.
+    let e = FakeEngine::new();
+    e.add_image("db:1", "sha256:db1");
+    let plan = plan_with("s4", tether_plan::PullPolicy::Missing);
+    let err = launch::up(&e, &decl, &plan, "test:1:1", &Run::new().report())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sidecar cache: cannot pull `cache:1`: manifest unknown (check the name; for a registry that needs a login, `docker pull` it once yourself)"
+    );
+    assert_eq!(e.names(), ["tether-demo-db"]);
 }

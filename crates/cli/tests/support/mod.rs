@@ -122,6 +122,25 @@ impl Run {
         }
     }
 
+    /// Reads until every needle has been in a line, in whatever order they come.
+    pub fn wait_for_all(&mut self, needles: &[&str]) {
+        let mut missing: Vec<&str> = needles.to_vec();
+        let end = Instant::now() + HANG;
+        while !missing.is_empty() {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let s = self.take(line);
+                    missing.retain(|n| !s.contains(n));
+                }
+                Err(_) => panic!(
+                    "no line with {missing:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
     pub fn signal(&self, sig: i32) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
