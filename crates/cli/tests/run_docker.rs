@@ -792,6 +792,16 @@ struct Registry {
 
 impl Registry {
     fn start() -> Option<Registry> {
+        Registry::start_with("")
+    }
+
+    /// With `user:password` (only that user may push or pull).
+    fn private(user: &str, password: &str) -> Option<Registry> {
+        let hash = bcrypt::hash(password, 5).unwrap();
+        Registry::start_with(&format!("{user}:{hash}"))
+    }
+
+    fn start_with(htpasswd: &str) -> Option<Registry> {
         let installed = Command::new("docker-registry")
             .arg("--version")
             .output()
@@ -805,10 +815,20 @@ impl Registry {
         let dir = tempfile::tempdir().unwrap();
         let address = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("config.yml");
+        let auth = if htpasswd.is_empty() {
+            String::new()
+        } else {
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{htpasswd}\n")).unwrap();
+            format!(
+                "auth:\n  htpasswd:\n    realm: tether-test\n    path: {}\n",
+                file.display()
+            )
+        };
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n{auth}",
                 dir.path().join("data").display()
             ),
         )
@@ -922,4 +942,116 @@ fn a_host_workload_is_refused_on_an_engine_elsewhere_before_anything_is_made() {
          tether:   = hint: run the workload as a container (`tether run -- docker run …`), which reaches the sidecars by name\n"
     );
     assert_eq!(p.containers(), Vec::<String>::new());
+}
+
+/// The engine pulls with the credentials the docker CLI keeps (`$DOCKER_CONFIG/config.json`).
+#[test]
+fn a_private_image_is_pulled_with_the_docker_clis_credentials() {
+    let Some(img) = busybox_image() else { return };
+    let Some(registry) = Registry::private("tether", "s3cret-pa55") else {
+        return;
+    };
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "dGV0aGVyOnMzY3JldC1wYTU1"}}}}}}"#,
+            registry.address
+        ),
+    )
+    .unwrap();
+    let private = format!(
+        "{}/tether-private-{}:1",
+        registry.address,
+        std::process::id()
+    );
+    assert!(docker(&["tag", img, &private]).status.success());
+    let pushed = Command::new("docker")
+        .arg("--config")
+        .arg(config.path())
+        .args(["push", &private])
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    assert!(docker(&["rmi", &private]).status.success());
+
+    let p = Project::new("private", &web(&private, ""));
+    // Without them, the registry's refusal is named.
+    let nowhere = tempfile::tempdir().unwrap();
+    let out = p
+        .command("run", &[])
+        .env("DOCKER_CONFIG", nowhere.path())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("cannot pull `{private}`: ")), "{err}");
+    assert!(err.contains("no basic auth credentials"), "{err}");
+
+    let out = p
+        .command("run", &[])
+        .env("DOCKER_CONFIG", config.path())
+        .args(fetch_web(img))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        (out.status.code(), text(&out).as_str()),
+        (Some(0), "hello from the sidecar"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-pa55"), "{err}");
+
+    // The same through a credential helper (`credsStore`), asked for this registry.
+    assert!(p.command("down", &["--all"]).status().unwrap().success());
+    let untagged = docker(&["rmi", &private]);
+    assert!(
+        untagged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&untagged.stderr)
+    );
+    let helpers = tempfile::tempdir().unwrap();
+    let helper = helpers.path().join("docker-credential-tethertest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n[ \"$server\" = \"{}\" ] || exit 1\n\
+             echo '{{\"ServerURL\":\"'$server'\",\"Username\":\"tether\",\"Secret\":\"s3cret-pa55\"}}'\n",
+            registry.address
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    std::fs::write(
+        store.path().join("config.json"),
+        r#"{"credsStore": "tethertest"}"#,
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        helpers.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = p
+        .command("run", &[])
+        .env("DOCKER_CONFIG", store.path())
+        .env("PATH", path)
+        .args(fetch_web(img))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        (out.status.code(), text(&out).as_str()),
+        (Some(0), "hello from the sidecar"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("web: pulling {private}")), "{err}");
+    drop(p);
+    let _ = docker(&["rmi", &private]);
 }

@@ -523,7 +523,9 @@ impl Engine for DockerEngine {
             image: image.to_owned(),
             reason,
         };
-        let mut stream = self.docker.create_image(Some(options), None, None);
+        // The engine pulls with what the docker CLI would send: credentials from its config.
+        let credentials = crate::credentials::for_image(image);
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
         // Layer → (bytes done, bytes in all), as the engine reports them.
         let mut layers: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         let mut shown = None;

@@ -312,7 +312,7 @@ fn sidecar_error(c: &ContainerPlan, e: EngineError) -> LaunchError {
             format!("there is no image `{image}` on this engine (build it, or let tether pull it)")
         }
         EngineError::PullFailed { .. } => format!(
-            "{e} (check the name; for a registry that needs a login, `docker pull` it once yourself)"
+            "{e} (check the name, and for a registry that needs a login, `docker login` to it)"
         ),
         _ => e.to_string(),
     };

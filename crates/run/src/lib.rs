@@ -1,5 +1,6 @@
 //! `tether run`: sidecars on a container engine, gated on readiness, beside a workload.
 
+mod credentials;
 pub mod docker;
 pub mod engine;
 pub mod fake;

@@ -544,7 +544,7 @@ async fn a_missing_image_is_pulled_and_the_pull_policy_is_followed() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "sidecar cache: cannot pull `cache:1`: manifest unknown (check the name; for a registry that needs a login, `docker pull` it once yourself)"
+        "sidecar cache: cannot pull `cache:1`: manifest unknown (check the name, and for a registry that needs a login, `docker login` to it)"
     );
     assert_eq!(e.names(), ["tether-demo-db"]);
 }
