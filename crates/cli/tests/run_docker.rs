@@ -851,6 +851,27 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Pushes `img` here as `NAME:1` (with the docker CLI's configuration in `config`, when
+    /// given) and removes the local tag: the image is then in this registry only.
+    fn only_there(&self, img: &str, name: &str, config: Option<&std::path::Path>) -> String {
+        let remote = format!("{}/{name}-{}:1", self.address, std::process::id());
+        assert!(docker(&["tag", img, &remote]).status.success());
+        let mut push = Command::new("docker");
+        if let Some(c) = config {
+            push.arg("--config").arg(c);
+        }
+        let pushed = push.args(["push", &remote]).output().unwrap();
+        assert!(
+            pushed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pushed.stderr)
+        );
+        assert!(docker(&["rmi", &remote]).status.success());
+        remote
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.server.kill();
@@ -864,16 +885,7 @@ fn a_missing_image_is_pulled_with_progress_and_a_failed_pull_is_named() {
     let Some(registry) = Registry::start() else {
         return;
     };
-    // The test image, in the registry only.
-    let remote = format!("{}/tether-pull-{}:1", registry.address, std::process::id());
-    assert!(docker(&["tag", img, &remote]).status.success());
-    let pushed = docker(&["push", &remote]);
-    assert!(
-        pushed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
-    assert!(docker(&["rmi", &remote]).status.success());
+    let remote = registry.only_there(img, "tether-pull", None);
 
     let p = Project::new("pull", &web(&remote, ""));
     let out = p
@@ -960,24 +972,7 @@ fn a_private_image_is_pulled_with_the_docker_clis_credentials() {
         ),
     )
     .unwrap();
-    let private = format!(
-        "{}/tether-private-{}:1",
-        registry.address,
-        std::process::id()
-    );
-    assert!(docker(&["tag", img, &private]).status.success());
-    let pushed = Command::new("docker")
-        .arg("--config")
-        .arg(config.path())
-        .args(["push", &private])
-        .output()
-        .unwrap();
-    assert!(
-        pushed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
-    assert!(docker(&["rmi", &private]).status.success());
+    let private = registry.only_there(img, "tether-private", Some(config.path()));
 
     let p = Project::new("private", &web(&private, ""));
     // Without them, the registry's refusal is named.
