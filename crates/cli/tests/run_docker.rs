@@ -28,9 +28,17 @@ impl Project {
         .unwrap();
     }
 
+    /// tether with this project's declaration, and a docker CLI configuration of its own
+    /// (empty: what this machine's user keeps there plays no part).
     fn command(&self, sub: &str, args: &[&str]) -> Command {
+        let config = self.bundle.dir.path().join("docker-config");
+        std::fs::create_dir_all(&config).unwrap();
         let mut c = Command::new(tether_bin());
-        c.arg(sub).arg("-f").arg(self.bundle.file()).args(args);
+        c.env("DOCKER_CONFIG", config)
+            .arg(sub)
+            .arg("-f")
+            .arg(self.bundle.file())
+            .args(args);
         c
     }
 
@@ -988,9 +996,11 @@ fn a_private_image_is_pulled_with_the_docker_clis_credentials() {
     assert!(err.contains(&format!("cannot pull `{private}`: ")), "{err}");
     assert!(err.contains("no basic auth credentials"), "{err}");
 
+    // With every diagnostic on: the password shows nowhere, plain or as config.json has it.
     let out = p
         .command("run", &[])
         .env("DOCKER_CONFIG", config.path())
+        .env("TETHER_LOG", "trace")
         .args(fetch_web(img))
         .output()
         .unwrap();
@@ -998,9 +1008,15 @@ fn a_private_image_is_pulled_with_the_docker_clis_credentials() {
     assert_eq!(
         (out.status.code(), text(&out).as_str()),
         (Some(0), "hello from the sidecar"),
-        "{err}"
+        "{}",
+        err.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
-    assert!(!err.contains("s3cret-pa55"), "{err}");
+    assert!(err.contains("TRACE"), "diagnostics were on");
+    for output in [&out.stdout, &out.stderr] {
+        let output = String::from_utf8_lossy(output);
+        assert!(!output.contains("s3cret-pa55"));
+        assert!(!output.contains("dGV0aGVyOnMzY3JldC1wYTU1"));
+    }
 
     // The same through a credential helper (`credsStore`), asked for this registry.
     assert!(p.command("down", &["--all"]).status().unwrap().success());

@@ -1,48 +1,77 @@
-//! Registry credentials for pulls, found where the docker CLI keeps them: the file
-//! `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`), which names a credential helper
-//! for the registry (`credHelpers`), holds an `auths` entry for it, or names the default helper
-//! (`credsStore`), in that order. Values are handed to the engine and go nowhere else.
+//! Registry credentials for pulls, found as the docker CLI finds them: the file
+//! `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`) names a credential helper for the
+//! registry (`credHelpers`), or a default helper for all (`credsStore`), or else holds an
+//! `auths` entry for it. Values are handed to the engine and go nowhere else.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
+use tokio::io::AsyncWriteExt;
 
 /// Docker Hub's key in the CLI's configuration.
 const HUB: &str = "https://index.docker.io/v1/";
 
+/// A helper that asks for a passphrase or a keyring unlock may wait for a person: past this,
+/// the pull goes ahead without credentials.
+const HELPER_TIME: Duration = Duration::from_secs(30);
+
+/// Where the credentials for a registry come from.
+#[derive(Debug, PartialEq)]
+enum Source {
+    /// `docker-credential-<name>`.
+    Helper(String),
+    Entry(DockerCredentials),
+}
+
 /// The credentials for the registry that `image` names, if the configuration has any.
-pub fn for_image(image: &str) -> Option<DockerCredentials> {
+pub async fn for_image(image: &str) -> Option<DockerCredentials> {
     let registry = registry_of(image);
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(config_file()?).ok()?).ok()?;
-    let helper_for = config
-        .get("credHelpers")
-        .and_then(|h| h.as_object())
-        .and_then(|h| h.iter().find(|(k, _)| host_of(k) == registry))
-        .and_then(|(_, v)| v.as_str());
-    if let Some(helper) = helper_for {
-        return from_helper(helper, &registry);
-    }
-    let entry = config
-        .get("auths")
-        .and_then(|a| a.as_object())
-        .and_then(|a| a.iter().find(|(k, _)| host_of(k) == registry))
-        .map(|(_, v)| v);
-    if let Some(found) = entry.and_then(from_entry) {
-        return Some(DockerCredentials {
+    match source_for(&config, &registry)? {
+        Source::Helper(helper) => from_helper(&helper, &registry).await,
+        Source::Entry(found) => Some(DockerCredentials {
             serveraddress: Some(server_address(&registry)),
             ..found
-        });
+        }),
     }
-    let store = config.get("credsStore").and_then(|s| s.as_str())?;
-    from_helper(store, &registry)
+}
+
+/// The docker CLI's order: a helper for this registry, the default helper, an `auths` entry
+/// (its exact key first, then any key for the same host that holds credentials).
+fn source_for(config: &serde_json::Value, registry: &str) -> Option<Source> {
+    let object = |k: &str| config.get(k).and_then(|v| v.as_object());
+    if let Some(helper) = object("credHelpers")
+        .and_then(|h| h.iter().find(|(k, _)| host_of(k) == registry))
+        .and_then(|(_, v)| v.as_str())
+    {
+        return Some(Source::Helper(helper.to_owned()));
+    }
+    if let Some(store) = config
+        .get("credsStore")
+        .and_then(|s| s.as_str())
+        .filter(|s| !s.is_empty())
+    {
+        return Some(Source::Helper(store.to_owned()));
+    }
+    let auths = object("auths")?;
+    let exact = auths.get(&server_address(registry)).and_then(from_entry);
+    exact
+        .or_else(|| {
+            auths
+                .iter()
+                .filter(|(k, _)| host_of(k) == registry)
+                .find_map(|(_, v)| from_entry(v))
+        })
+        .map(Source::Entry)
 }
 
 fn config_file() -> Option<PathBuf> {
-    let dir = match std::env::var_os("DOCKER_CONFIG") {
+    // Empty counts as unset, as for the CLI.
+    let dir = match std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(std::env::var_os("HOME")?).join(".docker"),
     };
@@ -107,17 +136,29 @@ fn from_entry(entry: &serde_json::Value) -> Option<DockerCredentials> {
 }
 
 /// `docker-credential-<helper> get`, given the registry on stdin: `{"Username", "Secret"}`.
-fn from_helper(helper: &str, registry: &str) -> Option<DockerCredentials> {
+async fn from_helper(helper: &str, registry: &str) -> Option<DockerCredentials> {
     let server = server_address(registry);
-    let mut child = Command::new(format!("docker-credential-{helper}"))
+    let mut child = tokio::process::Command::new(format!("docker-credential-{helper}"))
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .ok()?;
-    child.stdin.take()?.write_all(server.as_bytes()).ok()?;
-    let out = child.wait_with_output().ok()?;
+    let mut stdin = child.stdin.take()?;
+    stdin.write_all(server.as_bytes()).await.ok()?;
+    drop(stdin);
+    let out = match tokio::time::timeout(HELPER_TIME, child.wait_with_output()).await {
+        Ok(out) => out.ok()?,
+        Err(_) => {
+            tracing::warn!(
+                "credential helper {helper} gave no answer for {registry} in {}s; pulling without credentials",
+                HELPER_TIME.as_secs()
+            );
+            return None;
+        }
+    };
     if !out.status.success() {
         tracing::debug!("credential helper {helper} has nothing for {registry}");
         return None;
@@ -155,6 +196,44 @@ mod tests {
         assert_eq!(registry_of("localhost/tool"), "localhost");
         assert_eq!(host_of("https://index.docker.io/v1/"), "docker.io");
         assert_eq!(host_of("https://127.0.0.1:5000"), "127.0.0.1:5000");
+    }
+
+    #[test]
+    fn credentials_are_looked_up_in_the_docker_clis_order() {
+        let entry = serde_json::json!({ "auth": "dXNlcjpwYTpzcw==" });
+        let user = |s: Option<Source>| match s {
+            Some(Source::Entry(c)) => c.username,
+            other => panic!("{other:?}"),
+        };
+        let all = serde_json::json!({
+            "credHelpers": { "ghcr.io": "gh" },
+            "credsStore": "desktop",
+            "auths": { "ghcr.io": entry, "https://index.docker.io/v1/": entry },
+        });
+        assert_eq!(
+            source_for(&all, "ghcr.io"),
+            Some(Source::Helper("gh".into()))
+        );
+        // A default helper wins over an old `auths` entry.
+        assert_eq!(
+            source_for(&all, "docker.io"),
+            Some(Source::Helper("desktop".into()))
+        );
+        // Docker Hub's exact key first; an empty entry for the same host is passed over.
+        let hub = serde_json::json!({ "auths": {
+            "docker.io": {},
+            "https://index.docker.io/v1/": entry,
+        }});
+        assert_eq!(user(source_for(&hub, "docker.io")).as_deref(), Some("user"));
+        let spread = serde_json::json!({ "auths": {
+            "https://127.0.0.1:5000": {},
+            "127.0.0.1:5000/v2/": { "identitytoken": "t" },
+        }});
+        match source_for(&spread, "127.0.0.1:5000") {
+            Some(Source::Entry(c)) => assert_eq!(c.identitytoken.as_deref(), Some("t")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(source_for(&spread, "ghcr.io"), None);
     }
 
     #[test]

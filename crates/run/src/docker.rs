@@ -524,7 +524,7 @@ impl Engine for DockerEngine {
             reason,
         };
         // The engine pulls with what the docker CLI would send: credentials from its config.
-        let credentials = crate::credentials::for_image(image);
+        let credentials = crate::credentials::for_image(image).await;
         let mut stream = self.docker.create_image(Some(options), None, credentials);
         // Layer → (bytes done, bytes in all), as the engine reports them.
         let mut layers: BTreeMap<String, (i64, i64)> = BTreeMap::new();
@@ -554,11 +554,12 @@ impl Engine for DockerEngine {
                 "Download complete" | "Pull complete" | "Already exists" => entry.0 = entry.1,
                 _ => continue,
             }
-            let (done, all) = layers
-                .values()
-                .fold((0, 0), |(d, a), (ld, la)| (d + ld, a + la));
+            // Wide sums: an engine's byte counts are not to be trusted not to overflow.
+            let (done, all) = layers.values().fold((0i128, 0i128), |(d, a), (ld, la)| {
+                (d + i128::from(*ld), a + i128::from(*la))
+            });
             if all > 0 {
-                let percent = u8::try_from(done * 100 / all).unwrap_or(100).min(100);
+                let percent = u8::try_from((done * 100 / all).clamp(0, 100)).unwrap_or(100);
                 if shown != Some(percent) {
                     shown = Some(percent);
                     progress(percent);
