@@ -67,18 +67,34 @@ fn an_engine_tether_cannot_speak_to_is_named_with_the_way_around() {
     let b = Bundle::new(
         "version: 1\nproject: p\nsidecars:\n  db:\n    image: db:1\n    lifecycle: shared\n    interface: { kind: port, port: 5432 }\n",
     );
-    let out = Command::new(tether_bin())
-        .args(["run", "-f"])
-        .arg(b.file())
-        .args(["--", "true"])
-        .env("DOCKER_HOST", "ssh://me@build-box")
-        .output()
-        .unwrap();
+    let run = |host: &str, tls: bool| {
+        let mut c = Command::new(tether_bin());
+        c.args(["run", "-f"])
+            .arg(b.file())
+            .args(["--", "true"])
+            .env("DOCKER_HOST", host)
+            .env_remove("DOCKER_TLS_VERIFY");
+        if tls {
+            c.env("DOCKER_TLS_VERIFY", "1");
+        }
+        c.output().unwrap()
+    };
+    let out = run("tcp://build-box:2376", true);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: cannot reach the container engine at ssh://me@build-box: tether speaks to engines over unix:// and tcp:// only\n\
-         \x20 = hint: forward the engine's socket over ssh (`ssh -nNT -L /tmp/engine.sock:/var/run/docker.sock me@build-box`), then DOCKER_HOST=unix:///tmp/engine.sock\n"
+        "error: cannot reach the container engine at tcp://build-box:2376: tether speaks to engines over unix://, tcp:// and ssh:// only (no TLS)\n\
+         \x20 = hint: reach the engine over ssh instead: DOCKER_HOST=ssh://build-box\n"
+    );
+    // ssh:// is spoken, and what ssh said is passed on.
+    let out = run("ssh://me@build-box.invalid", false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with(
+            "error: cannot reach the container engine at ssh://me@build-box.invalid: ssh: ssh: Could not resolve hostname build-box.invalid"
+        ),
+        "{err}"
     );
 }
 

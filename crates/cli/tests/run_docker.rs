@@ -102,6 +102,16 @@ fn fetch_web(image: &str) -> [&str; 8] {
     ]
 }
 
+/// The run of [`fetch_web`] succeeded and printed the page.
+fn assert_fetched(out: &std::process::Output) {
+    assert_eq!(
+        (out.status.code(), text(out).as_str()),
+        (Some(0), "hello from the sidecar"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn web(image: &str, extra: &str) -> String {
     format!(
         r#"sidecars:
@@ -722,12 +732,7 @@ fn an_engine_over_tcp_serves_a_run() {
         .args(fetch_web(img))
         .output()
         .unwrap();
-    assert_eq!(
-        (out.status.code(), text(&out).as_str()),
-        (Some(0), "hello from the sidecar"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fetched(&out);
 }
 
 /// The engine's info (milliseconds on every run) is asked once per engine: what it says of
@@ -793,7 +798,7 @@ fn nix_uid() -> u32 {
 
 /// A registry on this machine (Debian's docker-registry), stopped when dropped.
 struct Registry {
-    server: std::process::Child,
+    _server: Server,
     _dir: tempfile::TempDir,
     address: String,
 }
@@ -852,7 +857,7 @@ impl Registry {
             std::net::TcpStream::connect(&address).is_ok()
         });
         Some(Registry {
-            server,
+            _server: Server(server),
             _dir: dir,
             address,
         })
@@ -877,13 +882,6 @@ impl Registry {
         );
         assert!(docker(&["rmi", &remote]).status.success());
         remote
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
     }
 }
 
@@ -1065,4 +1063,102 @@ fn a_private_image_is_pulled_with_the_docker_clis_credentials() {
     assert!(err.contains(&format!("web: pulling {private}")), "{err}");
     drop(p);
     let _ = docker(&["rmi", &private]);
+}
+
+/// An ssh server on this machine, for one test, that lets in one key; stopped when dropped.
+struct Sshd {
+    _server: Server,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Sshd {
+    fn start() -> Option<Sshd> {
+        let sshd = std::path::Path::new("/usr/sbin/sshd");
+        if !require(
+            sshd.exists() && nix_uid() == 0,
+            "no sshd, or not root (apt-get install openssh-server)",
+        ) {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for key in ["host_key", "client_key"] {
+            let made = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key))
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let port = free_port();
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\n\
+                 AllowStreamLocalForwarding yes\nPidFile none\n",
+                d.join("host_key").display(),
+                d.join("authorized_keys").display()
+            ),
+        )
+        .unwrap();
+        // The client side: this key, and no known-hosts file of the user's touched.
+        std::fs::write(
+            d.join("ssh_config"),
+            format!(
+                "Host *\n  IdentityFile {}\n  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  LogLevel ERROR\n",
+                d.join("client_key").display()
+            ),
+        )
+        .unwrap();
+        let server = Command::new(sshd)
+            .arg("-D")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .arg("-E")
+            .arg(d.join("sshd.log"))
+            .spawn()
+            .unwrap();
+        eventually("sshd listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Some(Sshd {
+            _server: Server(server),
+            dir,
+            port,
+        })
+    }
+
+    fn ssh_command(&self) -> String {
+        format!("ssh -F {}", self.dir.path().join("ssh_config").display())
+    }
+}
+
+/// `DOCKER_HOST=ssh://…`: tether forwards the engine's socket with ssh (the user's own, here
+/// told which key to use) and hands the same tunnel to the workload's docker CLI.
+#[test]
+fn an_engine_over_ssh_serves_a_run_and_the_workload() {
+    let Some(img) = busybox_image() else { return };
+    let Some(sshd) = Sshd::start() else { return };
+    let p = Project::new("ssh", &web(img, ""));
+    let out = p
+        .command("run", &[])
+        .env("DOCKER_HOST", format!("ssh://root@127.0.0.1:{}", sshd.port))
+        .env("TETHER_SSH_COMMAND", sshd.ssh_command())
+        .args(fetch_web(img))
+        .output()
+        .unwrap();
+    assert_fetched(&out);
+    // The tunnel's socket went with the run.
+    let base = format!("/dev/shm/tether-{}", nix_uid());
+    let left: Vec<String> = std::fs::read_dir(&base)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ssh-"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
 }

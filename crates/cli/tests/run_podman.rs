@@ -5,13 +5,13 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use support::*;
 
 /// A Podman API service for one test, stopped when dropped.
 struct Podman {
-    service: Child,
+    _service: Server,
     dir: tempfile::TempDir,
     image: String,
 }
@@ -70,7 +70,7 @@ impl Podman {
             .spawn()
             .unwrap();
         let podman = Podman {
-            service,
+            _service: Server(service),
             dir,
             image,
         };
@@ -116,13 +116,6 @@ impl Podman {
             "--format",
             "{{.Names}}",
         ]))
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.service.kill();
-        let _ = self.service.wait();
     }
 }
 

@@ -3,6 +3,7 @@
 //! Docker-compatible socket works the same way.
 
 use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -32,6 +33,103 @@ pub struct DockerEngine {
     reach: std::sync::Arc<tokio::sync::OnceCell<Option<Reach>>>,
     /// Where the reach is remembered for the next run.
     memo: Option<std::path::PathBuf>,
+    /// For `ssh://`: the ssh process forwarding the engine's socket, while tether runs.
+    tunnel: Option<std::sync::Arc<Tunnel>>,
+}
+
+/// `ssh -L` from a socket of this run's own to the engine's socket on the other machine, run
+/// with the user's own ssh configuration and keys (`TETHER_SSH_COMMAND` replaces `ssh`, as
+/// `GIT_SSH_COMMAND` does for git). Gone, with its socket, when tether is.
+struct Tunnel {
+    local: std::path::PathBuf,
+    _ssh: tokio::process::Child,
+}
+
+impl Tunnel {
+    /// `ssh://[USER@]HOST[:PORT][/SOCKET]`, the socket `/var/run/docker.sock` by default (Podman's
+    /// URLs name theirs).
+    async fn open(endpoint: &str) -> Result<Tunnel> {
+        let failed = |reason: String| EngineError::Unreachable {
+            endpoint: endpoint.to_owned(),
+            reason,
+        };
+        let rest = endpoint.strip_prefix("ssh://").unwrap_or(endpoint);
+        let (authority, remote) = match rest.split_once('/') {
+            Some((a, path)) if !path.is_empty() => (a, format!("/{path}")),
+            Some((a, _)) => (a, "/var/run/docker.sock".to_owned()),
+            None => (rest, "/var/run/docker.sock".to_owned()),
+        };
+        let (destination, port) = match authority.rsplit_once(':') {
+            Some((d, p)) if p.parse::<u16>().is_ok() => (d, Some(p)),
+            _ => (authority, None),
+        };
+        let base = crate::launch::private_base().map_err(failed)?;
+        let local = base.join(format!("ssh-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&local);
+        let command = std::env::var("TETHER_SSH_COMMAND").unwrap_or_else(|_| "ssh".into());
+        let mut args = vec![
+            "-nNT".to_owned(),
+            "-o".into(),
+            "ExitOnForwardFailure=yes".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-L".into(),
+            format!("{}:{remote}", local.display()),
+        ];
+        if let Some(p) = port {
+            args.extend(["-p".into(), p.to_owned()]);
+        }
+        args.extend(["--".into(), destination.to_owned()]);
+        let mut ssh = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {command} \"$@\""))
+            .arg("ssh")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(format!("cannot run ssh: {e}")))?;
+        let ready = async {
+            loop {
+                if let Ok(Some(_)) = ssh.try_wait() {
+                    return false;
+                }
+                if local.exists() && ping_version(&local.display().to_string()).await.is_some() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(20), ready).await {
+            Ok(true) => Ok(Tunnel { local, _ssh: ssh }),
+            Ok(false) => {
+                let mut said = String::new();
+                if let Some(mut err) = ssh.stderr.take() {
+                    use tokio::io::AsyncReadExt;
+                    let _ = err.read_to_string(&mut said).await;
+                }
+                let last = said
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty() && !l.starts_with("Warning: Permanently added"))
+                    .unwrap_or("ssh ended")
+                    .trim()
+                    .to_owned();
+                Err(failed(format!("ssh: {last}")))
+            }
+            Err(_) => Err(failed(
+                "ssh forwarded no engine socket within 20 s".to_owned(),
+            )),
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.local);
+    }
 }
 
 /// What this host shares with the engine, found out once, when first needed.
@@ -251,7 +349,7 @@ impl DockerEngine {
             reason,
         };
         let scheme = endpoint.split_once("://").map_or("", |(s, _)| s);
-        if !matches!(scheme, "unix" | "tcp" | "http")
+        if !matches!(scheme, "unix" | "tcp" | "http" | "ssh")
             || std::env::var_os("DOCKER_TLS_VERIFY").is_some()
         {
             let host = endpoint
@@ -260,20 +358,35 @@ impl DockerEngine {
             return Err(EngineError::Unsupported {
                 endpoint: endpoint.clone(),
                 hint: format!(
-                    "forward the engine's socket over ssh (`ssh -nNT -L /tmp/engine.sock:/var/run/docker.sock {host}`), then DOCKER_HOST=unix:///tmp/engine.sock"
+                    "reach the engine over ssh instead: DOCKER_HOST=ssh://{}",
+                    host.split(['/', ':']).next().unwrap_or(host)
                 ),
             });
         }
-        // A local socket: the engine's API version from the headers of one cheap /_ping, as the
+        // ssh://: the engine's socket, forwarded to one of this run's own by ssh.
+        let tunnel = match scheme {
+            "ssh" => Some(std::sync::Arc::new(Tunnel::open(&endpoint).await?)),
+            _ => None,
+        };
+        let socket = match &tunnel {
+            Some(t) => format!("unix://{}", t.local.display()),
+            None => endpoint.clone(),
+        };
+        // A socket: the engine's API version from the headers of one cheap /_ping, as the
         // docker CLI does; otherwise (or if that fails) bollard's negotiation through /version.
-        let pinged = match endpoint.strip_prefix("unix://") {
+        let pinged = match socket.strip_prefix("unix://") {
             Some(path) => ping_version(path).await,
             None => None,
         };
-        let docker = match pinged {
-            Some(version) => Docker::connect_with_unix(&endpoint, 120, &version)
+        let docker = match (pinged, scheme) {
+            (Some(version), _) => Docker::connect_with_unix(&socket, 120, &version)
                 .map_err(|e| unreachable(e.to_string()))?,
-            None => Docker::connect_with_defaults()
+            (None, "tcp" | "http") => Docker::connect_with_defaults()
+                .map_err(|e| unreachable(e.to_string()))?
+                .negotiate_version()
+                .await
+                .map_err(|e| unreachable(plain(&e)))?,
+            (None, _) => Docker::connect_with_unix(&socket, 120, bollard::API_DEFAULT_VERSION)
                 .map_err(|e| unreachable(e.to_string()))?
                 .negotiate_version()
                 .await
@@ -283,7 +396,8 @@ impl DockerEngine {
         // there when the first sidecar needs it.
         let reach = std::sync::Arc::new(tokio::sync::OnceCell::new());
         let forced = std::env::var("TETHER_ENGINE_REMOTE").as_deref() == Ok("1");
-        let memo = reach_memo(&endpoint).filter(|_| !forced);
+        // (A tunnel's socket is this run's own: nothing to remember it by.)
+        let memo = reach_memo(&endpoint).filter(|_| !forced && tunnel.is_none());
         match memo.as_deref().and_then(recall) {
             Some(known) => {
                 let _ = reach.set(Some(known));
@@ -300,6 +414,7 @@ impl DockerEngine {
             endpoint,
             reach,
             memo,
+            tunnel,
         })
     }
 
@@ -1025,6 +1140,12 @@ impl Engine for DockerEngine {
 
     async fn shares_files(&self) -> bool {
         self.reach().await.files_shared
+    }
+
+    fn workload_docker_host(&self) -> Option<String> {
+        self.tunnel
+            .as_ref()
+            .map(|t| format!("unix://{}", t.local.display()))
     }
 
     async fn ports_here(&self) -> bool {

@@ -11,7 +11,7 @@ use tether_plan::ContainerPlan;
 pub enum EngineError {
     /// The engine cannot be reached at all.
     Unreachable { endpoint: String, reason: String },
-    /// `DOCKER_HOST` names a transport tether does not speak (ssh://, TLS).
+    /// `DOCKER_HOST` names a transport tether does not speak (TLS).
     Unsupported { endpoint: String, hint: String },
     /// No such image on this engine.
     NoImage { image: String },
@@ -38,7 +38,7 @@ impl std::fmt::Display for EngineError {
             }
             EngineError::Unsupported { endpoint, .. } => write!(
                 f,
-                "cannot reach the container engine at {endpoint}: tether speaks to engines over unix:// and tcp:// only"
+                "cannot reach the container engine at {endpoint}: tether speaks to engines over unix://, tcp:// and ssh:// only (no TLS)"
             ),
             EngineError::NoImage { image } => {
                 write!(f, "there is no image `{image}` on this engine")
@@ -146,6 +146,11 @@ pub trait Engine {
     ) -> Result<bool>;
     /// Whether the engine sees this host's files, so that a bind mount of one works.
     async fn shares_files(&self) -> bool;
+    /// The `DOCKER_HOST` a workload's engine CLI should use to reach the same engine, when it
+    /// differs from tether's own (an ssh tunnel of this run).
+    fn workload_docker_host(&self) -> Option<String> {
+        None
+    }
     /// Whether a port the engine publishes on 127.0.0.1 is reachable on this host's 127.0.0.1.
     async fn ports_here(&self) -> bool;
     /// Copies files into a container (created or running) under `dir`, readable by all.

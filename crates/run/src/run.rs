@@ -213,6 +213,10 @@ pub async fn run<E: Engine>(
     } else {
         Vec::new()
     };
+    // The workload's engine CLI goes through the same ssh tunnel as tether.
+    if let Some(host) = engine.workload_docker_host() {
+        env.push(("DOCKER_HOST".into(), host));
+    }
     let mcp_dir = match write_mcp(plan, &launched, &mut argv, &mut env) {
         Ok(d) => d,
         Err(e) => {

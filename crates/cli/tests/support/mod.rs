@@ -375,3 +375,13 @@ pub fn busybox_image() -> Option<&'static str> {
         }
     }
 }
+
+/// A server a test started (a registry, sshd, Podman's API): killed and reaped when dropped.
+pub struct Server(pub std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
