@@ -462,11 +462,14 @@ impl DockerEngine {
                 .into(),
             });
         }
+        // One helper keeps trying for about 2 s, every 100 ms: a sidecar that becomes ready
+        // meanwhile is seen within 100 ms, without a container per try.
         let mut cmd = vec![
             if path.is_some() { "http" } else { "tcp" }.to_owned(),
             port.to_string(),
         ];
         cmd.extend(path.map(str::to_owned));
+        cmd.extend(["20".to_owned(), "100".to_owned()]);
         let mut labels = HashMap::from([
             (LABEL_ROLE.to_owned(), "probe".to_owned()),
             (LABEL_OWNER.to_owned(), crate::launch::owner_id()),
