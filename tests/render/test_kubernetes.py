@@ -52,3 +52,22 @@ def test_session_sidecars_are_native_sidecars_with_a_startup_probe() -> None:
     assert env["TETHER_WEB_HOST"] == "web"
     services = [d["metadata"]["name"] for d in docs if d and d["kind"] == "Service"]
     assert services == ["web"]
+
+
+@pytest.mark.parametrize("version", ["1.33.0", "1.37.0"])
+def test_with_a_wait_image_the_pod_waits_for_shared_sidecars(version: str) -> None:
+    text = render(REPO / "examples" / "web-sidecar" / "tether.yaml", "--wait-image", "tether:1")
+    assert "# note: the workload does not wait" not in text
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+    workload = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "web-sidecar")
+    wait, echo = workload["spec"]["template"]["spec"]["initContainers"]
+    # First the shared sidecar's Service answers (http readiness, its timeout), then the
+    # session sidecar starts beside the workload.
+    assert wait == {
+        "name": "wait-web",
+        "image": "tether:1",
+        "args": ["wait", "--timeout", "20s", "http://web:8080/"],
+    }
+    assert echo["name"] == "echo"

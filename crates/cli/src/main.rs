@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tether_spec::{LoadError, Loaded};
 
+mod wait;
+
 /// Exit codes, decided in one place (see README).
 mod exit {
     pub const OK: u8 = 0;
@@ -15,6 +17,13 @@ mod exit {
     pub const INVALID: u8 = 1;
     /// An internal or engine error.
     pub const INTERNAL: u8 = 2;
+    /// `tether wait`: something was not ready in time.
+    pub const NOT_READY: u8 = 3;
+}
+
+/// A duration as the declaration writes them: `500ms`, `30s`, `2m`.
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (use 500ms, 30s or 2m)"))
 }
 
 #[derive(Parser)]
@@ -150,6 +159,10 @@ enum Command {
         /// Kubernetes: write the secrets' values (read on this host) into the Secret
         #[arg(long)]
         include_secret_values: bool,
+        /// Kubernetes: an image whose entrypoint is tether; the workload's Pod waits with
+        /// `tether wait` until each shared sidecar answers
+        #[arg(long, value_name = "IMAGE")]
+        wait_image: Option<String>,
     },
     /// Start sidecars and wait until they are ready, with no workload
     #[command(
@@ -213,6 +226,24 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Wait until addresses answer (for scripts, and Kubernetes init containers)
+    #[command(
+        after_help = "Examples:\n  tether wait db:5432\n  tether wait --timeout 2m tcp://db:5432 http://api:8080/healthz\n\nAll are waited for at once. HOST:PORT or tcp://HOST:PORT: a TCP connection is accepted;\nhttp://HOST:PORT/PATH: GET answers 200 to 399.\n\nExit status: 0 when all are ready; 3 when some were not by the timeout (named on stderr);\n1 a target cannot be read."
+    )]
+    Wait {
+        /// How long to wait in all
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+        timeout: std::time::Duration,
+        /// How long between tries
+        #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration)]
+        interval: std::time::Duration,
+        /// Say nothing of what became ready
+        #[arg(long, short)]
+        quiet: bool,
+        /// What to wait for
+        #[arg(value_name = "TARGET", required = true)]
+        targets: Vec<String>,
+    },
     /// Supervise the bundle's steps and daemons as PID 1, or run one command tini-style
     #[command(
         after_help = "Examples:\n  tether init                               the `init` section of ./tether.yaml\n  tether init -f bundle.yaml --only proxy   proxy and what it depends on\n  tether init -- /app/server --port 80      one command: signals forwarded, zombies reaped\n\nSignals: SIGTERM or SIGINT stops the daemons in reverse dependency order (a second one\nkills them at once); every other signal is forwarded to each daemon's process group.\n\nExit status: 0 after a requested shutdown in which every daemon stopped cleanly; a failed\ndaemon's code (128+N when killed by signal N); 122 a fatal step failed; 123 a daemon gave\nup after max_restarts; 126 a command could not be executed; 127 a command was not found;\n1 the declaration is invalid; 2 tether itself failed. With `-- CMD`, the command's code."
@@ -270,7 +301,15 @@ fn main() -> ExitCode {
             output,
             allow_lossy,
             include_secret_values,
-        } => render(target, &file, output, allow_lossy, include_secret_values),
+            wait_image,
+        } => render(
+            target,
+            &file,
+            output,
+            allow_lossy,
+            include_secret_values,
+            wait_image.as_deref(),
+        ),
         Command::Up {
             file,
             names,
@@ -294,8 +333,41 @@ fn main() -> ExitCode {
             only,
             command,
         } => return ExitCode::from(init(&file, only, command)),
+        Command::Wait {
+            timeout,
+            interval,
+            quiet,
+            targets,
+        } => wait(&targets, timeout, interval, quiet),
     };
     ExitCode::from(code)
+}
+
+fn wait(
+    targets: &[String],
+    timeout: std::time::Duration,
+    interval: std::time::Duration,
+    quiet: bool,
+) -> u8 {
+    let parsed: Result<Vec<wait::Target>, String> =
+        targets.iter().map(|t| wait::Target::parse(t)).collect();
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INVALID;
+        }
+    };
+    let missing = runtime().block_on(wait::wait(&parsed, timeout, interval, quiet));
+    if missing.is_empty() {
+        return exit::OK;
+    }
+    eprintln!(
+        "error: not ready after {}: {}",
+        humantime::format_duration(timeout),
+        missing.join(", ")
+    );
+    exit::NOT_READY
 }
 
 fn color() -> bool {
@@ -478,6 +550,7 @@ fn render(
     output: Option<PathBuf>,
     allow_lossy: bool,
     include_secret_values: bool,
+    wait_image: Option<&str>,
 ) -> u8 {
     let loaded = match load(file, false) {
         Ok(l) => l,
@@ -510,6 +583,7 @@ fn render(
                 allow_lossy,
                 secret_value: include_secret_values.then_some(&read_secret as _),
                 declaration_text: declaration_text.as_deref(),
+                wait_image,
             };
             tether_render::kubernetes::render(decl, &options).map(|r| {
                 for w in &r.warnings {

@@ -286,3 +286,88 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP server on a free port answering every request with `status`, from a thread.
+fn http_server(status: u16) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    port
+}
+
+#[test]
+fn wait_returns_once_every_target_answers() {
+    // A TCP port that starts listening only later, and an HTTP endpoint that answers 200.
+    let later = free_port();
+    let opener = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let l = std::net::TcpListener::bind(("127.0.0.1", later)).unwrap();
+        // Kept open until a connection came.
+        let _ = l.accept();
+    });
+    let http = http_server(200);
+    let tcp = format!("127.0.0.1:{later}");
+    let url = format!("http://127.0.0.1:{http}/healthz");
+    let out = tether(&["wait", "--interval", "50ms", &tcp, &url], &repo());
+    opener.join().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let mut names: Vec<&str> = err
+        .lines()
+        .map(|l| {
+            l.strip_prefix("tether: ")
+                .and_then(|l| l.split(" is ready (").next())
+                .unwrap_or(l)
+        })
+        .collect();
+    names.sort();
+    let mut want = vec![tcp.as_str(), url.as_str()];
+    want.sort();
+    assert_eq!(names, want);
+}
+
+#[test]
+fn wait_names_what_was_not_ready_in_time() {
+    let closed = format!("127.0.0.1:{}", free_port());
+    let refusing = format!("http://127.0.0.1:{}/", http_server(503));
+    let out = tether(
+        &[
+            "wait",
+            "-q",
+            "--timeout",
+            "300ms",
+            "--interval",
+            "50ms",
+            &closed,
+            &refusing,
+        ],
+        &repo(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        text(&out.stderr),
+        format!("error: not ready after 300ms: {closed}, {refusing}\n")
+    );
+    let out = tether(&["wait", "db"], &repo());
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: `db` is not something to wait for (use HOST:PORT, tcp://HOST:PORT or http://HOST:PORT/PATH)\n"
+    );
+}

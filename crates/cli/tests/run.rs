@@ -111,7 +111,7 @@ fn ctrl_c_on_a_terminal_reaches_the_workload_once() {
     }
     let b = Bundle::new("version: 1\nproject: p\n");
     let inner = format!(
-        "{} run -f {} -- sh -c 'trap \"echo got INT; exit 5\" INT; echo ready; while :; do sleep 0.1; done'",
+        "{} run -f {} -- sh -c 'trap \"echo got INT; exit 5\" INT; echo ready $$; while :; do sleep 0.1; done'",
         tether_bin().display(),
         b.file().display()
     );
@@ -131,7 +131,25 @@ fn ctrl_c_on_a_terminal_reaches_the_workload_once() {
         assert!(out.read_line(&mut line).unwrap() > 0, "no `ready`: {seen}");
         seen.push_str(&line);
     }
-    // ^C typed at the terminal.
+    // Once tether has made the workload's group the terminal's foreground (its pgrp is the
+    // terminal's, fields 5 and 8 of /proc/PID/stat), ^C typed at the terminal.
+    let pid: i32 = seen
+        .split("ready ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid after `ready`: {seen}"));
+    eventually("the workload is the terminal's foreground", || {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        // After the command: state, ppid, pgrp, session, tty, tpgid.
+        fields.len() > 5 && fields[2] == fields[5]
+    });
     stdin.write_all(b"\x03").unwrap();
     stdin.flush().unwrap();
     let status = child.wait().unwrap();

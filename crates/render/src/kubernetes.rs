@@ -24,6 +24,9 @@ pub struct Options<'a> {
     pub secret_value: Option<ReadSecret<'a>>,
     /// The declaration's text, carried into a ConfigMap for `tether init` bundles.
     pub declaration_text: Option<&'a str>,
+    /// An image whose entrypoint is tether: the workload's Pod then waits, with `tether wait`
+    /// in an init container, until each shared sidecar's Service answers.
+    pub wait_image: Option<&'a str>,
 }
 
 pub struct Rendered {
@@ -153,13 +156,13 @@ pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, Ren
         }
     }
 
-    if let Some(image) = image {
+    if let Some(image) = &image {
         let w = workload.expect("an image implies a workload");
         docs.extend(workload_objects(
             decl,
             &plan,
             w,
-            &image,
+            image,
             &secret_name,
             options,
             &mut losses,
@@ -182,6 +185,21 @@ pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, Ren
         text.push_str(&format!(
             "# not kept: {}.{}: {}\n",
             l.owner, l.field, l.message
+        ));
+    }
+    // Shared sidecars run in Pods of their own, which the workload's does not wait for unless
+    // told how.
+    let unwaited: Vec<&str> = plan
+        .sidecars
+        .iter()
+        .filter(|c| c.lifecycle == Lifecycle::Shared && !c.aliases.is_empty())
+        .map(|c| c.sidecar.as_str())
+        .collect();
+    if workload.is_some() && image.is_some() && options.wait_image.is_none() && !unwaited.is_empty()
+    {
+        text.push_str(&format!(
+            "# note: the workload does not wait for {}: --wait-image IMAGE (an image whose entrypoint is tether) adds init containers that do\n",
+            unwaited.join(", ")
         ));
     }
     for d in &docs {
@@ -419,8 +437,34 @@ fn workload_objects(
     let project = &decl.project;
     let mut docs = Vec::new();
     let mut volumes: Vec<Value> = Vec::new();
-    // Session sidecars run in the workload's Pod: native sidecars, reached on 127.0.0.1.
     let mut init_containers = Vec::new();
+    // Shared sidecars run in Pods of their own: with a tether image, the workload's Pod waits
+    // until each answers through its Service (an init container that fails is run again).
+    let shared = plan
+        .sidecars
+        .iter()
+        .filter(|c| c.lifecycle == Lifecycle::Shared);
+    for c in shared {
+        let (Some(alias), Some(port), Some(image)) = (
+            c.aliases.first(),
+            decl.sidecars[&c.sidecar].port(),
+            options.wait_image,
+        ) else {
+            continue;
+        };
+        let target = match (c.readiness.mode, &c.readiness.path) {
+            ("http", path) => format!("http://{alias}:{port}{}", path.as_deref().unwrap_or("/")),
+            _ => format!("tcp://{alias}:{port}"),
+        };
+        let limit =
+            c.readiness.timeout.0 + c.readiness.start_period.map(|d| d.0).unwrap_or_default();
+        init_containers.push(json!({
+            "name": format!("wait-{}", c.sidecar),
+            "image": image,
+            "args": ["wait", "--timeout", format!("{}s", limit.as_secs().max(1)), target],
+        }));
+    }
+    // Session sidecars run in the workload's Pod: native sidecars, reached on 127.0.0.1.
     for c in plan
         .sidecars
         .iter()

@@ -15,6 +15,7 @@ fn lossy() -> Options<'static> {
         allow_lossy: true,
         secret_value: None,
         declaration_text: Some("# the declaration\n"),
+        wait_image: None,
     }
 }
 
