@@ -226,6 +226,13 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Hand the terminal to this process's group, then run ARGV (how `tether run` starts a
+    /// workload on a terminal)
+    #[command(name = "__foreground", hide = true)]
+    Foreground {
+        #[arg(last = true, value_name = "ARGV")]
+        argv: Vec<String>,
+    },
     /// Wait until addresses answer (for scripts, and Kubernetes init containers)
     #[command(
         after_help = "Examples:\n  tether wait db:5432\n  tether wait --timeout 2m tcp://db:5432 http://api:8080/healthz\n\nAll are waited for at once. HOST:PORT or tcp://HOST:PORT: a TCP connection is accepted;\nhttp://HOST:PORT/PATH: GET answers 200 to 399.\n\nExit status: 0 when all are ready; 3 when some were not by the timeout (named on stderr);\n1 a target cannot be read."
@@ -339,6 +346,9 @@ fn main() -> ExitCode {
             quiet,
             targets,
         } => wait(&targets, timeout, interval, quiet),
+        Command::Foreground { argv } => {
+            return ExitCode::from((tether_run::run::foreground_exec(&argv) & 0xff) as u8);
+        }
     };
     ExitCode::from(code)
 }

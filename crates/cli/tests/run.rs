@@ -131,25 +131,21 @@ fn ctrl_c_on_a_terminal_reaches_the_workload_once() {
         assert!(out.read_line(&mut line).unwrap() > 0, "no `ready`: {seen}");
         seen.push_str(&line);
     }
-    // Once tether has made the workload's group the terminal's foreground (its pgrp is the
-    // terminal's, fields 5 and 8 of /proc/PID/stat), ^C typed at the terminal.
+    // The workload's group is the terminal's foreground from its first instruction (its pgrp
+    // is the terminal's, fields 5 and 8 of /proc/PID/stat): a ^C typed at once reaches it.
     let pid: i32 = seen
         .split("ready ")
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid after `ready`: {seen}"));
-    eventually("the workload is the terminal's foreground", || {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        // After the command: state, ppid, pgrp, session, tty, tpgid.
-        fields.len() > 5 && fields[2] == fields[5]
-    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command: state, ppid, pgrp, session, tty, tpgid.
+    assert_eq!(fields[2], fields[5], "not yet the foreground: {stat}");
     stdin.write_all(b"\x03").unwrap();
     stdin.flush().unwrap();
     let status = child.wait().unwrap();

@@ -339,12 +339,22 @@ async fn workload<E: Engine>(
     // Ctrl-C there reaches the workload exactly once, and a signal sent to tether is
     // forwarded to the group exactly once.
     let terminal = Terminal::ours();
-    let mut child = match tokio::process::Command::new(program)
-        .args(args)
-        .envs(env.iter().cloned())
-        .process_group(0)
-        .spawn()
-    {
+    // With a terminal, the workload takes it before its first instruction: it starts as
+    // `tether __foreground -- ARGV`, which makes its own group the foreground, then execs the
+    // workload (a Ctrl-C typed at once then reaches the workload, not tether).
+    let mut command = match (&terminal, std::env::current_exe()) {
+        (Some(_), Ok(tether)) => {
+            let mut c = tokio::process::Command::new(tether);
+            c.arg(FOREGROUND).arg("--").arg(program).args(args);
+            c
+        }
+        _ => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(args);
+            c
+        }
+    };
+    let mut child = match command.envs(env.iter().cloned()).process_group(0).spawn() {
         Ok(c) => c,
         Err(e) => {
             say(&format!("error: cannot run `{program}`: {e}"));
@@ -407,6 +417,45 @@ async fn workload<E: Engine>(
         t.take_back();
     }
     signalled
+}
+
+/// The hidden subcommand that hands the terminal to its own process group, then execs.
+pub const FOREGROUND: &str = "__foreground";
+
+/// `tether __foreground -- PROGRAM ARGS`: makes this process's group the terminal's foreground
+/// (when there is a terminal), then becomes PROGRAM. Returns only when that fails: 127 not
+/// found, 126 not executable.
+pub fn foreground_exec(argv: &[String]) -> i32 {
+    let Some(program) = argv.first() else {
+        say("error: no workload command");
+        return exit::INVALID;
+    };
+    if let Ok(tty) = std::fs::File::open("/dev/tty") {
+        quietly(|| nix::unistd::tcsetpgrp(&tty, nix::unistd::getpgrp()));
+    }
+    let c_args: Result<Vec<std::ffi::CString>, _> = argv
+        .iter()
+        .map(|a| std::ffi::CString::new(a.as_bytes()))
+        .collect();
+    let Ok(c_args) = c_args else {
+        say(&format!(
+            "error: cannot run `{program}`: an argument holds a NUL byte"
+        ));
+        return 126;
+    };
+    let err = match nix::unistd::execvp(&c_args[0], &c_args) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    say(&format!(
+        "error: cannot run `{program}`: {}",
+        std::io::Error::from(err)
+    ));
+    if err == nix::errno::Errno::ENOENT {
+        127
+    } else {
+        126
+    }
 }
 
 /// The controlling terminal, when tether's process group is in its foreground.
