@@ -380,6 +380,38 @@ fn secret_volume(
     );
 }
 
+/// A file a container reads, carried in a ConfigMap `<project>-<volume>` of its own.
+struct ConfigFile<'a> {
+    volume: &'a str,
+    key: &'a str,
+    text: &'a str,
+    /// Where the container sees it.
+    path: &'a str,
+}
+
+impl ConfigFile<'_> {
+    fn add(
+        &self,
+        project: &str,
+        docs: &mut Vec<Value>,
+        volumes: &mut Vec<Value>,
+        container: &mut Map<String, Value>,
+    ) {
+        let cm = format!("{project}-{}", self.volume);
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata(&cm, project, None),
+            "data": { self.key: self.text },
+        }));
+        volumes.push(json!({ "name": self.volume, "configMap": { "name": cm } }));
+        push_mount(
+            container,
+            json!({ "name": self.volume, "mountPath": self.path, "subPath": self.key, "readOnly": true }),
+        );
+    }
+}
+
 fn push_mount(container: &mut Map<String, Value>, mount: Value) {
     match container.get_mut("volumeMounts") {
         Some(Value::Array(a)) => a.push(mount),
@@ -540,19 +572,14 @@ fn workload_objects(
             "command".into(),
             json!(["tether", "init", "-f", INIT_DECLARATION]),
         );
-        let cm = format!("{project}-declaration");
         let text = options.declaration_text.unwrap_or("");
-        docs.push(json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": metadata(&cm, project, None),
-            "data": { "tether.yaml": text },
-        }));
-        volumes.push(json!({ "name": "declaration", "configMap": { "name": cm } }));
-        push_mount(
-            &mut main,
-            json!({ "name": "declaration", "mountPath": INIT_DECLARATION, "subPath": "tether.yaml", "readOnly": true }),
-        );
+        let file = ConfigFile {
+            volume: "declaration",
+            key: "tether.yaml",
+            text,
+            path: INIT_DECLARATION,
+        };
+        file.add(project, &mut docs, &mut volumes, &mut main);
         match &init.health {
             Some(h) => {
                 let port: u16 = h
@@ -602,24 +629,19 @@ fn workload_objects(
         }
     }
     if let Some(mcp) = &plan.mcp {
-        let cm = format!("{project}-mcp");
         let mut rendered = mcp.render(&|_, _| None).to_string();
         for c in plan.sidecars.iter().filter(|c| local(&c.sidecar)) {
             if let Some(alias) = c.aliases.first() {
                 rendered = rendered.replace(&format!("://{alias}:"), "://127.0.0.1:");
             }
         }
-        docs.push(json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": metadata(&cm, project, None),
-            "data": { "mcp.json": rendered },
-        }));
-        volumes.push(json!({ "name": "mcp", "configMap": { "name": cm } }));
-        push_mount(
-            &mut main,
-            json!({ "name": "mcp", "mountPath": mcp.target, "subPath": "mcp.json", "readOnly": true }),
-        );
+        let file = ConfigFile {
+            volume: "mcp",
+            key: "mcp.json",
+            text: &rendered,
+            path: &mcp.target,
+        };
+        file.add(project, &mut docs, &mut volumes, &mut main);
     }
     let mut spec = Map::new();
     if !init_containers.is_empty() {

@@ -210,7 +210,7 @@ fn reach_memo(endpoint: &str) -> Option<std::path::PathBuf> {
     let path = endpoint.strip_prefix("unix://")?;
     let m = std::fs::metadata(path).ok()?;
     let mut h = std::hash::DefaultHasher::new();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = crate::launch::hostname();
     (path, m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), host).hash(&mut h);
     let base = crate::launch::private_base().ok()?;
     Some(base.join(format!("engine-{:016x}", h.finish())))
@@ -266,9 +266,7 @@ async fn reach_of(docker: Docker, memo: Option<std::path::PathBuf>) -> Option<Re
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
+    let host = crate::launch::hostname();
     let desktop = info
         .operating_system
         .as_deref()
@@ -449,8 +447,13 @@ impl DockerEngine {
     /// made from the sidecar's own image (already on the engine), the probe copied in. The
     /// helper's life runs in a task of its own, so that it is removed even when the attempt
     /// is given up; one a killed run leaves is removed by the next run (its owner is gone).
-    async fn probe_inside(&self, c: &Container, port: u16, path: Option<&str>) -> Result<bool> {
-        let reach = self.reach().await;
+    async fn probe_inside(
+        &self,
+        reach: Reach,
+        c: &Container,
+        port: u16,
+        path: Option<&str>,
+    ) -> Result<bool> {
         if PROBE.is_empty() || !reach.probe_runs {
             return Err(EngineError::Unable {
                 what: format!("check {}:{port} from inside its network namespace", c.name),
@@ -870,23 +873,21 @@ impl Engine for DockerEngine {
             .iter()
             .map(|m| match m {
                 MountPlan::Bind {
-                    source,
+                    source: from,
+                    target,
+                    read_only,
+                }
+                | MountPlan::Volume {
+                    name: from,
                     target,
                     read_only,
                 } => Mount {
-                    typ: Some(MountTypeEnum::BIND),
-                    source: Some(source.clone()),
-                    target: Some(target.clone()),
-                    read_only: Some(*read_only),
-                    ..Default::default()
-                },
-                MountPlan::Volume {
-                    name,
-                    target,
-                    read_only,
-                } => Mount {
-                    typ: Some(MountTypeEnum::VOLUME),
-                    source: Some(name.clone()),
+                    typ: Some(if matches!(m, MountPlan::Bind { .. }) {
+                        MountTypeEnum::BIND
+                    } else {
+                        MountTypeEnum::VOLUME
+                    }),
+                    source: Some(from.clone()),
                     target: Some(target.clone()),
                     read_only: Some(*read_only),
                     ..Default::default()
@@ -1113,8 +1114,9 @@ impl Engine for DockerEngine {
         port: u16,
         path: Option<&str>,
     ) -> Result<bool> {
-        if !self.reach().await.routable {
-            return self.probe_inside(container, port, path).await;
+        let reach = self.reach().await;
+        if !reach.routable {
+            return self.probe_inside(reach, container, port, path).await;
         }
         let Some(ip) = container.addresses.get(network) else {
             return Ok(false);
