@@ -4,7 +4,7 @@
 
 #![allow(clippy::print_stderr)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What is waited for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,18 +38,18 @@ impl Target {
         }
     }
 
-    async fn ready(&self) -> bool {
-        let attempt = async {
-            match self {
-                Target::Tcp(addr) => tokio::net::TcpStream::connect(addr.as_str()).await.is_ok(),
-                Target::Http(url) => tether_init::http_request(url, "GET", None)
-                    .await
-                    .is_ok_and(|status| (200..400).contains(&status)),
-            }
+    async fn attempt(&self) -> tether_probe::Attempt<(), ()> {
+        let result = match self {
+            Target::Tcp(addr) => match addr.rsplit_once(':') {
+                Some((host, port)) => tether_probe::tcp(host, port.parse().unwrap_or(0)).await,
+                None => Err(format!("{addr}: no port")),
+            },
+            Target::Http(url) => tether_probe::http(url).await,
         };
-        tokio::time::timeout(Duration::from_secs(5), attempt)
-            .await
-            .unwrap_or(false)
+        match result {
+            Ok(()) => tether_probe::Attempt::Ready(()),
+            Err(why) => tether_probe::Attempt::NotYet(why),
+        }
     }
 }
 
@@ -60,23 +60,21 @@ pub async fn wait(
     interval: Duration,
     quiet: bool,
 ) -> Vec<String> {
-    let began = Instant::now();
+    let deadline = tether_probe::Deadline::new(timeout, interval);
     let results = futures_util::future::join_all(targets.iter().map(|t| async move {
-        loop {
-            if t.ready().await {
+        let ready = tether_probe::poll(deadline, Duration::from_secs(5), || t.attempt()).await;
+        match ready {
+            Ok(()) => {
                 if !quiet {
                     eprintln!(
                         "tether: {} is ready ({:.1}s)",
                         t.name(),
-                        began.elapsed().as_secs_f64()
+                        deadline.elapsed().as_secs_f64()
                     );
                 }
-                return None;
+                None
             }
-            if began.elapsed() + interval > timeout {
-                return Some(t.name().to_owned());
-            }
-            tokio::time::sleep(interval).await;
+            Err(_) => Some(t.name().to_owned()),
         }
     }))
     .await;

@@ -1122,24 +1122,15 @@ impl Engine for DockerEngine {
             return Ok(false);
         };
         let Some(path) = path else {
-            let addr = format!("{ip}:{port}");
             return Ok(matches!(
-                tokio::time::timeout(
-                    Duration::from_secs(2),
-                    tokio::net::TcpStream::connect(&addr)
-                )
-                .await,
-                Ok(Ok(_))
+                tokio::time::timeout(Duration::from_secs(2), tether_probe::tcp(ip, port)).await,
+                Ok(Ok(()))
             ));
         };
         let url = format!("http://{ip}:{port}{path}");
         Ok(matches!(
-            tokio::time::timeout(
-                Duration::from_secs(5),
-                tether_init::http_request(&url, "GET", None),
-            )
-            .await,
-            Ok(Ok(status)) if (200..400).contains(&status)
+            tokio::time::timeout(Duration::from_secs(5), tether_probe::http(&url)).await,
+            Ok(Ok(()))
         ))
     }
 

@@ -3,7 +3,7 @@
 //! concurrently, each against its own deadline. Whatever fails, nothing is left half-started.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::{join_all, try_join_all};
 use tether_plan::{
@@ -644,7 +644,6 @@ async fn wait_ready<E: Engine>(
     c: &ContainerPlan,
 ) -> Result<(Duration, Container), LaunchError> {
     let r = &c.readiness;
-    let began = Instant::now();
     let limit = r.timeout.0 + r.start_period.map(|d| d.0).unwrap_or_default();
     let pattern = match &r.pattern {
         Some(p) => Some(regex::Regex::new(p).map_err(|e| LaunchError::Sidecar {
@@ -659,6 +658,7 @@ async fn wait_ready<E: Engine>(
         message,
         logs,
     };
+    let deadline = tether_probe::Deadline::new(limit, r.interval.0);
     loop {
         let Some(now) = engine.inspect(&c.name).await? else {
             return Err(fail(
@@ -676,9 +676,8 @@ async fn wait_ready<E: Engine>(
         }
         // One attempt may not outlast the deadline (a check that hangs is a check that has not
         // passed); an engine error may just mean the container stopped meanwhile: look again.
-        let left = limit.saturating_sub(began.elapsed());
         // (A probe from inside a namespace is a helper container: seconds on a slow engine.)
-        let attempt = left.min(r.interval.0.max(Duration::from_secs(5)));
+        let attempt = deadline.attempt_limit(r.interval.0.max(Duration::from_secs(5)));
         let ready = match tokio::time::timeout(
             attempt,
             probe_once(engine, c, &now, pattern.as_ref()),
@@ -697,16 +696,15 @@ async fn wait_ready<E: Engine>(
             },
         };
         if ready {
-            return Ok((began.elapsed(), now));
+            return Ok((deadline.elapsed(), now));
         }
-        if began.elapsed() + r.interval.0 > limit {
+        if !deadline.next().await {
             let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
             return Err(fail(
                 format!("not ready within {} ({})", r.timeout, r.summary()),
                 logs,
             ));
         }
-        tokio::time::sleep(r.interval.0).await;
     }
 }
 
