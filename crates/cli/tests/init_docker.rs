@@ -8,6 +8,10 @@ use std::process::Command;
 
 use support::*;
 
+engine_tests![
+    tether_init_is_pid_1_of_a_scratch_container => [Need::StaticTether],
+];
+
 fn ok(args: &[&str]) -> String {
     let out = docker(args);
     assert!(
@@ -82,7 +86,6 @@ fn processes(container: &str) -> Vec<(i32, char, i32)> {
         .collect()
 }
 
-#[test]
 fn tether_init_is_pid_1_of_a_scratch_container() {
     let engine = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
     if !require(

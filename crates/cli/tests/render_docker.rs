@@ -7,7 +7,10 @@ use std::process::Command;
 
 use support::*;
 
-#[test]
+engine_tests![
+    a_rendered_compose_file_runs_and_its_healthcheck_gates_the_workload => [Need::Compose],
+];
+
 fn a_rendered_compose_file_runs_and_its_healthcheck_gates_the_workload() {
     let Some(img) = busybox_image() else { return };
     let compose = Command::new("docker-compose").arg("version").output();

@@ -7,6 +7,28 @@ use std::process::Command;
 
 use support::*;
 
+engine_tests![
+    a_workload_container_reaches_a_shared_sidecar_by_name_and_the_next_run_reuses_it,
+    a_host_process_reaches_the_sidecar_through_the_injected_env,
+    a_shared_namespace_workload_reaches_its_sidecar_on_loopback,
+    every_readiness_mode_gates_the_workload,
+    a_sidecar_that_never_gets_ready_fails_the_run_and_leaves_nothing,
+    ctrl_c_stops_the_workload_and_removes_session_sidecars,
+    a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect,
+    an_engine_elsewhere_gets_secrets_copied_and_readiness_probed_from_inside,
+    the_web_sidecar_example_runs,
+    a_sidecar_joins_its_extra_networks,
+    a_workload_on_the_hosts_network_or_its_own_reaches_a_session_sidecar,
+    up_prints_the_env_for_the_host_and_logs_shows_a_sidecars_output,
+    a_volume_sidecar_shares_its_volume_and_an_mcp_sidecar_is_listed_in_the_mcp_file,
+    an_engine_over_tcp_serves_a_run,
+    the_engines_reach_is_asked_once_and_remembered,
+    a_missing_image_is_pulled_with_progress_and_a_failed_pull_is_named => [Need::Registry],
+    a_host_workload_is_refused_on_an_engine_elsewhere_before_anything_is_made,
+    a_private_image_is_pulled_with_the_docker_clis_credentials => [Need::Registry],
+    an_engine_over_ssh_serves_a_run_and_the_workload => [Need::Sshd],
+];
+
 /// A project of its own per test, removed with everything in it at the end.
 struct Project {
     bundle: Bundle,
@@ -125,7 +147,6 @@ fn web(image: &str, extra: &str) -> String {
     )
 }
 
-#[test]
 fn a_workload_container_reaches_a_shared_sidecar_by_name_and_the_next_run_reuses_it() {
     let Some(img) = busybox_image() else { return };
     let p = Project::new("alias", &web(img, ""));
@@ -173,7 +194,6 @@ fn a_workload_container_reaches_a_shared_sidecar_by_name_and_the_next_run_reuses
     assert_ne!(p.id("web"), first);
 }
 
-#[test]
 fn a_host_process_reaches_the_sidecar_through_the_injected_env() {
     let Some(img) = busybox_image() else { return };
     let p = Project::new("host", &web(img, ""));
@@ -189,7 +209,6 @@ fn a_host_process_reaches_the_sidecar_through_the_injected_env() {
     );
 }
 
-#[test]
 fn a_shared_namespace_workload_reaches_its_sidecar_on_loopback() {
     let Some(img) = busybox_image() else { return };
     let p = Project::new(
@@ -215,7 +234,6 @@ fn a_shared_namespace_workload_reaches_its_sidecar_on_loopback() {
     );
 }
 
-#[test]
 fn every_readiness_mode_gates_the_workload() {
     let Some(img) = busybox_image() else { return };
     // Each sidecar becomes ready only after a delay; the workload fails unless all of them are.
@@ -281,7 +299,6 @@ fn every_readiness_mode_gates_the_workload() {
     assert_eq!(p.containers(), Vec::<String>::new());
 }
 
-#[test]
 fn a_sidecar_that_never_gets_ready_fails_the_run_and_leaves_nothing() {
     let Some(img) = busybox_image() else { return };
     let body = format!(
@@ -298,14 +315,13 @@ fn a_sidecar_that_never_gets_ready_fails_the_run_and_leaves_nothing() {
     let (code, _, err) = p.run(&["docker", "run", "--rm", img, "echo", "never"]);
     assert_eq!(code, 3, "{err}");
     assert!(
-        err.contains("tether: error: sidecar stuck: not ready within 1s (tcp :9"),
+        err.contains("error: sidecar stuck: not ready within 1s (tcp :9"),
         "{err}"
     );
-    assert!(err.contains("tether:   | starting up\n"), "{err}");
+    assert!(err.contains("\n  | starting up\n"), "{err}");
     assert_eq!(p.containers(), Vec::<String>::new());
 }
 
-#[test]
 fn ctrl_c_stops_the_workload_and_removes_session_sidecars() {
     let Some(img) = busybox_image() else { return };
     let body = format!(
@@ -342,7 +358,6 @@ fn ctrl_c_stops_the_workload_and_removes_session_sidecars() {
     });
 }
 
-#[test]
 fn a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect() {
     let Some(img) = busybox_image() else { return };
     let body = format!(
@@ -390,7 +405,6 @@ fn a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect() {
 
 /// An engine that is not on this host (forced here: the machine's own engine stands in for
 /// it) gets secrets copied in and is probed from inside each sidecar's network namespace.
-#[test]
 fn an_engine_elsewhere_gets_secrets_copied_and_readiness_probed_from_inside() {
     let Some(img) = busybox_image() else { return };
     let body = format!(
@@ -476,7 +490,6 @@ fn an_engine_elsewhere_gets_secrets_copied_and_readiness_probed_from_inside() {
 }
 
 /// The README's `tether run` quick start, as written.
-#[test]
 fn the_web_sidecar_example_runs() {
     if busybox_image().is_none() {
         return;
@@ -524,7 +537,6 @@ fn the_web_sidecar_example_runs() {
     );
 }
 
-#[test]
 fn a_sidecar_joins_its_extra_networks() {
     let Some(img) = busybox_image() else { return };
     let net = format!("rt-extra-{}", std::process::id());
@@ -549,7 +561,6 @@ fn a_sidecar_joins_its_extra_networks() {
     assert_eq!(text(&out), "hello from the sidecar");
 }
 
-#[test]
 fn a_workload_on_the_hosts_network_or_its_own_reaches_a_session_sidecar() {
     let Some(img) = busybox_image() else { return };
     let session = web(img, "").replace("lifecycle: shared", "lifecycle: session");
@@ -606,7 +617,6 @@ fn a_workload_on_the_hosts_network_or_its_own_reaches_a_session_sidecar() {
     assert_eq!(p.containers(), Vec::<String>::new());
 }
 
-#[test]
 fn up_prints_the_env_for_the_host_and_logs_shows_a_sidecars_output() {
     let Some(img) = busybox_image() else { return };
     let body = format!(
@@ -660,7 +670,6 @@ fn up_prints_the_env_for_the_host_and_logs_shows_a_sidecars_output() {
     assert_eq!(rows[0]["ready"], true);
 }
 
-#[test]
 fn a_volume_sidecar_shares_its_volume_and_an_mcp_sidecar_is_listed_in_the_mcp_file() {
     let Some(img) = busybox_image() else { return };
     let volume = format!("rt-vol-{}", std::process::id());
@@ -703,7 +712,6 @@ fn a_volume_sidecar_shares_its_volume_and_an_mcp_sidecar_is_listed_in_the_mcp_fi
 
 /// `DOCKER_HOST=tcp://…`: the engine reached over TCP (a relay to its socket stands in for an
 /// engine listening on a port), with the same results.
-#[test]
 fn an_engine_over_tcp_serves_a_run() {
     let Some(img) = busybox_image() else { return };
     let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -737,7 +745,6 @@ fn an_engine_over_tcp_serves_a_run() {
 
 /// The engine's info (milliseconds on every run) is asked once per engine: what it says of
 /// this host is remembered beside the secrets, named after the engine's socket.
-#[test]
 fn the_engines_reach_is_asked_once_and_remembered() {
     let Some(img) = busybox_image() else { return };
     // A path of this test's own to the engine's socket: a name no other run has remembered.
@@ -885,7 +892,6 @@ impl Registry {
     }
 }
 
-#[test]
 fn a_missing_image_is_pulled_with_progress_and_a_failed_pull_is_named() {
     let Some(img) = busybox_image() else { return };
     let Some(registry) = Registry::start() else {
@@ -943,7 +949,6 @@ fn a_missing_image_is_pulled_with_progress_and_a_failed_pull_is_named() {
     );
 }
 
-#[test]
 fn a_host_workload_is_refused_on_an_engine_elsewhere_before_anything_is_made() {
     let Some(img) = busybox_image() else { return };
     let p = Project::new("hostelsewhere", &web(img, ""));
@@ -956,14 +961,13 @@ fn a_host_workload_is_refused_on_an_engine_elsewhere_before_anything_is_made() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "tether: error: the engine at unix:///var/run/docker.sock runs on another machine: the ports it publishes are on that machine's 127.0.0.1, not this one's\n\
-         tether:   = hint: run the workload as a container (`tether run -- docker run …`), which reaches the sidecars by name\n"
+        "error: the engine at unix:///var/run/docker.sock runs on another machine: the ports it publishes are on that machine's 127.0.0.1, not this one's\n\
+         \x20 = hint: run the workload as a container (`tether run -- docker run …`), which reaches the sidecars by name\n"
     );
     assert_eq!(p.containers(), Vec::<String>::new());
 }
 
 /// The engine pulls with the credentials the docker CLI keeps (`$DOCKER_CONFIG/config.json`).
-#[test]
 fn a_private_image_is_pulled_with_the_docker_clis_credentials() {
     let Some(img) = busybox_image() else { return };
     let Some(registry) = Registry::private("tether", "s3cret-pa55") else {
@@ -1139,7 +1143,6 @@ impl Sshd {
 
 /// `DOCKER_HOST=ssh://…`: tether forwards the engine's socket with ssh (the user's own, here
 /// told which key to use) and hands the same tunnel to the workload's docker CLI.
-#[test]
 fn an_engine_over_ssh_serves_a_run_and_the_workload() {
     let Some(img) = busybox_image() else { return };
     let Some(sshd) = Sshd::start() else { return };

@@ -9,6 +9,10 @@ use std::process::{Command, Stdio};
 
 use support::*;
 
+engine_tests![
+    podman_runs_the_sidecars_gates_the_workload_and_cleans_up => [Need::Podman],
+];
+
 /// A Podman API service for one test, stopped when dropped.
 struct Podman {
     _service: Server,
@@ -119,7 +123,6 @@ impl Podman {
     }
 }
 
-#[test]
 fn podman_runs_the_sidecars_gates_the_workload_and_cleans_up() {
     let Some(podman) = Podman::start() else {
         return;

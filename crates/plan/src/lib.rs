@@ -470,6 +470,16 @@ impl std::error::Error for PlanError {}
 ///
 /// `workload_env` of the declaration is injected too. With no enabled sidecars and no workload
 /// env, a container workload's argv comes back byte-identical.
+/// The workload command the declaration gives when none follows `--`: `docker run --rm IMAGE
+/// [COMMAND…]` from `workload.image` and `workload.command`; `None` without an image.
+pub fn declared_workload(decl: &Declaration) -> Option<Vec<String>> {
+    let w = decl.workload.as_ref()?;
+    let image = w.image.clone()?;
+    let mut argv = vec!["docker".into(), "run".into(), "--rm".into(), image];
+    argv.extend(w.command.clone().unwrap_or_default());
+    Some(argv)
+}
+
 pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, PlanError> {
     let kind = argv::classify(argv).map_err(PlanError::Argv)?;
     let network = network_name(&decl.project);

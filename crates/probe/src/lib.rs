@@ -14,6 +14,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+pub mod target;
+
 /// Whether an http check passes with this status: 200 to 399.
 pub fn status_ok(status: u16) -> bool {
     (200..400).contains(&status)

@@ -11,10 +11,8 @@ pub(crate) fn workload_plan(
     session: &str,
 ) -> Result<(Option<String>, tether_plan::Plan), RenderError> {
     let image = decl.workload.as_ref().and_then(|w| w.image.clone());
-    let argv: Vec<String> = ["docker", "run", image.as_deref().unwrap_or("workload")]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let argv = tether_plan::declared_workload(decl)
+        .unwrap_or_else(|| ["docker", "run", "workload"].map(String::from).to_vec());
     let plan =
         tether_plan::plan(decl, session, &argv).map_err(|e| RenderError::Plan(e.to_string()))?;
     Ok((image, plan))

@@ -10,7 +10,7 @@ use tether_plan::{
     ContainerPlan, LABEL_CONFIG_HASH, LABEL_LIFECYCLE, LABEL_PROJECT, LABEL_ROLE, MountPlan, Plan,
     PullPolicy, SECRETS_DIR, config_hash,
 };
-use tether_spec::model::{Declaration, Lifecycle, SecretSource};
+use tether_spec::model::{Declaration, Lifecycle};
 
 use crate::engine::{Container, Engine, EngineError, FileCopy};
 
@@ -474,19 +474,10 @@ fn spec_for(
             None
         };
         for s in &c.secrets {
-            let value = match &s.from {
-                SecretSource::Env(var) => std::env::var(var).map_err(|_| {
-                    format!(
-                        "secret {}: the variable {var} is not set on this host",
-                        s.name
-                    )
-                })?,
-                SecretSource::File(path) => {
-                    std::fs::read_to_string(std::path::Path::new(root).join(path)).map_err(|e| {
-                        format!("secret {}: cannot read {path}: {}", s.name, e.kind())
-                    })?
-                }
-            };
+            let value = s
+                .from
+                .read(root)
+                .map_err(|e| format!("secret {}: {e}", s.name))?;
             let Some(dir) = &dir else {
                 copies.push((s.name.clone(), value.into_bytes()));
                 continue;

@@ -7,3 +7,4 @@ pub mod fake;
 pub mod launch;
 pub mod ps;
 pub mod run;
+pub mod session;

@@ -194,6 +194,15 @@ pub async fn down<E: Engine>(
     Ok(removed)
 }
 
+/// The container `tether logs SIDECAR` shows: the running one if any, else the newest.
+pub fn for_logs(rows: Vec<Row>, sidecar: &str) -> Option<Row> {
+    let mut mine: Vec<Row> = rows.into_iter().filter(|r| r.sidecar == sidecar).collect();
+    mine.sort_by(|a, b| {
+        (a.state == "running", &a.created).cmp(&(b.state == "running", &b.created))
+    });
+    mine.pop()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +230,34 @@ mod tests {
             [age(59), age(3599), age(7200), age(200_000)],
             ["59s", "59m", "2h", "2d"]
         );
+    }
+
+    #[test]
+    fn logs_show_the_running_container_else_the_newest() {
+        let row = |sidecar: &str, container: &str, state: &str, created: &str| Row {
+            sidecar: sidecar.into(),
+            lifecycle: "session".into(),
+            session: None,
+            container: container.into(),
+            state: state.into(),
+            health: None,
+            ready: None,
+            created: created.into(),
+            age_seconds: None,
+            published: Default::default(),
+        };
+        let rows = || {
+            vec![
+                row("db", "old", "exited", "2026-01-01T00:00:00Z"),
+                row("db", "up", "running", "2026-01-02T00:00:00Z"),
+                row("db", "new", "exited", "2026-01-03T00:00:00Z"),
+                row("cache", "other", "running", "2026-01-04T00:00:00Z"),
+            ]
+        };
+        let pick = |rows: Vec<Row>, s| for_logs(rows, s).map(|r| r.container);
+        assert_eq!(pick(rows(), "db").as_deref(), Some("up"));
+        let stopped: Vec<Row> = rows().into_iter().filter(|r| r.container != "up").collect();
+        assert_eq!(pick(stopped, "db").as_deref(), Some("new"));
+        assert_eq!(pick(rows(), "queue"), None);
     }
 }

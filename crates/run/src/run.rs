@@ -1,7 +1,6 @@
 //! `tether run`: sidecars up, then the workload in the foreground, then session sidecars gone,
 //! whatever way the run ends.
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use tether_plan::{LABEL_PROJECT, LABEL_SESSION, MCP_CONFIG_HOST, Plan, WorkloadTarget};
@@ -11,14 +10,67 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::engine::Engine;
 use crate::launch::{self, LaunchError, Status};
 
-/// Exit codes of `tether run` besides the workload's own.
-pub mod exit {
-    /// The declaration or the command line is wrong; nothing was started.
-    pub const INVALID: i32 = 1;
-    /// The engine is unreachable or refused a request.
-    pub const ENGINE: i32 = 2;
-    /// A sidecar could not be started or did not become ready.
-    pub const SIDECAR: i32 = 3;
+/// Why `tether run` or `tether up` ended without the workload's own exit code. The CLI says
+/// it and maps it to the documented exit code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The command line or the declaration asks for what cannot be; nothing was started.
+    Invalid {
+        message: String,
+        hint: Option<String>,
+    },
+    /// The engine is unreachable, refused a request, or cannot do what this run needs.
+    Engine {
+        message: String,
+        hint: Option<String>,
+    },
+    /// A sidecar could not be started or did not become ready; its last lines explain.
+    Sidecar {
+        sidecar: String,
+        message: String,
+        logs: Vec<String>,
+    },
+    /// The workload's command could not be run (`not_found`: no such program).
+    CannotRun {
+        program: String,
+        reason: String,
+        not_found: bool,
+    },
+}
+
+impl From<LaunchError> for Failure {
+    fn from(e: LaunchError) -> Failure {
+        match e {
+            LaunchError::Engine(e) => Failure::Engine {
+                message: e.to_string(),
+                hint: e.hint(),
+            },
+            LaunchError::Sidecar {
+                sidecar,
+                message,
+                logs,
+            } => Failure::Sidecar {
+                sidecar,
+                message,
+                logs,
+            },
+        }
+    }
+}
+
+/// How a run ended, when it got as far as the workload or was stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The workload ended with this code (128 + N when killed by signal N).
+    Workload(i32),
+    /// tether was sent signal N (Ctrl-C, SIGTERM, SIGHUP) and stopped the run.
+    Stopped(i32),
+}
+
+/// What `tether run` and `tether up` report as they go; the CLI shows it.
+pub trait Report: Sync {
+    /// A sidecar's status changed.
+    fn status(&self, sidecar: &str, status: &Status);
 }
 
 /// The signals that end a run: Ctrl-C, SIGTERM, and SIGHUP (the terminal went away).
@@ -50,162 +102,43 @@ impl Stops {
 /// How long the workload gets to stop after Ctrl-C or SIGTERM before it is stopped by force.
 const WORKLOAD_GRACE: Duration = Duration::from_secs(10);
 
-/// One line of progress, on stderr.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "tether: {line}");
-}
-
-/// How progress is shown: a live line per sidecar on a terminal, plain lines otherwise, or
-/// one JSON object per change for scripts. Always on stderr: stdout is the workload's.
-pub enum Progress {
-    Plain,
-    Live(std::sync::Mutex<Vec<(String, String)>>),
-    Json,
-}
-
-impl Progress {
-    pub fn new(json: bool) -> Progress {
-        if json {
-            Progress::Json
-        } else if std::io::stderr().is_terminal()
-            && std::env::var_os("TERM").is_some_and(|t| t != "dumb")
-        {
-            Progress::Live(std::sync::Mutex::new(Vec::new()))
-        } else {
-            Progress::Plain
-        }
-    }
-
-    pub fn update(&self, sidecar: &str, status: &Status) {
-        use std::io::Write;
-        match self {
-            // Off a terminal, a pull is one line, not one per percent.
-            Progress::Plain => {
-                if !matches!(
-                    status,
-                    Status::Pulling {
-                        percent: Some(_),
-                        ..
-                    }
-                ) {
-                    say(&describe(sidecar, status));
-                }
-            }
-            Progress::Json => {
-                let (state, detail) = match status {
-                    Status::Reused => ("reused", serde_json::Value::Null),
-                    Status::Started => ("started", serde_json::Value::Null),
-                    Status::Pulling { image, percent } => (
-                        "pulling",
-                        serde_json::json!({"image": image, "percent": percent}),
-                    ),
-                    Status::Created { why } => ("created", serde_json::json!(why)),
-                    Status::Waiting { summary } => ("waiting", serde_json::json!(summary)),
-                    Status::Ready { took } => ("ready", serde_json::json!(took.as_millis() as u64)),
-                    Status::Failed { why } => ("failed", serde_json::json!(why)),
-                };
-                let line =
-                    serde_json::json!({"sidecar": sidecar, "status": state, "detail": detail});
-                let _ = writeln!(std::io::stderr(), "{line}");
-            }
-            Progress::Live(lines) => {
-                let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
-                let drawn = lines.len();
-                let text = describe(sidecar, status);
-                match lines.iter_mut().find(|(s, _)| s == sidecar) {
-                    Some(l) => l.1 = text,
-                    None => lines.push((sidecar.to_owned(), text)),
-                }
-                // Back to the top of the block, then every line again, each cleared first.
-                let mut out = String::new();
-                if drawn > 0 {
-                    out.push_str(&format!("\x1b[{drawn}A"));
-                }
-                for (_, l) in lines.iter() {
-                    out.push_str("\r\x1b[2Ktether: ");
-                    // One screen line each, or moving up would miss: long ones are cut.
-                    if l.chars().count() > 90 {
-                        out.extend(l.chars().take(89));
-                        out.push('\u{2026}');
-                    } else {
-                        out.push_str(l);
-                    }
-                    out.push('\n');
-                }
-                let _ = std::io::stderr().write_all(out.as_bytes());
-            }
-        }
-    }
-}
-
-pub fn describe(sidecar: &str, status: &Status) -> String {
-    match status {
-        Status::Reused => format!("{sidecar}: reused (running, same configuration)"),
-        Status::Started => format!("{sidecar}: started (stopped, same configuration)"),
-        Status::Pulling {
-            image,
-            percent: None,
-        } => format!("{sidecar}: pulling {image}"),
-        Status::Pulling {
-            image,
-            percent: Some(p),
-        } => format!("{sidecar}: pulling {image} ({p}%)"),
-        Status::Created { why: None } => format!("{sidecar}: created"),
-        Status::Created { why: Some(w) } => format!("{sidecar}: recreated ({w})"),
-        Status::Waiting { summary } => format!("{sidecar}: waiting for readiness ({summary})"),
-        Status::Ready { took } => format!("{sidecar}: ready in {:.1}s", took.as_secs_f64()),
-        Status::Failed { why } => format!("{sidecar}: failed: {why}"),
-    }
-}
-
 /// A workload on this host reaches sidecars through ports published on 127.0.0.1: of no use
 /// when the engine publishes them on another machine's. Says so, before anything is made.
-async fn refuse_ports_elsewhere<E: Engine>(engine: &E, plan: &Plan) -> bool {
+async fn refuse_ports_elsewhere<E: Engine>(engine: &E, plan: &Plan) -> Result<(), Failure> {
     let published = plan.sidecars.iter().any(|c| !c.publish.is_empty());
     if plan.target.on_host() && published && !engine.ports_here().await {
-        say(&format!(
-            "error: the engine at {} runs on another machine: the ports it publishes are on that machine's 127.0.0.1, not this one's",
-            engine.endpoint()
-        ));
-        say(
-            "  = hint: run the workload as a container (`tether run -- docker run …`), which reaches the sidecars by name",
-        );
-        return true;
+        return Err(Failure::Engine {
+            message: format!(
+                "the engine at {} runs on another machine: the ports it publishes are on that machine's 127.0.0.1, not this one's",
+                engine.endpoint()
+            ),
+            hint: Some(
+                "run the workload as a container (`tether run -- docker run …`), which reaches the sidecars by name".into(),
+            ),
+        });
     }
-    false
+    Ok(())
 }
 
-/// Starts the sidecars, runs the workload, cleans up; returns the exit code.
+/// Starts the sidecars, runs the workload, cleans up; returns how it ended.
 pub async fn run<E: Engine>(
     engine: &E,
     decl: &Declaration,
     plan: &Plan,
-    progress: &Progress,
-) -> i32 {
+    report: &dyn Report,
+) -> Result<Ended, Failure> {
     let mut stops = Stops::new();
-    if refuse_ports_elsewhere(engine, plan).await {
-        return exit::ENGINE;
-    }
+    refuse_ports_elsewhere(engine, plan).await?;
     let owner = launch::owner_id();
-    let report = |sidecar: &str, status: Status| progress.update(sidecar, &status);
+    let status = |sidecar: &str, status: Status| report.status(sidecar, &status);
     let launched = tokio::select! {
-        r = launch::up(engine, decl, plan, &owner, &report) => r,
+        r = launch::up(engine, decl, plan, &owner, &status) => r,
         sig = stops.next() => {
             remove_session(engine, plan).await;
-            return 128 + sig;
+            return Ok(Ended::Stopped(sig));
         }
     };
-    let launched = match launched {
-        Ok(l) => l,
-        Err(e) => {
-            report_failure(&e);
-            return match e {
-                LaunchError::Engine(_) => exit::ENGINE,
-                LaunchError::Sidecar { .. } => exit::SIDECAR,
-            };
-        }
-    };
+    let launched = launched?;
     let mut argv = plan.argv.clone();
     // A process on the host, or the engine's CLI passing values on to a host-network container.
     let mut env = if plan.target.on_host() {
@@ -220,22 +153,24 @@ pub async fn run<E: Engine>(
     let mcp_dir = match write_mcp(plan, &launched, &mut argv, &mut env) {
         Ok(d) => d,
         Err(e) => {
-            say(&format!("error: cannot write the MCP configuration: {e}"));
             launch::cleanup(engine, &launched.session).await;
-            return exit::ENGINE;
+            return Err(Failure::Engine {
+                message: format!("cannot write the MCP configuration: {e}"),
+                hint: None,
+            });
         }
     };
-    let code = workload(Some(engine), plan, &argv, &env, &mut stops).await;
+    let ended = workload(Some(engine), plan, &argv, &env, &mut stops).await;
     launch::cleanup(engine, &launched.session).await;
     if let Some(dir) = mcp_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
-    code
+    ended
 }
 
 /// With no sidecars there is nothing to start: the command runs as given, with the declared
 /// environment, and no engine is contacted.
-pub async fn passthrough(plan: &Plan) -> i32 {
+pub async fn passthrough(plan: &Plan) -> Result<Ended, Failure> {
     let mut stops = Stops::new();
     let env: Vec<(String, String)> = if plan.target.on_host() {
         plan.env
@@ -247,30 +182,6 @@ pub async fn passthrough(plan: &Plan) -> i32 {
     };
     // No engine: a workload that will not stop is killed, with no container to look for.
     workload::<crate::docker::DockerEngine>(None, plan, &plan.argv, &env, &mut stops).await
-}
-
-fn report_failure(e: &LaunchError) {
-    match e {
-        LaunchError::Engine(e) => {
-            say(&format!("error: {e}"));
-            if let Some(hint) = e.hint() {
-                say(&format!("  = hint: {hint}"));
-            }
-        }
-        LaunchError::Sidecar {
-            sidecar,
-            message,
-            logs,
-        } => {
-            say(&format!("error: sidecar {sidecar}: {message}"));
-            if !logs.is_empty() {
-                say(&format!("  its last {} lines:", logs.len()));
-                for l in logs {
-                    say(&format!("  | {l}"));
-                }
-            }
-        }
-    }
 }
 
 /// Removes this session's containers by label: also those an interrupted start left behind.
@@ -330,10 +241,9 @@ async fn workload<E: Engine>(
     argv: &[String],
     env: &[(String, String)],
     stops: &mut Stops,
-) -> i32 {
+) -> Result<Ended, Failure> {
     let Some((program, args)) = argv.split_first() else {
-        say("error: no workload command");
-        return exit::INVALID;
+        return Err(no_workload());
     };
     // The workload gets a process group of its own, and the terminal (when tether has it):
     // Ctrl-C there reaches the workload exactly once, and a signal sent to tether is
@@ -357,12 +267,11 @@ async fn workload<E: Engine>(
     let mut child = match command.envs(env.iter().cloned()).process_group(0).spawn() {
         Ok(c) => c,
         Err(e) => {
-            say(&format!("error: cannot run `{program}`: {e}"));
-            return if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
+            return Err(Failure::CannotRun {
+                program: program.clone(),
+                reason: e.to_string(),
+                not_found: e.kind() == std::io::ErrorKind::NotFound,
+            });
         }
     };
     let group = child
@@ -377,7 +286,7 @@ async fn workload<E: Engine>(
             if let Some(t) = &terminal {
                 t.take_back();
             }
-            return code_of(status);
+            return code_of(status).map(Ended::Workload);
         }
         sig = stops.next() => {
             use nix::sys::signal::Signal;
@@ -389,7 +298,7 @@ async fn workload<E: Engine>(
             if let Some(g) = group {
                 let _ = nix::sys::signal::killpg(g, signal);
             }
-            128 + sig
+            sig
         }
     };
     match tokio::time::timeout(WORKLOAD_GRACE, child.wait()).await {
@@ -416,19 +325,24 @@ async fn workload<E: Engine>(
     if let Some(t) = &terminal {
         t.take_back();
     }
-    signalled
+    Ok(Ended::Stopped(signalled))
+}
+
+fn no_workload() -> Failure {
+    Failure::Invalid {
+        message: "no workload command".into(),
+        hint: None,
+    }
 }
 
 /// The hidden subcommand that hands the terminal to its own process group, then execs.
 pub const FOREGROUND: &str = "__foreground";
 
 /// `tether __foreground -- PROGRAM ARGS`: makes this process's group the terminal's foreground
-/// (when there is a terminal), then becomes PROGRAM. Returns only when that fails: 127 not
-/// found, 126 not executable.
-pub fn foreground_exec(argv: &[String]) -> i32 {
+/// (when there is a terminal), then becomes PROGRAM. Returns only when that fails.
+pub fn foreground_exec(argv: &[String]) -> Failure {
     let Some(program) = argv.first() else {
-        say("error: no workload command");
-        return exit::INVALID;
+        return no_workload();
     };
     if let Ok(tty) = std::fs::File::open("/dev/tty") {
         quietly(|| nix::unistd::tcsetpgrp(&tty, nix::unistd::getpgrp()));
@@ -438,23 +352,20 @@ pub fn foreground_exec(argv: &[String]) -> i32 {
         .map(|a| std::ffi::CString::new(a.as_bytes()))
         .collect();
     let Ok(c_args) = c_args else {
-        say(&format!(
-            "error: cannot run `{program}`: an argument holds a NUL byte"
-        ));
-        return 126;
+        return Failure::CannotRun {
+            program: program.clone(),
+            reason: "an argument holds a NUL byte".into(),
+            not_found: false,
+        };
     };
     let err = match nix::unistd::execvp(&c_args[0], &c_args) {
         Err(e) => e,
         Ok(never) => match never {},
     };
-    say(&format!(
-        "error: cannot run `{program}`: {}",
-        std::io::Error::from(err)
-    ));
-    if err == nix::errno::Errno::ENOENT {
-        127
-    } else {
-        126
+    Failure::CannotRun {
+        program: program.clone(),
+        reason: std::io::Error::from(err).to_string(),
+        not_found: err == nix::errno::Errno::ENOENT,
     }
 }
 
@@ -494,25 +405,28 @@ fn quietly(f: impl FnOnce() -> nix::Result<()>) {
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
 }
 
-fn code_of(status: std::io::Result<std::process::ExitStatus>) -> i32 {
+fn code_of(status: std::io::Result<std::process::ExitStatus>) -> Result<i32, Failure> {
     use std::os::unix::process::ExitStatusExt;
     match status {
-        Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
-        Err(_) => exit::ENGINE,
+        Ok(s) => Ok(s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))),
+        Err(e) => Err(Failure::Engine {
+            message: format!("cannot wait for the workload: {e}"),
+            hint: None,
+        }),
     }
 }
 
 /// `tether up`: starts and readies sidecars with no workload. Session sidecars made here are
-/// owned by no run, so they stay until `tether down`. With `print_env`, prints `export` lines
-/// for the host's shell (ports published on 127.0.0.1).
+/// owned by no run, so they stay until `tether down`. Returns the environment a process on
+/// this host would get (ports published on 127.0.0.1), for `--env`.
 pub async fn up<E: Engine>(
     engine: &E,
     decl: &Declaration,
     plan: &mut Plan,
     names: &[String],
     print_env: bool,
-    progress: &Progress,
-) -> i32 {
+    report: &dyn Report,
+) -> Result<Vec<(String, String)>, Failure> {
     if !names.is_empty() {
         let known: Vec<&str> = plan.sidecars.iter().map(|c| c.sidecar.as_str()).collect();
         for n in names {
@@ -520,38 +434,30 @@ pub async fn up<E: Engine>(
                 let hint = tether_spec::values::did_you_mean(n, &known)
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_default();
-                say(&format!(
-                    "error: no sidecar named `{n}` (declared: {}){hint}",
-                    known.join(", ")
-                ));
-                return exit::INVALID;
+                return Err(Failure::Invalid {
+                    message: format!(
+                        "no sidecar named `{n}` (declared: {}){hint}",
+                        known.join(", ")
+                    ),
+                    hint: None,
+                });
             }
         }
         plan.sidecars.retain(|c| names.contains(&c.sidecar));
     }
-    if print_env && refuse_ports_elsewhere(engine, plan).await {
-        return exit::ENGINE;
+    if print_env {
+        refuse_ports_elsewhere(engine, plan).await?;
     }
-    let report = |sidecar: &str, status: Status| progress.update(sidecar, &status);
-    match launch::up(engine, decl, plan, launch::UP_OWNER, &report).await {
-        Ok(launched) => {
-            if print_env {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                for (k, v) in &launched.env {
-                    let _ = writeln!(out, "export {k}={}", shell_quote(v));
-                }
-            }
-            0
-        }
-        Err(e) => {
-            report_failure(&e);
-            match e {
-                LaunchError::Engine(_) => exit::ENGINE,
-                LaunchError::Sidecar { .. } => exit::SIDECAR,
-            }
-        }
-    }
+    let status = |sidecar: &str, status: Status| report.status(sidecar, &status);
+    let launched = launch::up(engine, decl, plan, launch::UP_OWNER, &status).await?;
+    Ok(launched.env)
+}
+
+/// `export NAME=VALUE` lines for a POSIX shell, one per variable.
+pub fn exports(env: &[(String, String)]) -> String {
+    env.iter()
+        .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
+        .collect()
 }
 
 /// A value a POSIX shell reads back unchanged.
@@ -568,6 +474,15 @@ fn shell_quote(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exports_are_one_line_each() {
+        let env = [
+            ("A".to_owned(), "1".to_owned()),
+            ("B".to_owned(), "x y".to_owned()),
+        ];
+        assert_eq!(exports(&env), "export A=1\nexport B='x y'\n");
+    }
 
     #[test]
     fn values_are_quoted_for_the_shell_only_when_needed() {

@@ -228,6 +228,19 @@ pub enum SecretSource {
     File(String),
 }
 
+impl SecretSource {
+    /// Reads the value on this host: the variable, or the file relative to `root` (the
+    /// declaration's folder). `Err` says why in words that never include the value.
+    pub fn read(&self, root: &str) -> Result<String, String> {
+        match self {
+            Self::Env(var) => std::env::var(var)
+                .map_err(|_| format!("the variable {var} is not set on this host")),
+            Self::File(path) => std::fs::read_to_string(std::path::Path::new(root).join(path))
+                .map_err(|e| format!("cannot read {path}: {}", e.kind())),
+        }
+    }
+}
+
 impl fmt::Display for SecretSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -385,3 +385,118 @@ impl Drop for Server {
         let _ = self.0.wait();
     }
 }
+
+/// What an engine test needs from this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum Need {
+    /// A reachable Docker Engine and Debian's busybox-static (for the FROM-scratch test image).
+    Engine,
+    /// docker-compose.
+    Compose,
+    /// Debian's docker-registry.
+    Registry,
+    /// An sshd to start, as root.
+    Sshd,
+    /// podman.
+    Podman,
+    /// A static tether (scripts/static-tether, or TETHER_STATIC_BIN).
+    StaticTether,
+}
+
+fn runs(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+impl Need {
+    /// Why this machine cannot meet the need, or `None`.
+    pub fn missing(self) -> Option<&'static str> {
+        let met = match self {
+            Need::Engine => runs("docker", "version") && static_busybox().is_some(),
+            Need::Compose => runs("docker-compose", "version"),
+            Need::Registry => runs("docker-registry", "--version"),
+            Need::Sshd => {
+                Path::new("/usr/sbin/sshd").exists() && {
+                    use std::os::unix::fs::MetadataExt;
+                    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+                }
+            }
+            Need::Podman => runs("podman", "--version"),
+            Need::StaticTether => std::env::var_os("TETHER_STATIC_BIN").is_some(),
+        };
+        (!met).then_some(match self {
+            Need::Engine => {
+                "no Docker Engine reachable, or no static busybox (apt-get install busybox-static)"
+            }
+            Need::Compose => "docker-compose is not installed",
+            Need::Registry => "no docker-registry (apt-get install docker-registry)",
+            Need::Sshd => "no sshd, or not root (apt-get install openssh-server)",
+            Need::Podman => "podman is not installed (apt-get install podman)",
+            Need::StaticTether => {
+                "no static tether: TETHER_STATIC_BIN=\"$(scripts/static-tether)\""
+            }
+        })
+    }
+}
+
+/// Runs a test file's engine tests (a `harness = false` test). A test whose needs this machine
+/// lacks is reported as ignored, with the reason printed, so `cargo test` never counts it as
+/// passed; under CI=true it runs anyway, and fails on what is missing.
+#[allow(dead_code)]
+pub fn run_engine_tests(
+    tests: Vec<(&'static str, &'static [Need], fn())>,
+) -> std::process::ExitCode {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let mut known: Vec<(Need, Option<&'static str>)> = Vec::new();
+    let trials = tests
+        .into_iter()
+        .map(|(name, needs, test)| {
+            let missing: Vec<&'static str> = needs
+                .iter()
+                .filter_map(|n| match known.iter().find(|(k, _)| k == n) {
+                    Some((_, m)) => *m,
+                    None => {
+                        let m = n.missing();
+                        known.push((*n, m));
+                        m
+                    }
+                })
+                .collect();
+            let ignored = !missing.is_empty() && !ci;
+            if ignored {
+                eprintln!("ignored {name}: {}", missing.join("; "));
+            }
+            libtest_mimic::Trial::test(name, move || {
+                test();
+                Ok(())
+            })
+            .with_ignored_flag(ignored)
+        })
+        .collect();
+    let mut args = libtest_mimic::Arguments::from_args();
+    // What CI=true requires must run even when `--ignored` was not asked for.
+    if ci {
+        args.include_ignored = true;
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// `engine_tests![a, b => [Need::Registry], …]`: the `main` of a `harness = false` engine test file.
+/// Every test needs the engine; more needs are listed after `=>`.
+#[macro_export]
+macro_rules! engine_tests {
+    ($($name:ident $(=> [$($need:expr),*])?),* $(,)?) => {
+        fn main() -> std::process::ExitCode {
+            support::run_engine_tests(vec![
+                $((
+                    stringify!($name),
+                    &[support::Need::Engine $($(, $need)*)?],
+                    $name as fn(),
+                )),*
+            ])
+        }
+    };
+}

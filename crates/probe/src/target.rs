@@ -1,10 +1,8 @@
-//! `tether wait`: waits until addresses answer, for scripts and for Kubernetes init containers
-//! (the workload's Pod waits for shared sidecars with it). No tool in any image is needed
-//! beyond tether itself.
-
-#![allow(clippy::print_stderr)]
+//! `tether wait`'s targets: addresses to wait for, read from the command line.
 
 use std::time::Duration;
+
+use crate::Deadline;
 
 /// What is waited for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,46 +30,38 @@ impl Target {
         }
     }
 
-    fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         match self {
             Target::Tcp(a) | Target::Http(a) => a,
         }
     }
 
-    async fn attempt(&self) -> tether_probe::Attempt<(), ()> {
+    async fn attempt(&self) -> crate::Attempt<(), ()> {
         let result = match self {
             Target::Tcp(addr) => match addr.rsplit_once(':') {
-                Some((host, port)) => tether_probe::tcp(host, port.parse().unwrap_or(0)).await,
+                Some((host, port)) => crate::tcp(host, port.parse().unwrap_or(0)).await,
                 None => Err(format!("{addr}: no port")),
             },
-            Target::Http(url) => tether_probe::http(url).await,
+            Target::Http(url) => crate::http(url).await,
         };
         match result {
-            Ok(()) => tether_probe::Attempt::Ready(()),
-            Err(why) => tether_probe::Attempt::NotYet(why),
+            Ok(()) => crate::Attempt::Ready(()),
+            Err(why) => crate::Attempt::NotYet(why),
         }
     }
 }
 
-/// Waits for every target at once; returns those not ready when `timeout` passed.
-pub async fn wait(
+/// Waits for every target at once, each until it is ready or the deadline comes; `ready` is
+/// told of each as it becomes ready. Returns the names of those that were not.
+pub async fn wait_all(
     targets: &[Target],
-    timeout: Duration,
-    interval: Duration,
-    quiet: bool,
+    deadline: Deadline,
+    ready: &(dyn Fn(&Target) + Sync),
 ) -> Vec<String> {
-    let deadline = tether_probe::Deadline::new(timeout, interval);
     let results = futures_util::future::join_all(targets.iter().map(|t| async move {
-        let ready = tether_probe::poll(deadline, Duration::from_secs(5), || t.attempt()).await;
-        match ready {
+        match crate::poll(deadline, Duration::from_secs(5), || t.attempt()).await {
             Ok(()) => {
-                if !quiet {
-                    eprintln!(
-                        "tether: {} is ready ({:.1}s)",
-                        t.name(),
-                        deadline.elapsed().as_secs_f64()
-                    );
-                }
+                ready(t);
                 None
             }
             Err(_) => Some(t.name().to_owned()),

@@ -1,0 +1,252 @@
+//! The command line: every command, its arguments and its help.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A duration as the declaration writes them: `500ms`, `30s`, `2m`.
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (use 500ms, 30s or 2m)"))
+}
+
+#[derive(Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "Declare sidecars once; run them beside a workload, under one PID 1, or on a cluster",
+    after_help = "Examples:\n  tether check                      validate ./tether.yaml (or the nearest one above)\n  tether config --json              the resolved declaration, defaults filled in\n  tether plan -- docker run --rm app:dev pytest\n                                    what `tether run` would start, and the rewritten command\n  tether schema > tether.schema.json\n                                    a JSON Schema for editors"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args)]
+pub struct FileArg {
+    /// The declaration file [default: tether.yaml in this folder or the nearest parent]
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// When to pull the sidecars' images, as with `docker run --pull`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Pull {
+    /// Only images this engine does not have
+    Missing,
+    /// On every run, so that a moved tag is followed
+    Always,
+    /// Never: a missing image is an error
+    Never,
+}
+
+impl From<Pull> for tether_plan::PullPolicy {
+    fn from(p: Pull) -> Self {
+        match p {
+            Pull::Missing => Self::Missing,
+            Pull::Always => Self::Always,
+            Pull::Never => Self::Never,
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RenderTarget {
+    /// A Compose file (docker compose, docker-compose)
+    Compose,
+    /// Kubernetes manifests (Deployments, Services, a Secret)
+    Kubernetes,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Validate the declaration and report every problem with its file, line and column
+    #[command(
+        after_help = "Examples:\n  tether check\n  tether check -f deploy/tether.yaml\n  tether check --json | jq '.[].message'\n\nExit status: 0 when valid, 1 with every problem listed."
+    )]
+    Check {
+        #[command(flatten)]
+        file: FileArg,
+        /// Print problems as a JSON array on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the resolved declaration: defaults filled in, each sidecar with the file it came from
+    #[command(
+        after_help = "Examples:\n  tether config\n  tether config --json | jq '.sidecars | keys'"
+    )]
+    Config {
+        #[command(flatten)]
+        file: FileArg,
+        /// Print JSON instead of YAML
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of tether.yaml, for editors
+    #[command(
+        after_help = "Examples:\n  tether schema > .vscode/tether.schema.json\n\nIn VS Code with the YAML extension, add to tether.yaml:\n  # yaml-language-server: $schema=.vscode/tether.schema.json"
+    )]
+    Schema,
+    /// Show what `tether run` would start and the rewritten workload command, touching no engine
+    #[command(
+        after_help = "Examples:\n  tether plan -- docker run --rm -it app:dev pytest -x\n  tether plan --session ci42 --json -- ./run-tests.sh\n\nWith no command after --, the declaration's `workload` (image and command) is used."
+    )]
+    Plan {
+        #[command(flatten)]
+        file: FileArg,
+        /// The session id used in session sidecar names [default: a new random id]
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// Print the plan as JSON
+        #[arg(long)]
+        json: bool,
+        /// The workload: `docker run … IMAGE …`, or any command to run on this host
+        #[arg(last = true, value_name = "WORKLOAD")]
+        argv: Vec<String>,
+    },
+    /// Start the sidecars, wait until they are ready, run the workload in the foreground
+    #[command(
+        after_help = "Examples:\n  tether run -- docker run --rm -it app:dev pytest -x\n  tether run -- ./run-tests.sh          a host process: sidecar ports published on 127.0.0.1\n  tether run                            the declaration's workload.image and command\n\nShared sidecars stay up for the next run; session sidecars are removed when the run ends.\nExit status: the workload's; 130 after Ctrl-C, 143 after SIGTERM; 1 invalid declaration;\n2 engine unreachable or refusing; 3 a sidecar failed to start or become ready."
+    )]
+    Run {
+        #[command(flatten)]
+        file: FileArg,
+        /// The session id used in session sidecar names [default: a new random id]
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// Report progress as JSON lines on stderr
+        #[arg(long)]
+        json: bool,
+        /// When to pull the sidecars' images
+        #[arg(long, value_enum, default_value_t = Pull::Missing)]
+        pull: Pull,
+        /// The workload: `docker run … IMAGE …`, or any command to run on this host
+        #[arg(last = true, value_name = "WORKLOAD")]
+        argv: Vec<String>,
+    },
+    /// Write the declaration as a Compose file or Kubernetes manifests
+    #[command(
+        after_help = "Examples:\n  tether render compose > docker-compose.yml\n  tether render compose -o deploy/docker-compose.yml\n  tether render kubernetes -o deploy/k8s.yaml\n\nThe output names its source and says, in comments, what the target cannot check.\nWhat a target cannot express at all is an error naming the field, unless --allow-lossy."
+    )]
+    Render {
+        /// What to write
+        #[arg(value_enum)]
+        target: RenderTarget,
+        #[command(flatten)]
+        file: FileArg,
+        /// Write here instead of stdout
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Render even what cannot be kept faithfully, with a warning for each loss
+        #[arg(long)]
+        allow_lossy: bool,
+        /// Kubernetes: write the secrets' values (read on this host) into the Secret
+        #[arg(long)]
+        include_secret_values: bool,
+        /// Kubernetes: an image whose entrypoint is tether; the workload's Pod waits with
+        /// `tether wait` until each shared sidecar answers
+        #[arg(long, value_name = "IMAGE")]
+        wait_image: Option<String>,
+    },
+    /// Start sidecars and wait until they are ready, with no workload
+    #[command(
+        after_help = "Examples:\n  tether up                    every sidecar\n  tether up db cache\n  eval \"$(tether up --env)\"     then run tests on this host against them\n\nPorts are published on 127.0.0.1. Sidecars started here stay until `tether down`."
+    )]
+    Up {
+        #[command(flatten)]
+        file: FileArg,
+        /// Only these sidecars [default: all]
+        #[arg(value_name = "SIDECAR")]
+        names: Vec<String>,
+        /// Print `export NAME=VALUE` lines for the sidecars' addresses on this host
+        #[arg(long)]
+        env: bool,
+        /// Report progress as JSON lines on stderr
+        #[arg(long)]
+        json: bool,
+        /// When to pull the sidecars' images
+        #[arg(long, value_enum, default_value_t = Pull::Missing)]
+        pull: Pull,
+    },
+    /// Print a sidecar's output
+    #[command(
+        after_help = "Examples:\n  tether logs db\n  tether logs db -f --tail 20\n\nHere -f follows, as with docker logs; name the declaration with --file."
+    )]
+    Logs {
+        /// The declaration file [default: tether.yaml in this folder or the nearest parent]
+        #[arg(long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The sidecar
+        sidecar: String,
+        /// Keep printing new output until the container stops
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
+    /// List this project's sidecar containers
+    #[command(
+        after_help = "Examples:\n  tether ps\n  tether ps --json | jq '.[] | select(.state != \"running\")'"
+    )]
+    Ps {
+        #[command(flatten)]
+        file: FileArg,
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove this project's sidecar containers
+    #[command(
+        after_help = "Examples:\n  tether down              shared and session sidecars\n  tether down --sessions   only session sidecars (left by runs that were killed)\n  tether down --all        everything, the project network too"
+    )]
+    Down {
+        #[command(flatten)]
+        file: FileArg,
+        /// Only session sidecars
+        #[arg(long, conflicts_with = "all")]
+        sessions: bool,
+        /// Also the project network
+        #[arg(long)]
+        all: bool,
+    },
+    /// Hand the terminal to this process's group, then run ARGV (how `tether run` starts a
+    /// workload on a terminal)
+    #[command(name = "__foreground", hide = true)]
+    Foreground {
+        #[arg(last = true, value_name = "ARGV")]
+        argv: Vec<String>,
+    },
+    /// Wait until addresses answer (for scripts, and Kubernetes init containers)
+    #[command(
+        after_help = "Examples:\n  tether wait db:5432\n  tether wait --timeout 2m tcp://db:5432 http://api:8080/healthz\n\nAll are waited for at once. HOST:PORT or tcp://HOST:PORT: a TCP connection is accepted;\nhttp://HOST:PORT/PATH: GET answers 200 to 399.\n\nExit status: 0 when all are ready; 3 when some were not by the timeout (named on stderr);\n1 a target cannot be read."
+    )]
+    Wait {
+        /// How long to wait in all
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+        timeout: std::time::Duration,
+        /// How long between tries
+        #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = duration)]
+        interval: std::time::Duration,
+        /// Say nothing of what became ready
+        #[arg(long, short)]
+        quiet: bool,
+        /// What to wait for
+        #[arg(value_name = "TARGET", required = true)]
+        targets: Vec<String>,
+    },
+    /// Supervise the bundle's steps and daemons as PID 1, or run one command tini-style
+    #[command(
+        after_help = "Examples:\n  tether init                               the `init` section of ./tether.yaml\n  tether init -f bundle.yaml --only proxy   proxy and what it depends on\n  tether init -- /app/server --port 80      one command: signals forwarded, zombies reaped\n\nSignals: SIGTERM or SIGINT stops the daemons in reverse dependency order (a second one\nkills them at once); every other signal is forwarded to each daemon's process group.\n\nExit status: 0 after a requested shutdown in which every daemon stopped cleanly; a failed\ndaemon's code (128+N when killed by signal N); 122 a fatal step failed; 123 a daemon gave\nup after max_restarts; 126 a command could not be executed; 127 a command was not found;\n1 the declaration is invalid; 2 tether itself failed. With `-- CMD`, the command's code."
+    )]
+    Init {
+        #[command(flatten)]
+        file: FileArg,
+        /// Run only these daemons, and what they depend on [default: the bundle's `select_env`
+        /// variable, TETHER_DAEMONS unless declared]
+        #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+        only: Vec<String>,
+        /// One command to run with no declaration, as tini would
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+}

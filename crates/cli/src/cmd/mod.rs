@@ -1,0 +1,10 @@
+//! One module per command: each reads its arguments, calls the library crates, prints, and
+//! returns the exit code.
+
+pub mod check;
+pub mod init;
+pub mod plan;
+pub mod render;
+pub mod run;
+pub mod sidecars;
+pub mod wait;

@@ -1,0 +1,108 @@
+//! `tether ps`, `tether logs` and `tether down`: the project's sidecar containers.
+
+use crate::args::FileArg;
+use crate::load::{engine, load, planned, runtime};
+use crate::{exit, output};
+
+pub fn ps(file: &FileArg, json: bool) -> u8 {
+    let (loaded, p) = match planned(file, Some("ps".into()), vec!["true".into()]) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let project = loaded.declaration.project.clone();
+    runtime().block_on(async {
+        let e = match engine().await {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        match tether_run::ps::list(&e, &project, Some(&p)).await {
+            Ok(rows) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&rows).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", tether_run::ps::table(&rows));
+                }
+                exit::OK
+            }
+            Err(err) => {
+                output::error(err);
+                exit::INTERNAL
+            }
+        }
+    })
+}
+
+pub fn logs(file: &FileArg, sidecar: &str, follow: bool, tail: Option<usize>) -> u8 {
+    let loaded = match load(file, false) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let decl = &loaded.declaration;
+    if !decl.sidecars.contains_key(sidecar) {
+        let known: Vec<&str> = decl.sidecars.keys().map(String::as_str).collect();
+        output::error(format!(
+            "no sidecar named `{sidecar}` (declared: {})",
+            known.join(", ")
+        ));
+        return exit::INVALID;
+    }
+    let project = decl.project.clone();
+    runtime().block_on(async {
+        let e = match engine().await {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        let rows = match tether_run::ps::list(&e, &project, None).await {
+            Ok(r) => r,
+            Err(err) => {
+                output::error(err);
+                return exit::INTERNAL;
+            }
+        };
+        let Some(row) = tether_run::ps::for_logs(rows, sidecar) else {
+            output::error(format!(
+                "sidecar {sidecar} has no container; `tether up {sidecar}` starts it"
+            ));
+            return exit::INVALID;
+        };
+        match e.print_logs(&row.container, follow, tail).await {
+            Ok(()) => exit::OK,
+            Err(err) => {
+                output::error(err);
+                exit::INTERNAL
+            }
+        }
+    })
+}
+
+pub fn down(file: &FileArg, sessions: bool, all: bool) -> u8 {
+    let loaded = match load(file, false) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let project = loaded.declaration.project.clone();
+    runtime().block_on(async {
+        let e = match engine().await {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        match tether_run::ps::down(&e, &project, sessions, all).await {
+            Ok(removed) => {
+                for name in &removed {
+                    eprintln!("removed {name}");
+                }
+                if removed.is_empty() {
+                    eprintln!("nothing to remove for project {project}");
+                }
+                exit::OK
+            }
+            Err(err) => {
+                output::error(err);
+                exit::INTERNAL
+            }
+        }
+    })
+}

@@ -1,0 +1,86 @@
+//! Every exit code tether returns, decided here and nowhere else (the README's tables).
+
+use tether_run::run::{Ended, Failure};
+
+pub const OK: u8 = 0;
+/// A declaration or usage error; nothing was started.
+pub const INVALID: u8 = 1;
+/// tether itself, or the engine, could not work.
+pub const INTERNAL: u8 = 2;
+/// `tether wait`: something was not ready in time.
+pub const NOT_READY: u8 = 3;
+/// `tether run` and `up`: a sidecar could not be started or did not become ready.
+pub const SIDECAR: u8 = 3;
+/// A command exists but could not be executed (permissions, format), as in a shell.
+pub const CANNOT_EXECUTE: u8 = 126;
+/// A command was not found, as in a shell.
+pub const NOT_FOUND: u8 = 127;
+/// `128 + N`: ended by signal N, as in a shell.
+pub fn signalled(n: i32) -> u8 {
+    truncate(128 + n)
+}
+
+/// An exit code as the process can return it (the low byte, as the kernel keeps it).
+pub fn truncate(code: i32) -> u8 {
+    (code & 0xff) as u8
+}
+
+/// `tether run`: the workload's own code, else what stopped the run.
+pub fn of_run(r: &Result<Ended, Failure>) -> u8 {
+    match r {
+        Ok(Ended::Workload(code)) => truncate(*code),
+        Ok(Ended::Stopped(sig)) => signalled(*sig),
+        Err(f) => of_failure(f),
+    }
+}
+
+/// Why a run, an `up` or a workload's exec failed.
+pub fn of_failure(f: &Failure) -> u8 {
+    match f {
+        Failure::Invalid { .. } => INVALID,
+        Failure::Engine { .. } => INTERNAL,
+        Failure::Sidecar { .. } => SIDECAR,
+        Failure::CannotRun {
+            not_found: true, ..
+        } => NOT_FOUND,
+        Failure::CannotRun { .. } => CANNOT_EXECUTE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_end_with_the_documented_codes() {
+        let failure = |f: Failure| of_run(&Err(f));
+        let cannot_run = |not_found| Failure::CannotRun {
+            program: "x".into(),
+            reason: "r".into(),
+            not_found,
+        };
+        let codes = [
+            of_run(&Ok(Ended::Workload(0))),
+            of_run(&Ok(Ended::Workload(7))),
+            of_run(&Ok(Ended::Workload(256 + 4))),
+            of_run(&Ok(Ended::Stopped(2))),
+            of_run(&Ok(Ended::Stopped(15))),
+            failure(Failure::Invalid {
+                message: "m".into(),
+                hint: None,
+            }),
+            failure(Failure::Engine {
+                message: "m".into(),
+                hint: None,
+            }),
+            failure(Failure::Sidecar {
+                sidecar: "s".into(),
+                message: "m".into(),
+                logs: vec![],
+            }),
+            failure(cannot_run(true)),
+            failure(cannot_run(false)),
+        ];
+        assert_eq!(codes, [0, 7, 4, 130, 143, 1, 2, 3, 127, 126]);
+    }
+}

@@ -1,0 +1,112 @@
+//! Finding and loading the declaration, and planning a run from it, for every command.
+
+use std::path::{Path, PathBuf};
+
+use tether_spec::{LoadError, Loaded};
+
+use crate::args::FileArg;
+use crate::{exit, output};
+
+/// Loads the declaration, or prints why not and returns the exit code.
+pub fn load(file: &FileArg, json: bool) -> Result<Loaded, u8> {
+    let path = match &file.file {
+        Some(p) => p.clone(),
+        None => {
+            let cwd = std::env::current_dir().map_err(|e| {
+                output::error(format!("cannot read the current folder: {e}"));
+                exit::INTERNAL
+            })?;
+            match tether_spec::find(&cwd) {
+                Ok(p) => relative_to(&p, &cwd),
+                Err(e) => {
+                    let hint = format!(
+                        "create {}, or name one with -f FILE",
+                        tether_spec::FILE_NAME
+                    );
+                    output::error_hint(e, Some(&hint));
+                    return Err(exit::INVALID);
+                }
+            }
+        }
+    };
+    match tether_spec::load(&path) {
+        Ok(l) => Ok(l),
+        Err(LoadError::Invalid {
+            sources,
+            diagnostics,
+        }) => {
+            if json {
+                let list: Vec<_> = diagnostics.iter().map(|d| sources.to_json(d)).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                eprint!("{}", sources.render_all(&diagnostics, output::color()));
+            }
+            Err(exit::INVALID)
+        }
+        Err(e @ (LoadError::Io { .. } | LoadError::NotFound { .. })) => {
+            output::error(e);
+            Err(exit::INVALID)
+        }
+    }
+}
+
+/// `p` relative to `base` when it is inside it, for shorter messages.
+fn relative_to(p: &Path, base: &Path) -> PathBuf {
+    p.strip_prefix(base)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The declaration and its plan, or the exit code after saying why not. The workload is what
+/// follows `--`, else the declaration's `workload`.
+pub fn planned(
+    file: &FileArg,
+    session: Option<String>,
+    argv: Vec<String>,
+) -> Result<(Loaded, tether_plan::Plan), u8> {
+    let loaded = load(file, false)?;
+    let argv = if argv.is_empty() {
+        tether_plan::declared_workload(&loaded.declaration).ok_or_else(|| {
+            output::error_hint(
+                "no workload: give its command after `--`, or declare `workload.image`",
+                Some("tether run -- docker run --rm IMAGE [ARGS]"),
+            );
+            exit::INVALID
+        })?
+    } else {
+        argv
+    };
+    let session = session.unwrap_or_else(tether_run::session::new_id);
+    if let Err(e) = tether_spec::values::check_dns_label(&session) {
+        output::error(format!("--session: {e}"));
+        return Err(exit::INVALID);
+    }
+    match tether_plan::plan(&loaded.declaration, &session, &argv) {
+        Ok(p) => Ok((loaded, p)),
+        Err(e) => {
+            output::error(e);
+            Err(exit::INVALID)
+        }
+    }
+}
+
+/// A single-threaded runtime for the commands that talk to an engine or wait.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+}
+
+/// Connects to the engine, or says why not.
+pub async fn engine() -> Result<tether_run::docker::DockerEngine, u8> {
+    tether_run::docker::DockerEngine::connect()
+        .await
+        .map_err(|e| {
+            output::error_hint(&e, e.hint().as_deref());
+            exit::INTERNAL
+        })
+}
