@@ -110,3 +110,18 @@ pub async fn engine() -> Result<tether_run::docker::DockerEngine, u8> {
             exit::INTERNAL
         })
 }
+
+/// Connects to the engine on a runtime and runs `f` with it; says why not and returns the code
+/// when the engine cannot be reached.
+pub fn on_engine<F, Fut>(f: F) -> u8
+where
+    F: FnOnce(tether_run::docker::DockerEngine) -> Fut,
+    Fut: std::future::Future<Output = u8>,
+{
+    runtime().block_on(async {
+        match engine().await {
+            Ok(e) => f(e).await,
+            Err(code) => code,
+        }
+    })
+}

@@ -4,7 +4,7 @@ use tether_plan::PullPolicy;
 
 use crate::args::FileArg;
 use crate::exit;
-use crate::load::{engine, planned, runtime};
+use crate::load::{engine, on_engine, planned, runtime};
 use crate::progress::{self, Progress};
 
 pub fn run(
@@ -45,11 +45,7 @@ pub fn up(file: &FileArg, names: Vec<String>, print_env: bool, json: bool, pull:
         Err(code) => return code,
     };
     p.pull = pull;
-    runtime().block_on(async {
-        let e = match engine().await {
-            Ok(e) => e,
-            Err(code) => return code,
-        };
+    on_engine(|e| async move {
         let progress = Progress::new(json);
         let up = tether_run::run::up(
             &e,

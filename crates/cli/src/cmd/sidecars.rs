@@ -1,7 +1,7 @@
 //! `tether ps`, `tether logs` and `tether down`: the project's sidecar containers.
 
 use crate::args::FileArg;
-use crate::load::{engine, load, planned, runtime};
+use crate::load::{load, on_engine, planned};
 use crate::{exit, output};
 
 pub fn ps(file: &FileArg, json: bool) -> u8 {
@@ -10,11 +10,7 @@ pub fn ps(file: &FileArg, json: bool) -> u8 {
         Err(code) => return code,
     };
     let project = loaded.declaration.project.clone();
-    runtime().block_on(async {
-        let e = match engine().await {
-            Ok(e) => e,
-            Err(code) => return code,
-        };
+    on_engine(|e| async move {
         match tether_run::ps::list(&e, &project, Some(&p)).await {
             Ok(rows) => {
                 if json {
@@ -50,11 +46,7 @@ pub fn logs(file: &FileArg, sidecar: &str, follow: bool, tail: Option<usize>) ->
         return exit::INVALID;
     }
     let project = decl.project.clone();
-    runtime().block_on(async {
-        let e = match engine().await {
-            Ok(e) => e,
-            Err(code) => return code,
-        };
+    on_engine(|e| async move {
         let rows = match tether_run::ps::list(&e, &project, None).await {
             Ok(r) => r,
             Err(err) => {
@@ -84,11 +76,7 @@ pub fn down(file: &FileArg, sessions: bool, all: bool) -> u8 {
         Err(code) => return code,
     };
     let project = loaded.declaration.project.clone();
-    runtime().block_on(async {
-        let e = match engine().await {
-            Ok(e) => e,
-            Err(code) => return code,
-        };
+    on_engine(|e| async move {
         match tether_run::ps::down(&e, &project, sessions, all).await {
             Ok(removed) => {
                 for name in &removed {
