@@ -293,7 +293,7 @@ fn top_level(
         ..Top::default()
     };
     let start = Span::point(diag::Point::start());
-    let Some(f) = cx.fields(tree, "", start, validate::TOP_FIELDS, "the declaration") else {
+    let Some(f) = cx.fields(tree, "", start, &validate::DECLARATION) else {
         return top;
     };
     match f.get("version") {

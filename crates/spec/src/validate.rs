@@ -2,7 +2,7 @@
 
 use indexmap::IndexMap;
 
-use crate::check::{Ctx, Fields, join, one_of};
+use crate::check::{Ctx, Fields, Shape, join, one_of};
 use crate::diag::Span;
 use crate::model::*;
 use crate::values;
@@ -101,6 +101,78 @@ pub const SHUTDOWN_FIELDS: &[&str] = &["grace", "order"];
 pub const NOTIFY_FIELDS: &[&str] = &["command", "url"];
 pub const LOGS_FIELDS: &[&str] = &["prefix", "timestamps", "format"];
 
+// The mappings of the declaration, each with the words messages use for it and the mappings
+// one level up and down (for "`port` is a field of its interface, not of the sidecar").
+const fn shape(
+    what: &'static str,
+    fields: &'static [&'static str],
+    parent: Option<&'static Shape>,
+    children: &'static [&'static Shape],
+) -> Shape {
+    Shape {
+        what,
+        fields,
+        parent,
+        children,
+    }
+}
+pub static DECLARATION: Shape = shape("the declaration", TOP_FIELDS, None, &[&WORKLOAD, &INIT]);
+pub static SIDECAR: Shape = shape(
+    "a sidecar",
+    SIDECAR_FIELDS,
+    None,
+    &[&INTERFACE, &READINESS, &RESOURCES],
+);
+pub static INTERFACE: Shape = shape("an interface", INTERFACE_FIELDS, Some(&SIDECAR), &[]);
+pub static READINESS: Shape = shape("readiness", READINESS_FIELDS, Some(&SIDECAR), &[]);
+pub static RESOURCES: Shape = shape("resources", RESOURCES_FIELDS, Some(&SIDECAR), &[]);
+pub static SECRET: Shape = shape("a secret", SECRET_FIELDS, None, &[]);
+pub static WORKLOAD: Shape = shape("the workload", WORKLOAD_FIELDS, Some(&DECLARATION), &[]);
+pub static INIT: Shape = shape(
+    "the init section",
+    INIT_FIELDS,
+    Some(&DECLARATION),
+    &[&HEALTH, &SHUTDOWN, &NOTIFY, &LOGS],
+);
+pub static STEP: Shape = shape("a step", STEP_FIELDS, None, &[]);
+pub static DAEMON: Shape = shape(
+    "a daemon",
+    DAEMON_FIELDS,
+    None,
+    &[&CHECK, &LIVENESS, &RESTART, &STOP],
+);
+pub static CHECK: Shape = shape("readiness", CHECK_FIELDS, Some(&DAEMON), &[]);
+pub static LIVENESS: Shape = shape("liveness", LIVENESS_FIELDS, Some(&DAEMON), &[]);
+pub static RESTART: Shape = shape("restart", RESTART_FIELDS, Some(&DAEMON), &[&BACKOFF]);
+pub static BACKOFF: Shape = shape("backoff", BACKOFF_FIELDS, Some(&RESTART), &[]);
+pub static STOP: Shape = shape("stop", STOP_FIELDS, Some(&DAEMON), &[]);
+pub static HEALTH: Shape = shape("health", HEALTH_FIELDS, Some(&INIT), &[]);
+pub static SHUTDOWN: Shape = shape("shutdown", SHUTDOWN_FIELDS, Some(&INIT), &[]);
+pub static NOTIFY: Shape = shape("notify", NOTIFY_FIELDS, Some(&INIT), &[]);
+pub static LOGS: Shape = shape("logs", LOGS_FIELDS, Some(&INIT), &[]);
+/// Every shape, for the test that parents and children agree.
+pub static SHAPES: &[&Shape] = &[
+    &DECLARATION,
+    &SIDECAR,
+    &INTERFACE,
+    &READINESS,
+    &RESOURCES,
+    &SECRET,
+    &WORKLOAD,
+    &INIT,
+    &STEP,
+    &DAEMON,
+    &CHECK,
+    &LIVENESS,
+    &RESTART,
+    &BACKOFF,
+    &STOP,
+    &HEALTH,
+    &SHUTDOWN,
+    &NOTIFY,
+    &LOGS,
+];
+
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -123,7 +195,7 @@ pub fn sidecar(
 ) -> Option<Sidecar> {
     let path = format!("sidecars.{name}");
     let name_ok = cx.dns_label(name, &path, name_span);
-    let f = cx.fields(node, &path, name_span, SIDECAR_FIELDS, "a sidecar")?;
+    let f = cx.fields(node, &path, name_span, &SIDECAR)?;
     let before = cx.diags.len();
 
     let image = cx
@@ -210,7 +282,7 @@ fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Inter
         .key("interface")
         .map(|k| k.span)
         .unwrap_or(parent.span);
-    let f = cx.fields(node, &path, owner, INTERFACE_FIELDS, "an interface")?;
+    let f = cx.fields(node, &path, owner, &INTERFACE)?;
     let kinds = ["port", "mcp", "volume", "none"];
     let kind = cx
         .require(&f, "kind", "one of port, mcp, volume, none")
@@ -383,7 +455,7 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
     let has_port = interface.map(|i| i.port().is_some());
     let modes = ["tcp", "http", "exec", "healthcheck", "log", "none"];
     let r = match f.get("readiness") {
-        Some(n) => cx.fields(n, &path, owner, READINESS_FIELDS, "readiness")?,
+        Some(n) => cx.fields(n, &path, owner, &READINESS)?,
         None => Fields {
             path: path.clone(),
             span: owner,
@@ -519,13 +591,7 @@ fn secrets(cx: &mut Ctx<'_>, f: &Fields<'_>) -> Option<Vec<Secret>> {
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
         let p = format!("{path}[{i}]");
-        let Some(s) = cx.fields(
-            item,
-            &p,
-            Span::point(item.span.start),
-            SECRET_FIELDS,
-            "a secret",
-        ) else {
+        let Some(s) = cx.fields(item, &p, Span::point(item.span.start), &SECRET) else {
             ok = false;
             continue;
         };
@@ -632,7 +698,7 @@ fn networks(cx: &mut Ctx<'_>, f: &Fields<'_>) -> Option<Vec<String>> {
 }
 
 fn resources(cx: &mut Ctx<'_>, node: &Node, path: &str, owner: Span) -> Option<Resources> {
-    let f = cx.fields(node, path, owner, RESOURCES_FIELDS, "resources")?;
+    let f = cx.fields(node, path, owner, &RESOURCES)?;
     let memory = match f.get("memory") {
         Some(n) => Some(cx.size(n, &f.at("memory"))?),
         None => None,
@@ -692,7 +758,7 @@ pub fn workload(
     node: &Node,
     owner: Span,
 ) -> Option<(Workload, Option<(String, Span)>)> {
-    let f = cx.fields(node, "workload", owner, WORKLOAD_FIELDS, "the workload")?;
+    let f = cx.fields(node, "workload", owner, &WORKLOAD)?;
     let image = f
         .get("image")
         .and_then(|n| cx.nonempty_string(n, &f.at("image")));
@@ -757,7 +823,7 @@ pub struct InitAt {
 }
 
 pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
-    let f = cx.fields(node, "init", owner, INIT_FIELDS, "the init section")?;
+    let f = cx.fields(node, "init", owner, &INIT)?;
     let before = cx.diags.len();
     let mut names: IndexMap<String, Span> = IndexMap::new();
     let mut depends_spans = IndexMap::new();
@@ -829,7 +895,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let health = match f.get("health") {
         Some(n) => {
             let owner = f.key("health").map(|k| k.span).unwrap_or(owner);
-            cx.fields(n, "init.health", owner, HEALTH_FIELDS, "health").and_then(|h| {
+            cx.fields(n, "init.health", owner, &HEALTH).and_then(|h| {
                 let listen = cx.require(&h, "listen", "the address to serve /healthz, /readyz and /status on, for example `0.0.0.0:9090`")?;
                 listen_address(cx, listen, "init.health.listen").map(|listen| Health { listen })
             })
@@ -839,7 +905,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let shutdown = match f.get("shutdown") {
         Some(n) => {
             let owner = f.key("shutdown").map(|k| k.span).unwrap_or(owner);
-            cx.fields(n, "init.shutdown", owner, SHUTDOWN_FIELDS, "shutdown")
+            cx.fields(n, "init.shutdown", owner, &SHUTDOWN)
                 .and_then(|s| {
                     let grace = cx.or(&s, "grace", Duration::from_secs(8), Ctx::duration);
                     let order = cx.pick(
@@ -866,7 +932,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let notify = match f.get("notify") {
         Some(n) => {
             let owner = f.key("notify").map(|k| k.span).unwrap_or(owner);
-            cx.fields(n, "init.notify", owner, NOTIFY_FIELDS, "notify").and_then(|nf| {
+            cx.fields(n, "init.notify", owner, &NOTIFY).and_then(|nf| {
                 match (nf.get("command"), nf.get("url")) {
                     (Some(c), None) => cx.command(c, "init.notify.command").map(Notify::Command),
                     (None, Some(u)) => http_url(cx, u, "init.notify.url").map(Notify::Url),
@@ -883,7 +949,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let logs = match f.get("logs") {
         Some(n) => {
             let owner = f.key("logs").map(|k| k.span).unwrap_or(owner);
-            cx.fields(n, "init.logs", owner, LOGS_FIELDS, "logs").and_then(|l| {
+            cx.fields(n, "init.logs", owner, &LOGS).and_then(|l| {
                 let prefix = match l.get("prefix") {
                     Some(n) => {
                         let p = cx.text(n, "init.logs.prefix")?;
@@ -995,13 +1061,7 @@ fn step(
     path: &str,
     names: &mut IndexMap<String, Span>,
 ) -> Option<Step> {
-    let f = cx.fields(
-        node,
-        path,
-        Span::point(node.span.start),
-        STEP_FIELDS,
-        "a step",
-    )?;
+    let f = cx.fields(node, path, Span::point(node.span.start), &STEP)?;
     let before = cx.diags.len();
     let name = cx
         .require(&f, "name", "a DNS label naming the step in logs")
@@ -1078,7 +1138,7 @@ fn daemon(
     depends_spans: &mut IndexMap<(String, String), Span>,
 ) -> Option<Daemon> {
     let path = format!("init.daemons.{name}");
-    let f = cx.fields(node, &path, name_span, DAEMON_FIELDS, "a daemon")?;
+    let f = cx.fields(node, &path, name_span, &DAEMON)?;
     let before = cx.diags.len();
     let command = cx
         .require(
@@ -1140,7 +1200,7 @@ fn daemon(
     let readiness = match f.get("readiness") {
         Some(n) => {
             let owner = f.key("readiness").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("readiness"), owner, CHECK_FIELDS, "readiness")
+            cx.fields(n, &f.at("readiness"), owner, &CHECK)
                 .and_then(|r| {
                     let check = check(
                         cx,
@@ -1166,7 +1226,7 @@ fn daemon(
     let liveness = match f.get("liveness") {
         Some(n) => {
             let owner = f.key("liveness").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("liveness"), owner, LIVENESS_FIELDS, "liveness")
+            cx.fields(n, &f.at("liveness"), owner, &LIVENESS)
                 .and_then(|r| {
                     let check = check(cx, &r, &["tcp", "http", "exec"], owner)?;
                     let interval = cx.or(&r, "interval", Duration::from_secs(10), Ctx::duration)?;
@@ -1188,7 +1248,7 @@ fn daemon(
     let restart = match f.get("restart") {
         Some(n) => {
             let owner = f.key("restart").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("restart"), owner, RESTART_FIELDS, "restart")
+            cx.fields(n, &f.at("restart"), owner, &RESTART)
                 .and_then(|r| restart(cx, &r))
         }
         None => Some(default_restart()),
@@ -1214,32 +1274,27 @@ fn daemon(
     let stop = match f.get("stop") {
         Some(n) => {
             let owner = f.key("stop").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("stop"), owner, STOP_FIELDS, "stop")
-                .and_then(|s| {
-                    let signal = match s.get("signal") {
-                        Some(n) => {
-                            let t = cx.text(n, &s.at("signal"))?;
-                            match Signal::parse(&t) {
-                                Some(sig) => sig,
-                                None => {
-                                    cx.error(
-                                        &s.at("signal"),
-                                        n.span,
-                                        format!("`{t}` is not a signal"),
-                                    )
+            cx.fields(n, &f.at("stop"), owner, &STOP).and_then(|s| {
+                let signal = match s.get("signal") {
+                    Some(n) => {
+                        let t = cx.text(n, &s.at("signal"))?;
+                        match Signal::parse(&t) {
+                            Some(sig) => sig,
+                            None => {
+                                cx.error(&s.at("signal"), n.span, format!("`{t}` is not a signal"))
                                     .with_label("for example SIGTERM, SIGINT, SIGQUIT or 15");
-                                    return None;
-                                }
+                                return None;
                             }
                         }
-                        None => Signal::TERM,
-                    };
-                    let grace = match s.get("grace") {
-                        Some(n) => Some(cx.duration(n, &s.at("grace"))?),
-                        None => None,
-                    };
-                    Some(Stop { signal, grace })
-                })
+                    }
+                    None => Signal::TERM,
+                };
+                let grace = match s.get("grace") {
+                    Some(n) => Some(cx.duration(n, &s.at("grace"))?),
+                    None => None,
+                };
+                Some(Stop { signal, grace })
+            })
         }
         None => Some(Stop {
             signal: Signal::TERM,
@@ -1333,7 +1388,7 @@ fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
     let backoff = match r.get("backoff") {
         Some(n) => {
             let owner = r.key("backoff").map(|k| k.span).unwrap_or(r.span);
-            cx.fields(n, &r.at("backoff"), owner, BACKOFF_FIELDS, "backoff")
+            cx.fields(n, &r.at("backoff"), owner, &BACKOFF)
                 .and_then(|b| {
                     let d = default_backoff();
                     let initial = cx.or(&b, "initial", d.initial, Ctx::delay);
@@ -1463,4 +1518,44 @@ fn check(cx: &mut Ctx<'_>, r: &Fields<'_>, modes: &[&str], owner: Span) -> Optio
         _ => Check::None,
     };
     ok.then_some(check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_is_the_parent_of_its_children() {
+        for s in SHAPES {
+            for c in s.children {
+                assert!(
+                    c.parent.is_some_and(|p| std::ptr::eq(p, *s)),
+                    "{} lists {} as a child, but it names another parent",
+                    s.what,
+                    c.what
+                );
+            }
+            if let Some(p) = s.parent {
+                assert!(
+                    p.children.iter().any(|c| std::ptr::eq(*c, *s)),
+                    "{} names {} as its parent, which does not list it",
+                    s.what,
+                    p.what
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_field_one_level_off_is_named_with_the_words_of_the_messages() {
+        assert_eq!(
+            INTERFACE.one_level_off("aliases"),
+            ["`aliases` is a field of the sidecar, not of its interface"]
+        );
+        assert_eq!(
+            DAEMON.one_level_off("timeout"),
+            ["`timeout` is a field of its readiness or its liveness, not of the daemon"]
+        );
+        assert!(SIDECAR.one_level_off("colour").is_empty());
+    }
 }
