@@ -176,11 +176,34 @@ pub static SHAPES: &[&Shape] = &[
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
 
-/// A sidecar as read from one file, with where its name was written.
+/// A sidecar as read from one file, with where its name was written and what the cross-checks
+/// need, kept even when other fields of the sidecar are wrong so that a collision is reported
+/// in the same run as, say, a bad timeout.
 pub struct SidecarAt {
-    pub sidecar: Sidecar,
+    pub name: String,
     pub name_span: Span,
     pub file: crate::diag::FileId,
+    /// The whole sidecar, when every field of it is valid.
+    pub sidecar: Option<Sidecar>,
+    /// `disable` (absent is `false`); `None` when it is not valid.
+    pub disable: Option<bool>,
+    /// The DNS names it answers to, as far as the fields that give them are valid: the canonical
+    /// alias first (the name for `port`, `interface.name` for `mcp`), then each valid alias.
+    pub names: Vec<String>,
+}
+
+impl SidecarAt {
+    /// A sidecar known only by its name: its file or its mapping could not be read.
+    pub fn unread(name: &str, name_span: Span, file: crate::diag::FileId) -> Self {
+        Self {
+            name: name.to_owned(),
+            name_span,
+            file,
+            sidecar: None,
+            disable: None,
+            names: Vec::new(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -192,10 +215,13 @@ pub fn sidecar(
     node: &Node,
     name_span: Span,
     origin: Origin,
-) -> Option<Sidecar> {
+) -> SidecarAt {
     let path = format!("sidecars.{name}");
     let name_ok = cx.dns_label(name, &path, name_span);
-    let f = cx.fields(node, &path, name_span, &SIDECAR)?;
+    let mut at = SidecarAt::unread(name, name_span, cx.file);
+    let Some(f) = cx.fields(node, &path, name_span, &SIDECAR) else {
+        return at;
+    };
     let before = cx.diags.len();
 
     let image = cx
@@ -210,10 +236,7 @@ pub fn sidecar(
     let description = f
         .get("description")
         .and_then(|n| cx.string(n, &f.at("description")));
-    let disable = f
-        .get("disable")
-        .map(|n| cx.bool(n, &f.at("disable")).unwrap_or(false))
-        .unwrap_or(false);
+    let disable = cx.or(&f, "disable", false, Ctx::bool);
     let lifecycle = cx
         .require(
             &f,
@@ -234,9 +257,10 @@ pub fn sidecar(
             "interface",
             "`kind` is one of port, mcp, volume, none, for example `{ kind: port, port: 6379 }`",
         )
-        .and_then(|n| interface(cx, n, &f));
-    let aliases = aliases(cx, &f, interface.as_ref());
-    let readiness = readiness(cx, &f, interface.as_ref());
+        .map(|n| interface(cx, n, &f))
+        .unwrap_or_default();
+    let (aliases, aliases_ok) = aliases(cx, &f, interface.kind);
+    let readiness = readiness(cx, &f, interface.kind);
     let env = cx.or(&f, "env", Default::default(), Ctx::env);
     let secrets = secrets(cx, &f);
     let mounts = mounts(cx, &f, lifecycle);
@@ -250,8 +274,17 @@ pub fn sidecar(
         )
     });
 
+    at.disable = disable;
+    // A `volume` or `none` sidecar answers to no name; one whose kind is unknown still answers
+    // to its aliases (they are an error of their own if it turns out not to be network-facing).
+    at.names = match (interface.kind, interface.mcp_name) {
+        (Some("port"), _) if name_ok => vec![name.to_owned()],
+        (Some("mcp"), Some(n)) => vec![n],
+        _ => Vec::new(),
+    };
+    at.names.extend(aliases.iter().cloned());
     if cx.diags.len() != before || !name_ok {
-        return None;
+        return at;
     }
     let built = (|| {
         Some(Sidecar {
@@ -261,10 +294,10 @@ pub fn sidecar(
             entrypoint,
             command,
             description,
-            disable,
+            disable: disable?,
             lifecycle: lifecycle?,
-            interface: interface?,
-            aliases: aliases?,
+            interface: interface.whole?,
+            aliases: aliases_ok.then_some(aliases)?,
             readiness: readiness?,
             env: env?,
             secrets: secrets?,
@@ -273,10 +306,33 @@ pub fn sidecar(
             resources: resources.unwrap_or_default(),
         })
     })();
-    cx.ensure(before, &path, name_span, built)
+    at.sidecar = cx.ensure(before, &path, name_span, built);
+    at
 }
 
-fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Interface> {
+/// An interface as far as it is valid: its kind and mcp name are known even when, say, its port
+/// is out of range.
+#[derive(Default)]
+struct InterfaceAt {
+    kind: Option<&'static str>,
+    /// `name` of an mcp interface, when it is valid.
+    mcp_name: Option<String>,
+    /// The whole interface, when every field of it is valid.
+    whole: Option<Interface>,
+}
+
+fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> InterfaceAt {
+    let mut at = InterfaceAt::default();
+    at.whole = interface_fields(cx, node, parent, &mut at);
+    at
+}
+
+fn interface_fields(
+    cx: &mut Ctx<'_>,
+    node: &Node,
+    parent: &Fields<'_>,
+    at: &mut InterfaceAt,
+) -> Option<Interface> {
     let path = parent.at("interface");
     let owner = parent
         .key("interface")
@@ -287,6 +343,7 @@ fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Inter
     let kind = cx
         .require(&f, "kind", "one of port, mcp, volume, none")
         .and_then(|n| cx.choice(n, &f.at("kind"), &kinds, "an interface kind"))?;
+    at.kind = Some(kind);
     let allowed: &[&str] = match kind {
         "port" => &["kind", "port"],
         "mcp" => &["kind", "port", "name", "path", "transport"],
@@ -358,6 +415,7 @@ fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Inter
                     .map(str::to_owned),
                 None => Some("http".to_owned()),
             };
+            at.mcp_name.clone_from(&name);
             Interface::Mcp {
                 port: port?,
                 name: name?,
@@ -410,24 +468,24 @@ fn absolute_path(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
     }
 }
 
-fn aliases(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) -> Option<Vec<String>> {
+/// The valid aliases, and whether all of them were.
+fn aliases(cx: &mut Ctx<'_>, f: &Fields<'_>, kind: Option<&str>) -> (Vec<String>, bool) {
     let Some(node) = f.get("aliases") else {
-        return Some(Vec::new());
+        return (Vec::new(), true);
     };
     let path = f.at("aliases");
-    if let Some(i @ (Interface::Volume { .. } | Interface::None)) = interface {
+    if let Some(kind @ ("volume" | "none")) = kind {
         cx.error(
             &path,
             f.key("aliases").map(|k| k.span).unwrap_or(node.span),
-            format!(
-                "aliases do not apply to an interface of kind `{}`",
-                i.kind()
-            ),
+            format!("aliases do not apply to an interface of kind `{kind}`"),
         )
         .with_hint("only `port` and `mcp` sidecars are reachable by name");
-        return None;
+        return (Vec::new(), false);
     }
-    let items = cx.seq(node, &path)?;
+    let Some(items) = cx.seq(node, &path) else {
+        return (Vec::new(), false);
+    };
     let mut out: Vec<String> = Vec::new();
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
@@ -446,13 +504,13 @@ fn aliases(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) -> O
             out.push(s);
         }
     }
-    ok.then_some(out)
+    (out, ok)
 }
 
-fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) -> Option<Readiness> {
+fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, kind: Option<&str>) -> Option<Readiness> {
     let path = f.at("readiness");
     let owner = f.key("readiness").map(|k| k.span).unwrap_or(f.span);
-    let has_port = interface.map(|i| i.port().is_some());
+    let has_port = kind.map(|k| matches!(k, "port" | "mcp"));
     let modes = ["tcp", "http", "exec", "healthcheck", "log", "none"];
     let r = match f.get("readiness") {
         Some(n) => cx.fields(n, &path, owner, &READINESS)?,
@@ -466,14 +524,14 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
         Some(n) => cx
             .choice(n, &r.at("mode"), &modes, "a readiness mode")
             .unwrap_or("?"),
-        None => match (has_port, interface) {
+        None => match (has_port, kind) {
             (Some(true), _) => "tcp",
-            (Some(false), Some(i)) => {
-                cx.error(&r.at("mode"), owner, format!("a sidecar of kind `{}` must say how it becomes ready", i.kind()))
+            (Some(false), Some(kind)) => {
+                cx.error(&r.at("mode"), owner, format!("a sidecar of kind `{kind}` must say how it becomes ready"))
                     .with_hint("add `readiness: { mode: exec, command: [...] }`, `mode: healthcheck`, `mode: log` or `mode: none`");
                 return None;
             }
-            // The interface itself is broken (already reported): check the rest anyway.
+            // The interface kind is wrong or missing (already reported): check the rest anyway.
             _ => "?",
         },
     };
@@ -753,12 +811,16 @@ fn gpus(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Gpus> {
 // ---------------------------------------------------------------------------------------------
 // workload
 
+/// The workload, when it is valid, and the sidecar whose namespace it joins, when `network_mode`
+/// and `sidecar` say so validly (for the cross-checks, whatever else is wrong).
 pub fn workload(
     cx: &mut Ctx<'_>,
     node: &Node,
     owner: Span,
-) -> Option<(Workload, Option<(String, Span)>)> {
-    let f = cx.fields(node, "workload", owner, &WORKLOAD)?;
+) -> (Option<Workload>, Option<(String, Span)>) {
+    let Some(f) = cx.fields(node, "workload", owner, &WORKLOAD) else {
+        return (None, None);
+    };
     let image = f
         .get("image")
         .and_then(|n| cx.nonempty_string(n, &f.at("image")));
@@ -780,13 +842,15 @@ pub fn workload(
         Some(n) => cx.string(n, &f.at("sidecar")).map(|s| Some((s, n.span))),
         None => Some(None),
     };
-    let (mode, sidecar) = (mode?, sidecar?);
+    let (Some(mode), Some(sidecar)) = (mode, sidecar) else {
+        return (None, None);
+    };
     match (mode, &sidecar) {
         (NetworkMode::SharedNamespace, None) => {
             let span = f.key("network_mode").map(|k| k.span).unwrap_or(owner);
             cx.error(&f.at("sidecar"), span, "`shared-namespace` needs `sidecar`: the sidecar whose network namespace the workload joins")
                 .with_hint("add `sidecar: NAME`");
-            return None;
+            return (None, None);
         }
         (NetworkMode::Network, Some((_, span))) => {
             cx.error(
@@ -795,39 +859,46 @@ pub fn workload(
                 "`sidecar` only applies with `network_mode: shared-namespace`",
             )
             .with_hint("with `network_mode: network` the workload reaches every sidecar by name");
-            return None;
+            return (None, None);
         }
         _ => {}
     }
-    Some((
-        Workload {
-            image,
-            command,
-            env: env?,
-            network_mode: mode,
-            sidecar: sidecar.as_ref().map(|(s, _)| s.clone()),
-        },
-        sidecar,
-    ))
+    let workload = env.map(|env| Workload {
+        image,
+        command,
+        env,
+        network_mode: mode,
+        sidecar: sidecar.as_ref().map(|(s, _)| s.clone()),
+    });
+    (workload, sidecar)
 }
 
 // ---------------------------------------------------------------------------------------------
 // init
 
-/// The init section, plus the spans of `depends_on` entries for the cross-checks.
+/// The init section, plus what the dependency checks need.
 pub struct InitAt {
     pub init: Init,
-    pub depends_spans: IndexMap<(String, String), Span>,
-    /// Every daemon name declared, including daemons that did not validate.
-    pub declared: Vec<String>,
+    /// Every daemon declared under a valid name, valid or not, in declaration order.
+    pub daemons: IndexMap<String, DaemonAt>,
+    /// Every step name that is valid, including steps with other errors.
+    pub steps: Vec<String>,
+}
+
+/// What the dependency checks need of a daemon, kept even when other fields of it are wrong.
+#[derive(Default)]
+pub struct DaemonAt {
+    /// Each valid `depends_on` entry, with its condition and where it is written.
+    pub depends_on: IndexMap<String, (Condition, Span)>,
+    /// `restart.policy` (absent is `on-failure`); `None` when it is not valid.
+    pub policy: Option<RestartPolicy>,
 }
 
 pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let f = cx.fields(node, "init", owner, &INIT)?;
     let before = cx.diags.len();
     let mut names: IndexMap<String, Span> = IndexMap::new();
-    let mut depends_spans = IndexMap::new();
-    let mut declared = Vec::new();
+    let mut declared = IndexMap::new();
 
     let mut steps = Vec::new();
     if let Some(n) = f.get("steps")
@@ -839,6 +910,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
             }
         }
     }
+    let step_names: Vec<String> = names.keys().cloned().collect();
     let mut daemons = IndexMap::new();
     if let Some(n) = f.get("daemons") {
         match &n.value {
@@ -858,8 +930,9 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
                         continue;
                     }
                     names.insert(k.name.clone(), k.span);
-                    declared.push(k.name.clone());
-                    if let Some(d) = daemon(cx, &k.name, v, k.span, &mut depends_spans) {
+                    let (d, at) = daemon(cx, &k.name, v, k.span);
+                    declared.insert(k.name.clone(), at);
+                    if let Some(d) = d {
                         daemons.insert(k.name.clone(), d);
                     }
                 }
@@ -999,8 +1072,8 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
                 format: LogFormat::Text,
             }),
         },
-        depends_spans,
-        declared,
+        daemons: declared,
+        steps: step_names,
     });
     cx.ensure(before, "init", owner, built)
 }
@@ -1135,10 +1208,12 @@ fn daemon(
     name: &str,
     node: &Node,
     name_span: Span,
-    depends_spans: &mut IndexMap<(String, String), Span>,
-) -> Option<Daemon> {
+) -> (Option<Daemon>, DaemonAt) {
     let path = format!("init.daemons.{name}");
-    let f = cx.fields(node, &path, name_span, &DAEMON)?;
+    let mut at = DaemonAt::default();
+    let Some(f) = cx.fields(node, &path, name_span, &DAEMON) else {
+        return (None, at);
+    };
     let before = cx.diags.len();
     let command = cx
         .require(
@@ -1152,15 +1227,13 @@ fn daemon(
         .get("workdir")
         .and_then(|n| absolute_path(cx, n, &f.at("workdir")));
     let user = f.get("user").and_then(|n| user(cx, n, &f.at("user")));
-    let mut depends_on = IndexMap::new();
     if let Some(n) = f.get("depends_on") {
         let p = f.at("depends_on");
         match &n.value {
             Value::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
                     if let Some(dep) = cx.string(item, &format!("{p}[{i}]")) {
-                        depends_spans.insert((name.to_owned(), dep.clone()), item.span);
-                        depends_on.insert(dep, Condition::Ready);
+                        at.depends_on.insert(dep, (Condition::Ready, item.span));
                     }
                 }
             }
@@ -1173,15 +1246,12 @@ fn daemon(
                         "a dependency condition",
                     );
                     if let Some(c) = c {
-                        depends_spans.insert((name.to_owned(), k.name.clone()), k.span);
-                        depends_on.insert(
-                            k.name.clone(),
-                            match c {
-                                "started" => Condition::Started,
-                                "ready" => Condition::Ready,
-                                _ => Condition::Completed,
-                            },
-                        );
+                        let c = match c {
+                            "started" => Condition::Started,
+                            "ready" => Condition::Ready,
+                            _ => Condition::Completed,
+                        };
+                        at.depends_on.insert(k.name.clone(), (c, k.span));
                     }
                 }
             }
@@ -1245,14 +1315,17 @@ fn daemon(
         }
         None => Some(None),
     };
-    let restart = match f.get("restart") {
+    let (policy, restart) = match f.get("restart") {
         Some(n) => {
             let owner = f.key("restart").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("restart"), owner, &RESTART)
-                .and_then(|r| restart(cx, &r))
+            match cx.fields(n, &f.at("restart"), owner, &RESTART) {
+                Some(r) => restart(cx, &r),
+                None => (None, None),
+            }
         }
-        None => Some(default_restart()),
+        None => (Some(RestartPolicy::OnFailure), Some(default_restart())),
     };
+    at.policy = policy;
     let on_exit = cx.pick(
         &f,
         "on_exit",
@@ -1333,7 +1406,7 @@ fn daemon(
         None => Some(Vec::new()),
     };
     if cx.diags.len() != before {
-        return None;
+        return (None, at);
     }
     let built = (|| {
         Some(Daemon {
@@ -1342,7 +1415,11 @@ fn daemon(
             env: env?,
             workdir,
             user,
-            depends_on,
+            depends_on: at
+                .depends_on
+                .iter()
+                .map(|(d, (c, _))| (d.clone(), *c))
+                .collect(),
             readiness: readiness?,
             liveness: liveness?,
             restart: restart?,
@@ -1353,7 +1430,7 @@ fn daemon(
             log_files: log_files?,
         })
     })();
-    cx.ensure(before, &path, name_span, built)
+    (cx.ensure(before, &path, name_span, built), at)
 }
 
 pub fn default_restart() -> Restart {
@@ -1373,7 +1450,9 @@ fn default_backoff() -> Backoff {
     }
 }
 
-fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
+/// The policy when it is valid (the dependency checks need it), and the whole restart section
+/// when all of it is.
+fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> (Option<RestartPolicy>, Option<Restart>) {
     let policy = cx.pick(
         r,
         "policy",
@@ -1437,16 +1516,19 @@ fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
         None => Some(default_backoff()),
     };
     let max_restarts = match r.get("max_restarts") {
-        Some(n) => Some(Some(
-            cx.int_in(n, &r.at("max_restarts"), 0, u32::MAX as i64)? as u32,
-        )),
+        Some(n) => cx
+            .int_in(n, &r.at("max_restarts"), 0, u32::MAX as i64)
+            .map(|m| Some(m as u32)),
         None => Some(None),
     };
-    Some(Restart {
-        policy: policy?,
-        backoff: backoff?,
-        max_restarts: max_restarts?,
-    })
+    let whole = (|| {
+        Some(Restart {
+            policy: policy?,
+            backoff: backoff?,
+            max_restarts: max_restarts?,
+        })
+    })();
+    (policy, whole)
 }
 
 /// A daemon readiness or liveness check; `modes` are the ones allowed here.
