@@ -23,6 +23,58 @@ pub fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// One kind of mapping in the declaration: the fields it takes, what messages call it ("a
+/// sidecar", "an interface") and the mappings written directly as its fields, so that a field
+/// written one level too high or too low can be pointed to where it belongs.
+pub struct Shape {
+    pub what: &'static str,
+    pub fields: &'static [&'static str],
+    /// The mapping this one is a field of, if any (a sidecar is an entry of `sidecars`, not a
+    /// field of the declaration, so it has none).
+    pub parent: Option<&'static Shape>,
+    /// The mappings that are fields of this one.
+    pub children: &'static [&'static Shape],
+}
+
+impl Shape {
+    /// `interface` for "an interface", `init section` for "the init section".
+    pub fn noun(&self) -> &'static str {
+        ["a ", "an ", "the "]
+            .iter()
+            .find_map(|a| self.what.strip_prefix(a))
+            .unwrap_or(self.what)
+    }
+
+    /// Hints for `field`, unknown here, when it is a field of the mapping one level up or down.
+    pub fn one_level_off(&self, field: &str) -> Vec<String> {
+        let mut hints = Vec::new();
+        if let Some(p) = self.parent
+            && p.fields.contains(&field)
+        {
+            hints.push(format!(
+                "`{field}` is a field of the {}, not of its {}",
+                p.noun(),
+                self.noun()
+            ));
+        }
+        let owners: Vec<String> = self
+            .children
+            .iter()
+            .filter(|c| c.fields.contains(&field))
+            .map(|c| format!("its {}", c.noun()))
+            .collect();
+        if !owners.is_empty() {
+            let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
+            hints.push(format!(
+                "`{field}` is a field of {}, not of the {}",
+                or_list(&owners),
+                self.noun()
+            ));
+        }
+        hints
+    }
+}
+
 /// A mapping whose keys were checked against the allowed field names.
 pub struct Fields<'n> {
     pub path: String,
@@ -95,9 +147,9 @@ impl Ctx<'_> {
         node: &'n Node,
         path: &str,
         owner: Span,
-        allowed: &[&str],
-        what: &str,
+        shape: &Shape,
     ) -> Option<Fields<'n>> {
+        let (allowed, what) = (shape.fields, shape.what);
         let Value::Map(entries) = &node.value else {
             if node.is_null() {
                 return Some(Fields {
@@ -120,8 +172,15 @@ impl Ctx<'_> {
                     format!("unknown field `{}` in {what}", key.name),
                 )
                 .with_label("unknown field");
-            match values::did_you_mean(&key.name, allowed) {
-                Some(s) => d.hints.push(format!("did you mean `{s}`?")),
+            // A field of the mapping one level up or down, by its exact name, says more than a
+            // near spelling of a field here.
+            let off = shape.one_level_off(&key.name);
+            let near = values::did_you_mean(&key.name, allowed);
+            let has_off = !off.is_empty();
+            d.hints.extend(off);
+            match near {
+                Some(s) if !has_off => d.hints.push(format!("did you mean `{s}`?")),
+                Some(_) => {}
                 None => d
                     .hints
                     .push(format!("allowed fields: {}", allowed.join(", "))),
@@ -460,9 +519,15 @@ impl Ctx<'_> {
 /// `a`, `a` or `b`, `a`, `b` or `c`.
 pub fn one_of(options: &[&str]) -> String {
     let quoted: Vec<String> = options.iter().map(|o| format!("`{o}`")).collect();
-    match quoted.len() {
+    let quoted: Vec<&str> = quoted.iter().map(String::as_str).collect();
+    or_list(&quoted)
+}
+
+/// a, a or b, a, b or c.
+fn or_list(items: &[&str]) -> String {
+    match items.len() {
         0 => String::new(),
-        1 => quoted[0].clone(),
-        n => format!("{} or {}", quoted[..n - 1].join(", "), quoted[n - 1]),
+        1 => items[0].to_owned(),
+        n => format!("{} or {}", items[..n - 1].join(", "), items[n - 1]),
     }
 }

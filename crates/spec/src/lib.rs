@@ -21,7 +21,7 @@ use check::Ctx;
 pub use diag::{Diagnostic, Sources};
 use diag::{FileId, Span};
 pub use model::Declaration;
-use model::{Condition, NetworkMode, Origin, RestartPolicy};
+use model::{Condition, Origin, RestartPolicy};
 use validate::SidecarAt;
 use yaml::Value;
 
@@ -189,18 +189,14 @@ pub fn load_texts(
             .and_then(|s| s.to_str())
             .unwrap_or("")
             .to_owned();
-        let tree = match yaml::parse(&file.text) {
-            Ok(t) => t,
-            Err(d) => {
-                cx.diags.push(d.in_file(id));
-                continue;
-            }
-        };
         let at = Span::point(diag::Point::start());
         let origin = Origin {
             file: file.name.clone(),
             line: 1,
         };
+        // The file's name is the sidecar's: it is declared (and may be declared twice) even
+        // when its YAML does not parse.
+        let tree = yaml::parse(&file.text).map_err(|d| cx.diags.push(d.in_file(id)));
         if let Some(i) = top.declared.iter().position(|d| *d == name) {
             let (prev_file, prev_span) = top.declared_at[i];
             cx.diags.push(
@@ -221,13 +217,10 @@ pub fn load_texts(
         }
         top.declared.push(name.clone());
         top.declared_at.push((id, at));
-        if let Some(s) = validate::sidecar(&mut cx, &name, &tree, at, origin) {
-            sidecars.push(SidecarAt {
-                sidecar: s,
-                name_span: at,
-                file: id,
-            });
-        }
+        sidecars.push(match &tree {
+            Ok(tree) => validate::sidecar(&mut cx, &name, tree, at, origin),
+            Err(()) => SidecarAt::unread(&name, at, id),
+        });
     }
 
     cross_check(&mut diags, &sidecars, &top);
@@ -259,9 +252,10 @@ pub fn load_texts(
         root: root.display().to_string(),
         sidecars: sidecars
             .into_iter()
-            .map(|s| (s.sidecar.name.clone(), s.sidecar))
+            .filter_map(|s| s.sidecar)
+            .map(|s| (s.name.clone(), s))
             .collect(),
-        workload: top.workload.map(|(w, _)| w),
+        workload: top.workload,
         init: top.init.map(|i| i.init),
     };
     Ok(Loaded {
@@ -278,7 +272,10 @@ struct Top {
     declared_at: Vec<(FileId, Span)>,
     project: Option<String>,
     env_prefix: Option<String>,
-    workload: Option<(model::Workload, Option<(String, Span)>)>,
+    workload: Option<model::Workload>,
+    /// The sidecar whose namespace the workload joins, when `network_mode` and `sidecar` are
+    /// both valid, whatever else is wrong with the workload.
+    joins: Option<(String, Span)>,
     init: Option<validate::InitAt>,
 }
 
@@ -293,7 +290,7 @@ fn top_level(
         ..Top::default()
     };
     let start = Span::point(diag::Point::start());
-    let Some(f) = cx.fields(tree, "", start, validate::TOP_FIELDS, "the declaration") else {
+    let Some(f) = cx.fields(tree, "", start, &validate::DECLARATION) else {
         return top;
     };
     match f.get("version") {
@@ -343,13 +340,7 @@ fn top_level(
                         file: file_name.to_owned(),
                         line: k.span.start.line,
                     };
-                    if let Some(s) = validate::sidecar(cx, &k.name, v, k.span, origin) {
-                        sidecars.push(SidecarAt {
-                            sidecar: s,
-                            name_span: k.span,
-                            file: cx.file,
-                        });
-                    }
+                    sidecars.push(validate::sidecar(cx, &k.name, v, k.span, origin));
                 }
             }
             _ => {
@@ -366,7 +357,7 @@ fn top_level(
     }
     if let Some(n) = f.get("workload") {
         let owner = f.key("workload").map(|k| k.span).unwrap_or(start);
-        top.workload = validate::workload(cx, n, owner);
+        (top.workload, top.joins) = validate::workload(cx, n, owner);
     }
     if let Some(n) = f.get("init") {
         let owner = f.key("init").map(|k| k.span).unwrap_or(start);
@@ -375,21 +366,22 @@ fn top_level(
     top
 }
 
-/// Rules that span several fields or files.
+/// Rules that span several fields or files. Each runs over every sidecar and daemon whose fields
+/// it needs are valid, whatever else is wrong with them, so that one run reports every problem.
 fn cross_check(diags: &mut Vec<Diagnostic>, sidecars: &[SidecarAt], top: &Top) {
     // Two network-facing sidecars may not answer to the same DNS name.
     // DNS names are case-insensitive: `DB` and `db` collide.
     let mut seen: HashMap<String, &SidecarAt> = HashMap::new();
-    for s in sidecars.iter().filter(|s| !s.sidecar.disable) {
-        for alias in s.sidecar.all_aliases() {
+    for s in sidecars.iter().filter(|s| s.disable == Some(false)) {
+        for alias in &s.names {
             match seen.get(&alias.to_ascii_lowercase()) {
-                Some(prev) if prev.sidecar.name != s.sidecar.name => {
+                Some(prev) if prev.name != s.name => {
                     diags.push(
                         Diagnostic::new(format!(
                             "sidecars `{}` and `{}` both answer to the name `{alias}`",
-                            prev.sidecar.name, s.sidecar.name
+                            prev.name, s.name
                         ))
-                        .path(format!("sidecars.{}", s.sidecar.name))
+                        .path(format!("sidecars.{}", s.name))
                         .at(s.name_span)
                         .in_file(s.file)
                         .also_in(prev.file, prev.name_span, format!("`{alias}` is taken here"))
@@ -404,11 +396,8 @@ fn cross_check(diags: &mut Vec<Diagnostic>, sidecars: &[SidecarAt], top: &Top) {
         }
     }
 
-    if let Some((w, Some((name, span)))) = &top.workload
-        && w.network_mode == NetworkMode::SharedNamespace
-    {
-        match sidecars.iter().find(|s| &s.sidecar.name == name) {
-            None if top.declared.contains(name) => {}
+    if let Some((name, span)) = &top.joins {
+        match sidecars.iter().find(|s| &s.name == name) {
             None => {
                 let names: Vec<&str> = top.declared.iter().map(String::as_str).collect();
                 let mut d = Diagnostic::new(format!("no sidecar is named `{name}`"))
@@ -422,7 +411,7 @@ fn cross_check(diags: &mut Vec<Diagnostic>, sidecars: &[SidecarAt], top: &Top) {
                 });
                 diags.push(d);
             }
-            Some(s) if s.sidecar.disable => diags.push(
+            Some(s) if s.disable == Some(true) => diags.push(
                 Diagnostic::new(format!(
                     "sidecar `{name}` is disabled, so its namespace cannot be joined"
                 ))
@@ -440,23 +429,20 @@ fn cross_check(diags: &mut Vec<Diagnostic>, sidecars: &[SidecarAt], top: &Top) {
 }
 
 fn check_dependencies(diags: &mut Vec<Diagnostic>, file: FileId, init: &validate::InitAt) {
-    let daemons = &init.init.daemons;
-    let names: Vec<&str> = init.declared.iter().map(String::as_str).collect();
+    // Every daemon declared under a valid name takes part, whatever else is wrong with it: its
+    // valid `depends_on` entries are checked and can close a cycle.
+    let daemons = &init.daemons;
+    let names: Vec<&str> = daemons.keys().map(String::as_str).collect();
     let mut graph: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, d) in daemons {
-        for (dep, cond) in &d.depends_on {
-            let span = init.depends_spans[&(name.clone(), dep.clone())];
+        for (dep, (cond, span)) in &d.depends_on {
             let path = format!("init.daemons.{name}.depends_on.{dep}");
-            if !daemons.contains_key(dep) && init.declared.contains(dep) {
-                // Declared but invalid: already reported.
-                continue;
-            }
             let Some(target) = daemons.get(dep) else {
                 let mut diag = Diagnostic::new(format!("no daemon is named `{dep}`"))
                     .path(path)
-                    .at(span)
+                    .at(*span)
                     .in_file(file);
-                if init.init.steps.iter().any(|s| &s.name == dep) {
+                if init.steps.contains(dep) {
                     diag.hints.push(format!(
                         "`{dep}` is a step; steps all finish before any daemon starts"
                     ));
@@ -468,13 +454,13 @@ fn check_dependencies(diags: &mut Vec<Diagnostic>, file: FileId, init: &validate
                 diags.push(diag);
                 continue;
             };
-            if *cond == Condition::Completed && target.restart.policy == RestartPolicy::Always {
+            if *cond == Condition::Completed && target.policy == Some(RestartPolicy::Always) {
                 diags.push(
                     Diagnostic::new(format!(
                         "`{dep}` restarts always, so it never completes"
                     ))
                     .path(path)
-                    .at(span)
+                    .at(*span)
                     .in_file(file)
                     .hint(format!("wait for `ready` or `started`, or give `{dep}` restart policy `on-failure` or `never`")),
                 );
@@ -485,7 +471,7 @@ fn check_dependencies(diags: &mut Vec<Diagnostic>, file: FileId, init: &validate
     if let Some(cycle) = find_cycle(&names, &graph) {
         let first = cycle[0];
         let second = cycle[1];
-        let span = init.depends_spans[&(first.to_owned(), second.to_owned())];
+        let (_, span) = daemons[first].depends_on[second];
         diags.push(
             Diagnostic::new(format!(
                 "daemons depend on each other in a cycle: {}",

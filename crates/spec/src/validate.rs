@@ -2,7 +2,7 @@
 
 use indexmap::IndexMap;
 
-use crate::check::{Ctx, Fields, join, one_of};
+use crate::check::{Ctx, Fields, Shape, join, one_of};
 use crate::diag::Span;
 use crate::model::*;
 use crate::values;
@@ -101,14 +101,109 @@ pub const SHUTDOWN_FIELDS: &[&str] = &["grace", "order"];
 pub const NOTIFY_FIELDS: &[&str] = &["command", "url"];
 pub const LOGS_FIELDS: &[&str] = &["prefix", "timestamps", "format"];
 
+// The mappings of the declaration, each with the words messages use for it and the mappings
+// one level up and down (for "`port` is a field of its interface, not of the sidecar").
+const fn shape(
+    what: &'static str,
+    fields: &'static [&'static str],
+    parent: Option<&'static Shape>,
+    children: &'static [&'static Shape],
+) -> Shape {
+    Shape {
+        what,
+        fields,
+        parent,
+        children,
+    }
+}
+pub static DECLARATION: Shape = shape("the declaration", TOP_FIELDS, None, &[&WORKLOAD, &INIT]);
+pub static SIDECAR: Shape = shape(
+    "a sidecar",
+    SIDECAR_FIELDS,
+    None,
+    &[&INTERFACE, &READINESS, &RESOURCES],
+);
+pub static INTERFACE: Shape = shape("an interface", INTERFACE_FIELDS, Some(&SIDECAR), &[]);
+pub static READINESS: Shape = shape("readiness", READINESS_FIELDS, Some(&SIDECAR), &[]);
+pub static RESOURCES: Shape = shape("resources", RESOURCES_FIELDS, Some(&SIDECAR), &[]);
+pub static SECRET: Shape = shape("a secret", SECRET_FIELDS, None, &[]);
+pub static WORKLOAD: Shape = shape("the workload", WORKLOAD_FIELDS, Some(&DECLARATION), &[]);
+pub static INIT: Shape = shape(
+    "the init section",
+    INIT_FIELDS,
+    Some(&DECLARATION),
+    &[&HEALTH, &SHUTDOWN, &NOTIFY, &LOGS],
+);
+pub static STEP: Shape = shape("a step", STEP_FIELDS, None, &[]);
+pub static DAEMON: Shape = shape(
+    "a daemon",
+    DAEMON_FIELDS,
+    None,
+    &[&CHECK, &LIVENESS, &RESTART, &STOP],
+);
+pub static CHECK: Shape = shape("readiness", CHECK_FIELDS, Some(&DAEMON), &[]);
+pub static LIVENESS: Shape = shape("liveness", LIVENESS_FIELDS, Some(&DAEMON), &[]);
+pub static RESTART: Shape = shape("restart", RESTART_FIELDS, Some(&DAEMON), &[&BACKOFF]);
+pub static BACKOFF: Shape = shape("backoff", BACKOFF_FIELDS, Some(&RESTART), &[]);
+pub static STOP: Shape = shape("stop", STOP_FIELDS, Some(&DAEMON), &[]);
+pub static HEALTH: Shape = shape("health", HEALTH_FIELDS, Some(&INIT), &[]);
+pub static SHUTDOWN: Shape = shape("shutdown", SHUTDOWN_FIELDS, Some(&INIT), &[]);
+pub static NOTIFY: Shape = shape("notify", NOTIFY_FIELDS, Some(&INIT), &[]);
+pub static LOGS: Shape = shape("logs", LOGS_FIELDS, Some(&INIT), &[]);
+/// Every shape, for the test that parents and children agree.
+pub static SHAPES: &[&Shape] = &[
+    &DECLARATION,
+    &SIDECAR,
+    &INTERFACE,
+    &READINESS,
+    &RESOURCES,
+    &SECRET,
+    &WORKLOAD,
+    &INIT,
+    &STEP,
+    &DAEMON,
+    &CHECK,
+    &LIVENESS,
+    &RESTART,
+    &BACKOFF,
+    &STOP,
+    &HEALTH,
+    &SHUTDOWN,
+    &NOTIFY,
+    &LOGS,
+];
+
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
 
-/// A sidecar as read from one file, with where its name was written.
+/// A sidecar as read from one file, with where its name was written and what the cross-checks
+/// need, kept even when other fields of the sidecar are wrong so that a collision is reported
+/// in the same run as, say, a bad timeout.
 pub struct SidecarAt {
-    pub sidecar: Sidecar,
+    pub name: String,
     pub name_span: Span,
     pub file: crate::diag::FileId,
+    /// The whole sidecar, when every field of it is valid.
+    pub sidecar: Option<Sidecar>,
+    /// `disable` (absent is `false`); `None` when it is not valid.
+    pub disable: Option<bool>,
+    /// The DNS names it answers to, as far as the fields that give them are valid: the canonical
+    /// alias first (the name for `port`, `interface.name` for `mcp`), then each valid alias.
+    pub names: Vec<String>,
+}
+
+impl SidecarAt {
+    /// A sidecar known only by its name: its file or its mapping could not be read.
+    pub fn unread(name: &str, name_span: Span, file: crate::diag::FileId) -> Self {
+        Self {
+            name: name.to_owned(),
+            name_span,
+            file,
+            sidecar: None,
+            disable: None,
+            names: Vec::new(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -120,10 +215,13 @@ pub fn sidecar(
     node: &Node,
     name_span: Span,
     origin: Origin,
-) -> Option<Sidecar> {
+) -> SidecarAt {
     let path = format!("sidecars.{name}");
     let name_ok = cx.dns_label(name, &path, name_span);
-    let f = cx.fields(node, &path, name_span, SIDECAR_FIELDS, "a sidecar")?;
+    let mut at = SidecarAt::unread(name, name_span, cx.file);
+    let Some(f) = cx.fields(node, &path, name_span, &SIDECAR) else {
+        return at;
+    };
     let before = cx.diags.len();
 
     let image = cx
@@ -138,10 +236,7 @@ pub fn sidecar(
     let description = f
         .get("description")
         .and_then(|n| cx.string(n, &f.at("description")));
-    let disable = f
-        .get("disable")
-        .map(|n| cx.bool(n, &f.at("disable")).unwrap_or(false))
-        .unwrap_or(false);
+    let disable = cx.or(&f, "disable", false, Ctx::bool);
     let lifecycle = cx
         .require(
             &f,
@@ -162,9 +257,10 @@ pub fn sidecar(
             "interface",
             "`kind` is one of port, mcp, volume, none, for example `{ kind: port, port: 6379 }`",
         )
-        .and_then(|n| interface(cx, n, &f));
-    let aliases = aliases(cx, &f, interface.as_ref());
-    let readiness = readiness(cx, &f, interface.as_ref());
+        .map(|n| interface(cx, n, &f))
+        .unwrap_or_default();
+    let (aliases, aliases_ok) = aliases(cx, &f, interface.kind);
+    let readiness = readiness(cx, &f, interface.kind);
     let env = cx.or(&f, "env", Default::default(), Ctx::env);
     let secrets = secrets(cx, &f);
     let mounts = mounts(cx, &f, lifecycle);
@@ -178,8 +274,17 @@ pub fn sidecar(
         )
     });
 
+    at.disable = disable;
+    // A `volume` or `none` sidecar answers to no name; one whose kind is unknown still answers
+    // to its aliases (they are an error of their own if it turns out not to be network-facing).
+    at.names = match (interface.kind, interface.mcp_name) {
+        (Some("port"), _) if name_ok => vec![name.to_owned()],
+        (Some("mcp"), Some(n)) => vec![n],
+        _ => Vec::new(),
+    };
+    at.names.extend(aliases.iter().cloned());
     if cx.diags.len() != before || !name_ok {
-        return None;
+        return at;
     }
     let built = (|| {
         Some(Sidecar {
@@ -189,10 +294,10 @@ pub fn sidecar(
             entrypoint,
             command,
             description,
-            disable,
+            disable: disable?,
             lifecycle: lifecycle?,
-            interface: interface?,
-            aliases: aliases?,
+            interface: interface.whole?,
+            aliases: aliases_ok.then_some(aliases)?,
             readiness: readiness?,
             env: env?,
             secrets: secrets?,
@@ -201,20 +306,44 @@ pub fn sidecar(
             resources: resources.unwrap_or_default(),
         })
     })();
-    cx.ensure(before, &path, name_span, built)
+    at.sidecar = cx.ensure(before, &path, name_span, built);
+    at
 }
 
-fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Interface> {
+/// An interface as far as it is valid: its kind and mcp name are known even when, say, its port
+/// is out of range.
+#[derive(Default)]
+struct InterfaceAt {
+    kind: Option<&'static str>,
+    /// `name` of an mcp interface, when it is valid.
+    mcp_name: Option<String>,
+    /// The whole interface, when every field of it is valid.
+    whole: Option<Interface>,
+}
+
+fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> InterfaceAt {
+    let mut at = InterfaceAt::default();
+    at.whole = interface_fields(cx, node, parent, &mut at);
+    at
+}
+
+fn interface_fields(
+    cx: &mut Ctx<'_>,
+    node: &Node,
+    parent: &Fields<'_>,
+    at: &mut InterfaceAt,
+) -> Option<Interface> {
     let path = parent.at("interface");
     let owner = parent
         .key("interface")
         .map(|k| k.span)
         .unwrap_or(parent.span);
-    let f = cx.fields(node, &path, owner, INTERFACE_FIELDS, "an interface")?;
+    let f = cx.fields(node, &path, owner, &INTERFACE)?;
     let kinds = ["port", "mcp", "volume", "none"];
     let kind = cx
         .require(&f, "kind", "one of port, mcp, volume, none")
         .and_then(|n| cx.choice(n, &f.at("kind"), &kinds, "an interface kind"))?;
+    at.kind = Some(kind);
     let allowed: &[&str] = match kind {
         "port" => &["kind", "port"],
         "mcp" => &["kind", "port", "name", "path", "transport"],
@@ -286,6 +415,7 @@ fn interface(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<Inter
                     .map(str::to_owned),
                 None => Some("http".to_owned()),
             };
+            at.mcp_name.clone_from(&name);
             Interface::Mcp {
                 port: port?,
                 name: name?,
@@ -338,24 +468,24 @@ fn absolute_path(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
     }
 }
 
-fn aliases(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) -> Option<Vec<String>> {
+/// The valid aliases, and whether all of them were.
+fn aliases(cx: &mut Ctx<'_>, f: &Fields<'_>, kind: Option<&str>) -> (Vec<String>, bool) {
     let Some(node) = f.get("aliases") else {
-        return Some(Vec::new());
+        return (Vec::new(), true);
     };
     let path = f.at("aliases");
-    if let Some(i @ (Interface::Volume { .. } | Interface::None)) = interface {
+    if let Some(kind @ ("volume" | "none")) = kind {
         cx.error(
             &path,
             f.key("aliases").map(|k| k.span).unwrap_or(node.span),
-            format!(
-                "aliases do not apply to an interface of kind `{}`",
-                i.kind()
-            ),
+            format!("aliases do not apply to an interface of kind `{kind}`"),
         )
         .with_hint("only `port` and `mcp` sidecars are reachable by name");
-        return None;
+        return (Vec::new(), false);
     }
-    let items = cx.seq(node, &path)?;
+    let Some(items) = cx.seq(node, &path) else {
+        return (Vec::new(), false);
+    };
     let mut out: Vec<String> = Vec::new();
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
@@ -374,16 +504,16 @@ fn aliases(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) -> O
             out.push(s);
         }
     }
-    ok.then_some(out)
+    (out, ok)
 }
 
-fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) -> Option<Readiness> {
+fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, kind: Option<&str>) -> Option<Readiness> {
     let path = f.at("readiness");
     let owner = f.key("readiness").map(|k| k.span).unwrap_or(f.span);
-    let has_port = interface.map(|i| i.port().is_some());
+    let has_port = kind.map(|k| matches!(k, "port" | "mcp"));
     let modes = ["tcp", "http", "exec", "healthcheck", "log", "none"];
     let r = match f.get("readiness") {
-        Some(n) => cx.fields(n, &path, owner, READINESS_FIELDS, "readiness")?,
+        Some(n) => cx.fields(n, &path, owner, &READINESS)?,
         None => Fields {
             path: path.clone(),
             span: owner,
@@ -394,14 +524,14 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, interface: Option<&Interface>) ->
         Some(n) => cx
             .choice(n, &r.at("mode"), &modes, "a readiness mode")
             .unwrap_or("?"),
-        None => match (has_port, interface) {
+        None => match (has_port, kind) {
             (Some(true), _) => "tcp",
-            (Some(false), Some(i)) => {
-                cx.error(&r.at("mode"), owner, format!("a sidecar of kind `{}` must say how it becomes ready", i.kind()))
+            (Some(false), Some(kind)) => {
+                cx.error(&r.at("mode"), owner, format!("a sidecar of kind `{kind}` must say how it becomes ready"))
                     .with_hint("add `readiness: { mode: exec, command: [...] }`, `mode: healthcheck`, `mode: log` or `mode: none`");
                 return None;
             }
-            // The interface itself is broken (already reported): check the rest anyway.
+            // The interface kind is wrong or missing (already reported): check the rest anyway.
             _ => "?",
         },
     };
@@ -519,13 +649,7 @@ fn secrets(cx: &mut Ctx<'_>, f: &Fields<'_>) -> Option<Vec<Secret>> {
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
         let p = format!("{path}[{i}]");
-        let Some(s) = cx.fields(
-            item,
-            &p,
-            Span::point(item.span.start),
-            SECRET_FIELDS,
-            "a secret",
-        ) else {
+        let Some(s) = cx.fields(item, &p, Span::point(item.span.start), &SECRET) else {
             ok = false;
             continue;
         };
@@ -632,7 +756,7 @@ fn networks(cx: &mut Ctx<'_>, f: &Fields<'_>) -> Option<Vec<String>> {
 }
 
 fn resources(cx: &mut Ctx<'_>, node: &Node, path: &str, owner: Span) -> Option<Resources> {
-    let f = cx.fields(node, path, owner, RESOURCES_FIELDS, "resources")?;
+    let f = cx.fields(node, path, owner, &RESOURCES)?;
     let memory = match f.get("memory") {
         Some(n) => Some(cx.size(n, &f.at("memory"))?),
         None => None,
@@ -687,12 +811,16 @@ fn gpus(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Gpus> {
 // ---------------------------------------------------------------------------------------------
 // workload
 
+/// The workload, when it is valid, and the sidecar whose namespace it joins, when `network_mode`
+/// and `sidecar` say so validly (for the cross-checks, whatever else is wrong).
 pub fn workload(
     cx: &mut Ctx<'_>,
     node: &Node,
     owner: Span,
-) -> Option<(Workload, Option<(String, Span)>)> {
-    let f = cx.fields(node, "workload", owner, WORKLOAD_FIELDS, "the workload")?;
+) -> (Option<Workload>, Option<(String, Span)>) {
+    let Some(f) = cx.fields(node, "workload", owner, &WORKLOAD) else {
+        return (None, None);
+    };
     let image = f
         .get("image")
         .and_then(|n| cx.nonempty_string(n, &f.at("image")));
@@ -714,13 +842,15 @@ pub fn workload(
         Some(n) => cx.string(n, &f.at("sidecar")).map(|s| Some((s, n.span))),
         None => Some(None),
     };
-    let (mode, sidecar) = (mode?, sidecar?);
+    let (Some(mode), Some(sidecar)) = (mode, sidecar) else {
+        return (None, None);
+    };
     match (mode, &sidecar) {
         (NetworkMode::SharedNamespace, None) => {
             let span = f.key("network_mode").map(|k| k.span).unwrap_or(owner);
             cx.error(&f.at("sidecar"), span, "`shared-namespace` needs `sidecar`: the sidecar whose network namespace the workload joins")
                 .with_hint("add `sidecar: NAME`");
-            return None;
+            return (None, None);
         }
         (NetworkMode::Network, Some((_, span))) => {
             cx.error(
@@ -729,39 +859,46 @@ pub fn workload(
                 "`sidecar` only applies with `network_mode: shared-namespace`",
             )
             .with_hint("with `network_mode: network` the workload reaches every sidecar by name");
-            return None;
+            return (None, None);
         }
         _ => {}
     }
-    Some((
-        Workload {
-            image,
-            command,
-            env: env?,
-            network_mode: mode,
-            sidecar: sidecar.as_ref().map(|(s, _)| s.clone()),
-        },
-        sidecar,
-    ))
+    let workload = env.map(|env| Workload {
+        image,
+        command,
+        env,
+        network_mode: mode,
+        sidecar: sidecar.as_ref().map(|(s, _)| s.clone()),
+    });
+    (workload, sidecar)
 }
 
 // ---------------------------------------------------------------------------------------------
 // init
 
-/// The init section, plus the spans of `depends_on` entries for the cross-checks.
+/// The init section, plus what the dependency checks need.
 pub struct InitAt {
     pub init: Init,
-    pub depends_spans: IndexMap<(String, String), Span>,
-    /// Every daemon name declared, including daemons that did not validate.
-    pub declared: Vec<String>,
+    /// Every daemon declared under a valid name, valid or not, in declaration order.
+    pub daemons: IndexMap<String, DaemonAt>,
+    /// Every step name that is valid, including steps with other errors.
+    pub steps: Vec<String>,
+}
+
+/// What the dependency checks need of a daemon, kept even when other fields of it are wrong.
+#[derive(Default)]
+pub struct DaemonAt {
+    /// Each valid `depends_on` entry, with its condition and where it is written.
+    pub depends_on: IndexMap<String, (Condition, Span)>,
+    /// `restart.policy` (absent is `on-failure`); `None` when it is not valid.
+    pub policy: Option<RestartPolicy>,
 }
 
 pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
-    let f = cx.fields(node, "init", owner, INIT_FIELDS, "the init section")?;
+    let f = cx.fields(node, "init", owner, &INIT)?;
     let before = cx.diags.len();
     let mut names: IndexMap<String, Span> = IndexMap::new();
-    let mut depends_spans = IndexMap::new();
-    let mut declared = Vec::new();
+    let mut declared = IndexMap::new();
 
     let mut steps = Vec::new();
     if let Some(n) = f.get("steps")
@@ -773,6 +910,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
             }
         }
     }
+    let step_names: Vec<String> = names.keys().cloned().collect();
     let mut daemons = IndexMap::new();
     if let Some(n) = f.get("daemons") {
         match &n.value {
@@ -792,8 +930,9 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
                         continue;
                     }
                     names.insert(k.name.clone(), k.span);
-                    declared.push(k.name.clone());
-                    if let Some(d) = daemon(cx, &k.name, v, k.span, &mut depends_spans) {
+                    let (d, at) = daemon(cx, &k.name, v, k.span);
+                    declared.insert(k.name.clone(), at);
+                    if let Some(d) = d {
                         daemons.insert(k.name.clone(), d);
                     }
                 }
@@ -829,7 +968,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let health = match f.get("health") {
         Some(n) => {
             let owner = f.key("health").map(|k| k.span).unwrap_or(owner);
-            cx.fields(n, "init.health", owner, HEALTH_FIELDS, "health").and_then(|h| {
+            cx.fields(n, "init.health", owner, &HEALTH).and_then(|h| {
                 let listen = cx.require(&h, "listen", "the address to serve /healthz, /readyz and /status on, for example `0.0.0.0:9090`")?;
                 listen_address(cx, listen, "init.health.listen").map(|listen| Health { listen })
             })
@@ -839,7 +978,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let shutdown = match f.get("shutdown") {
         Some(n) => {
             let owner = f.key("shutdown").map(|k| k.span).unwrap_or(owner);
-            cx.fields(n, "init.shutdown", owner, SHUTDOWN_FIELDS, "shutdown")
+            cx.fields(n, "init.shutdown", owner, &SHUTDOWN)
                 .and_then(|s| {
                     let grace = cx.or(&s, "grace", Duration::from_secs(8), Ctx::duration);
                     let order = cx.pick(
@@ -866,7 +1005,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let notify = match f.get("notify") {
         Some(n) => {
             let owner = f.key("notify").map(|k| k.span).unwrap_or(owner);
-            cx.fields(n, "init.notify", owner, NOTIFY_FIELDS, "notify").and_then(|nf| {
+            cx.fields(n, "init.notify", owner, &NOTIFY).and_then(|nf| {
                 match (nf.get("command"), nf.get("url")) {
                     (Some(c), None) => cx.command(c, "init.notify.command").map(Notify::Command),
                     (None, Some(u)) => http_url(cx, u, "init.notify.url").map(Notify::Url),
@@ -883,7 +1022,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
     let logs = match f.get("logs") {
         Some(n) => {
             let owner = f.key("logs").map(|k| k.span).unwrap_or(owner);
-            cx.fields(n, "init.logs", owner, LOGS_FIELDS, "logs").and_then(|l| {
+            cx.fields(n, "init.logs", owner, &LOGS).and_then(|l| {
                 let prefix = match l.get("prefix") {
                     Some(n) => {
                         let p = cx.text(n, "init.logs.prefix")?;
@@ -933,8 +1072,8 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
                 format: LogFormat::Text,
             }),
         },
-        depends_spans,
-        declared,
+        daemons: declared,
+        steps: step_names,
     });
     cx.ensure(before, "init", owner, built)
 }
@@ -995,13 +1134,7 @@ fn step(
     path: &str,
     names: &mut IndexMap<String, Span>,
 ) -> Option<Step> {
-    let f = cx.fields(
-        node,
-        path,
-        Span::point(node.span.start),
-        STEP_FIELDS,
-        "a step",
-    )?;
+    let f = cx.fields(node, path, Span::point(node.span.start), &STEP)?;
     let before = cx.diags.len();
     let name = cx
         .require(&f, "name", "a DNS label naming the step in logs")
@@ -1075,10 +1208,12 @@ fn daemon(
     name: &str,
     node: &Node,
     name_span: Span,
-    depends_spans: &mut IndexMap<(String, String), Span>,
-) -> Option<Daemon> {
+) -> (Option<Daemon>, DaemonAt) {
     let path = format!("init.daemons.{name}");
-    let f = cx.fields(node, &path, name_span, DAEMON_FIELDS, "a daemon")?;
+    let mut at = DaemonAt::default();
+    let Some(f) = cx.fields(node, &path, name_span, &DAEMON) else {
+        return (None, at);
+    };
     let before = cx.diags.len();
     let command = cx
         .require(
@@ -1092,15 +1227,13 @@ fn daemon(
         .get("workdir")
         .and_then(|n| absolute_path(cx, n, &f.at("workdir")));
     let user = f.get("user").and_then(|n| user(cx, n, &f.at("user")));
-    let mut depends_on = IndexMap::new();
     if let Some(n) = f.get("depends_on") {
         let p = f.at("depends_on");
         match &n.value {
             Value::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
                     if let Some(dep) = cx.string(item, &format!("{p}[{i}]")) {
-                        depends_spans.insert((name.to_owned(), dep.clone()), item.span);
-                        depends_on.insert(dep, Condition::Ready);
+                        at.depends_on.insert(dep, (Condition::Ready, item.span));
                     }
                 }
             }
@@ -1113,15 +1246,12 @@ fn daemon(
                         "a dependency condition",
                     );
                     if let Some(c) = c {
-                        depends_spans.insert((name.to_owned(), k.name.clone()), k.span);
-                        depends_on.insert(
-                            k.name.clone(),
-                            match c {
-                                "started" => Condition::Started,
-                                "ready" => Condition::Ready,
-                                _ => Condition::Completed,
-                            },
-                        );
+                        let c = match c {
+                            "started" => Condition::Started,
+                            "ready" => Condition::Ready,
+                            _ => Condition::Completed,
+                        };
+                        at.depends_on.insert(k.name.clone(), (c, k.span));
                     }
                 }
             }
@@ -1140,7 +1270,7 @@ fn daemon(
     let readiness = match f.get("readiness") {
         Some(n) => {
             let owner = f.key("readiness").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("readiness"), owner, CHECK_FIELDS, "readiness")
+            cx.fields(n, &f.at("readiness"), owner, &CHECK)
                 .and_then(|r| {
                     let check = check(
                         cx,
@@ -1166,7 +1296,7 @@ fn daemon(
     let liveness = match f.get("liveness") {
         Some(n) => {
             let owner = f.key("liveness").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("liveness"), owner, LIVENESS_FIELDS, "liveness")
+            cx.fields(n, &f.at("liveness"), owner, &LIVENESS)
                 .and_then(|r| {
                     let check = check(cx, &r, &["tcp", "http", "exec"], owner)?;
                     let interval = cx.or(&r, "interval", Duration::from_secs(10), Ctx::duration)?;
@@ -1185,14 +1315,17 @@ fn daemon(
         }
         None => Some(None),
     };
-    let restart = match f.get("restart") {
+    let (policy, restart) = match f.get("restart") {
         Some(n) => {
             let owner = f.key("restart").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("restart"), owner, RESTART_FIELDS, "restart")
-                .and_then(|r| restart(cx, &r))
+            match cx.fields(n, &f.at("restart"), owner, &RESTART) {
+                Some(r) => restart(cx, &r),
+                None => (None, None),
+            }
         }
-        None => Some(default_restart()),
+        None => (Some(RestartPolicy::OnFailure), Some(default_restart())),
     };
+    at.policy = policy;
     let on_exit = cx.pick(
         &f,
         "on_exit",
@@ -1214,32 +1347,27 @@ fn daemon(
     let stop = match f.get("stop") {
         Some(n) => {
             let owner = f.key("stop").map(|k| k.span).unwrap_or(name_span);
-            cx.fields(n, &f.at("stop"), owner, STOP_FIELDS, "stop")
-                .and_then(|s| {
-                    let signal = match s.get("signal") {
-                        Some(n) => {
-                            let t = cx.text(n, &s.at("signal"))?;
-                            match Signal::parse(&t) {
-                                Some(sig) => sig,
-                                None => {
-                                    cx.error(
-                                        &s.at("signal"),
-                                        n.span,
-                                        format!("`{t}` is not a signal"),
-                                    )
+            cx.fields(n, &f.at("stop"), owner, &STOP).and_then(|s| {
+                let signal = match s.get("signal") {
+                    Some(n) => {
+                        let t = cx.text(n, &s.at("signal"))?;
+                        match Signal::parse(&t) {
+                            Some(sig) => sig,
+                            None => {
+                                cx.error(&s.at("signal"), n.span, format!("`{t}` is not a signal"))
                                     .with_label("for example SIGTERM, SIGINT, SIGQUIT or 15");
-                                    return None;
-                                }
+                                return None;
                             }
                         }
-                        None => Signal::TERM,
-                    };
-                    let grace = match s.get("grace") {
-                        Some(n) => Some(cx.duration(n, &s.at("grace"))?),
-                        None => None,
-                    };
-                    Some(Stop { signal, grace })
-                })
+                    }
+                    None => Signal::TERM,
+                };
+                let grace = match s.get("grace") {
+                    Some(n) => Some(cx.duration(n, &s.at("grace"))?),
+                    None => None,
+                };
+                Some(Stop { signal, grace })
+            })
         }
         None => Some(Stop {
             signal: Signal::TERM,
@@ -1278,7 +1406,7 @@ fn daemon(
         None => Some(Vec::new()),
     };
     if cx.diags.len() != before {
-        return None;
+        return (None, at);
     }
     let built = (|| {
         Some(Daemon {
@@ -1287,7 +1415,11 @@ fn daemon(
             env: env?,
             workdir,
             user,
-            depends_on,
+            depends_on: at
+                .depends_on
+                .iter()
+                .map(|(d, (c, _))| (d.clone(), *c))
+                .collect(),
             readiness: readiness?,
             liveness: liveness?,
             restart: restart?,
@@ -1298,7 +1430,7 @@ fn daemon(
             log_files: log_files?,
         })
     })();
-    cx.ensure(before, &path, name_span, built)
+    (cx.ensure(before, &path, name_span, built), at)
 }
 
 pub fn default_restart() -> Restart {
@@ -1318,7 +1450,9 @@ fn default_backoff() -> Backoff {
     }
 }
 
-fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
+/// The policy when it is valid (the dependency checks need it), and the whole restart section
+/// when all of it is.
+fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> (Option<RestartPolicy>, Option<Restart>) {
     let policy = cx.pick(
         r,
         "policy",
@@ -1333,7 +1467,7 @@ fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
     let backoff = match r.get("backoff") {
         Some(n) => {
             let owner = r.key("backoff").map(|k| k.span).unwrap_or(r.span);
-            cx.fields(n, &r.at("backoff"), owner, BACKOFF_FIELDS, "backoff")
+            cx.fields(n, &r.at("backoff"), owner, &BACKOFF)
                 .and_then(|b| {
                     let d = default_backoff();
                     let initial = cx.or(&b, "initial", d.initial, Ctx::delay);
@@ -1382,16 +1516,19 @@ fn restart(cx: &mut Ctx<'_>, r: &Fields<'_>) -> Option<Restart> {
         None => Some(default_backoff()),
     };
     let max_restarts = match r.get("max_restarts") {
-        Some(n) => Some(Some(
-            cx.int_in(n, &r.at("max_restarts"), 0, u32::MAX as i64)? as u32,
-        )),
+        Some(n) => cx
+            .int_in(n, &r.at("max_restarts"), 0, u32::MAX as i64)
+            .map(|m| Some(m as u32)),
         None => Some(None),
     };
-    Some(Restart {
-        policy: policy?,
-        backoff: backoff?,
-        max_restarts: max_restarts?,
-    })
+    let whole = (|| {
+        Some(Restart {
+            policy: policy?,
+            backoff: backoff?,
+            max_restarts: max_restarts?,
+        })
+    })();
+    (policy, whole)
 }
 
 /// A daemon readiness or liveness check; `modes` are the ones allowed here.
@@ -1463,4 +1600,44 @@ fn check(cx: &mut Ctx<'_>, r: &Fields<'_>, modes: &[&str], owner: Span) -> Optio
         _ => Check::None,
     };
     ok.then_some(check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_is_the_parent_of_its_children() {
+        for s in SHAPES {
+            for c in s.children {
+                assert!(
+                    c.parent.is_some_and(|p| std::ptr::eq(p, *s)),
+                    "{} lists {} as a child, but it names another parent",
+                    s.what,
+                    c.what
+                );
+            }
+            if let Some(p) = s.parent {
+                assert!(
+                    p.children.iter().any(|c| std::ptr::eq(*c, *s)),
+                    "{} names {} as its parent, which does not list it",
+                    s.what,
+                    p.what
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_field_one_level_off_is_named_with_the_words_of_the_messages() {
+        assert_eq!(
+            INTERFACE.one_level_off("aliases"),
+            ["`aliases` is a field of the sidecar, not of its interface"]
+        );
+        assert_eq!(
+            DAEMON.one_level_off("timeout"),
+            ["`timeout` is a field of its readiness or its liveness, not of the daemon"]
+        );
+        assert!(SIDECAR.one_level_off("colour").is_empty());
+    }
 }

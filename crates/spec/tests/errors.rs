@@ -90,3 +90,19 @@ fn declared_twice_is_reported_even_when_the_first_copy_is_invalid() {
     assert!(out.contains("sidecar `db` is declared twice"), "{out}");
     assert!(out.ends_with("found 2 problems in the declaration; nothing was changed\n"));
 }
+
+#[test]
+fn a_sidecar_file_that_does_not_parse_still_declares_its_name() {
+    // The file's name is the sidecar's: the workload may join it, and declaring it twice is
+    // reported beside the syntax error.
+    let main = "version: 1\nsidecars:\n  cache:\n    image: redis:7\n    lifecycle: shared\n    interface: { kind: port, port: 6379 }\nworkload:\n  network_mode: shared-namespace\n  sidecar: vpn\n";
+    let cache = SourceText {
+        name: ".tether/sidecars/cache.yaml".into(),
+        text: "image: [redis:6\n".into(),
+    };
+    let vpn = SourceText {
+        name: ".tether/sidecars/vpn.yaml".into(),
+        text: "image: vpn:1\n  lifecycle: shared\n".into(),
+    };
+    insta::assert_snapshot!(render("tether.yaml", main, vec![cache, vpn]));
+}
