@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tether_spec::{LoadError, Loaded};
 
+mod init_codes;
 mod wait;
 
 /// Exit codes, decided in one place (see README).
@@ -845,7 +846,7 @@ fn new_session_id() -> String {
 }
 
 fn init(file: &FileArg, only: Vec<String>, command: Vec<String>) -> u8 {
-    let code = if !command.is_empty() {
+    let outcome = if !command.is_empty() {
         if file.file.is_some() || !only.is_empty() {
             eprintln!(
                 "error: `tether init -- COMMAND` runs one command; -f and --only do not apply"
@@ -867,13 +868,8 @@ fn init(file: &FileArg, only: Vec<String>, command: Vec<String>) -> u8 {
             return exit::INVALID;
         };
         let (names, from) = if only.is_empty() {
-            let names = std::env::var(&init.select_env).unwrap_or_default();
-            let names: Vec<String> = names
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
+            let value = std::env::var(&init.select_env).unwrap_or_default();
+            let names = tether_init::selected_names(&value);
             (names, format!("${}", init.select_env))
         } else {
             (only, "--only".to_owned())
@@ -885,13 +881,25 @@ fn init(file: &FileArg, only: Vec<String>, command: Vec<String>) -> u8 {
                 return exit::INVALID;
             }
         };
-        tether_init::run_bundle(init, selection)
+        // The library writes through copies of our stdout and stderr.
+        use std::os::fd::AsFd;
+        let streams = match (
+            std::io::stdout().as_fd().try_clone_to_owned(),
+            std::io::stderr().as_fd().try_clone_to_owned(),
+        ) {
+            (Ok(stdout), Ok(stderr)) => tether_init::Streams { stdout, stderr },
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("tether init: error: cannot use the output: {e}");
+                return exit::INTERNAL;
+            }
+        };
+        tether_init::run_bundle(init, selection, streams, init_codes::code)
     };
-    match code {
-        Ok(code) => (code & 0xff) as u8,
+    match outcome {
+        Ok(outcome) => init_codes::code(&outcome),
         Err(f) => {
             eprintln!("tether init: error: {}", f.message);
-            (f.code & 0xff) as u8
+            init_codes::failure(&f)
         }
     }
 }
