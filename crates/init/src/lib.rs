@@ -3,6 +3,11 @@
 //! groups, runs steps, starts daemons as their dependencies allow, restarts them by policy and
 //! stops them in reverse dependency order. Everything is event-driven: signals arrive through
 //! a signalfd, exits through `waitpid` on SIGCHLD.
+//!
+//! Every decision is the pure core's (`core.rs`, `steps.rs`: event in, actions out);
+//! `supervisor.rs` is the event loop that feeds it and carries the actions out. The library
+//! prints nothing of its own accord and knows no exit code: it writes to the streams it is
+//! given and returns an [`Outcome`] or a [`Failure`]; the CLI maps them to numbers.
 
 mod core;
 mod health;
@@ -108,8 +113,8 @@ pub fn run_bundle(
     outcome
 }
 
-/// tini-style: runs one command with the terminal (its output is tether's own), forwards
-/// signals to it, reaps orphans, and returns how it ended.
+/// tini-style: runs one command with the terminal, forwards signals to it, reaps orphans, and
+/// returns how it ended. The command inherits stdin, stdout and stderr; tether writes nothing.
 pub fn run_single(argv: &[String]) -> Result<Outcome, Failure> {
     let (rt, signals) = runtime()?;
     rt.block_on(async move {

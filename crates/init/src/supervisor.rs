@@ -52,10 +52,13 @@ impl Processes for Reaper {
 /// What the loop keeps for one step or daemon.
 #[derive(Default)]
 struct Local {
+    run: Run,
     pid: Option<i32>,
     /// Set the moment the current run's process is reaped, before its last output is drained:
     /// from then on its pid (and process group id) may belong to someone else.
     reaped: Arc<AtomicBool>,
+    /// Whether the core was told.
+    told: bool,
     /// Checks and timers of the current run.
     tasks: Vec<JoinHandle<()>>,
     /// What the current run's readiness check waits on (`log` and `notify` modes).
@@ -150,12 +153,9 @@ impl Supervisor {
         let mut event = Event::Begin {
             pid: std::process::id(),
         };
-        loop {
+        let outcome = loop {
             if let Some(outcome) = self.feed(event) {
-                if let Some(n) = self.notifier.take() {
-                    n.finish(Duration::from_secs(2)).await;
-                }
-                return outcome;
+                break outcome;
             }
             event = tokio::select! {
                 Some(sig) = self.signals.recv() => match sig {
@@ -167,7 +167,32 @@ impl Supervisor {
                 },
                 Some(ev) = self.rx.recv() => ev,
             };
+            if let Some(outcome) = self.tell_reaped() {
+                break outcome;
+            }
+        };
+        if let Some(n) = self.notifier.take() {
+            n.finish(Duration::from_secs(2)).await;
         }
+        outcome
+    }
+
+    /// Tells the core which processes were reaped since the last event, before it decides on
+    /// the next one: their output may still be draining, but they are no longer to be signalled.
+    fn tell_reaped(&mut self) -> Option<Outcome> {
+        let reaped: Vec<Event> = self
+            .units
+            .iter_mut()
+            .filter(|(_, l)| !l.told && l.reaped.load(Ordering::SeqCst))
+            .map(|(unit, l)| {
+                l.told = true;
+                Event::Reaped {
+                    unit: *unit,
+                    run: l.run,
+                }
+            })
+            .collect();
+        reaped.into_iter().find_map(|event| self.feed(event))
     }
 
     /// Hands one event to the core and carries out what it decides, answering each spawn at
@@ -406,7 +431,6 @@ impl Supervisor {
             // last member is gone.
             procs.signal_group(pid, SIGKILL);
             flag.store(true, Ordering::SeqCst);
-            let _ = tx.send(Event::Reaped { unit, run });
             // Its last lines first, then the exit: all pipes drained under one deadline.
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
@@ -416,8 +440,10 @@ impl Supervisor {
             let _ = tx.send(Event::Exited { unit, run, exit });
         });
         let local = self.units.entry(unit).or_default();
+        local.run = run;
         local.pid = Some(pid);
         local.reaped = reaped;
+        local.told = false;
         local.log_rx = watch.map(|w| w.1);
         local.notify = notify;
         Event::Started { unit, run, pid }
