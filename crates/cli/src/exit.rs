@@ -1,5 +1,6 @@
 //! Every exit code tether returns, decided here and nowhere else (the README's tables).
 
+use tether_init::{FailureKind, Outcome, StartError};
 use tether_run::run::{Ended, Failure};
 
 pub const OK: u8 = 0;
@@ -11,6 +12,10 @@ pub const INTERNAL: u8 = 2;
 pub const NOT_READY: u8 = 3;
 /// `tether run` and `up`: a sidecar could not be started or did not become ready.
 pub const SIDECAR: u8 = 3;
+/// `tether init`: a fatal step failed or timed out; no daemon was started.
+pub const STEP_FAILED: u8 = 122;
+/// `tether init`: a daemon gave up after `max_restarts`.
+pub const GAVE_UP: u8 = 123;
 /// A command exists but could not be executed (permissions, format), as in a shell.
 pub const CANNOT_EXECUTE: u8 = 126;
 /// A command was not found, as in a shell.
@@ -47,9 +52,37 @@ pub fn of_failure(f: &Failure) -> u8 {
     }
 }
 
+/// `tether init`: how the bundle or the command ended.
+pub fn of_init(outcome: &Outcome) -> u8 {
+    match outcome {
+        Outcome::Clean => OK,
+        // 128+N when killed by signal N; a failure is never 0.
+        Outcome::Failed { exit, .. } => truncate(exit.code()).max(1),
+        Outcome::StepFailed { .. } => STEP_FAILED,
+        Outcome::GaveUp { .. } => GAVE_UP,
+        Outcome::CannotStart { error, .. } => match error {
+            StartError::NotFound => NOT_FOUND,
+            StartError::CannotExecute => CANNOT_EXECUTE,
+        },
+        Outcome::Internal { .. } => INTERNAL,
+        Outcome::Command(exit) => truncate(exit.code()),
+    }
+}
+
+/// `tether init`: why it could not begin.
+pub fn of_init_failure(f: &tether_init::Failure) -> u8 {
+    match f.kind {
+        FailureKind::Invalid => INVALID,
+        FailureKind::Internal => INTERNAL,
+        FailureKind::CannotExecute => CANNOT_EXECUTE,
+        FailureKind::NotFound => NOT_FOUND,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tether_init::Exit;
 
     #[test]
     fn runs_end_with_the_documented_codes() {
@@ -82,5 +115,60 @@ mod tests {
             failure(cannot_run(false)),
         ];
         assert_eq!(codes, [0, 7, 4, 130, 143, 1, 2, 3, 127, 126]);
+    }
+
+    #[test]
+    fn outcomes_map_to_the_readme_table() {
+        let failed = |exit| Outcome::Failed {
+            name: "db".into(),
+            exit,
+        };
+        let outcomes = [
+            Outcome::Clean,
+            failed(Exit::Code(5)),
+            failed(Exit::Signal(9)),
+            failed(Exit::Code(0)),
+            Outcome::StepFailed {
+                step: "config".into(),
+            },
+            Outcome::GaveUp {
+                daemon: "db".into(),
+            },
+            Outcome::CannotStart {
+                name: "db".into(),
+                error: StartError::CannotExecute,
+            },
+            Outcome::CannotStart {
+                name: "db".into(),
+                error: StartError::NotFound,
+            },
+            Outcome::Internal {
+                why: "cannot read signals".into(),
+            },
+            Outcome::Command(Exit::Code(0)),
+            Outcome::Command(Exit::Code(3)),
+            Outcome::Command(Exit::Signal(15)),
+        ];
+        let codes: Vec<u8> = outcomes.iter().map(of_init).collect();
+        assert_eq!(codes, [0, 5, 137, 1, 122, 123, 126, 127, 2, 0, 3, 143]);
+    }
+
+    #[test]
+    fn failures_map_to_the_readme_table() {
+        let codes: Vec<u8> = [
+            FailureKind::Invalid,
+            FailureKind::Internal,
+            FailureKind::CannotExecute,
+            FailureKind::NotFound,
+        ]
+        .into_iter()
+        .map(|kind| {
+            of_init_failure(&tether_init::Failure {
+                kind,
+                message: String::new(),
+            })
+        })
+        .collect();
+        assert_eq!(codes, [1, 2, 126, 127]);
     }
 }

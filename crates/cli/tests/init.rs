@@ -816,7 +816,7 @@ fn single_command_mode_returns_the_commands_code() {
         (
             127,
             "".into(),
-            "tether init: error: cannot run `/no/such/thing`: No such file or directory\n".into()
+            "error: cannot run `/no/such/thing`: No such file or directory\n".into()
         )
     );
 }

@@ -3,63 +3,53 @@
 //! groups, runs steps, starts daemons as their dependencies allow, restarts them by policy and
 //! stops them in reverse dependency order. Everything is event-driven: signals arrive through
 //! a signalfd, exits through `waitpid` on SIGCHLD.
+//!
+//! Every decision is the pure core's (`core.rs`, `steps.rs`: event in, actions out);
+//! `supervisor.rs` is the event loop that feeds it and carries the actions out. The library
+//! prints nothing of its own accord and knows no exit code: it writes to the streams it is
+//! given and returns an [`Outcome`] or a [`Failure`]; the CLI maps them to numbers.
 
+mod core;
 mod health;
 mod logs;
 mod notify;
 mod probe;
 mod proc;
+mod steps;
 mod supervisor;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tether_spec::model::Init;
 
-pub use probe::request as http_request;
-pub use supervisor::{Selection, select};
+pub use crate::core::{CodeOf, Exit, Outcome, Selection, StartError, select, selected_names};
+pub use crate::logs::Streams;
 
-/// Exit codes of `tether init` (see the README).
-pub mod exit {
-    pub const OK: i32 = 0;
-    /// A declaration or usage error: nothing was started.
-    pub const INVALID: i32 = 1;
-    /// tether itself could not work (signals, runtime, health port taken).
-    pub const INTERNAL: i32 = 2;
-    /// A fatal step failed or timed out; no daemon was started.
-    pub const STEP_FAILED: i32 = 122;
-    /// A daemon failed more than `max_restarts` times in a row.
-    pub const GAVE_UP: i32 = 123;
-    /// A command exists but could not be executed (permissions, format), as in a shell.
-    pub const CANNOT_EXECUTE: i32 = 126;
-    /// A command was not found, as in a shell.
-    pub const NOT_FOUND: i32 = 127;
-}
-
-/// A duration as people write it: `250ms`, `1.5s`, `2m`.
-pub(crate) fn show(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        let s = format!("{:.1}", d.as_secs_f64());
-        format!("{}s", s.trim_end_matches(".0"))
-    } else {
-        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
-    }
-}
-
-/// Why `tether init` could not run, and the exit code that says so.
-#[derive(Debug)]
+/// Why `tether init` could not run.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Failure {
+    pub kind: FailureKind,
     pub message: String,
-    pub code: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The declaration cannot run as written (a user that does not exist); nothing started.
+    Invalid,
+    /// tether itself could not work (signals, runtime).
+    Internal,
+    /// The command exists but could not be executed.
+    CannotExecute,
+    /// The command was not found.
+    NotFound,
 }
 
 impl Failure {
-    fn new(message: impl Into<String>, code: i32) -> Failure {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
         Failure {
+            kind,
             message: message.into(),
-            code,
         }
     }
 }
@@ -72,7 +62,8 @@ pub fn block_signals_early() {
 
 /// Sets up PID-1 duties (blocked signals, subreaper) and a single-threaded runtime.
 fn runtime() -> Result<(tokio::runtime::Runtime, proc::Signals), Failure> {
-    let fail = |what: &str, e: std::io::Error| Failure::new(format!("{what}: {e}"), exit::INTERNAL);
+    let fail =
+        |what: &str, e: std::io::Error| Failure::new(FailureKind::Internal, format!("{what}: {e}"));
     let set = proc::block_signals().map_err(|e| fail("cannot block signals", e))?;
     proc::become_subreaper();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -85,23 +76,32 @@ fn runtime() -> Result<(tokio::runtime::Runtime, proc::Signals), Failure> {
     Ok((rt, signals))
 }
 
-/// Runs a bundle to its end and returns the exit code. Errors before anything started are
-/// returned as text.
-pub fn run_bundle(init: Init, selection: Selection) -> Result<i32, Failure> {
+/// Runs a bundle to its end, writing to `streams`. `code_of` gives the exit code of an outcome
+/// (for the last event line and to pick the failure that decides). Errors before anything
+/// started are a [`Failure`].
+pub fn run_bundle(
+    init: Init,
+    selection: Selection,
+    streams: Streams,
+    code_of: CodeOf,
+) -> Result<Outcome, Failure> {
     let (rt, signals) = runtime()?;
-    let code = rt.block_on(async move {
-        let (out, writers) = logs::output();
-        let code = match supervisor::Supervisor::new(init, selection, signals, out.clone()) {
+    let (outcome, writers, flushed) = rt.block_on(async move {
+        let (out, writers) = logs::output(streams);
+        let reaper = Arc::new(proc::Reaper::default());
+        let signals = proc::dispatch(signals, reaper.clone());
+        let sup =
+            supervisor::Supervisor::new(init, selection, code_of, signals, reaper, out.clone());
+        let outcome = match sup {
             Ok(sup) => Ok(sup.run().await),
-            Err(e) => Err(Failure::new(e, exit::INVALID)),
+            Err(e) => Err(Failure::new(FailureKind::Invalid, e)),
         };
         // A reader that stopped reading must not keep tether from exiting.
         let flushed = tokio::time::timeout(Duration::from_secs(2), out.flush())
             .await
             .is_ok();
-        (code, writers, flushed)
+        (outcome, writers, flushed)
     });
-    let (code, writers, flushed) = code;
     // Dropping the runtime drops the last handles to the writer threads, which then finish;
     // nothing (a name lookup in a probe, say) holds the exit up for long.
     rt.shutdown_timeout(Duration::from_millis(500));
@@ -110,15 +110,15 @@ pub fn run_bundle(init: Init, selection: Selection) -> Result<i32, Failure> {
             let _ = w.join();
         }
     }
-    code
+    outcome
 }
 
 /// tini-style: runs one command with the terminal, forwards signals to it, reaps orphans, and
-/// returns its exit code (128 + N when killed by signal N).
-pub fn run_single(argv: &[String]) -> Result<i32, Failure> {
+/// returns how it ended. The command inherits stdin, stdout and stderr; tether writes nothing.
+pub fn run_single(argv: &[String]) -> Result<Outcome, Failure> {
     let (rt, signals) = runtime()?;
     rt.block_on(async move {
-        let reaper = std::sync::Arc::new(proc::Reaper::default());
+        let reaper = Arc::new(proc::Reaper::default());
         let mut signals = proc::dispatch(signals, reaper.clone());
         let spawned = reaper.spawn(proc::Spec {
             argv,
@@ -133,35 +133,26 @@ pub fn run_single(argv: &[String]) -> Result<i32, Failure> {
         let spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
-                let code = proc::spawn_error_code(&e);
-                let message = format!("cannot run `{}`: {}", argv[0], probe::plain(&e));
-                return Err(Failure::new(message, code));
+                let kind = match proc::start_error(&e) {
+                    StartError::NotFound => FailureKind::NotFound,
+                    StartError::CannotExecute => FailureKind::CannotExecute,
+                };
+                let message = format!("cannot run `{}`: {}", argv[0], tether_probe::plain(&e));
+                return Err(Failure::new(kind, message));
             }
         };
         let pid = spawned.pid;
         let mut exit_rx = spawned.exit;
         loop {
             tokio::select! {
-                e = &mut exit_rx => return Ok(e.map(|e| e.code()).unwrap_or(exit::INTERNAL)),
+                e = &mut exit_rx => return e.map(Outcome::Command).map_err(|_| {
+                    Failure::new(FailureKind::Internal, "the command's exit was lost")
+                }),
                 Some(sig) = signals.recv() => match sig {
                     Ok(s) => proc::signal_pid(pid, s),
-                    Err(e) => return Err(Failure::new(format!("cannot read signals: {e}"), exit::INTERNAL)),
+                    Err(e) => return Err(Failure::new(FailureKind::Internal, format!("cannot read signals: {e}"))),
                 },
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_show_briefly() {
-        let shown: Vec<String> = [0, 250, 1000, 1500, 59_999, 61_000]
-            .iter()
-            .map(|ms| show(Duration::from_millis(*ms)))
-            .collect();
-        assert_eq!(shown, ["0ms", "250ms", "1s", "1.5s", "60s", "1m1s"]);
-    }
 }

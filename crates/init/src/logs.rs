@@ -7,7 +7,7 @@
 //! its own and written from the event loop, which waits for room without blocking. Anything else
 //! (a terminal, a file) is written by a thread, so a paused terminal never stalls supervision.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -65,14 +65,21 @@ pub struct Output {
     inner: Arc<Inner>,
 }
 
+/// Where tether's output goes: the CLI hands in (copies of) its stdout and stderr.
+pub struct Streams {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
 /// Sets up both streams; call inside the runtime. Join the threads after the runtime is gone.
-pub fn output() -> (Output, Vec<std::thread::JoinHandle<()>>) {
+pub fn output(streams: Streams) -> (Output, Vec<std::thread::JoinHandle<()>>) {
     let mut threads = Vec::new();
-    let mut sink = |fd: i32| match (reopen_pipe(fd), never_stalls(fd)) {
+    let mut sink = |fd: OwnedFd| match (reopen_pipe(&fd), never_stalls(&fd)) {
         (Some(p), _) => Sink::Pipe(p),
         (None, Some(f)) => Sink::Direct(f),
         (None, None) => {
             let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+            let mut file = std::fs::File::from(fd);
             threads.push(
                 std::thread::Builder::new()
                     .name("tether-out".into())
@@ -80,11 +87,7 @@ pub fn output() -> (Output, Vec<std::thread::JoinHandle<()>>) {
                         while let Some(b) = rx.blocking_recv() {
                             // A closed output (EPIPE) must not stop the draining, or daemons
                             // would block.
-                            let _ = if fd == 1 {
-                                io::stdout().lock().write_all(&b)
-                            } else {
-                                io::stderr().lock().write_all(&b)
-                            };
+                            let _ = file.write_all(&b);
                         }
                     })
                     .expect("the output thread starts"),
@@ -92,7 +95,7 @@ pub fn output() -> (Output, Vec<std::thread::JoinHandle<()>>) {
             Sink::Thread(tx)
         }
     };
-    let sinks = [sink(1), sink(2)];
+    let sinks = [sink(streams.stdout), sink(streams.stderr)];
     let (events, mut rx) = mpsc::unbounded_channel();
     let out = Output {
         inner: Arc::new(Inner {
@@ -116,28 +119,22 @@ pub fn output() -> (Output, Vec<std::thread::JoinHandle<()>>) {
 }
 
 /// A copy of `fd` when it is a regular file or a character device other than a terminal.
-fn never_stalls(fd: i32) -> Option<std::fs::File> {
-    use std::os::fd::AsFd;
+fn never_stalls(fd: &OwnedFd) -> Option<std::fs::File> {
     use std::os::unix::fs::FileTypeExt;
-    let owned = if fd == 1 {
-        io::stdout().as_fd().try_clone_to_owned()
-    } else {
-        io::stderr().as_fd().try_clone_to_owned()
-    }
-    .ok()?;
-    let file = std::fs::File::from(owned);
+    let file = std::fs::File::from(fd.try_clone().ok()?);
     let kind = file.metadata().ok()?.file_type();
     let quiet_device = kind.is_char_device() && !nix::unistd::isatty(&file).unwrap_or(true);
     (kind.is_file() || quiet_device).then_some(file)
 }
 
 /// A new, non-blocking file description for `fd` when it is a pipe.
-fn reopen_pipe(fd: i32) -> Option<tokio::net::unix::pipe::Sender> {
+fn reopen_pipe(fd: &OwnedFd) -> Option<tokio::net::unix::pipe::Sender> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(nix::libc::O_NONBLOCK)
-        .open(format!("/proc/self/fd/{fd}"))
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .ok()?;
     if !file.metadata().ok()?.file_type().is_fifo() {
         return None;

@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::logs::{self, Source, Stream};
-use crate::proc::{Reaper, Spec};
+use crate::proc::{Exit, Spec};
+use crate::supervisor::Processes;
 
 pub struct Notifier {
     tx: mpsc::UnboundedSender<Value>,
@@ -23,19 +24,19 @@ pub struct Notifier {
 const DELIVERY_LIMIT: Duration = Duration::from_secs(10);
 
 impl Notifier {
-    pub fn start(target: Notify, reaper: Arc<Reaper>, source: Source) -> Notifier {
+    pub fn start(target: Notify, procs: Arc<dyn Processes>, source: Source) -> Notifier {
         let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
         let task = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 let mut body = event.to_string().into_bytes();
                 body.push(b'\n');
                 let done =
-                    tokio::time::timeout(DELIVERY_LIMIT, deliver(&target, &reaper, &source, body))
+                    tokio::time::timeout(DELIVERY_LIMIT, deliver(&target, &procs, &source, body))
                         .await;
                 let failure = match done {
                     Ok(Ok(())) => continue,
                     Ok(Err(e)) => e,
-                    Err(_) => format!("no answer within {}", crate::show(DELIVERY_LIMIT)),
+                    Err(_) => format!("no answer within {}", tether_probe::show(DELIVERY_LIMIT)),
                 };
                 let mut line = Vec::new();
                 let _ = write!(line, "notify failed: {failure}");
@@ -70,13 +71,13 @@ impl Notifier {
 
 async fn deliver(
     target: &Notify,
-    reaper: &Arc<Reaper>,
+    procs: &Arc<dyn Processes>,
     source: &Source,
     body: Vec<u8>,
 ) -> Result<(), String> {
     match target {
         Notify::Url(url) => {
-            let status = crate::probe::request(url, "POST", Some(body)).await?;
+            let status = tether_probe::request(url, "POST", Some(body)).await?;
             if (200..300).contains(&status) {
                 Ok(())
             } else {
@@ -84,7 +85,7 @@ async fn deliver(
             }
         }
         Notify::Command(argv) => {
-            let spawned = reaper
+            let spawned = procs
                 .spawn(Spec {
                     argv,
                     env: Vec::new(),
@@ -95,7 +96,7 @@ async fn deliver(
                     keep_fd: None,
                     foreground: false,
                 })
-                .map_err(|e| format!("cannot run `{}`: {}", argv[0], crate::probe::plain(&e)))?;
+                .map_err(|e| format!("cannot run `{}`: {}", argv[0], tether_probe::plain(&e)))?;
             let mut pumps = Vec::new();
             for (fd, stream) in [(spawned.stdout, "stdout"), (spawned.stderr, "stderr")] {
                 if let Some(fd) = fd {
@@ -116,7 +117,7 @@ async fn deliver(
                 let _ = p.await;
             }
             match exit {
-                crate::proc::Exit::Code(0) => Ok(()),
+                Exit::Code(0) => Ok(()),
                 other => Err(format!("`{}` {}", argv.join(" "), other.describe())),
             }
         }

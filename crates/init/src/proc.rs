@@ -21,37 +21,7 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
-/// How a process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
-
-impl Exit {
-    /// The shell's convention: the code, or 128 + the signal number.
-    pub fn code(self) -> i32 {
-        match self {
-            Exit::Code(c) => c,
-            Exit::Signal(s) => 128 + s,
-        }
-    }
-
-    pub fn describe(self) -> String {
-        match self {
-            Exit::Code(c) => format!("exited with code {c}"),
-            Exit::Signal(s) => format!("killed by {}", signal_name(s)),
-        }
-    }
-}
-
-pub fn signal_name(n: i32) -> String {
-    tether_spec::model::SIGNALS
-        .iter()
-        .find(|(_, num)| *num == n)
-        .map(|(name, _)| (*name).to_owned())
-        .unwrap_or_else(|| format!("signal {n}"))
-}
+pub use crate::core::{Exit, StartError};
 
 /// The user and group a process runs as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,12 +361,12 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = Vec<&str>> {
         .filter(|f| f.len() >= 4)
 }
 
-/// Exit code for a command that could not be started, as a shell would report it.
-pub fn spawn_error_code(e: &io::Error) -> i32 {
+/// Why a command could not be started, as a shell tells them apart.
+pub fn start_error(e: &io::Error) -> StartError {
     if e.kind() == io::ErrorKind::NotFound {
-        crate::exit::NOT_FOUND
+        StartError::NotFound
     } else {
-        crate::exit::CANNOT_EXECUTE
+        StartError::CannotExecute
     }
 }
 

@@ -5,7 +5,7 @@ use crate::load::load;
 use crate::{exit, output};
 
 pub fn init(file: &FileArg, only: Vec<String>, command: Vec<String>) -> u8 {
-    let code = if !command.is_empty() {
+    let outcome = if !command.is_empty() {
         if file.file.is_some() || !only.is_empty() {
             output::error("`tether init -- COMMAND` runs one command; -f and --only do not apply");
             return exit::INVALID;
@@ -25,14 +25,11 @@ pub fn init(file: &FileArg, only: Vec<String>, command: Vec<String>) -> u8 {
             return exit::INVALID;
         };
         let (names, from) = if only.is_empty() {
-            let names = std::env::var(&init.select_env).unwrap_or_default();
-            let names: Vec<String> = names
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
-            (names, format!("${}", init.select_env))
+            let value = std::env::var(&init.select_env).unwrap_or_default();
+            (
+                tether_init::selected_names(&value),
+                format!("${}", init.select_env),
+            )
         } else {
             (only, "--only".to_owned())
         };
@@ -43,13 +40,25 @@ pub fn init(file: &FileArg, only: Vec<String>, command: Vec<String>) -> u8 {
                 return exit::INVALID;
             }
         };
-        tether_init::run_bundle(init, selection)
+        // The library writes through copies of our stdout and stderr.
+        use std::os::fd::AsFd;
+        let streams = match (
+            std::io::stdout().as_fd().try_clone_to_owned(),
+            std::io::stderr().as_fd().try_clone_to_owned(),
+        ) {
+            (Ok(stdout), Ok(stderr)) => tether_init::Streams { stdout, stderr },
+            (Err(e), _) | (_, Err(e)) => {
+                output::error(format!("cannot use the output: {e}"));
+                return exit::INTERNAL;
+            }
+        };
+        tether_init::run_bundle(init, selection, streams, exit::of_init)
     };
-    match code {
-        Ok(code) => exit::truncate(code),
+    match outcome {
+        Ok(outcome) => exit::of_init(&outcome),
         Err(f) => {
-            output::error(f.message);
-            exit::truncate(f.code)
+            output::error(&f.message);
+            exit::of_init_failure(&f)
         }
     }
 }
