@@ -500,3 +500,96 @@ macro_rules! engine_tests {
         }
     };
 }
+
+/// A proxy in front of the engine's socket, for tests that make the engine slow or racy on
+/// purpose: before each API request is passed on, `before(method, path)` runs on the request's
+/// own thread, and may sleep (a slow engine) or act on the real engine first (a race made
+/// certain). Requests are passed on with `Connection: close`, so each one is seen; upgraded
+/// connections (exec, attach) are passed on as they are. Point a tether at it with
+/// `DOCKER_HOST=unix://{socket}`.
+#[allow(dead_code)]
+pub struct EngineProxy {
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl EngineProxy {
+    pub fn start(before: impl Fn(&str, &str) + Send + Sync + 'static) -> EngineProxy {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("engine.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let before = std::sync::Arc::new(before);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { break };
+                let before = before.clone();
+                std::thread::spawn(move || {
+                    let Some((method, path, head)) = read_head(&mut client) else {
+                        return;
+                    };
+                    before(&method, &path);
+                    let Ok(mut upstream) = UnixStream::connect("/var/run/docker.sock") else {
+                        return;
+                    };
+                    use std::io::Write;
+                    if upstream.write_all(&head).is_err() {
+                        return;
+                    }
+                    let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c2, &mut u2);
+                        let _ = u2.shutdown(std::net::Shutdown::Write);
+                    });
+                    let _ = std::io::copy(&mut upstream, &mut client);
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    let _ = up.join();
+                });
+            }
+        });
+        EngineProxy { socket, _dir: dir }
+    }
+
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+}
+
+/// Reads one request's head; returns its method, its path (without the API version prefix and
+/// the query) and the head to send on, with `Connection: close` unless it asks for an upgrade.
+fn read_head(client: &mut impl Read) -> Option<(String, String, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let request = lines.next()?;
+    let mut words = request.split(' ');
+    let method = words.next()?.to_owned();
+    let target = words.next()?;
+    let path = target.split('?').next().unwrap_or(target);
+    let path = match path.strip_prefix("/v") {
+        Some(rest) => rest.find('/').map_or(path, |i| &rest[i..]),
+        None => path,
+    };
+    let upgrade = text.to_ascii_lowercase().contains("\r\nupgrade:");
+    let mut out = format!("{request}\r\n");
+    for l in lines.filter(|l| !l.is_empty()) {
+        if !upgrade && l.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        out.push_str(l);
+        out.push_str("\r\n");
+    }
+    if !upgrade {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    Some((method, path.to_owned(), out.into_bytes()))
+}
