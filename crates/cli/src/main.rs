@@ -652,8 +652,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Connects to the engine, or says why not.
-async fn engine() -> Result<tether_run::docker::DockerEngine, u8> {
-    tether_run::docker::DockerEngine::connect()
+async fn engine() -> Result<tether_engine::docker::DockerEngine, u8> {
+    tether_engine::docker::DockerEngine::connect()
         .await
         .map_err(|e| {
             eprintln!("error: {e}");

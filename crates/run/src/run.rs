@@ -4,11 +4,13 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use tether_plan::{LABEL_PROJECT, LABEL_SESSION, MCP_CONFIG_HOST, Plan, WorkloadTarget};
+use tether_engine::Engine;
+use tether_plan::{
+    LABEL_PROJECT, LABEL_ROLE, LABEL_SESSION, MCP_CONFIG_HOST, Plan, Role, WorkloadTarget,
+};
 use tether_spec::model::Declaration;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::engine::Engine;
 use crate::launch::{self, LaunchError, Status};
 
 /// Exit codes of `tether run` besides the workload's own.
@@ -187,7 +189,7 @@ pub async fn run<E: Engine>(
     if refuse_ports_elsewhere(engine, plan).await {
         return exit::ENGINE;
     }
-    let owner = launch::owner_id();
+    let owner = tether_engine::host::owner_id();
     let report = |sidecar: &str, status: Status| progress.update(sidecar, &status);
     let launched = tokio::select! {
         r = launch::up(engine, decl, plan, &owner, &report) => r,
@@ -246,7 +248,7 @@ pub async fn passthrough(plan: &Plan) -> i32 {
         Vec::new()
     };
     // No engine: a workload that will not stop is killed, with no container to look for.
-    workload::<crate::docker::DockerEngine>(None, plan, &plan.argv, &env, &mut stops).await
+    workload::<tether_engine::docker::DockerEngine>(None, plan, &plan.argv, &env, &mut stops).await
 }
 
 fn report_failure(e: &LaunchError) {
@@ -402,7 +404,7 @@ async fn workload<E: Engine>(
                     .list(&[
                         (LABEL_PROJECT, plan.project.as_str()),
                         (LABEL_SESSION, plan.session.as_str()),
-                        ("dev.tether.role", "workload"),
+                        (LABEL_ROLE, Role::Workload.as_str()),
                     ])
                     .await
             {
