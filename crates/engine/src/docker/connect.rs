@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 
-use super::reach::{reach_memo, reach_of, recall};
+use super::reach;
 use super::{DockerEngine, plain};
 use crate::host::private_base;
 use crate::{EngineError, Result};
@@ -197,23 +197,8 @@ impl DockerEngine {
                 .await
                 .map_err(|e| unreachable(plain(&e)))?,
         };
-        // Known from an earlier run, or asked now, in the background, so that the answer is
-        // there when the first sidecar needs it.
-        let reach = std::sync::Arc::new(tokio::sync::OnceCell::new());
-        let forced = std::env::var("TETHER_ENGINE_REMOTE").as_deref() == Ok("1");
-        // (A tunnel's socket is this run's own: nothing to remember it by.)
-        let memo = reach_memo(&endpoint).filter(|_| !forced && tunnel.is_none());
-        match memo.as_deref().and_then(recall) {
-            Some(known) => {
-                let _ = reach.set(Some(known));
-            }
-            None => {
-                let (cell, client, memo) = (reach.clone(), docker.clone(), memo.clone());
-                tokio::spawn(async move {
-                    cell.get_or_init(|| reach_of(client, memo)).await;
-                });
-            }
-        }
+        // (A tunnel's socket is this run's own: nothing to remember its reach by.)
+        let (reach, memo) = reach::begin(&docker, &endpoint, tunnel.is_none());
         Ok(DockerEngine {
             docker,
             endpoint,

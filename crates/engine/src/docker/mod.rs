@@ -24,14 +24,13 @@ use tether_plan::ContainerPlan;
 
 use crate::{Container, Engine, EngineError, FileCopy, Result};
 use connect::Tunnel;
-use reach::Reach;
 
 /// A Docker Engine (or Podman's Docker-compatible API), reached with [`DockerEngine::connect`].
 #[derive(Clone)]
 pub struct DockerEngine {
     docker: Docker,
     endpoint: String,
-    reach: std::sync::Arc<tokio::sync::OnceCell<Option<Reach>>>,
+    reach: reach::Known,
     /// Where the reach is remembered for the next run.
     memo: Option<std::path::PathBuf>,
     /// For `ssh://`: the ssh process forwarding the engine's socket, while tether runs.

@@ -1,7 +1,11 @@
 //! Where the engine is relative to this host (same kernel? rootless? another architecture?),
 //! found out once and remembered in this user's private folder in /dev/shm for the next run.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use bollard::Docker;
+use tokio::sync::OnceCell;
 
 use super::DockerEngine;
 use crate::host::{hostname, private_base};
@@ -39,7 +43,7 @@ impl Reach {
 /// Where the reach of the engine behind this socket is remembered: a file named after the
 /// socket's identity (a restarted engine makes a new socket, and is asked again). Only for
 /// sockets: a TCP endpoint may lead anywhere from one run to the next.
-pub(super) fn reach_memo(endpoint: &str) -> Option<std::path::PathBuf> {
+fn reach_memo(endpoint: &str) -> Option<std::path::PathBuf> {
     use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt;
     let path = endpoint.strip_prefix("unix://")?;
@@ -52,7 +56,7 @@ pub(super) fn reach_memo(endpoint: &str) -> Option<std::path::PathBuf> {
 }
 
 /// The memo is four flags, `1` or `0`, in the order of [`Reach`]'s fields.
-pub(super) fn recall(memo: &std::path::Path) -> Option<Reach> {
+fn recall(memo: &std::path::Path) -> Option<Reach> {
     let text = std::fs::read_to_string(memo).ok()?;
     let flags: Vec<bool> = text
         .trim()
@@ -87,7 +91,7 @@ fn remember(memo: &std::path::Path, r: Reach) {
 /// does neither (an engine in a VM that looks like this host).
 /// `None` when the engine would not say (then tether takes it for local, and asks again next
 /// time); otherwise the answer is remembered in `memo`.
-pub(super) async fn reach_of(docker: Docker, memo: Option<std::path::PathBuf>) -> Option<Reach> {
+async fn reach_of(docker: Docker, memo: Option<std::path::PathBuf>) -> Option<Reach> {
     if std::env::var("TETHER_ENGINE_REMOTE").as_deref() == Ok("1") {
         return Some(Reach::ELSEWHERE);
     }
@@ -132,6 +136,30 @@ pub(super) async fn reach_of(docker: Docker, memo: Option<std::path::PathBuf>) -
         remember(&memo, reach);
     }
     Some(reach)
+}
+
+/// The reach once found out: `None` inside when the engine would not say.
+pub(super) type Known = Arc<OnceCell<Option<Reach>>>;
+
+/// Known from an earlier run (by `endpoint`'s memo, when `memorable`), or asked now, in the
+/// background, so that the answer is there when the first sidecar needs it. Also where the
+/// answer is to be remembered.
+pub(super) fn begin(docker: &Docker, endpoint: &str, memorable: bool) -> (Known, Option<PathBuf>) {
+    let reach = Known::default();
+    let forced = std::env::var("TETHER_ENGINE_REMOTE").as_deref() == Ok("1");
+    let memo = reach_memo(endpoint).filter(|_| !forced && memorable);
+    match memo.as_deref().and_then(recall) {
+        Some(known) => {
+            let _ = reach.set(Some(known));
+        }
+        None => {
+            let (cell, client, memo) = (reach.clone(), docker.clone(), memo.clone());
+            tokio::spawn(async move {
+                cell.get_or_init(|| reach_of(client, memo)).await;
+            });
+        }
+    }
+    (reach, memo)
 }
 
 impl DockerEngine {
