@@ -102,8 +102,8 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Connects to the engine, or says why not.
-pub async fn engine() -> Result<tether_run::docker::DockerEngine, u8> {
-    tether_run::docker::DockerEngine::connect()
+pub async fn engine() -> Result<tether_engine::docker::DockerEngine, u8> {
+    tether_engine::docker::DockerEngine::connect()
         .await
         .map_err(|e| {
             output::error_hint(&e, e.hint().as_deref());
@@ -115,7 +115,7 @@ pub async fn engine() -> Result<tether_run::docker::DockerEngine, u8> {
 /// when the engine cannot be reached.
 pub fn on_engine<F, Fut>(f: F) -> u8
 where
-    F: FnOnce(tether_run::docker::DockerEngine) -> Fut,
+    F: FnOnce(tether_engine::docker::DockerEngine) -> Fut,
     Fut: std::future::Future<Output = u8>,
 {
     runtime().block_on(async {

@@ -428,7 +428,7 @@ fn an_engine_elsewhere_gets_secrets_copied_and_readiness_probed_from_inside() {
     let out = p
         .command("run", &[])
         .env("TETHER_ENGINE_REMOTE", "1")
-        .env("TETHER_LOG", "tether_run=debug")
+        .env("TETHER_LOG", "tether_run=debug,tether_engine=debug")
         .env("RT_REMOTE_TOKEN", "r3mote-s3cret")
         .args([
             "--",
@@ -755,7 +755,7 @@ fn the_engines_reach_is_asked_once_and_remembered() {
     let run = || {
         p.command("run", &[])
             .env("DOCKER_HOST", format!("unix://{}", socket.display()))
-            .env("TETHER_LOG", "tether_run=debug")
+            .env("TETHER_LOG", "tether_run=debug,tether_engine=debug")
             .args(["--", "true"])
             .output()
             .unwrap()

@@ -177,7 +177,7 @@ sidecars:
     let out = podman
         .tether(&["up", "-f", file])
         .env("TETHER_ENGINE_REMOTE", "1")
-        .env("TETHER_LOG", "tether_run=debug")
+        .env("TETHER_LOG", "tether_run=debug,tether_engine=debug")
         .env("RP_TOKEN", "p0dman-s3cret")
         .output()
         .unwrap();

@@ -23,6 +23,61 @@ pub const LABEL_LIFECYCLE: &str = "dev.tether.lifecycle";
 pub const LABEL_SESSION: &str = "dev.tether.session";
 pub const LABEL_CONFIG_HASH: &str = "dev.tether.config-hash";
 pub const LABEL_ROLE: &str = "dev.tether.role";
+/// Marks a session container with the process that owns it, so a later run can tell a
+/// leftover of a killed run from a live one.
+pub const LABEL_OWNER: &str = "dev.tether.owner";
+
+/// What a container (or network) is to tether: the value of its [`LABEL_ROLE`] label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// A declared sidecar.
+    Sidecar,
+    /// The workload's own container, when `tether run` starts one.
+    Workload,
+    /// A helper container that checks a sidecar's readiness from inside its network namespace.
+    Probe,
+    /// The project network.
+    Network,
+}
+
+impl Role {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sidecar => "sidecar",
+            Self::Workload => "workload",
+            Self::Probe => "probe",
+            Self::Network => "network",
+        }
+    }
+
+    /// From a label value; `None` for one tether does not write.
+    pub fn parse(value: &str) -> Option<Role> {
+        [Self::Sidecar, Self::Workload, Self::Probe, Self::Network]
+            .into_iter()
+            .find(|r| r.as_str() == value)
+    }
+
+    /// The role a container's labels give it.
+    pub fn of(labels: &BTreeMap<String, String>) -> Option<Role> {
+        labels.get(LABEL_ROLE).and_then(|v| Role::parse(v))
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The lifecycle a container's [`LABEL_LIFECYCLE`] label gives it.
+pub fn lifecycle_of(labels: &BTreeMap<String, String>) -> Option<Lifecycle> {
+    let value = labels.get(LABEL_LIFECYCLE)?;
+    [Lifecycle::Shared, Lifecycle::Session]
+        .into_iter()
+        .find(|l| l.as_str() == value)
+}
 
 /// Where secrets appear inside a sidecar: one file per secret, on a tmpfs.
 pub const SECRETS_DIR: &str = "/run/secrets";
@@ -114,10 +169,53 @@ fn write_canonical(v: &serde_json::Value, out: &mut String) {
     }
 }
 
+/// How readiness is judged; the declaration's `readiness.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadinessMode {
+    Tcp,
+    Http,
+    Exec,
+    Healthcheck,
+    Log,
+    None,
+}
+
+impl ReadinessMode {
+    pub fn of(probe: &Probe) -> ReadinessMode {
+        match probe {
+            Probe::Tcp => Self::Tcp,
+            Probe::Http { .. } => Self::Http,
+            Probe::Exec { .. } => Self::Exec,
+            Probe::Healthcheck { .. } => Self::Healthcheck,
+            Probe::Log { .. } => Self::Log,
+            Probe::None => Self::None,
+        }
+    }
+
+    /// The word the declaration uses, as in labels, JSON and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Exec => "exec",
+            Self::Healthcheck => "healthcheck",
+            Self::Log => "log",
+            Self::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadinessMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A readiness declaration reduced to plain values.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReadinessPlan {
-    pub mode: &'static str,
+    pub mode: ReadinessMode,
     /// The container port to dial (tcp, http).
     pub port: Option<u16>,
     /// The HTTP path (http).
@@ -135,7 +233,7 @@ impl ReadinessPlan {
     pub fn resolve(sidecar: &Sidecar) -> Self {
         let r = &sidecar.readiness;
         let mut plan = ReadinessPlan {
-            mode: r.probe.mode(),
+            mode: ReadinessMode::of(&r.probe),
             port: None,
             path: None,
             command: None,
@@ -161,25 +259,25 @@ impl ReadinessPlan {
     /// One line for people: `tcp :6379, timeout 30s, every 250ms`.
     pub fn summary(&self) -> String {
         let what = match self.mode {
-            "tcp" => format!("tcp :{}", self.port.unwrap_or(0)),
-            "http" => format!(
+            ReadinessMode::Tcp => format!("tcp :{}", self.port.unwrap_or(0)),
+            ReadinessMode::Http => format!(
                 "http GET :{}{}",
                 self.port.unwrap_or(0),
                 self.path.as_deref().unwrap_or("/")
             ),
-            "exec" => format!(
+            ReadinessMode::Exec => format!(
                 "exec {}",
                 shell_words(self.command.as_deref().unwrap_or(&[]))
             ),
-            "healthcheck" => match &self.command {
+            ReadinessMode::Healthcheck => match &self.command {
                 Some(c) => format!("healthcheck {}", shell_words(c)),
                 None => "the image's healthcheck".to_owned(),
             },
-            "log" => format!(
+            ReadinessMode::Log => format!(
                 "log line matching /{}/",
                 self.pattern.as_deref().unwrap_or("")
             ),
-            _ => return "none (ready once started)".to_owned(),
+            ReadinessMode::None => return "none (ready once started)".to_owned(),
         };
         let mut s = format!("{what}, timeout {}, every {}", self.timeout, self.interval);
         if let Some(p) = self.start_period {
@@ -605,7 +703,7 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
                 });
                 injection.labels = vec![
                     (LABEL_PROJECT.to_owned(), decl.project.clone()),
-                    (LABEL_ROLE.to_owned(), "workload".to_owned()),
+                    (LABEL_ROLE.to_owned(), Role::Workload.as_str().to_owned()),
                     (LABEL_SESSION.to_owned(), session.to_owned()),
                 ];
             }
@@ -652,7 +750,7 @@ fn container_plan(
     labels.insert(LABEL_PROJECT.to_owned(), decl.project.clone());
     labels.insert(LABEL_SIDECAR.to_owned(), s.name.clone());
     labels.insert(LABEL_LIFECYCLE.to_owned(), s.lifecycle.as_str().to_owned());
-    labels.insert(LABEL_ROLE.to_owned(), "sidecar".to_owned());
+    labels.insert(LABEL_ROLE.to_owned(), Role::Sidecar.as_str().to_owned());
     labels.insert(LABEL_CONFIG_HASH.to_owned(), config_hash.clone());
     if s.lifecycle == Lifecycle::Session {
         labels.insert(LABEL_SESSION.to_owned(), session.to_owned());
@@ -840,5 +938,46 @@ impl Plan {
         let _ = writeln!(out, "\nworkload command");
         let _ = writeln!(out, "  {}", shell_words(&self.argv));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_modes_read_and_serialise_as_the_declarations_words() {
+        let all = [
+            (ReadinessMode::Tcp, "tcp"),
+            (ReadinessMode::Http, "http"),
+            (ReadinessMode::Exec, "exec"),
+            (ReadinessMode::Healthcheck, "healthcheck"),
+            (ReadinessMode::Log, "log"),
+            (ReadinessMode::None, "none"),
+        ];
+        for (mode, word) in all {
+            assert_eq!(mode.as_str(), word);
+            assert_eq!(mode.to_string(), word);
+            assert_eq!(serde_json::to_value(mode).unwrap(), word);
+        }
+        assert_eq!(
+            ReadinessMode::of(&Probe::Http { path: "/".into() }),
+            ReadinessMode::Http
+        );
+    }
+
+    #[test]
+    fn roles_and_lifecycles_are_read_back_from_labels() {
+        for role in [Role::Sidecar, Role::Workload, Role::Probe, Role::Network] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+            let labels = BTreeMap::from([(LABEL_ROLE.to_owned(), role.to_string())]);
+            assert_eq!(Role::of(&labels), Some(role));
+        }
+        assert_eq!(Role::parse("Sidecar"), None);
+        assert_eq!(Role::of(&BTreeMap::new()), None);
+        let labels = |v: &str| BTreeMap::from([(LABEL_LIFECYCLE.to_owned(), v.to_owned())]);
+        assert_eq!(lifecycle_of(&labels("session")), Some(Lifecycle::Session));
+        assert_eq!(lifecycle_of(&labels("shared")), Some(Lifecycle::Shared));
+        assert_eq!(lifecycle_of(&labels("other")), None);
     }
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use serde_json::{Map, Value, json};
-use tether_plan::{ContainerPlan, MountPlan, Plan};
+use tether_plan::{ContainerPlan, MountPlan, Plan, ReadinessMode, Role};
 use tether_spec::model::{Declaration, Gpus, NetworkMode, SecretSource};
 
 use crate::RenderError;
@@ -94,7 +94,7 @@ pub fn render(decl: &Declaration, base: &Path) -> Result<String, RenderError> {
             "labels".into(),
             json!({
                 tether_plan::LABEL_PROJECT: decl.project,
-                tether_plan::LABEL_ROLE: "workload",
+                tether_plan::LABEL_ROLE: Role::Workload.as_str(),
             }),
         );
         if !depends.is_empty() {
@@ -375,13 +375,19 @@ fn sidecar(
         Value::Object(hc)
     };
     let condition = match (r.mode, &r.command) {
-        ("exec", Some(cmd)) | ("healthcheck", Some(cmd)) => {
+        (ReadinessMode::Exec | ReadinessMode::Healthcheck, Some(cmd)) => {
             s.insert("healthcheck".into(), healthcheck(cmd));
             "service_healthy"
         }
-        ("healthcheck", None) => "service_healthy",
-        ("none", _) => "service_started",
-        (mode, _) => {
+        (ReadinessMode::Healthcheck, None) => "service_healthy",
+        (ReadinessMode::None, _) => "service_started",
+        (
+            mode @ (ReadinessMode::Tcp
+            | ReadinessMode::Http
+            | ReadinessMode::Exec
+            | ReadinessMode::Log),
+            _,
+        ) => {
             notes.push(format!(
                 "{}: readiness `{}` ({}) cannot be checked by Compose without a tool inside the image, so the workload waits only for it to start; give it `readiness.mode: exec` with a command the image has, to wait for it properly",
                 c.sidecar,

@@ -6,7 +6,10 @@
 use std::path::Path;
 
 use serde_json::{Map, Value, json};
-use tether_plan::{ContainerPlan, LABEL_PROJECT, LABEL_ROLE, LABEL_SIDECAR, Plan, ReadinessPlan};
+use tether_plan::{
+    ContainerPlan, LABEL_PROJECT, LABEL_ROLE, LABEL_SIDECAR, Plan, ReadinessMode, ReadinessPlan,
+    Role,
+};
 use tether_spec::model::{Declaration, Gpus, Lifecycle, NetworkMode, SecretSource};
 
 use crate::{Loss, RenderError};
@@ -247,7 +250,7 @@ fn pod_labels(project: &str, sidecar: Option<&str>) -> Value {
         }
         None => {
             l.insert("app.kubernetes.io/name".into(), project.into());
-            l.insert(LABEL_ROLE.into(), "workload".into());
+            l.insert(LABEL_ROLE.into(), Role::Workload.as_str().into());
         }
     }
     Value::Object(l)
@@ -262,12 +265,14 @@ fn secs(d: std::time::Duration) -> u64 {
 fn probe(r: &ReadinessPlan, owner: &str, losses: &mut Vec<Loss>) -> Option<Value> {
     let port = r.port.unwrap_or(0);
     let handler = match (r.mode, &r.command) {
-        ("tcp", _) => json!({ "tcpSocket": { "port": port } }),
-        ("http", _) => {
+        (ReadinessMode::Tcp, _) => json!({ "tcpSocket": { "port": port } }),
+        (ReadinessMode::Http, _) => {
             json!({ "httpGet": { "path": r.path.as_deref().unwrap_or("/"), "port": port } })
         }
-        ("exec", Some(cmd)) | ("healthcheck", Some(cmd)) => json!({ "exec": { "command": cmd } }),
-        ("healthcheck", None) => {
+        (ReadinessMode::Exec | ReadinessMode::Healthcheck, Some(cmd)) => {
+            json!({ "exec": { "command": cmd } })
+        }
+        (ReadinessMode::Healthcheck, None) => {
             losses.push(Loss {
                 owner: owner.into(),
                 field: "readiness".into(),
@@ -276,7 +281,7 @@ fn probe(r: &ReadinessPlan, owner: &str, losses: &mut Vec<Loss>) -> Option<Value
             });
             return None;
         }
-        ("log", _) => {
+        (ReadinessMode::Log, _) => {
             losses.push(Loss {
                 owner: owner.into(),
                 field: "readiness".into(),
@@ -286,7 +291,7 @@ fn probe(r: &ReadinessPlan, owner: &str, losses: &mut Vec<Loss>) -> Option<Value
             });
             return None;
         }
-        _ => return None,
+        (ReadinessMode::None, _) | (ReadinessMode::Exec, None) => return None,
     };
     let period = secs(r.interval.0);
     let total = r.timeout.0 + r.start_period.map(|d| d.0).unwrap_or_default();
@@ -484,9 +489,16 @@ fn workload_objects(
         ) else {
             continue;
         };
-        let target = match (c.readiness.mode, &c.readiness.path) {
-            ("http", path) => format!("http://{alias}:{port}{}", path.as_deref().unwrap_or("/")),
-            _ => format!("tcp://{alias}:{port}"),
+        let target = match c.readiness.mode {
+            ReadinessMode::Http => {
+                let path = c.readiness.path.as_deref().unwrap_or("/");
+                format!("http://{alias}:{port}{path}")
+            }
+            ReadinessMode::Tcp
+            | ReadinessMode::Exec
+            | ReadinessMode::Healthcheck
+            | ReadinessMode::Log
+            | ReadinessMode::None => format!("tcp://{alias}:{port}"),
         };
         let limit =
             c.readiness.timeout.0 + c.readiness.start_period.map(|d| d.0).unwrap_or_default();
@@ -672,7 +684,7 @@ fn workload_objects(
         "metadata": metadata(project, project, None),
         "spec": {
             "replicas": 1,
-            "selector": { "matchLabels": { LABEL_PROJECT: project, LABEL_ROLE: "workload" } },
+            "selector": { "matchLabels": { LABEL_PROJECT: project, LABEL_ROLE: Role::Workload.as_str() } },
             "template": {
                 "metadata": { "labels": pod_labels(project, None) },
                 "spec": spec,

@@ -6,17 +6,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::future::{join_all, try_join_all};
+use tether_engine::host::{owner_alive, private_base_path, private_dir};
+use tether_engine::{Container, Engine, EngineError, FileCopy};
 use tether_plan::{
-    ContainerPlan, LABEL_CONFIG_HASH, LABEL_LIFECYCLE, LABEL_PROJECT, LABEL_ROLE, MountPlan, Plan,
-    PullPolicy, SECRETS_DIR, config_hash,
+    ContainerPlan, LABEL_CONFIG_HASH, LABEL_OWNER, LABEL_PROJECT, LABEL_ROLE, MountPlan, Plan,
+    PullPolicy, ReadinessMode, Role, SECRETS_DIR, config_hash, lifecycle_of,
 };
 use tether_spec::model::{Declaration, Lifecycle};
 
-use crate::engine::{Container, Engine, EngineError, FileCopy};
-
-/// Marks a session container with the process that owns it, so a later run can tell a
-/// leftover of a killed run from a live one.
-pub const LABEL_OWNER: &str = "dev.tether.owner";
 /// The owner of sidecars started by `tether up`: no run, so never swept as a leftover.
 pub const UP_OWNER: &str = "tether-up";
 
@@ -106,7 +103,7 @@ pub async fn up<E: Engine>(
     engine.ping().await?;
     let labels = BTreeMap::from([
         (LABEL_PROJECT.to_owned(), plan.project.clone()),
-        (LABEL_ROLE.to_owned(), "network".to_owned()),
+        (LABEL_ROLE.to_owned(), Role::Network.as_str().to_owned()),
     ]);
     futures_util::try_join!(remove_orphans(engine, &plan.project), async {
         Ok(engine.ensure_network(&plan.network, &labels).await?)
@@ -206,12 +203,10 @@ async fn remove_orphans<E: Engine>(engine: &E, project: &str) -> Result<(), Laun
         .await?
         .into_iter()
         .filter(|c| {
-            let label = |k: &str| c.labels.get(k).map(String::as_str);
-            match (label(LABEL_LIFECYCLE), label(LABEL_ROLE)) {
-                (Some("session"), _) => label(LABEL_OWNER).is_some_and(|o| !owner_alive(o)),
-                (_, Some("probe")) => is_leftover_probe(c),
-                _ => false,
+            if lifecycle_of(&c.labels) == Some(Lifecycle::Session) {
+                return c.labels.get(LABEL_OWNER).is_some_and(|o| !owner_alive(o));
             }
+            Role::of(&c.labels) == Some(Role::Probe) && is_leftover_probe(c)
         })
         .map(|c| c.name)
         .collect();
@@ -225,53 +220,6 @@ pub(crate) fn is_leftover_probe(c: &Container) -> bool {
         Some(owner) => !owner_alive(owner),
         None => !c.running(),
     }
-}
-
-/// `host:pid:start`, where start is the process's start time in clock ticks since boot: a
-/// reused pid does not look alive.
-pub fn owner_id() -> String {
-    let pid = std::process::id();
-    format!("{}:{pid}:{}", hostname(), start_ticks(pid).unwrap_or(0))
-}
-
-fn owner_alive(owner: &str) -> bool {
-    let mut parts = owner.rsplitn(3, ':');
-    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
-        return true;
-    };
-    if host != hostname() {
-        // Another machine's run: not ours to judge.
-        return true;
-    }
-    let Ok(pid) = pid.parse::<i32>() else {
-        return true;
-    };
-    // Gone for sure only when the kernel says so; a process we may not see (another PID
-    // namespace, hidepid) counts as alive.
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Err(nix::errno::Errno::ESRCH) => false,
-        _ => match start_ticks(pid as u32) {
-            Some(t) => t.to_string() == start,
-            None => true,
-        },
-    }
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22, counted after the command name in parentheses.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
 }
 
 /// The ID of the sidecar's image, pulled first as the policy says.
@@ -503,52 +451,16 @@ fn spec_for(
     ))
 }
 
-/// `/dev/shm/tether-<uid>`: memory, never disk; a folder only this user can enter.
-fn secrets_base() -> std::path::PathBuf {
-    std::path::Path::new("/dev/shm").join(format!("tether-{}", nix::unistd::getuid()))
-}
-
-/// The base folder, made if missing and checked like the secrets' own folders: for what tether
-/// remembers between runs of this user.
-pub(crate) fn private_base() -> Result<std::path::PathBuf, String> {
-    let base = secrets_base();
-    private_dir(&base)?;
-    Ok(base)
-}
-
 /// `<base>/<container>`, made if missing, and refused unless it and the base are real
 /// folders owned by this user and closed to everyone else (another user could otherwise have
 /// made them first, to read or redirect what is written there).
 fn secrets_dir(container: &str) -> Result<std::path::PathBuf, String> {
-    let base = secrets_base();
+    let base = private_base_path();
     let dir = base.join(container);
     for d in [&base, &dir] {
         private_dir(d).map_err(|e| format!("refusing to keep secrets in {}: {e}", d.display()))?;
     }
     Ok(dir)
-}
-
-fn private_dir(d: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    match std::fs::DirBuilder::new().mode(0o700).create(d) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    let meta = std::fs::symlink_metadata(d).map_err(|e| e.to_string())?;
-    if !meta.file_type().is_dir() {
-        return Err("it is not a folder".into());
-    }
-    if meta.uid() != nix::unistd::getuid().as_raw() {
-        return Err(format!("it belongs to uid {}", meta.uid()));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "others may use it (mode {:o})",
-            meta.mode() & 0o777
-        ));
-    }
-    Ok(())
 }
 
 /// The container names of the plan's session sidecars.
@@ -563,7 +475,7 @@ pub fn session_names(plan: &Plan) -> Vec<String> {
 /// Removes the secret files of these containers (session sidecars, once removed).
 pub fn forget_secrets(containers: &[String]) {
     for c in containers {
-        let _ = std::fs::remove_dir_all(secrets_base().join(c));
+        let _ = std::fs::remove_dir_all(private_base_path().join(c));
     }
 }
 
@@ -604,16 +516,16 @@ pub async fn probe_once<E: Engine>(
     let port = r.port.unwrap_or(0);
     let yes = |b: bool| if b { Probe::Ready } else { Probe::NotYet };
     Ok(match r.mode {
-        "tcp" => yes(engine.reachable(now, &c.network, port, None).await?),
-        "http" => {
+        ReadinessMode::Tcp => yes(engine.reachable(now, &c.network, port, None).await?),
+        ReadinessMode::Http => {
             let path = r.path.as_deref().unwrap_or("/");
             yes(engine.reachable(now, &c.network, port, Some(path)).await?)
         }
-        "exec" => {
+        ReadinessMode::Exec => {
             let command = r.command.clone().unwrap_or_default();
             yes(engine.exec(&now.id, &command).await?.0 == 0)
         }
-        "healthcheck" => match now.health.as_deref() {
+        ReadinessMode::Healthcheck => match now.health.as_deref() {
             Some("healthy") => Probe::Ready,
             Some("unhealthy") => Probe::Failed("its healthcheck reports unhealthy".into()),
             Some(_) => Probe::NotYet,
@@ -621,11 +533,11 @@ pub async fn probe_once<E: Engine>(
                 "has healthcheck readiness but its image declares no HEALTHCHECK; give `readiness.command`".into(),
             ),
         },
-        "log" => {
+        ReadinessMode::Log => {
             let lines = engine.logs(&now.id, 0).await?;
             yes(pattern.is_some_and(|p| lines.iter().any(|l| p.is_match(l))))
         }
-        _ => Probe::Ready,
+        ReadinessMode::None => Probe::Ready,
     })
 }
 

@@ -1,9 +1,11 @@
 //! `tether ps` and `tether down`: what tether runs for a project, and taking it away.
 
 use serde::Serialize;
-use tether_plan::{LABEL_LIFECYCLE, LABEL_PROJECT, LABEL_SESSION, LABEL_SIDECAR, network_name};
-
-use crate::engine::{Engine, Result};
+use tether_engine::{Engine, Result};
+use tether_plan::{
+    LABEL_LIFECYCLE, LABEL_PROJECT, LABEL_SESSION, LABEL_SIDECAR, Role, network_name,
+};
+use tether_spec::model::Lifecycle;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Row {
@@ -164,10 +166,10 @@ pub async fn down<E: Engine>(
     // Sidecars only: a workload that a `tether run` is running right now is not ours to remove.
     let mut labels = vec![
         (LABEL_PROJECT, project),
-        (tether_plan::LABEL_ROLE, "sidecar"),
+        (tether_plan::LABEL_ROLE, Role::Sidecar.as_str()),
     ];
     if sessions_only {
-        labels.push((LABEL_LIFECYCLE, "session"));
+        labels.push((LABEL_LIFECYCLE, Lifecycle::Session.as_str()));
     }
     let found = engine.list(&labels).await?;
     let mut removed = Vec::new();
@@ -179,7 +181,10 @@ pub async fn down<E: Engine>(
     crate::launch::forget_secrets(&removed);
     // Readiness probe helpers a killed run left behind.
     for c in engine
-        .list(&[(LABEL_PROJECT, project), (tether_plan::LABEL_ROLE, "probe")])
+        .list(&[
+            (LABEL_PROJECT, project),
+            (tether_plan::LABEL_ROLE, Role::Probe.as_str()),
+        ])
         .await?
     {
         if crate::launch::is_leftover_probe(&c) {

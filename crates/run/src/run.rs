@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use tether_plan::{LABEL_PROJECT, LABEL_SESSION, MCP_CONFIG_HOST, Plan, WorkloadTarget};
+use tether_engine::Engine;
+use tether_plan::{
+    LABEL_PROJECT, LABEL_ROLE, LABEL_SESSION, MCP_CONFIG_HOST, Plan, Role, WorkloadTarget,
+};
 use tether_spec::model::Declaration;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::engine::Engine;
 use crate::launch::{self, LaunchError, Status};
 
 /// Why `tether run` or `tether up` ended without the workload's own exit code. The CLI says
@@ -129,7 +131,7 @@ pub async fn run<E: Engine>(
 ) -> Result<Ended, Failure> {
     let mut stops = Stops::new();
     refuse_ports_elsewhere(engine, plan).await?;
-    let owner = launch::owner_id();
+    let owner = tether_engine::host::owner_id();
     let status = |sidecar: &str, status: Status| report.status(sidecar, &status);
     let launched = tokio::select! {
         r = launch::up(engine, decl, plan, &owner, &status) => r,
@@ -181,7 +183,7 @@ pub async fn passthrough(plan: &Plan) -> Result<Ended, Failure> {
         Vec::new()
     };
     // No engine: a workload that will not stop is killed, with no container to look for.
-    workload::<crate::docker::DockerEngine>(None, plan, &plan.argv, &env, &mut stops).await
+    workload::<tether_engine::docker::DockerEngine>(None, plan, &plan.argv, &env, &mut stops).await
 }
 
 /// Removes this session's containers by label: also those an interrupted start left behind.
@@ -311,7 +313,7 @@ async fn workload<E: Engine>(
                     .list(&[
                         (LABEL_PROJECT, plan.project.as_str()),
                         (LABEL_SESSION, plan.session.as_str()),
-                        ("dev.tether.role", "workload"),
+                        (LABEL_ROLE, Role::Workload.as_str()),
                     ])
                     .await
             {

@@ -2,8 +2,8 @@
 
 use std::sync::Mutex;
 
-use tether_run::engine::EngineError;
-use tether_run::fake::FakeEngine;
+use tether_engine::EngineError;
+use tether_engine::fake::FakeEngine;
 use tether_run::launch::{self, LaunchError, Status};
 use tether_spec::model::Declaration;
 
@@ -300,18 +300,30 @@ async fn session_leftovers_of_a_killed_run_are_removed_by_the_next() {
         .unwrap();
     e.clear_calls();
     let live = tether_plan::plan(&decl, "live", &argv).unwrap();
-    launch::up(&e, &decl, &live, &launch::owner_id(), &|_, _| {})
-        .await
-        .unwrap();
+    launch::up(
+        &e,
+        &decl,
+        &live,
+        &tether_engine::host::owner_id(),
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
     assert!(
         e.changes()
             .contains(&"remove tether-demo-dead-cache".to_owned())
     );
     // A live run's session sidecars are left alone by the next run.
     let next = tether_plan::plan(&decl, "next", &argv).unwrap();
-    launch::up(&e, &decl, &next, &launch::owner_id(), &|_, _| {})
-        .await
-        .unwrap();
+    launch::up(
+        &e,
+        &decl,
+        &next,
+        &tether_engine::host::owner_id(),
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(
         e.names(),
         [

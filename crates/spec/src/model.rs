@@ -201,19 +201,6 @@ pub enum Probe {
     None,
 }
 
-impl Probe {
-    pub fn mode(&self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Http { .. } => "http",
-            Self::Exec { .. } => "exec",
-            Self::Healthcheck { .. } => "healthcheck",
-            Self::Log { .. } => "log",
-            Self::None => "none",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Secret {
     pub name: String,

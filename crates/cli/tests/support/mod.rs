@@ -537,7 +537,8 @@ impl EngineProxy {
                     if upstream.write_all(&head).is_err() {
                         return;
                     }
-                    let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                    let (mut c2, mut u2) =
+                        (client.try_clone().unwrap(), upstream.try_clone().unwrap());
                     let up = std::thread::spawn(move || {
                         let _ = std::io::copy(&mut c2, &mut u2);
                         let _ = u2.shutdown(std::net::Shutdown::Write);

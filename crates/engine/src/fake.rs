@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tether_plan::ContainerPlan;
 
-use crate::engine::{Container, Engine, EngineError, FileCopy, Result};
+use crate::{Container, Engine, EngineError, FileCopy, Result};
 
 #[derive(Default)]
 struct State {

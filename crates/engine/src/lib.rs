@@ -1,7 +1,18 @@
 //! The engine seam: the few operations `tether run` needs, in tether's own terms. The Docker
-//! Engine implements it (docker.rs); so does an in-memory fake for orchestration tests (fake.rs).
+//! Engine implements it ([`docker`]); so does an in-memory fake for orchestration tests
+//! (`fake`, behind the cargo feature of that name).
+//!
+//! Every operation's future is `Send`, and so is every engine (`Send + Sync`): a multi-threaded
+//! server can hold one engine and drive its calls from any of its tasks.
+
+mod credentials;
+pub mod docker;
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod host;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use tether_plan::ContainerPlan;
@@ -103,56 +114,77 @@ impl Container {
 }
 
 /// The operations tether needs from a container engine.
-#[allow(async_fn_in_trait)]
-pub trait Engine {
+pub trait Engine: Send + Sync {
     /// Where the engine is, for messages.
     fn endpoint(&self) -> String;
     /// Reaches the engine; returns its API version.
-    async fn ping(&self) -> Result<String>;
+    fn ping(&self) -> impl Future<Output = Result<String>> + Send;
     /// The image's ID, or `NoImage`.
-    async fn image_id(&self, image: &str) -> Result<String>;
+    fn image_id(&self, image: &str) -> impl Future<Output = Result<String>> + Send;
     /// Pulls the image from its registry, telling the percentage done as it goes.
-    async fn pull(&self, image: &str, progress: &(dyn Fn(u8) + Sync)) -> Result<()>;
+    fn pull(
+        &self,
+        image: &str,
+        progress: &(dyn Fn(u8) + Sync),
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Creates the network with these labels unless it exists.
-    async fn ensure_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()>;
+    fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Removes the network; a missing one is not an error.
-    async fn remove_network(&self, name: &str) -> Result<()>;
+    fn remove_network(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// Connects a container to an existing network under these aliases; a container already
     /// on it is left as it is. A missing network is `NotFound`.
-    async fn connect(&self, id: &str, network: &str, aliases: &[String]) -> Result<()>;
-    async fn inspect(&self, name_or_id: &str) -> Result<Option<Container>>;
+    fn connect(
+        &self,
+        id: &str,
+        network: &str,
+        aliases: &[String],
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn inspect(&self, name_or_id: &str) -> impl Future<Output = Result<Option<Container>>> + Send;
     /// Containers (running or not) carrying every one of these labels.
-    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<Container>>;
+    fn list(&self, labels: &[(&str, &str)]) -> impl Future<Output = Result<Vec<Container>>> + Send;
     /// Creates the planned container (labels and mounts final: config hash and secret files
     /// included); `NameTaken` when the name is in use.
-    async fn create(&self, spec: &ContainerPlan) -> Result<String>;
-    async fn start(&self, id: &str) -> Result<()>;
-    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+    fn create(&self, spec: &ContainerPlan) -> impl Future<Output = Result<String>> + Send;
+    fn start(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<()>> + Send;
     /// Removes a container, stopping it first; a missing one is not an error.
-    async fn remove(&self, id: &str) -> Result<()>;
+    fn remove(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Runs a command in a running container: its exit code and output.
-    async fn exec(&self, id: &str, command: &[String]) -> Result<(i64, String)>;
+    fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+    ) -> impl Future<Output = Result<(i64, String)>> + Send;
     /// The last `tail` lines the container printed (0: all).
-    async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>>;
+    fn logs(&self, id: &str, tail: usize) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Whether the container's `port` accepts a TCP connection (`path: None`) or answers
     /// `GET path` with a status from 200 to 399; dialled the way that works for this engine,
     /// with no tool inside the image.
-    async fn reachable(
+    fn reachable(
         &self,
         container: &Container,
         network: &str,
         port: u16,
         path: Option<&str>,
-    ) -> Result<bool>;
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Whether the engine sees this host's files, so that a bind mount of one works.
-    async fn shares_files(&self) -> bool;
+    fn shares_files(&self) -> impl Future<Output = bool> + Send;
     /// The `DOCKER_HOST` a workload's engine CLI should use to reach the same engine, when it
     /// differs from tether's own (an ssh tunnel of this run).
     fn workload_docker_host(&self) -> Option<String> {
         None
     }
     /// Whether a port the engine publishes on 127.0.0.1 is reachable on this host's 127.0.0.1.
-    async fn ports_here(&self) -> bool;
+    fn ports_here(&self) -> impl Future<Output = bool> + Send;
     /// Copies files into a container (created or running) under `dir`, readable by all.
-    async fn upload(&self, id: &str, dir: &str, files: &[FileCopy]) -> Result<()>;
+    fn upload(
+        &self,
+        id: &str,
+        dir: &str,
+        files: &[FileCopy],
+    ) -> impl Future<Output = Result<()>> + Send;
 }
