@@ -27,6 +27,9 @@ engine_tests![
     a_host_workload_is_refused_on_an_engine_elsewhere_before_anything_is_made,
     a_private_image_is_pulled_with_the_docker_clis_credentials => [Need::Registry],
     an_engine_over_ssh_serves_a_run_and_the_workload => [Need::Sshd],
+    log_readiness_sees_its_line_however_late_the_engine_hands_the_log_over,
+    a_container_removed_between_look_and_start_is_made_afresh,
+    an_engine_too_slow_for_its_limit_is_named_and_the_limit_is_a_setting,
 ];
 
 /// A project of its own per test, removed with everything in it at the end.
@@ -1164,4 +1167,119 @@ fn an_engine_over_ssh_serves_a_run_and_the_workload() {
         .filter(|n| n.starts_with("ssh-"))
         .collect();
     assert_eq!(left, Vec::<String>::new());
+}
+
+/// A session sidecar that says `listening` at once, with log readiness.
+fn talker(img: &str, lifecycle: &str) -> String {
+    format!(
+        r#"sidecars:
+  talker:
+    image: {img}
+    lifecycle: {lifecycle}
+    command: [sh, -c, "echo listening; exec sleep 1000"]
+    interface: {{ kind: none }}
+    readiness: {{ mode: log, pattern: "^listening$", timeout: 60s, interval: 100ms }}
+"#
+    )
+}
+
+fn log_readiness_sees_its_line_however_late_the_engine_hands_the_log_over() {
+    let Some(img) = busybox_image() else { return };
+    let p = Project::new("slowlog", &talker(img, "session"));
+    // Every read of a container's log is answered 6 s late: later than one readiness attempt
+    // may take (5 s). Reading the whole log again each attempt never saw the line; following
+    // it sees it once the engine hands it over.
+    let proxy = EngineProxy::start(|method, path| {
+        if method == "GET" && path.ends_with("/logs") {
+            std::thread::sleep(std::time::Duration::from_secs(6));
+        }
+    });
+    let out = p
+        .command("run", &[])
+        .env("DOCKER_HOST", proxy.docker_host())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("tether: talker: ready in "), "{err}");
+    assert_eq!(p.containers(), Vec::<String>::new());
+}
+
+fn a_container_removed_between_look_and_start_is_made_afresh() {
+    let Some(img) = busybox_image() else { return };
+    let p = Project::new("vanish", &talker(img, "shared"));
+    let (code, _, err) = p.run(&["true"]);
+    assert_eq!(code, 0, "{err}");
+    let old = p.id("talker");
+    assert!(docker(&["stop", "-t", "0", &old]).status.success());
+    // The next run finds it stopped with the same configuration and starts it; just before the
+    // start reaches the engine, the container is removed (as a concurrent `tether down` would).
+    let (id, start) = (old.clone(), format!("/containers/{old}/start"));
+    let once = std::sync::atomic::AtomicBool::new(false);
+    let proxy = EngineProxy::start(move |method, path| {
+        let matches = method == "POST" && path == start;
+        if matches && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            assert!(docker(&["rm", "-f", &id]).status.success());
+        }
+    });
+    let out = p
+        .command("run", &[])
+        .env("DOCKER_HOST", proxy.docker_host())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("tether: talker: recreated (its old container was being removed)\n"),
+        "{err}"
+    );
+    let new = p.id("talker");
+    assert!(!new.is_empty() && new != old, "{old} {new}");
+}
+
+fn an_engine_too_slow_for_its_limit_is_named_and_the_limit_is_a_setting() {
+    let Some(img) = busybox_image() else { return };
+    let p = Project::new("slowcreate", &talker(img, "shared"));
+    // Every create is answered 3 s late.
+    let proxy = EngineProxy::start(|method, path| {
+        if method == "POST" && path == "/containers/create" {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        }
+    });
+    let run = |limit: Option<&str>| {
+        let mut c = p.command("run", &[]);
+        c.env("DOCKER_HOST", proxy.docker_host())
+            .env_remove("TETHER_ENGINE_TIMEOUT");
+        if let Some(l) = limit {
+            c.env("TETHER_ENGINE_TIMEOUT", l);
+        }
+        c.args(["--", "true"]).output().unwrap()
+    };
+    let out = run(Some("1s"));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "tether: talker: failed: the engine took longer than 1s to create container tether-{0}-talker\n\
+             error: the engine took longer than 1s to create container tether-{0}-talker\n  \
+             = hint: the engine is reachable but slow (a busy machine?); TETHER_ENGINE_TIMEOUT=4s gives every engine call more time\n",
+            p.name
+        )
+    );
+    // A create that outlived its limit may still have been made: the next run finds it by name
+    // and label. With the default limits, the slow engine is waited out.
+    let out = run(None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("tether: talker: ready in "), "{err}");
+    // A setting that is not a duration is refused before anything is made.
+    let out = run(Some("soon"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: cannot use the engine at unix://"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -372,6 +372,25 @@ impl Engine for FakeEngine {
         })
     }
 
+    /// What `logs` gives, as one chunk; with `follow`, the stream then stays open, as a running
+    /// container's does.
+    fn output(&self, id: &str, follow: bool, _tail: Option<usize>) -> crate::Output {
+        use futures_util::StreamExt;
+        let called = self.call(format!("output {}", self.name_of(id)));
+        let text = if self.ready(id) {
+            "booting\nready to accept connections\n"
+        } else {
+            "booting\n"
+        };
+        let first = called.map(|()| crate::Chunk::Stdout(text.as_bytes().to_vec()));
+        let once = futures_util::stream::once(async move { first });
+        if follow {
+            once.chain(futures_util::stream::pending()).boxed()
+        } else {
+            once.boxed()
+        }
+    }
+
     async fn logs(&self, id: &str, _tail: usize) -> Result<Vec<String>> {
         // Every call is a point where another run can interleave, as with a real engine.
         tokio::task::yield_now().await;

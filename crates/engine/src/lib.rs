@@ -36,6 +36,10 @@ pub enum EngineError {
     NameTaken { name: String },
     /// The engine refused a request.
     Refused { what: String, reason: String },
+    /// The request conflicts with the object's state (HTTP 409: a container being removed, say).
+    Conflict { what: String, reason: String },
+    /// The engine answered, but not within the limit this operation has.
+    Slow { what: String, limit: Duration },
 }
 
 impl std::fmt::Display for EngineError {
@@ -60,9 +64,14 @@ impl std::fmt::Display for EngineError {
             EngineError::Unable { what, why } => write!(f, "cannot {what}: {why}"),
             EngineError::NotFound { what } => write!(f, "{what} does not exist"),
             EngineError::NameTaken { name } => write!(f, "the name `{name}` is already taken"),
-            EngineError::Refused { what, reason } => {
+            EngineError::Refused { what, reason } | EngineError::Conflict { what, reason } => {
                 write!(f, "the engine refused to {what}: {reason}")
             }
+            EngineError::Slow { what, limit } => write!(
+                f,
+                "the engine took longer than {} to {what}",
+                tether_probe::show(*limit)
+            ),
         }
     }
 }
@@ -77,12 +86,60 @@ impl EngineError {
                 Some("is the Docker Engine running? DOCKER_HOST selects another one".into())
             }
             EngineError::Unsupported { hint, .. } => Some(hint.clone()),
+            EngineError::Slow { limit, .. } => Some(format!(
+                "the engine is reachable but slow (a busy machine?); {TIMEOUT_VARIABLE}={}s gives every engine call more time",
+                (*limit * 4).as_secs().max(1)
+            )),
             _ => None,
         }
     }
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// The variable that sets how long any one engine call may take (see [`docker::Limits`]).
+pub const TIMEOUT_VARIABLE: &str = "TETHER_ENGINE_TIMEOUT";
+
+/// A piece of what a container writes, as the engine hands it over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+impl Chunk {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Stdout(b) | Chunk::Stderr(b) => b,
+        }
+    }
+}
+
+/// Lines from a stream of chunks: each whole line once, in order; a line split across chunks is
+/// joined first. What a line says is decoded lossily.
+#[derive(Default)]
+pub struct Lines {
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    /// The whole lines that this chunk completes.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.partial.extend_from_slice(bytes);
+        let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            return Vec::new();
+        };
+        let rest = self.partial.split_off(end + 1);
+        let done = std::mem::replace(&mut self.partial, rest);
+        String::from_utf8_lossy(&done)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A stream of what a container writes.
+pub type Output = futures_util::stream::BoxStream<'static, Result<Chunk>>;
 
 /// A file to copy into a container: its name and its bytes.
 pub type FileCopy = (String, Vec<u8>);
@@ -159,6 +216,9 @@ pub trait Engine: Send + Sync {
         id: &str,
         command: &[String],
     ) -> impl Future<Output = Result<(i64, String)>> + Send;
+    /// What the container writes, as it writes it: everything from its start (or its last
+    /// `tail` lines), then, with `follow`, what it writes next, until it stops.
+    fn output(&self, id: &str, follow: bool, tail: Option<usize>) -> Output;
     /// The last `tail` lines the container printed (0: all).
     fn logs(&self, id: &str, tail: usize) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Whether the container's `port` accepts a TCP connection (`path: None`) or answers
@@ -187,4 +247,37 @@ pub trait Engine: Send + Sync {
         dir: &str,
         files: &[FileCopy],
     ) -> impl Future<Output = Result<()>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_whole_once_and_in_order_across_chunks() {
+        let mut l = Lines::default();
+        assert_eq!(l.feed(b"boot"), Vec::<String>::new());
+        assert_eq!(l.feed(b"ing\nlisten"), ["booting"]);
+        assert_eq!(
+            l.feed(b"ing\r\nok\n\xff\n"),
+            ["listening", "ok", "\u{fffd}"]
+        );
+        assert_eq!(l.feed(b""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_slow_engine_names_the_operation_the_limit_and_the_setting() {
+        let e = EngineError::Slow {
+            what: "create container tether-demo-db".into(),
+            limit: Duration::from_secs(30),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the engine took longer than 30s to create container tether-demo-db"
+        );
+        assert_eq!(
+            e.hint().unwrap(),
+            "the engine is reachable but slow (a busy machine?); TETHER_ENGINE_TIMEOUT=120s gives every engine call more time"
+        );
+    }
 }

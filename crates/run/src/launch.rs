@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::{join_all, try_join_all};
 use tether_engine::host::{owner_alive, private_base_path, private_dir};
-use tether_engine::{Container, Engine, EngineError, FileCopy};
+use tether_engine::{Container, Engine, EngineError, FileCopy, Lines};
 use tether_plan::{
     ContainerPlan, LABEL_CONFIG_HASH, LABEL_OWNER, LABEL_PROJECT, LABEL_ROLE, MountPlan, Plan,
     PullPolicy, ReadinessMode, Role, SECRETS_DIR, config_hash, lifecycle_of,
@@ -43,6 +43,8 @@ pub enum Status {
     Failed {
         why: String,
     },
+    /// Its old container is being removed: a new one is made once it is gone.
+    Removing,
 }
 
 #[derive(Debug)]
@@ -256,6 +258,8 @@ async fn image_of<E: Engine>(
 
 fn sidecar_error(c: &ContainerPlan, e: EngineError) -> LaunchError {
     let message = match &e {
+        // The engine's own trouble, with its hint (the setting that allows more time).
+        EngineError::Slow { .. } => return LaunchError::Engine(e),
         EngineError::NoImage { image } => {
             format!("there is no image `{image}` on this engine (build it, or let tether pull it)")
         }
@@ -316,6 +320,13 @@ async fn ensure<E: Engine>(
     // container is inspected again.
     for _ in 0..5 {
         match engine.inspect(&c.name).await? {
+            // `tether down` (or another run) is removing it: wait until it is gone, then make
+            // a new one.
+            Some(going) if going.state == "removing" => {
+                report(&c.sidecar, Status::Removing);
+                wait_gone(engine, c).await?;
+                why = Some("its old container was being removed".into());
+            }
             Some(found) if found.labels.get(LABEL_CONFIG_HASH) == Some(&hash) => {
                 // Copied secrets are copied again: a changed value reaches the container as
                 // a rewritten file does through a bind mount.
@@ -327,14 +338,25 @@ async fn ensure<E: Engine>(
                 }
                 if found.running() {
                     report(&c.sidecar, Status::Reused);
-                } else {
-                    engine
-                        .start(&found.id)
-                        .await
-                        .map_err(|e| sidecar_error(c, e))?;
-                    report(&c.sidecar, Status::Started);
+                    return Ok(found.id);
                 }
-                return Ok(found.id);
+                match engine.start(&found.id).await {
+                    Ok(()) => {
+                        report(&c.sidecar, Status::Started);
+                        return Ok(found.id);
+                    }
+                    // Removed, or marked for removal, between the look and the start: look
+                    // again (and wait it out).
+                    Err(EngineError::NotFound { .. } | EngineError::Conflict { .. })
+                        if engine
+                            .inspect(&c.name)
+                            .await?
+                            .is_none_or(|again| again.state == "removing") =>
+                    {
+                        why = Some("its old container was being removed".into());
+                    }
+                    Err(e) => return Err(sidecar_error(c, e)),
+                }
             }
             Some(other)
                 if other.labels.get(LABEL_PROJECT) != Some(&plan.project)
@@ -374,6 +396,28 @@ async fn ensure<E: Engine>(
         message: format!("the container {} keeps changing under another run", c.name),
         logs: Vec::new(),
     })
+}
+
+/// Waits until the sidecar's container, being removed, is gone.
+async fn wait_gone<E: Engine>(engine: &E, c: &ContainerPlan) -> Result<(), LaunchError> {
+    let limit = Duration::from_secs(120);
+    let deadline = tether_probe::Deadline::new(limit, Duration::from_millis(250));
+    loop {
+        if engine.inspect(&c.name).await?.is_none() {
+            return Ok(());
+        }
+        if !deadline.next().await {
+            return Err(LaunchError::Sidecar {
+                sidecar: c.sidecar.clone(),
+                message: format!(
+                    "its old container {} is still being removed after {}",
+                    c.name,
+                    tether_probe::show(limit)
+                ),
+                logs: Vec::new(),
+            });
+        }
+    }
 }
 
 /// Starts a container just created, its secrets copied in first when the engine cannot see
@@ -562,6 +606,10 @@ async fn wait_ready<E: Engine>(
         logs,
     };
     let deadline = tether_probe::Deadline::new(limit, r.interval.0);
+    // Log readiness follows the output from the container's start: each line is matched once,
+    // as it arrives, however slow the engine is to hand it over (reading the whole log again
+    // each time, against a time limit, can miss a line that is there on a slow engine).
+    let mut follow: Option<(tether_engine::Output, Lines)> = None;
     loop {
         let Some(now) = engine.inspect(&c.name).await? else {
             return Err(fail(
@@ -581,6 +629,25 @@ async fn wait_ready<E: Engine>(
         // passed); an engine error may just mean the container stopped meanwhile: look again.
         // (A probe from inside a namespace is a helper container: seconds on a slow engine.)
         let attempt = deadline.attempt_limit(r.interval.0.max(Duration::from_secs(5)));
+        if let (ReadinessMode::Log, Some(pattern)) = (r.mode, &pattern) {
+            let (output, lines) = follow
+                .get_or_insert_with(|| (engine.output(&now.id, true, None), Lines::default()));
+            match tokio::time::timeout(attempt, matched(output, lines, pattern)).await {
+                Ok(Ok(true)) => return Ok((deadline.elapsed(), now)),
+                // Not yet (what was read stays read), or the output ended: the container stopped,
+                // which the next look sees, or the engine dropped it: followed again.
+                Err(_) => {}
+                Ok(Ok(false)) | Ok(Err(_)) => follow = None,
+            }
+            if !deadline.next().await {
+                let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
+                return Err(fail(
+                    format!("not ready within {} ({})", r.timeout, r.summary()),
+                    logs,
+                ));
+            }
+            continue;
+        }
         let ready = match tokio::time::timeout(
             attempt,
             probe_once(engine, c, &now, pattern.as_ref()),
@@ -609,6 +676,25 @@ async fn wait_ready<E: Engine>(
             ));
         }
     }
+}
+
+/// Reads the output until a line matches (`true`) or it ends (`false`).
+async fn matched(
+    output: &mut tether_engine::Output,
+    lines: &mut Lines,
+    pattern: &regex::Regex,
+) -> Result<bool, EngineError> {
+    use futures_util::StreamExt;
+    while let Some(chunk) = output.next().await {
+        if lines
+            .feed(chunk?.bytes())
+            .iter()
+            .any(|l| pattern.is_match(l))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The workload's environment with each published port looked up.

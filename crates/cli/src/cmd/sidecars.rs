@@ -60,13 +60,27 @@ pub fn logs(file: &FileArg, sidecar: &str, follow: bool, tail: Option<usize>) ->
             ));
             return exit::INVALID;
         };
-        match e.print_logs(&row.container, follow, tail).await {
-            Ok(()) => exit::OK,
-            Err(err) => {
-                output::error(err);
-                exit::INTERNAL
+        // The container's stdout to ours, its stderr to ours, as they come.
+        use futures_util::StreamExt;
+        use std::io::Write;
+        use tether_engine::{Chunk, Engine};
+        let mut chunks = e.output(&row.container, follow, tail);
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(Chunk::Stdout(b)) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&b).and_then(|()| out.flush());
+                }
+                Ok(Chunk::Stderr(b)) => {
+                    let _ = std::io::stderr().write_all(&b);
+                }
+                Err(err) => {
+                    output::error(err);
+                    return exit::INTERNAL;
+                }
             }
         }
+        exit::OK
     })
 }
 

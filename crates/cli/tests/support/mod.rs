@@ -442,12 +442,15 @@ impl Need {
     }
 }
 
+/// An engine test: its name, what it needs, and the test.
+pub type EngineTest = (&'static str, &'static [Need], fn());
+
 /// Runs a test file's engine tests (a `harness = false` test). A test whose needs this machine
 /// lacks is reported as ignored, with the reason printed, so `cargo test` never counts it as
 /// passed; under CI=true it runs anyway, and fails on what is missing.
 #[allow(dead_code)]
 pub fn run_engine_tests(
-    tests: Vec<(&'static str, &'static [Need], fn())>,
+    tests: Vec<EngineTest>,
 ) -> std::process::ExitCode {
     let ci = std::env::var("CI").as_deref() == Ok("true");
     let mut known: Vec<(Need, Option<&'static str>)> = Vec::new();

@@ -149,6 +149,12 @@ impl DockerEngine {
     pub async fn connect() -> Result<DockerEngine> {
         let endpoint =
             std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        let setting = std::env::var(crate::TIMEOUT_VARIABLE).ok();
+        let limits =
+            super::Limits::from_setting(setting.as_deref()).map_err(|why| EngineError::Unable {
+                what: format!("use the engine at {endpoint}"),
+                why,
+            })?;
         let unreachable = |reason: String| EngineError::Unreachable {
             endpoint: endpoint.clone(),
             reason,
@@ -197,10 +203,17 @@ impl DockerEngine {
                 .await
                 .map_err(|e| unreachable(plain(&e)))?,
         };
+        // tether's own limits, not the client's default, say when the engine is too slow.
+        let docker = docker.with_timeout(limits.call);
+        let creating = docker.clone().with_timeout(limits.create);
+        let pulling = docker.clone().with_timeout(limits.pull);
         // (A tunnel's socket is this run's own: nothing to remember its reach by.)
         let (reach, memo) = reach::begin(&docker, &endpoint, tunnel.is_none());
         Ok(DockerEngine {
             docker,
+            creating,
+            pulling,
+            limits,
             endpoint,
             reach,
             memo,

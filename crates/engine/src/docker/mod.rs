@@ -25,10 +25,48 @@ use tether_plan::ContainerPlan;
 use crate::{Container, Engine, EngineError, FileCopy, Result};
 use connect::Tunnel;
 
+/// How long one engine call may take before tether says which call was too slow, instead of
+/// waiting on a stuck engine for ever. `TETHER_ENGINE_TIMEOUT` sets every limit; by default a
+/// call gets 2 minutes, a create 5 (the first container of an image unpacks it) and an image
+/// pull 30. The engine's API client counts whole seconds: a limit is rounded up to one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub call: Duration,
+    pub create: Duration,
+    pub pull: Duration,
+}
+
+impl Limits {
+    /// The limits `TETHER_ENGINE_TIMEOUT`'s value (if set) gives; `Err` says what is allowed.
+    pub fn from_setting(value: Option<&str>) -> std::result::Result<Limits, String> {
+        let Some(text) = value.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Ok(Limits {
+                call: Duration::from_secs(120),
+                create: Duration::from_secs(300),
+                pull: Duration::from_secs(1800),
+            });
+        };
+        let d = tether_spec::values::parse_duration(text)
+            .map_err(|e| format!("{}=`{text}`: {e}", crate::TIMEOUT_VARIABLE))?
+            .0;
+        let d = Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0));
+        Ok(Limits {
+            call: d,
+            create: d,
+            pull: d,
+        })
+    }
+}
+
 /// A Docker Engine (or Podman's Docker-compatible API), reached with [`DockerEngine::connect`].
 #[derive(Clone)]
 pub struct DockerEngine {
+    /// The client for most calls, limited to `limits.call`.
     docker: Docker,
+    /// The same client, with the limits of creates and pulls.
+    creating: Docker,
+    pulling: Docker,
+    limits: Limits,
     endpoint: String,
     reach: reach::Known,
     /// Where the reach is remembered for the next run.
@@ -73,7 +111,23 @@ impl DockerEngine {
     }
 
     fn error(&self, what: &str, e: BollardError) -> EngineError {
+        self.error_within(what, e, self.limits.call)
+    }
+
+    /// An error of a call whose limit was `limit`.
+    fn error_within(&self, what: &str, e: BollardError, limit: Duration) -> EngineError {
         match e {
+            BollardError::RequestTimeoutError => EngineError::Slow {
+                what: what.to_owned(),
+                limit,
+            },
+            BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } => EngineError::Conflict {
+                what: what.to_owned(),
+                reason: format!("{message} (HTTP 409)"),
+            },
             BollardError::DockerResponseServerError {
                 status_code: 404,
                 message,
@@ -102,35 +156,6 @@ fn plain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
-}
-
-impl DockerEngine {
-    /// Copies a container's output to ours, stdout to stdout and stderr to stderr; with
-    /// `follow`, until the container stops.
-    pub async fn print_logs(&self, id: &str, follow: bool, tail: Option<usize>) -> Result<()> {
-        use std::io::Write;
-        let options = LogsOptions {
-            follow,
-            stdout: true,
-            stderr: true,
-            tail: tail.map_or_else(|| "all".to_owned(), |t| t.to_string()),
-            ..Default::default()
-        };
-        let mut stream = self.docker.logs(id, Some(options));
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(bollard::container::LogOutput::StdErr { message }) => {
-                    let _ = std::io::stderr().write_all(&message);
-                }
-                Ok(other) => {
-                    let _ = std::io::stdout().write_all(&other.into_bytes());
-                    let _ = std::io::stdout().flush();
-                }
-                Err(e) => return Err(self.error(&format!("read the logs of {id}"), e)),
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Engine for DockerEngine {
@@ -171,7 +196,7 @@ impl Engine for DockerEngine {
         };
         // The engine pulls with what the docker CLI would send: credentials from its config.
         let credentials = crate::credentials::for_image(image).await;
-        let mut stream = self.docker.create_image(Some(options), None, credentials);
+        let mut stream = self.pulling.create_image(Some(options), None, credentials);
         // Layer → (bytes done, bytes in all), as the engine reports them.
         let mut layers: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         let mut shown = None;
@@ -182,7 +207,9 @@ impl Engine for DockerEngine {
                 Err(BollardError::DockerResponseServerError { message, .. }) => {
                     return Err(failed(message));
                 }
-                Err(e) => return Err(self.error(&format!("pull {image}"), e)),
+                Err(e) => {
+                    return Err(self.error_within(&format!("pull {image}"), e, self.limits.pull));
+                }
             };
             if let Some(error) = info.error_detail.and_then(|d| d.message).or(info.error) {
                 return Err(failed(error));
@@ -364,7 +391,7 @@ impl Engine for DockerEngine {
             name: Some(spec.name.clone()),
             ..Default::default()
         };
-        match self.docker.create_container(Some(options), body).await {
+        match self.creating.create_container(Some(options), body).await {
             Ok(r) => {
                 for extra in &spec.extra_networks {
                     if let Err(e) = self.connect(&r.id, extra, &[]).await {
@@ -384,7 +411,11 @@ impl Engine for DockerEngine {
             }) => Err(EngineError::NoImage {
                 image: spec.image.clone(),
             }),
-            Err(e) => Err(self.error(&format!("create container {}", spec.name), e)),
+            Err(e) => Err(self.error_within(
+                &format!("create container {}", spec.name),
+                e,
+                self.limits.create,
+            )),
         }
     }
 
@@ -472,6 +503,28 @@ impl Engine for DockerEngine {
         Ok((code, text))
     }
 
+    fn output(&self, id: &str, follow: bool, tail: Option<usize>) -> crate::Output {
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: tail.map_or_else(|| "all".to_owned(), |t| t.to_string()),
+            ..Default::default()
+        };
+        let this = self.clone();
+        let what = format!("read the output of {id}");
+        self.docker
+            .logs(id, Some(options))
+            .map(move |item| match item {
+                Ok(bollard::container::LogOutput::StdErr { message }) => {
+                    Ok(crate::Chunk::Stderr(message.to_vec()))
+                }
+                Ok(other) => Ok(crate::Chunk::Stdout(other.into_bytes().to_vec())),
+                Err(e) => Err(this.error(&what, e)),
+            })
+            .boxed()
+    }
+
     async fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>> {
         let options = LogsOptions {
             stdout: true,
@@ -540,5 +593,35 @@ impl Engine for DockerEngine {
 
     async fn upload(&self, id: &str, dir: &str, files: &[FileCopy]) -> Result<()> {
         self.copy_in(id, dir, files, 0o444).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_per_operation_unless_the_setting_says_one_for_all() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            Limits::from_setting(None),
+            Ok(Limits {
+                call: s(120),
+                create: s(300),
+                pull: s(1800)
+            })
+        );
+        let all = |d| Limits {
+            call: d,
+            create: d,
+            pull: d,
+        };
+        assert_eq!(Limits::from_setting(Some("45s")), Ok(all(s(45))));
+        assert_eq!(Limits::from_setting(Some("2m")), Ok(all(s(120))));
+        // The engine's client counts whole seconds: a part of one is a whole one.
+        assert_eq!(Limits::from_setting(Some("500ms")), Ok(all(s(1))));
+        assert_eq!(Limits::from_setting(Some("")), Limits::from_setting(None));
+        let bad = Limits::from_setting(Some("soon")).unwrap_err();
+        assert!(bad.starts_with("TETHER_ENGINE_TIMEOUT=`soon`: "), "{bad}");
     }
 }
