@@ -103,6 +103,12 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Connects to the engine, or says why not.
 pub async fn engine() -> Result<tether_engine::docker::DockerEngine, u8> {
+    // A setting that is not a duration is the user's to fix, before any engine is reached.
+    let setting = std::env::var(tether_engine::TIMEOUT_VARIABLE).ok();
+    if let Err(e) = tether_engine::docker::Limits::from_setting(setting.as_deref()) {
+        output::error_hint(e, Some("give a duration: 90s, 5m"));
+        return Err(exit::INVALID);
+    }
     tether_engine::docker::DockerEngine::connect()
         .await
         .map_err(|e| {

@@ -29,11 +29,13 @@ pub struct Board {
     drawn: usize,
 }
 
-/// Stops the clock when the progress display goes.
-pub struct Ticker(Arc<AtomicBool>);
+/// Stops the clock when the progress display goes: under the board's lock, so that no redraw
+/// lands after what is printed next.
+pub struct Ticker(Arc<AtomicBool>, Arc<Mutex<Board>>);
 
 impl Drop for Ticker {
     fn drop(&mut self) {
+        let _board = self.1.lock().unwrap_or_else(|e| e.into_inner());
         self.0.store(true, Ordering::Relaxed);
     }
 }
@@ -66,7 +68,7 @@ impl Progress {
                     }
                 })
                 .ok()
-                .map(|_| Ticker(stop));
+                .map(|_| Ticker(stop, board.clone()));
             Progress::Live {
                 board,
                 _ticker: ticker,

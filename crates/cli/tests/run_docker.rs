@@ -1276,10 +1276,14 @@ fn an_engine_too_slow_for_its_limit_is_named_and_the_limit_is_a_setting() {
     assert!(err.contains("tether: talker: ready in "), "{err}");
     // A setting that is not a duration is refused before anything is made.
     let out = run(Some("soon"));
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with("error: cannot use the engine at unix://"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.starts_with("error: TETHER_ENGINE_TIMEOUT=`soon`: "),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("\n  = hint: give a duration: 90s, 5m\n"),
+        "{err}"
     );
 }

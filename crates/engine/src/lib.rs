@@ -168,6 +168,11 @@ impl Container {
     pub fn running(&self) -> bool {
         self.state == "running"
     }
+
+    /// Whether the engine is removing it (it cannot be started, and will be gone).
+    pub fn removing(&self) -> bool {
+        self.state == "removing"
+    }
 }
 
 /// The operations tether needs from a container engine.

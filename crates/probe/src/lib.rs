@@ -21,11 +21,21 @@ pub fn status_ok(status: u16) -> bool {
     (200..400).contains(&status)
 }
 
-/// Connects to `host:port` and hangs up; `Err` says why it failed.
+/// Connects to `host:port` and hangs up; `Err` says why it failed. An address is dialled as
+/// written; `localhost` is 127.0.0.1, then ::1; a name is resolved and each of its addresses
+/// tried in turn (a server on one of them is enough).
 pub async fn tcp(host: &str, port: u16) -> Result<(), String> {
-    let addr = resolve(host, port).await?;
-    TcpStream::connect(addr)
-        .await
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let connected = if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        TcpStream::connect(SocketAddr::new(ip, port)).await
+    } else if bare.eq_ignore_ascii_case("localhost") {
+        let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        TcpStream::connect(&[v4, v6][..]).await
+    } else {
+        TcpStream::connect((bare, port)).await
+    };
+    connected
         .map(drop)
         .map_err(|e| format!("{host}:{port}: {}", plain(&e)))
 }

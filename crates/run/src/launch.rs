@@ -322,7 +322,7 @@ async fn ensure<E: Engine>(
         match engine.inspect(&c.name).await? {
             // `tether down` (or another run) is removing it: wait until it is gone, then make
             // a new one.
-            Some(going) if going.state == "removing" => {
+            Some(going) if going.removing() => {
                 report(&c.sidecar, Status::Removing);
                 wait_gone(engine, c).await?;
                 why = Some("its old container was being removed".into());
@@ -351,7 +351,7 @@ async fn ensure<E: Engine>(
                         if engine
                             .inspect(&c.name)
                             .await?
-                            .is_none_or(|again| again.state == "removing") =>
+                            .is_none_or(|again| again.removing()) =>
                     {
                         why = Some("its old container was being removed".into());
                     }
@@ -398,12 +398,13 @@ async fn ensure<E: Engine>(
     })
 }
 
-/// Waits until the sidecar's container, being removed, is gone.
+/// Waits until the sidecar's container is no longer being removed: gone, or (a removal that
+/// failed) left as it is, for the caller to look at again.
 async fn wait_gone<E: Engine>(engine: &E, c: &ContainerPlan) -> Result<(), LaunchError> {
     let limit = Duration::from_secs(120);
     let deadline = tether_probe::Deadline::new(limit, Duration::from_millis(250));
     loop {
-        if engine.inspect(&c.name).await?.is_none() {
+        if !engine.inspect(&c.name).await?.is_some_and(|c| c.removing()) {
             return Ok(());
         }
         if !deadline.next().await {
@@ -637,7 +638,17 @@ async fn wait_ready<E: Engine>(
                 // Not yet (what was read stays read), or the output ended: the container stopped,
                 // which the next look sees, or the engine dropped it: followed again.
                 Err(_) => {}
-                Ok(Ok(false)) | Ok(Err(_)) => follow = None,
+                Ok(Ok(false)) => follow = None,
+                // An engine error while the container runs is the engine's: say it (a slow
+                // engine is given the rest of the readiness timeout instead).
+                Ok(Err(e)) => {
+                    follow = None;
+                    if !matches!(e, EngineError::Slow { .. })
+                        && engine.inspect(&c.name).await?.is_some_and(|c| c.running())
+                    {
+                        return Err(e.into());
+                    }
+                }
             }
             if !deadline.next().await {
                 let logs = engine.logs(&now.id, 20).await.unwrap_or_default();

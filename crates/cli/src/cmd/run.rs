@@ -54,8 +54,11 @@ pub fn up(file: &FileArg, names: Vec<String>, print_env: bool, json: bool, pull:
             &names,
             print_env,
             &progress,
-        );
-        match up.await {
+        )
+        .await;
+        // The live display is done before anything else is printed.
+        drop(progress);
+        match up {
             Ok(env) => {
                 if print_env {
                     print!("{}", tether_run::run::exports(&env));

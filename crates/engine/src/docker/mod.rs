@@ -25,10 +25,12 @@ use tether_plan::ContainerPlan;
 use crate::{Container, Engine, EngineError, FileCopy, Result};
 use connect::Tunnel;
 
-/// How long one engine call may take before tether says which call was too slow, instead of
-/// waiting on a stuck engine for ever. `TETHER_ENGINE_TIMEOUT` sets every limit; by default a
-/// call gets 2 minutes, a create 5 (the first container of an image unpacks it) and an image
-/// pull 30. The engine's API client counts whole seconds: a limit is rounded up to one.
+/// How long the engine may take to answer one call (until its answer begins: a pull's
+/// progress or a followed log then streams for as long as it lasts) before tether says which
+/// call was too slow, instead of waiting on a stuck engine for ever. `TETHER_ENGINE_TIMEOUT`
+/// sets every limit; by default a call gets 2 minutes, a create 5 (the first container of an
+/// image unpacks it) and an image pull 30; a stop gets its grace on top. The engine's API
+/// client counts whole seconds: a limit is rounded up to one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub call: Duration,
@@ -406,11 +408,23 @@ impl Engine for DockerEngine {
             }) => Err(EngineError::NameTaken {
                 name: spec.name.clone(),
             }),
+            // No image, or no network (removed by `tether down --all` a moment ago).
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
-            }) => Err(EngineError::NoImage {
-                image: spec.image.clone(),
-            }),
+            }) => match self
+                .docker
+                .inspect_network(&spec.network, None::<InspectNetworkOptions>)
+                .await
+            {
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Err(EngineError::NotFound {
+                    what: format!("the network `{}`", spec.network),
+                }),
+                _ => Err(EngineError::NoImage {
+                    image: spec.image.clone(),
+                }),
+            },
             Err(e) => Err(self.error_within(
                 &format!("create container {}", spec.name),
                 e,
@@ -439,7 +453,9 @@ impl Engine for DockerEngine {
             t: Some(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX)),
             signal: None,
         };
-        match self.docker.stop_container(id, Some(options)).await {
+        // The engine answers once the container stopped: its grace, then the call's own limit.
+        let docker = self.docker.clone().with_timeout(grace + self.limits.call);
+        match docker.stop_container(id, Some(options)).await {
             Ok(())
             | Err(BollardError::DockerResponseServerError {
                 status_code: 304 | 404,
