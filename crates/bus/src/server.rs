@@ -12,13 +12,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use tether_bus_proto::PROTOCOL_MAJOR;
 use tether_bus_proto::v1::bus_api_server::{BusApi, BusApiServer};
 use tether_bus_proto::v1::{
     self, AckRequest, AckResponse, Delivery, DeregisterRequest, DeregisterResponse, NackRequest,
     NackResponse, PublishRequest, PublishResponse, RefusedGrant, RegisterRequest, RegisterResponse,
     ReleaseRequest, ReleaseResponse, SubscribeRequest,
 };
-use tether_bus_proto::{PROTOCOL_MAJOR, SESSION_HEADER, check_major, check_metadata};
+use tether_bus_proto::{SESSION_HEADER, check_major, check_metadata};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};

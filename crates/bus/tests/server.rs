@@ -382,3 +382,32 @@ async fn the_bus_stops_with_subscription_streams_open() {
     let end = within(stream.message()).await;
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_of_the_instance_gets_what_the_old_one_left_unacked() {
+    let bus = Bus::start(OPEN, 2).await;
+    let mut p = Client::register(bus.addr, "pub", "P", vec![grant("t.*", Action::Publish)]).await;
+    let mut s = Client::register(bus.addr, "sub", "S", vec![grant("t.*", Action::Subscribe)]).await;
+    for i in 0..4 {
+        p.publish("t.a", format!("m{i}").as_bytes(), &[])
+            .await
+            .unwrap();
+    }
+    let mut stream = s.subscribe("t.*", "", 300, 0).await.unwrap();
+    let a = next(&mut stream).await;
+    let b = next(&mut stream).await;
+    assert_eq!((a.sequence, b.sequence), (1, 2));
+    drop(stream);
+    let mut s2 =
+        Client::register(bus.addr, "sub", "S", vec![grant("t.*", Action::Subscribe)]).await;
+    let mut stream = s2.subscribe("t.*", "", 60_000, 0).await.unwrap();
+    let mut got = BTreeSet::new();
+    while got.len() < 4 {
+        let d = next(&mut stream).await;
+        got.insert(d.sequence);
+        s2.ack(vec![d.delivery_id]).await;
+    }
+    assert_eq!(got, BTreeSet::from([1, 2, 3, 4]));
+    drop(stream);
+    bus.stop().await;
+}

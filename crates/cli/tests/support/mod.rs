@@ -449,9 +449,7 @@ pub type EngineTest = (&'static str, &'static [Need], fn());
 /// lacks is reported as ignored, with the reason printed, so `cargo test` never counts it as
 /// passed; under CI=true it runs anyway, and fails on what is missing.
 #[allow(dead_code)]
-pub fn run_engine_tests(
-    tests: Vec<EngineTest>,
-) -> std::process::ExitCode {
+pub fn run_engine_tests(tests: Vec<EngineTest>) -> std::process::ExitCode {
     let ci = std::env::var("CI").as_deref() == Ok("true");
     let mut known: Vec<(Need, Option<&'static str>)> = Vec::new();
     let trials = tests
