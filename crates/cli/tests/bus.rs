@@ -77,6 +77,7 @@ struct Served {
     stderr: std::sync::mpsc::Receiver<String>,
 }
 
+#[allow(clippy::zombie_processes, reason = "the test kills and waits for it")]
 fn serve(data: &Path) -> Served {
     let mut child = tether()
         .args(["bus", "serve", "--listen", "127.0.0.1:0", "--data"])
