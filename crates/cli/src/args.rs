@@ -249,4 +249,36 @@ pub enum Command {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// The plugin bus: `tether bus serve` runs the Bus API server
+    #[cfg(feature = "bus")]
+    Bus {
+        #[command(subcommand)]
+        command: BusCommand,
+    },
+}
+
+#[cfg(feature = "bus")]
+#[derive(Subcommand)]
+pub enum BusCommand {
+    /// Serve the Bus API (tether.bus.v1 over gRPC) on a durable store, with grants enforced
+    #[command(
+        after_help = "Examples:\n  tether bus serve                                  127.0.0.1:8443, data in .tether/bus, no policy\n  tether bus serve --listen 0.0.0.0:8443 --data /var/lib/tether/bus --policy bus-policy.yaml\n\nWithout --policy every grant an instance requests is given: for development only. The policy\nfile names each pool type's and instance's grants ({topic, action: publish|subscribe}) and\noptionally a token_file; a bad one is reported with file, line and column, and nothing starts.\nThe default listen address is 127.0.0.1:8443 everywhere; pass --listen 0.0.0.0:8443 inside a\ncontainer (choosing it by itself as PID 1 is a later change).\n\nSignals: SIGTERM or SIGINT stops accepting calls, ends the subscription streams, lets\npublishes in flight commit, and exits 0.\n\nExit status: 0 after SIGTERM/SIGINT; 1 a bad flag or policy file, nothing started; 2 the\naddress or the data folder cannot be used, or the server failed."
+    )]
+    Serve {
+        /// The address to serve gRPC on
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+        listen: String,
+        /// The folder of the store (created when missing)
+        #[arg(long, value_name = "DIR", default_value = ".tether/bus")]
+        data: PathBuf,
+        /// The policy file: which grants each pool type and instance may have
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Retention per topic: messages older than this are dropped
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration)]
+        max_age: std::time::Duration,
+        /// Retention per topic: the oldest messages are dropped past this many bytes
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+        max_bytes: u64,
+    },
 }

@@ -69,6 +69,16 @@ pub fn of_init(outcome: &Outcome) -> u8 {
     }
 }
 
+/// `tether bus serve`: why the bus could not start or stopped.
+#[cfg(feature = "bus")]
+pub fn of_bus(e: &tether_bus::ServeError) -> u8 {
+    match e {
+        tether_bus::ServeError::Bind { .. }
+        | tether_bus::ServeError::Store { .. }
+        | tether_bus::ServeError::Transport(_) => INTERNAL,
+    }
+}
+
 /// `tether init`: why it could not begin.
 pub fn of_init_failure(f: &tether_init::Failure) -> u8 {
     match f.kind {

@@ -102,6 +102,8 @@ fn dispatch(command: Command) -> u8 {
             only,
             command,
         } => cmd::init::init(&file, only, command),
+        #[cfg(feature = "bus")]
+        Command::Bus { command } => cmd::bus::run(command),
     }
 }
 

@@ -1,6 +1,8 @@
 //! One module per command: each reads its arguments, calls the library crates, prints, and
 //! returns the exit code.
 
+#[cfg(feature = "bus")]
+pub mod bus;
 pub mod check;
 pub mod init;
 pub mod plan;

@@ -1,0 +1,15 @@
+//! The plugin bus: the Bus API server (`tether bus serve`) on a durable store.
+//!
+//! - [`topic`]: topics and NATS-style patterns (pure);
+//! - [`policy`]: the policy file, validated with positions, and the grant decision;
+//! - [`store`]: the [`store::Store`] trait and the embedded redb implementation;
+//! - [`server`]: the tonic `BusApi` server.
+//!
+//! The bus sidecar (`tether sidecar`) lands here next, on the same protocol crate.
+
+pub mod policy;
+pub mod server;
+pub mod store;
+pub mod topic;
+
+pub use server::{Bound, Options, ServeError, bind, serve};

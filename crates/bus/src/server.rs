@@ -1,0 +1,602 @@
+//! The Bus API server: `BusApi` over tonic, on a [`Store`].
+//!
+//! Every call checks the protocol major (`tether-bus-protocol` metadata) first; every call but
+//! Register is made for a session (`tether-bus-session` metadata) whose instance's grants are
+//! enforced on Publish and Subscribe, whoever calls.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use tether_bus_proto::PROTOCOL_MAJOR;
+use tether_bus_proto::v1::bus_api_server::{BusApi, BusApiServer};
+use tether_bus_proto::v1::{
+    self, AckRequest, AckResponse, Delivery, DeregisterRequest, DeregisterResponse, NackRequest,
+    NackResponse, PublishRequest, PublishResponse, RefusedGrant, RegisterRequest, RegisterResponse,
+    ReleaseRequest, ReleaseResponse, SubscribeRequest,
+};
+use tether_bus_proto::{SESSION_HEADER, check_major, check_metadata};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status};
+
+use crate::policy::{Action, Grant, Policy, TokenCheck};
+use crate::store::{
+    ConsumerConfig, NewMessage, RedbStore, Registration, Retention, Store, StoreError,
+};
+use crate::topic;
+
+/// The ack deadline of a subscription that names none.
+pub const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(30);
+/// The deliveries before a dead letter, for a subscription that names none.
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+/// The default listen address (`0.0.0.0:8443` as PID 1 in a container is for a later change).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// How a bus is started.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: no policy file, every requested grant is given.
+    pub policy: Option<Policy>,
+    pub retention: Retention,
+    /// The most unacked deliveries one subscriber holds at once.
+    pub max_in_flight: usize,
+    /// How often retention by age runs over every topic.
+    pub sweep_every: Duration,
+}
+
+impl Options {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            policy: None,
+            retention: Retention::default(),
+            max_in_flight: 256,
+            sweep_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the bus could not start or stopped with an error.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The listen address cannot be bound.
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// The data folder's store cannot be opened.
+    Store { dir: PathBuf, error: StoreError },
+    /// The gRPC server failed.
+    Transport(String),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            Self::Store { dir, error } => {
+                write!(
+                    f,
+                    "cannot open the bus's store in {}: {error}",
+                    dir.display()
+                )
+            }
+            Self::Transport(e) => write!(f, "the gRPC server failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// A bus whose socket is bound and whose store is open, not yet serving.
+pub struct Bound {
+    listener: TcpListener,
+    service: Service<RedbStore>,
+    stopping: watch::Sender<bool>,
+    sweep_every: Duration,
+}
+
+/// Opens the store and binds the listen address; nothing is served until [`Bound::run`].
+pub async fn bind(options: Options) -> Result<Bound, ServeError> {
+    let store = RedbStore::open(&options.data_dir, options.retention).map_err(|error| {
+        ServeError::Store {
+            dir: options.data_dir.clone(),
+            error,
+        }
+    })?;
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|error| ServeError::Bind {
+            addr: options.listen,
+            error,
+        })?;
+    let (stopping, stopping_rx) = watch::channel(false);
+    let (wake, _) = watch::channel(0u64);
+    Ok(Bound {
+        listener,
+        service: Service {
+            store: Arc::new(store),
+            policy: options.policy.map(Arc::new),
+            wake: Arc::new(wake),
+            stopping: stopping_rx,
+            max_in_flight: options.max_in_flight.max(1),
+        },
+        stopping,
+        sweep_every: options.sweep_every,
+    })
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes: then it stops accepting, ends the subscription
+    /// streams, lets calls in flight (publishes being committed) finish, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+        let Bound {
+            listener,
+            service,
+            stopping,
+            sweep_every,
+        } = self;
+        let sweeper = {
+            let store = service.store.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(sweep_every);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = store.sweep(now_ms()).await {
+                        tracing::warn!("retention sweep failed: {e}");
+                    }
+                }
+            })
+        };
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let signal = async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        };
+        let result = tonic::transport::Server::builder()
+            .add_service(BusApiServer::new(service))
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .map_err(|e| ServeError::Transport(e.to_string()));
+        sweeper.abort();
+        result
+    }
+}
+
+/// Binds and serves until `shutdown`.
+pub async fn serve(
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    bind(options).await?.run(shutdown).await
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn new_session() -> Result<String, Status> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Status::internal(format!("cannot make a session id: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn internal(e: StoreError) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn action_of(a: i32) -> Option<Action> {
+    match v1::Action::try_from(a).ok()? {
+        v1::Action::Publish => Some(Action::Publish),
+        v1::Action::Subscribe => Some(Action::Subscribe),
+        v1::Action::Unspecified => None,
+    }
+}
+
+fn proto_grant(g: &Grant) -> v1::Grant {
+    v1::Grant {
+        topic: g.topic.clone(),
+        action: match g.action {
+            Action::Publish => v1::Action::Publish,
+            Action::Subscribe => v1::Action::Subscribe,
+        } as i32,
+    }
+}
+
+/// An instance id, pool type or group name: letters, digits, `.`, `-`, `_`.
+fn check_name(what: &str, value: &str) -> Result<(), Status> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{what} `{value}` is not valid: 1 to 128 letters, digits, `.`, `-` or `_`"
+        )))
+    }
+}
+
+struct Service<S> {
+    store: Arc<S>,
+    policy: Option<Arc<Policy>>,
+    /// Bumped after every write that can make something deliverable.
+    wake: Arc<watch::Sender<u64>>,
+    stopping: watch::Receiver<bool>,
+    max_in_flight: usize,
+}
+
+impl<S> Clone for Service<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            policy: self.policy.clone(),
+            wake: self.wake.clone(),
+            stopping: self.stopping.clone(),
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
+impl<S: Store> Service<S> {
+    fn wake(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The registration of the calling session, after the protocol check.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Registration, Status> {
+        check_metadata(request.metadata())?;
+        let Some(session) = request
+            .metadata()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Err(Status::unauthenticated(format!(
+                "the call carries no `{SESSION_HEADER}` metadata: Register first and send the session it answers"
+            )));
+        };
+        self.store
+            .session(session.to_owned())
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "the session is not known to this bus (deregistered, or replaced by a newer Register of its instance): Register again",
+                )
+            })
+    }
+}
+
+fn allowed(reg: &Registration, action: Action, pattern: &str) -> Result<(), Status> {
+    if reg
+        .granted
+        .iter()
+        .any(|g| g.action == action && topic::covers(&g.topic, pattern))
+    {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "instance `{}` has no grant to {} on `{pattern}`",
+            reg.instance,
+            action.word()
+        )))
+    }
+}
+
+type DeliveryStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Delivery, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> BusApi for Service<S> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        check_metadata(request.metadata())?;
+        let r = request.into_inner();
+        if r.protocol_major != 0 {
+            check_major(r.protocol_major).map_err(Status::failed_precondition)?;
+        }
+        check_name("instance_id", &r.instance_id)?;
+        check_name("pool_type", &r.pool_type)?;
+        let mut requested = Vec::new();
+        let mut refused = Vec::new();
+        for g in &r.requested_grants {
+            let reason = match (action_of(g.action), topic::validate_pattern(&g.topic)) {
+                (None, _) => Some("the action is neither publish nor subscribe".to_owned()),
+                (_, Err(e)) => Some(e.to_string()),
+                (Some(action), Ok(())) => {
+                    requested.push(Grant {
+                        topic: g.topic.clone(),
+                        action,
+                    });
+                    None
+                }
+            };
+            if let Some(reason) = reason {
+                refused.push(RefusedGrant {
+                    grant: Some(g.clone()),
+                    reason,
+                });
+            }
+        }
+        let granted = match &self.policy {
+            None => requested,
+            Some(policy) => {
+                match policy.check_token(&r.instance_id, &r.pool_type, r.token.as_deref()) {
+                    TokenCheck::Ok => {}
+                    TokenCheck::Missing { of } => {
+                        return Err(Status::unauthenticated(format!(
+                            "the policy asks {of} for a token and the Register carries none"
+                        )));
+                    }
+                    TokenCheck::Wrong { of } => {
+                        return Err(Status::unauthenticated(format!(
+                            "the token does not match the one the policy gives {of}"
+                        )));
+                    }
+                }
+                let (granted, denied) = policy.decide(&r.instance_id, &r.pool_type, &requested);
+                refused.extend(denied.into_iter().map(|d| RefusedGrant {
+                    grant: Some(proto_grant(&d.grant)),
+                    reason: d.reason,
+                }));
+                granted
+            }
+        };
+        let session = new_session()?;
+        let reg = Registration {
+            instance: r.instance_id,
+            pool_type: r.pool_type,
+            image: r.image,
+            tags: r.tags,
+            granted,
+            session: session.clone(),
+        };
+        let answer = RegisterResponse {
+            protocol_major: PROTOCOL_MAJOR,
+            session,
+            granted: reg.granted.iter().map(proto_grant).collect(),
+            refused,
+        };
+        self.store.register(reg).await.map_err(internal)?;
+        Ok(Response::new(answer))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterResponse>, Status> {
+        let reg = self.caller(&request).await?;
+        self.store
+            .release(reg.session.clone(), Vec::new())
+            .await
+            .map_err(internal)?;
+        self.store
+            .deregister(reg.instance)
+            .await
+            .map_err(internal)?;
+        self.wake();
+        Ok(Response::new(DeregisterResponse {}))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let reg = self.caller(&request).await?;
+        let p = request.into_inner();
+        topic::validate_topic(&p.topic).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        allowed(&reg, Action::Publish, &p.topic)?;
+        // The commit runs on a blocking thread: it finishes even if this call is cancelled.
+        let published = self
+            .store
+            .publish(
+                NewMessage {
+                    topic: p.topic,
+                    data: p.data,
+                    headers: p.headers.into_iter().collect::<BTreeMap<_, _>>(),
+                    idempotency_key: p.idempotency_key,
+                },
+                now_ms(),
+            )
+            .await
+            .map_err(internal)?;
+        self.wake();
+        Ok(Response::new(PublishResponse {
+            sequence: published.sequence,
+            duplicate: published.duplicate,
+        }))
+    }
+
+    type SubscribeStream = DeliveryStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let reg = self.caller(&request).await?;
+        let Some(sub) = request.into_inner().subscription else {
+            return Err(Status::invalid_argument("Subscribe needs a subscription"));
+        };
+        topic::validate_pattern(&sub.topic).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !sub.group.is_empty() {
+            check_name("group", &sub.group)?;
+        }
+        allowed(&reg, Action::Subscribe, &sub.topic)?;
+        let consumer = if sub.group.is_empty() {
+            format!("instance:{}:{}", reg.instance, sub.topic)
+        } else {
+            format!("group:{}:{}", sub.group, sub.topic)
+        };
+        let config = ConsumerConfig {
+            pattern: sub.topic.clone(),
+            ack_deadline: if sub.ack_deadline_ms == 0 {
+                DEFAULT_ACK_DEADLINE
+            } else {
+                Duration::from_millis(u64::from(sub.ack_deadline_ms))
+            },
+            max_deliver: if sub.max_deliver == 0 {
+                DEFAULT_MAX_DELIVER
+            } else {
+                sub.max_deliver
+            },
+        };
+        self.store
+            .open_consumer(consumer.clone(), config)
+            .await
+            .map_err(internal)?;
+        let (tx, rx) = mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.pump(consumer, reg.session, sub.topic, tx).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        self.caller(&request).await?;
+        let acked = self
+            .store
+            .ack(request.into_inner().delivery_ids)
+            .await
+            .map_err(internal)?;
+        self.wake();
+        Ok(Response::new(AckResponse { acked }))
+    }
+
+    async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
+        self.caller(&request).await?;
+        let n = request.into_inner();
+        let found = self
+            .store
+            .nack(n.delivery_id.clone(), now_ms() + u64::from(n.delay_ms))
+            .await
+            .map_err(internal)?;
+        if !found {
+            return Err(Status::not_found(format!(
+                "delivery `{}` is not pending (acked already, or its message left by retention)",
+                n.delivery_id
+            )));
+        }
+        self.wake();
+        Ok(Response::new(NackResponse {}))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        let reg = self.caller(&request).await?;
+        let released = self
+            .store
+            .release(reg.session, request.into_inner().delivery_ids)
+            .await
+            .map_err(internal)?;
+        self.wake();
+        Ok(Response::new(ReleaseResponse { released }))
+    }
+}
+
+impl<S: Store> Service<S> {
+    /// Feeds one subscription stream: claims what is deliverable, sends it, and waits for a
+    /// publish, an ack, a nack, a release or the next deadline. Ends when the subscriber goes
+    /// away or the bus stops; what was claimed and not sent is given back at once.
+    async fn pump(
+        self,
+        consumer: String,
+        holder: String,
+        pattern: String,
+        tx: mpsc::Sender<Result<Delivery, Status>>,
+    ) {
+        let mut wake = self.wake.subscribe();
+        let mut stopping = self.stopping.clone();
+        loop {
+            if *stopping.borrow() {
+                return;
+            }
+            wake.borrow_and_update();
+            let claimed = match self
+                .store
+                .claim(
+                    consumer.clone(),
+                    holder.clone(),
+                    now_ms(),
+                    self.max_in_flight,
+                )
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(internal(e))).await;
+                    return;
+                }
+            };
+            if claimed.dead_lettered > 0 {
+                self.wake();
+            }
+            let mut unsent = Vec::new();
+            for d in claimed.deliveries {
+                if !unsent.is_empty() || tx.is_closed() {
+                    unsent.push(d.id);
+                    continue;
+                }
+                let id = d.id.clone();
+                let delivery = Delivery {
+                    delivery_id: d.id,
+                    topic: d.topic,
+                    data: d.data,
+                    headers: d.headers.into_iter().collect(),
+                    sequence: d.sequence,
+                    redelivered: d.redelivered,
+                    subscription: pattern.clone(),
+                };
+                if tx.send(Ok(delivery)).await.is_err() {
+                    unsent.push(id);
+                }
+            }
+            if !unsent.is_empty() {
+                let _ = self.store.release(holder.clone(), unsent).await;
+                self.wake();
+                return;
+            }
+            let sleep = match claimed.next_wake_ms {
+                Some(at) => Duration::from_millis(at.saturating_sub(now_ms())),
+                None => Duration::from_secs(5),
+            }
+            .min(Duration::from_secs(5));
+            if sleep.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = wake.changed() => {}
+                _ = stopping.changed() => {}
+                () = tokio::time::sleep(sleep) => {}
+                () = tx.closed() => return,
+            }
+        }
+    }
+}
