@@ -839,6 +839,38 @@ fn single_command_mode_forwards_signals() {
     assert_eq!(code, 3);
 }
 
+/// The signals that report a fault, sent to tether from outside, are ordinary signals: each
+/// reaches the child, and tether keeps running.
+#[test]
+fn fault_signals_sent_from_outside_are_passed_on_not_fatal() {
+    let names = ["ILL", "ABRT", "SEGV", "BUS", "FPE", "TRAP", "SYS"];
+    let traps: String = names
+        .iter()
+        .map(|n| format!("trap 'echo got {n}' {n}; "))
+        .collect();
+    let mut cmd = std::process::Command::new(tether_bin());
+    cmd.args([
+        "init",
+        "--",
+        "sh",
+        "-c",
+        &format!("{traps}trap 'exit 7' TERM; echo up; while :; do sleep 0.05; done"),
+    ]);
+    let mut run = Run::spawn(cmd);
+    run.wait_for("up");
+    for (n, number) in names.iter().zip([4, 6, 11, 7, 8, 5, 31]) {
+        run.signal(number);
+        run.wait_for(&format!("got {n}"));
+    }
+    run.signal(SIGTERM);
+    let (code, lines) = run.finish();
+    let expected: Vec<String> = std::iter::once("up".to_owned())
+        .chain(names.iter().map(|n| format!("got {n}")))
+        .collect();
+    assert_eq!(lines, expected);
+    assert_eq!(code, 7);
+}
+
 /// PID 1 in a new PID namespace: zombies of abandoned grandchildren are reaped, and SIGTERM
 /// from outside still stops the bundle.
 #[test]

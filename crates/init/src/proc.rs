@@ -199,28 +199,21 @@ pub fn signal_pid(pid: i32, signal: i32) {
     }
 }
 
-/// Signals that report a fault of the thread that caused them; they stay unblocked.
-const SYNCHRONOUS: &[Signal] = &[
-    Signal::SIGSEGV,
-    Signal::SIGBUS,
-    Signal::SIGFPE,
-    Signal::SIGILL,
-    Signal::SIGTRAP,
-    Signal::SIGSYS,
-    Signal::SIGABRT,
-];
-
-/// Blocks every asynchronous signal in this thread (and so in every thread started after).
-/// Must run before any thread starts. Children get an empty mask back before exec.
+/// Blocks every signal in this thread (and so in every thread started after), to be read
+/// through a signalfd. Must run before any thread starts. Children get an empty mask back
+/// before exec.
+///
+/// SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS and SIGABRT are blocked too: sent from
+/// outside with kill(), they are ordinary signals to pass on, and must not kill tether (and
+/// orphan its children). A real fault of tether's own thread still ends it: the kernel
+/// delivers a synchronous fault even when blocked, and abort() unblocks SIGABRT first.
 ///
 /// SIGPIPE stays unblocked and ignored (as Rust programs start): a write to a closed pipe is
 /// an EPIPE error for tether, never a signal to forward. SIGCHLD gets its default disposition
 /// back, because an inherited SIG_IGN would make the kernel reap children unseen.
 pub fn block_signals() -> io::Result<SigSet> {
     let mut set = SigSet::all();
-    for s in SYNCHRONOUS.iter().chain([&Signal::SIGPIPE]) {
-        set.remove(*s);
-    }
+    set.remove(Signal::SIGPIPE);
     // SAFETY: resetting SIGCHLD to its default disposition installs no handler; it runs before
     // any child exists.
     unsafe {

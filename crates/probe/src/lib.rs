@@ -159,7 +159,7 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(10);
 
 /// A deadline with an interval between attempts: the one loop of every wait in tether.
 ///
-/// ```ignore
+/// ```text
 /// let d = Deadline::new(timeout, interval);
 /// loop {
 ///     if attempt(d.attempt_limit(cap)).await { break Ok(()) }
