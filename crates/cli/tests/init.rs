@@ -839,6 +839,32 @@ fn single_command_mode_forwards_signals() {
     assert_eq!(code, 3);
 }
 
+/// `tether init -- CMD`: the command starts in the folder tether was started in; tether itself
+/// moves to `/` and pins no mount.
+#[test]
+fn single_command_mode_leaves_its_start_folder_to_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = dir.path().canonicalize().unwrap();
+    let mut cmd = std::process::Command::new(tether_bin());
+    cmd.current_dir(&start)
+        .args(["init", "--", "sh", "-c", "echo pid $$; exec sleep 1000"]);
+    let mut run = Run::spawn(cmd);
+    let line = run.wait_for("pid ");
+    let child = line.trim_start_matches("pid ").trim().to_owned();
+    let cwd = |pid: &str| std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    // tether moves right after the command started: look until it has (or 10 s passed).
+    let tether = run.pid().to_string();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cwd(&tether) != std::path::Path::new("/") && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(cwd(&tether), std::path::PathBuf::from("/"));
+    assert_eq!(cwd(&child), start);
+    run.signal(SIGTERM);
+    let (code, _) = run.finish();
+    assert_eq!(code, 128 + SIGTERM);
+}
+
 /// The signals that report a fault, sent to tether from outside, are ordinary signals: each
 /// reaches the child, and tether keeps running.
 #[test]

@@ -141,6 +141,9 @@ pub fn run_single(argv: &[String]) -> Result<Outcome, Failure> {
                 return Err(Failure::new(kind, message));
             }
         };
+        // The command starts where tether was started; tether itself moves to `/`, so that it
+        // holds no mount busy for as long as it runs.
+        let _ = std::env::set_current_dir("/");
         let pid = spawned.pid;
         let mut exit_rx = spawned.exit;
         loop {
