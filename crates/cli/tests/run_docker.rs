@@ -269,7 +269,8 @@ fn every_readiness_mode_gates_the_workload() {
   log:
     image: {img}
     lifecycle: session
-    command: [sh, -c, "sleep 1; echo warmed up; exec nc -ll -p 7003 -e echo log-ok"]
+    # The line comes once the listener is up (a second after it started).
+    command: [sh, -c, "nc -ll -p 7003 -e echo log-ok & sleep 1; echo warmed up; wait"]
     interface: {{ kind: port, port: 7003 }}
     readiness: {{ mode: log, pattern: "warmed up", timeout: 20s, interval: 100ms }}
 "#
@@ -627,7 +628,8 @@ fn up_prints_the_env_for_the_host_and_logs_shows_a_sidecars_output() {
   chatty:
     image: {img}
     lifecycle: session
-    command: [sh, -c, "echo first line; echo second line >&2; exec httpd -f -p 8080 -h /www"]
+    # httpd goes to the background once it listens; only then is the line written.
+    command: [sh, -c, "httpd -p 8080 -h /www && echo first line; echo second line >&2; exec sleep 100000"]
     interface: {{ kind: port, port: 8080 }}
     readiness: {{ mode: log, pattern: "first line" }}
 "#
