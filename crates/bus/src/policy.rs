@@ -301,11 +301,7 @@ impl Cx {
             if known.contains(&k.name.as_str()) {
                 out.push((k.name.as_str(), v));
             } else {
-                let p = if path.is_empty() {
-                    k.name.clone()
-                } else {
-                    format!("{path}.{}", k.name)
-                };
+                let p = tether_spec::check::join(path, &k.name);
                 self.error(k.span, &p, "unknown field")
                     .with_hint(format!("allowed here: {}", known.join(", ")));
             }
@@ -314,27 +310,18 @@ impl Cx {
     }
 
     fn string<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n str> {
-        match &node.value {
-            Value::Scalar(s) if !node.is_null() => match s.typed() {
-                Typed::Str(t) => Some(t),
-                _ => {
-                    self.error(
-                        node.span,
-                        path,
-                        format!("must be a string, not {}", node.kind_name()),
-                    );
-                    None
-                }
-            },
-            _ => {
-                self.error(
-                    node.span,
-                    path,
-                    format!("must be a string, not {}", node.kind_name()),
-                );
-                None
-            }
+        if let Value::Scalar(s) = &node.value
+            && !node.is_null()
+            && let Typed::Str(t) = s.typed()
+        {
+            return Some(t);
         }
+        self.error(
+            node.span,
+            path,
+            format!("must be a string, not {}", node.kind_name()),
+        );
+        None
     }
 
     fn entry(&mut self, node: &Node, path: &str) -> Option<Entry> {

@@ -82,6 +82,15 @@ impl Project {
         )
     }
 
+    /// `tether run -- true` with one variable set for tether.
+    fn run_true_with(&self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+        self.command("run", &[])
+            .env(key, value)
+            .args(["--", "true"])
+            .output()
+            .unwrap()
+    }
+
     fn id(&self, sidecar: &str) -> String {
         text(&docker(&[
             "inspect",
@@ -376,12 +385,7 @@ fn a_secret_is_a_file_in_the_sidecar_and_nowhere_in_inspect() {
 "#
     );
     let p = Project::new("secret", &body);
-    let out = p
-        .command("run", &[])
-        .env("RT_SECRET_TOKEN", "s3cr3t-v4lue")
-        .args(["--", "true"])
-        .output()
-        .unwrap();
+    let out = p.run_true_with("RT_SECRET_TOKEN", "s3cr3t-v4lue");
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -957,12 +961,7 @@ fn a_missing_image_is_pulled_with_progress_and_a_failed_pull_is_named() {
 fn a_host_workload_is_refused_on_an_engine_elsewhere_before_anything_is_made() {
     let Some(img) = busybox_image() else { return };
     let p = Project::new("hostelsewhere", &web(img, ""));
-    let out = p
-        .command("run", &[])
-        .env("TETHER_ENGINE_REMOTE", "1")
-        .args(["--", "true"])
-        .output()
-        .unwrap();
+    let out = p.run_true_with("TETHER_ENGINE_REMOTE", "1");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
@@ -992,12 +991,7 @@ fn a_private_image_is_pulled_with_the_docker_clis_credentials() {
     let p = Project::new("private", &web(&private, ""));
     // Without them, the registry's refusal is named.
     let nowhere = tempfile::tempdir().unwrap();
-    let out = p
-        .command("run", &[])
-        .env("DOCKER_CONFIG", nowhere.path())
-        .args(["--", "true"])
-        .output()
-        .unwrap();
+    let out = p.run_true_with("DOCKER_CONFIG", nowhere.path());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains(&format!("cannot pull `{private}`: ")), "{err}");
@@ -1196,12 +1190,7 @@ fn log_readiness_sees_its_line_however_late_the_engine_hands_the_log_over() {
             std::thread::sleep(std::time::Duration::from_secs(6));
         }
     });
-    let out = p
-        .command("run", &[])
-        .env("DOCKER_HOST", proxy.docker_host())
-        .args(["--", "true"])
-        .output()
-        .unwrap();
+    let out = p.run_true_with("DOCKER_HOST", proxy.docker_host());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("tether: talker: ready in "), "{err}");
@@ -1225,12 +1214,7 @@ fn a_container_removed_between_look_and_start_is_made_afresh() {
             assert!(docker(&["rm", "-f", &id]).status.success());
         }
     });
-    let out = p
-        .command("run", &[])
-        .env("DOCKER_HOST", proxy.docker_host())
-        .args(["--", "true"])
-        .output()
-        .unwrap();
+    let out = p.run_true_with("DOCKER_HOST", proxy.docker_host());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(

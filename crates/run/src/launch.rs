@@ -630,15 +630,18 @@ async fn wait_ready<E: Engine>(
         // passed); an engine error may just mean the container stopped meanwhile: look again.
         // (A probe from inside a namespace is a helper container: seconds on a slow engine.)
         let attempt = deadline.attempt_limit(r.interval.0.max(Duration::from_secs(5)));
-        if let (ReadinessMode::Log, Some(pattern)) = (r.mode, &pattern) {
+        let ready = if let (ReadinessMode::Log, Some(pattern)) = (r.mode, &pattern) {
             let (output, lines) = follow
                 .get_or_insert_with(|| (engine.output(&now.id, true, None), Lines::default()));
             match tokio::time::timeout(attempt, matched(output, lines, pattern)).await {
-                Ok(Ok(true)) => return Ok((deadline.elapsed(), now)),
+                Ok(Ok(true)) => true,
                 // Not yet (what was read stays read), or the output ended: the container stopped,
                 // which the next look sees, or the engine dropped it: followed again.
-                Err(_) => {}
-                Ok(Ok(false)) => follow = None,
+                Err(_) => false,
+                Ok(Ok(false)) => {
+                    follow = None;
+                    false
+                }
                 // An engine error while the container runs is the engine's: say it (a slow
                 // engine is given the rest of the readiness timeout instead).
                 Ok(Err(e)) => {
@@ -648,33 +651,23 @@ async fn wait_ready<E: Engine>(
                     {
                         return Err(e.into());
                     }
+                    false
                 }
             }
-            if !deadline.next().await {
-                let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
-                return Err(fail(
-                    format!("not ready within {} ({})", r.timeout, r.summary()),
-                    logs,
-                ));
+        } else {
+            match tokio::time::timeout(attempt, probe_once(engine, c, &now, pattern.as_ref())).await
+            {
+                Ok(Ok(Probe::Ready)) => true,
+                Ok(Ok(Probe::NotYet)) | Err(_) => false,
+                Ok(Ok(Probe::Failed(why))) => {
+                    let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
+                    return Err(fail(why, logs));
+                }
+                Ok(Err(e)) => match engine.inspect(&c.name).await? {
+                    Some(again) if again.running() => return Err(e.into()),
+                    _ => continue,
+                },
             }
-            continue;
-        }
-        let ready = match tokio::time::timeout(
-            attempt,
-            probe_once(engine, c, &now, pattern.as_ref()),
-        )
-        .await
-        {
-            Ok(Ok(Probe::Ready)) => true,
-            Ok(Ok(Probe::NotYet)) | Err(_) => false,
-            Ok(Ok(Probe::Failed(why))) => {
-                let logs = engine.logs(&now.id, 20).await.unwrap_or_default();
-                return Err(fail(why, logs));
-            }
-            Ok(Err(e)) => match engine.inspect(&c.name).await? {
-                Some(again) if again.running() => return Err(e.into()),
-                _ => continue,
-            },
         };
         if ready {
             return Ok((deadline.elapsed(), now));
