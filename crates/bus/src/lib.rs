@@ -5,10 +5,12 @@
 //! - [`store`]: the [`store::Store`] trait and the embedded redb implementation;
 //! - [`server`]: the tonic `BusApi` server.
 //!
-//! The bus sidecar (`tether sidecar`) lands here next, on the same protocol crate.
+//! - [`sidecar`]: the bus sidecar (`tether sidecar`), the plugin's side of the bus.
 
+pub mod file_error;
 pub mod policy;
 pub mod server;
+pub mod sidecar;
 pub mod store;
 pub mod topic;
 

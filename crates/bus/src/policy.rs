@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use tether_spec::diag::{Diagnostic, FileId, Sources, Span};
 use tether_spec::yaml::{self, Node, Typed, Value};
 
+use crate::file_error::FileError;
 use crate::topic;
 
 /// What a grant allows.
@@ -140,58 +141,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A policy file that cannot be used: every problem found, with the sources to render them.
-#[derive(Debug)]
-pub struct PolicyError {
-    pub sources: Sources,
-    pub diagnostics: Vec<Diagnostic>,
-}
-
-impl PolicyError {
-    /// Every problem rendered with its snippet, then a count line.
-    pub fn render(&self, color: bool) -> String {
-        let mut out = String::new();
-        for d in &self.diagnostics {
-            out.push_str(&self.sources.render(d, color));
-            out.push_str("\n\n");
-        }
-        let n = self.diagnostics.len();
-        out.push_str(&format!(
-            "error: found {n} problem{} in the policy file; nothing was started\n",
-            if n == 1 { "" } else { "s" }
-        ));
-        out
-    }
-
-    /// `file:line:col: message`, one line per problem (for logs and tests).
-    pub fn lines(&self) -> Vec<String> {
-        self.diagnostics
-            .iter()
-            .map(|d| {
-                let file = d
-                    .file
-                    .and_then(|f| self.sources.get(f))
-                    .map_or("?", |f| f.name.as_str());
-                match d.span {
-                    Some(s) => format!(
-                        "{file}:{}:{}: {}",
-                        s.start.line,
-                        s.start.column,
-                        d.headline()
-                    ),
-                    None => format!("{file}: {}", d.headline()),
-                }
-            })
-            .collect()
-    }
-}
-
-impl std::fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.lines().join("\n"))
-    }
-}
-
-impl std::error::Error for PolicyError {}
+pub type PolicyError = FileError;
 
 /// Reads and validates the policy file at `path`; token files are read relative to its folder.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
@@ -202,6 +152,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         Err(e) => {
             let file = sources.add(name.clone(), "");
             return Err(PolicyError {
+                what: "policy file",
                 sources,
                 diagnostics: vec![
                     Diagnostic::new(format!("cannot read the policy file {name}: {e}"))
@@ -213,6 +164,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     let file = sources.add(name, text.clone());
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&text, file, &base).map_err(|diagnostics| PolicyError {
+        what: "policy file",
         sources,
         diagnostics,
     })
@@ -442,6 +394,7 @@ mod tests {
         let file = sources.add("policy.yaml", text);
         let diagnostics = parse(text, file, Path::new("/nonexistent")).unwrap_err();
         PolicyError {
+            what: "policy file",
             sources,
             diagnostics,
         }

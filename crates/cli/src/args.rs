@@ -255,6 +255,12 @@ pub enum Command {
         #[command(subcommand)]
         command: BusCommand,
     },
+    /// The bus sidecar: a plugin's side of the plugin bus, configured by the environment
+    #[cfg(feature = "sidecar")]
+    #[command(
+        after_help = "Environment (the container contract):\n  INSTANCE_ID          required: this instance's unique name (oms-1)\n  POOL_TYPE            required: the plugin's pool type (SignalPool)\n  IMAGE                the plugin's image, for the registry\n  REQUESTED_GRANTS     a JSON array of {\"topic\": PATTERN, \"action\": \"publish\"|\"subscribe\"}\n  TAGS                 a comma list of capability tags\n  SIDECAR_CONFIG       a YAML file: ack_deadline, max_deliver, drain_timeout, health_interval,\n                       health_timeout, health_failures, outbox_size, data_dir, connect_timeout,\n                       accept_timeout, max_in_flight, token_file, ca_file, tls_server_name\n  SIDECAR_BUS_API_URL  the Bus API [default: bus-api:8443]; https:// (or a ca_file) for TLS\n  SIDECAR_ADDR         where the plugin connects [default: 127.0.0.1:9191]\n  SIDECAR_HEALTH_ADDR  /healthz and /readyz [default: 0.0.0.0:9192]\n\nStart-up runs eight steps, each logged: connect to the Bus API, register, recover grants,\nrecover local state (the outbox), start the health server, open the plugin listener, accept\nthe plugin, begin routing. Steps 1-3 and 7 are fatal; 4-6 are logged and start-up goes on.\n\nSignals: SIGTERM or SIGINT drains: no new deliveries, stop to the plugin, in-flight messages\nfinished and acked (up to drain_timeout, 20s), the rest released to the bus, deregistered.\nA second signal stops at once.\n\nExit status: 0 drained; 1 a bad environment variable or config file, nothing started; 3 a\nfatal start-up step failed; 4 the drain timeout passed (unacked deliveries were released);\n128+N a second signal N during the drain."
+    )]
+    Sidecar,
 }
 
 #[cfg(feature = "bus")]

@@ -12,6 +12,10 @@ pub const INTERNAL: u8 = 2;
 pub const NOT_READY: u8 = 3;
 /// `tether run` and `up`: a sidecar could not be started or did not become ready.
 pub const SIDECAR: u8 = 3;
+/// `tether sidecar`: a fatal start-up step failed.
+pub const STARTUP_FAILED: u8 = 3;
+/// `tether sidecar`: the drain timeout passed; what was unacked was released.
+pub const DRAIN_TIMEOUT: u8 = 4;
 /// `tether init`: a fatal step failed or timed out; no daemon was started.
 pub const STEP_FAILED: u8 = 122;
 /// `tether init`: a daemon gave up after `max_restarts`.
@@ -180,5 +184,17 @@ mod tests {
         })
         .collect();
         assert_eq!(codes, [1, 2, 126, 127]);
+    }
+}
+
+/// `tether sidecar`: how it ended.
+#[cfg(feature = "sidecar")]
+pub fn of_sidecar(r: &Result<tether_bus::sidecar::Ended, tether_bus::sidecar::Fatal>) -> u8 {
+    use tether_bus::sidecar::Ended;
+    match r {
+        Ok(Ended::Drained | Ended::Interrupted { .. }) => OK,
+        Ok(Ended::DrainTimedOut { .. }) => DRAIN_TIMEOUT,
+        Ok(Ended::Forced { signal, .. }) => signalled(*signal),
+        Err(_) => STARTUP_FAILED,
     }
 }

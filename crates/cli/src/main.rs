@@ -26,10 +26,19 @@ fn main() -> ExitCode {
         tether_init::block_signals_early();
     }
     // Diagnostics for tether's developers: TETHER_LOG=debug (or any tracing filter).
-    if let Ok(filter) = std::env::var("TETHER_LOG") {
+    // `tether sidecar` is a daemon: its start-up steps and what it does are its log.
+    #[cfg(feature = "sidecar")]
+    let daemon_log = matches!(cli.command, Command::Sidecar).then_some("tether_bus=info");
+    #[cfg(not(feature = "sidecar"))]
+    let daemon_log: Option<&str> = None;
+    if let Some(filter) = std::env::var("TETHER_LOG")
+        .ok()
+        .or(daemon_log.map(str::to_owned))
+    {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(std::env::var_os("TETHER_LOG").is_some())
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .init();
     }
@@ -104,6 +113,8 @@ fn dispatch(command: Command) -> u8 {
         } => cmd::init::init(&file, only, command),
         #[cfg(feature = "bus")]
         Command::Bus { command } => cmd::bus::run(command),
+        #[cfg(feature = "sidecar")]
+        Command::Sidecar => cmd::sidecar::run(),
     }
 }
 

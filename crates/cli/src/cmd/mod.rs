@@ -8,5 +8,7 @@ pub mod init;
 pub mod plan;
 pub mod render;
 pub mod run;
+#[cfg(feature = "sidecar")]
+pub mod sidecar;
 pub mod sidecars;
 pub mod wait;

@@ -1,0 +1,1056 @@
+//! The router: the plugin's session on one side, the Bus API on the other.
+//!
+//! - One plugin session at a time. Its subscriptions are checked against the grants before the
+//!   Welcome; deliveries start only after its first healthy answer to a health check.
+//! - A delivery the plugin holds is "in flight" until its ack or nack; at most
+//!   `max_in_flight` at once. When the session ends, what it held is released to the bus.
+//! - Acks go to the bus in batches; publishes go straight to the bus, or to the outbox when the
+//!   bus cannot take them (and while the outbox is not empty, to keep their order).
+//! - The drain (SIGTERM) follows the contract's order: no new deliveries, Stop to the plugin,
+//!   in-flight work finished and acked, the rest released, deregistered.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tether_bus_proto::v1::plugin_service_server::{PluginService, PluginServiceServer};
+use tether_bus_proto::v1::{
+    self, Delivery, HealthAnswer, HealthCheck, PluginMessage, PublishAccepted, PublishRefused,
+    PublishRequest, PublishResult, SidecarMessage, Stop, Welcome, plugin_message, publish_result,
+    sidecar_message,
+};
+use tether_bus_proto::{check_major, check_metadata};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::backoff::Backoff;
+use super::config::Config;
+use super::link::{Link, status_line};
+use super::outbox::{Outbox, OutboxError};
+use super::{Ended, Step};
+use crate::policy::{Action, Grant};
+use crate::topic;
+
+/// What the listener tells start-up about the first session.
+pub enum Accepted {
+    Plugin { client: String },
+    Refused(String),
+}
+
+/// What `/readyz` and `/healthz` read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    pub registered: bool,
+    pub grants_recovered: bool,
+    pub plugin_connected: bool,
+    pub plugin_healthy: bool,
+    pub draining: bool,
+    /// Failed health checks in a row.
+    pub failures: u32,
+    /// The failures that turn `/healthz` 503.
+    pub failure_limit: u32,
+}
+
+impl Readiness {
+    /// What keeps the sidecar from being ready, by name; empty when ready.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        for (ok, name) in [
+            (self.registered, "registered"),
+            (self.grants_recovered, "grants_recovered"),
+            (self.plugin_connected, "plugin_connected"),
+            (self.plugin_healthy, "plugin_healthy"),
+            (!self.draining, "not_draining"),
+        ] {
+            if !ok {
+                m.push(name);
+            }
+        }
+        m
+    }
+
+    pub fn live(&self) -> bool {
+        self.failures < self.failure_limit
+    }
+}
+
+struct InFlight {
+    session: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Conn {
+    id: u64,
+    client: String,
+    tx: mpsc::Sender<Result<SidecarMessage, Status>>,
+    subscriptions: Vec<v1::Subscription>,
+    /// Set once routing started for this session; true cancels it.
+    routing: Option<watch::Sender<bool>>,
+    check: Option<(u64, oneshot::Sender<HealthAnswer>)>,
+}
+
+struct State {
+    conn: Option<Conn>,
+    next_conn: u64,
+    in_flight: HashMap<String, InFlight>,
+    readiness: Readiness,
+    accepted_once: bool,
+    routed_once: bool,
+    /// The live session ended (the drain waits for it).
+    ended: Arc<Notify>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    link: Link,
+    granted: Vec<Grant>,
+    outbox: Mutex<Option<Outbox>>,
+    outbox_wake: Notify,
+    state: Mutex<State>,
+    permits: Arc<Semaphore>,
+    /// Acks queued for the bus, not yet answered.
+    acks_pending: AtomicUsize,
+    acks_flushed: Notify,
+    ack_tx: mpsc::UnboundedSender<String>,
+    ack_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Publishes taken from the plugin, not yet answered.
+    publishing: AtomicUsize,
+    published: Notify,
+    new_session: Notify,
+    key_prefix: String,
+    key_counter: AtomicU64,
+    accepted: Mutex<Option<mpsc::UnboundedSender<Accepted>>>,
+}
+
+#[derive(Clone)]
+pub struct Router(Arc<Inner>);
+
+fn nonce() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        u64::from_le_bytes(b)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id())
+    }
+}
+
+fn refused(code: &str, message: impl Into<String>) -> publish_result::Result {
+    publish_result::Result::Refused(PublishRefused {
+        code: code.into(),
+        message: message.into(),
+    })
+}
+
+fn message(kind: sidecar_message::Kind) -> Result<SidecarMessage, Status> {
+    Ok(SidecarMessage { kind: Some(kind) })
+}
+
+impl Router {
+    pub fn new(config: Arc<Config>, link: Link, granted: Vec<Grant>) -> Self {
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let failure_limit = config.settings.health_failures;
+        let permits = Arc::new(Semaphore::new(config.settings.max_in_flight as usize));
+        let key_prefix = format!("{}-{:016x}-", config.instance_id, nonce());
+        Self(Arc::new(Inner {
+            config,
+            link,
+            granted,
+            outbox: Mutex::new(None),
+            outbox_wake: Notify::new(),
+            state: Mutex::new(State {
+                conn: None,
+                next_conn: 1,
+                in_flight: HashMap::new(),
+                readiness: Readiness {
+                    failure_limit,
+                    ..Readiness::default()
+                },
+                accepted_once: false,
+                routed_once: false,
+                ended: Arc::new(Notify::new()),
+            }),
+            permits,
+            acks_pending: AtomicUsize::new(0),
+            acks_flushed: Notify::new(),
+            ack_tx,
+            ack_rx: Mutex::new(Some(ack_rx)),
+            publishing: AtomicUsize::new(0),
+            published: Notify::new(),
+            new_session: Notify::new(),
+            key_prefix,
+            key_counter: AtomicU64::new(0),
+            accepted: Mutex::new(None),
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.state.lock().expect("router state")
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.state().readiness.clone()
+    }
+
+    pub fn set_registered(&self) {
+        let mut st = self.state();
+        st.readiness.registered = true;
+        st.readiness.grants_recovered = true;
+    }
+
+    /// Step 4: opens the outbox; answers how many publishes wait in it.
+    pub fn open_outbox(&self) -> Result<u64, OutboxError> {
+        let s = &self.0.config.settings;
+        let outbox = Outbox::open(&s.data_dir, s.outbox_size)?;
+        let n = outbox.len();
+        *self.0.outbox.lock().expect("outbox") = Some(outbox);
+        Ok(n)
+    }
+
+    pub fn outbox_path(&self) -> String {
+        self.outbox()
+            .map_or_else(String::new, |o| o.path().display().to_string())
+    }
+
+    fn outbox(&self) -> Option<Outbox> {
+        self.0.outbox.lock().expect("outbox").clone()
+    }
+
+    /// Step 6-7: serves the plugin service on `listener`; the first session's fate arrives on
+    /// the answer.
+    pub fn serve_plugins(&self, listener: TcpListener) -> mpsc::UnboundedReceiver<Accepted> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.0.accepted.lock().expect("accepted") = Some(tx);
+        let service = PluginServiceServer::new(self.clone());
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                tracing::error!("the plugin listener failed: {e}");
+            }
+        });
+        rx
+    }
+
+    /// After step 7: the health checks, the acker and the outbox's forwarder.
+    pub fn start_background(&self) {
+        let this = self.clone();
+        tokio::spawn(async move { this.health_loop().await });
+        if let Some(rx) = self.0.ack_rx.lock().expect("ack rx").take() {
+            let this = self.clone();
+            tokio::spawn(async move { this.acker(rx).await });
+        }
+    }
+
+    /// After step 4: publishes a previous run left in the outbox go to the bus at once.
+    pub fn forward_outbox_in_background(&self) {
+        let this = self.clone();
+        tokio::spawn(async move { this.forward_outbox().await });
+    }
+
+    fn tell_start(&self, a: Accepted) {
+        let mut st = self.0.accepted.lock().expect("accepted");
+        if let Some(tx) = st.take() {
+            let _ = tx.send(a);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The plugin session
+    // ---------------------------------------------------------------------------------------
+
+    /// Checks a Hello; `Err` is the status that ends the call.
+    fn check_hello(&self, hello: &v1::Hello) -> Result<(), Status> {
+        if hello.protocol_major != 0 {
+            check_major(hello.protocol_major).map_err(Status::failed_precondition)?;
+        }
+        for s in &hello.subscriptions {
+            topic::validate_pattern(&s.topic)
+                .map_err(|e| Status::invalid_argument(format!("subscription: {e}")))?;
+            if !s.group.is_empty()
+                && !s
+                    .group
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "subscription to `{}`: group `{}` is not valid: letters, digits, `.`, `-` or `_`",
+                    s.topic, s.group
+                )));
+            }
+            self.allowed(Action::Subscribe, &s.topic)
+                .map_err(Status::permission_denied)?;
+        }
+        Ok(())
+    }
+
+    fn allowed(&self, action: Action, topic_or_pattern: &str) -> Result<(), String> {
+        if self
+            .0
+            .granted
+            .iter()
+            .any(|g| g.action == action && topic::covers(&g.topic, topic_or_pattern))
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "instance `{}` has no grant to {} on `{topic_or_pattern}`",
+                self.0.config.instance_id,
+                action.word()
+            ))
+        }
+    }
+
+    async fn open_session(
+        &self,
+        mut inbound: Streaming<PluginMessage>,
+    ) -> Result<mpsc::Receiver<Result<SidecarMessage, Status>>, Status> {
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await;
+        let hello = match first {
+            Ok(Ok(Some(PluginMessage {
+                kind: Some(plugin_message::Kind::Hello(h)),
+            }))) => h,
+            Ok(Ok(Some(_))) => {
+                return Err(Status::invalid_argument(
+                    "the plugin's first message must be Hello",
+                ));
+            }
+            Ok(Ok(None)) => return Err(Status::cancelled("the plugin closed before Hello")),
+            Ok(Err(s)) => return Err(s),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "the plugin sent no Hello within 10s",
+                ));
+            }
+        };
+        self.check_hello(&hello)?;
+        let cap = self.0.config.settings.max_in_flight as usize + 64;
+        let (tx, rx) = mpsc::channel(cap);
+        let welcome = Welcome {
+            protocol_major: tether_bus_proto::PROTOCOL_MAJOR,
+            instance_id: self.0.config.instance_id.clone(),
+            granted: self.0.granted.iter().map(super::proto_grant).collect(),
+        };
+        let client = if hello.client.is_empty() {
+            "unnamed".to_owned()
+        } else {
+            hello.client.clone()
+        };
+        let id = {
+            let mut st = self.state();
+            if st.readiness.draining {
+                return Err(Status::unavailable("the sidecar is stopping"));
+            }
+            if let Some(c) = &st.conn {
+                return Err(Status::already_exists(format!(
+                    "another plugin session (`{}`) is live; one at a time",
+                    c.client
+                )));
+            }
+            let id = st.next_conn;
+            st.next_conn += 1;
+            st.conn = Some(Conn {
+                id,
+                client: client.clone(),
+                tx: tx.clone(),
+                subscriptions: hello.subscriptions.clone(),
+                routing: None,
+                check: None,
+            });
+            st.readiness.plugin_connected = true;
+            st.readiness.plugin_healthy = false;
+            st.accepted_once = true;
+            id
+        };
+        let _ = tx.try_send(message(sidecar_message::Kind::Welcome(welcome)));
+        tracing::info!(
+            "plugin `{client}` connected (session {id}), subscribing to {}",
+            if hello.subscriptions.is_empty() {
+                "nothing".to_owned()
+            } else {
+                hello
+                    .subscriptions
+                    .iter()
+                    .map(|s| s.topic.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        self.tell_start(Accepted::Plugin { client });
+        self.0.new_session.notify_one();
+        let this = self.clone();
+        tokio::spawn(async move { this.read_plugin(id, inbound, tx).await });
+        Ok(rx)
+    }
+
+    async fn read_plugin(
+        self,
+        id: u64,
+        mut inbound: Streaming<PluginMessage>,
+        tx: mpsc::Sender<Result<SidecarMessage, Status>>,
+    ) {
+        loop {
+            match inbound.message().await {
+                Ok(Some(m)) => match m.kind {
+                    Some(plugin_message::Kind::Publish(p)) => {
+                        self.0.publishing.fetch_add(1, Ordering::SeqCst);
+                        let this = self.clone();
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let request_id = p.request_id;
+                            let result = this.publish(p).await;
+                            let _ = tx
+                                .send(message(sidecar_message::Kind::PublishResult(
+                                    PublishResult {
+                                        request_id,
+                                        result: Some(result),
+                                    },
+                                )))
+                                .await;
+                            this.0.publishing.fetch_sub(1, Ordering::SeqCst);
+                            this.0.published.notify_waiters();
+                        });
+                    }
+                    Some(plugin_message::Kind::Ack(a)) => {
+                        if self.state().in_flight.remove(&a.delivery_id).is_some() {
+                            self.0.acks_pending.fetch_add(1, Ordering::SeqCst);
+                            let _ = self.0.ack_tx.send(a.delivery_id);
+                        } else {
+                            tracing::debug!("ack of `{}`, not in flight", a.delivery_id);
+                        }
+                    }
+                    Some(plugin_message::Kind::Nack(n)) => {
+                        if self.state().in_flight.remove(&n.delivery_id).is_some() {
+                            tracing::debug!("nack of `{}`: {}", n.delivery_id, n.reason);
+                            let link = self.0.link.clone();
+                            tokio::spawn(async move {
+                                if let Err(s) = link.nack(n.delivery_id.clone(), n.delay_ms).await {
+                                    tracing::warn!(
+                                        "cannot nack `{}` (delivered again after its ack deadline): {}",
+                                        n.delivery_id,
+                                        status_line(&s)
+                                    );
+                                }
+                            });
+                        }
+                    }
+                    Some(plugin_message::Kind::Health(h)) => {
+                        let mut st = self.state();
+                        if let Some(conn) = st.conn.as_mut().filter(|c| c.id == id)
+                            && conn.check.as_ref().is_some_and(|(cid, _)| *cid == h.id)
+                            && let Some((_, answer)) = conn.check.take()
+                        {
+                            let _ = answer.send(h);
+                        }
+                    }
+                    Some(plugin_message::Kind::Hello(_)) | None => {
+                        tracing::debug!("an unexpected message from the plugin, ignored");
+                    }
+                },
+                Ok(None) => {
+                    tracing::info!("the plugin closed its session {id}");
+                    break;
+                }
+                Err(s) => {
+                    tracing::info!("the plugin's session {id} ended: {}", status_line(&s));
+                    break;
+                }
+            }
+        }
+        self.session_ended(id).await;
+    }
+
+    /// The plugin's session ended: stop its routing, release what it held.
+    async fn session_ended(&self, id: u64) {
+        let (held, ended) = {
+            let mut st = self.state();
+            if st.conn.as_ref().is_none_or(|c| c.id != id) {
+                return;
+            }
+            let conn = st.conn.take().expect("checked");
+            if let Some(cancel) = conn.routing {
+                let _ = cancel.send(true);
+            }
+            st.readiness.plugin_connected = false;
+            st.readiness.plugin_healthy = false;
+            let held: Vec<String> = st
+                .in_flight
+                .iter()
+                .filter(|(_, f)| f.session == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &held {
+                st.in_flight.remove(k);
+            }
+            (held, st.ended.clone())
+        };
+        if !held.is_empty() {
+            let n = held.len();
+            match self.0.link.release(held, Duration::from_secs(10)).await {
+                Ok(_) => tracing::info!(
+                    "released {n} deliveries the plugin held unacked; the bus delivers them again"
+                ),
+                Err(s) => tracing::warn!(
+                    "cannot release {n} deliveries (delivered again after their ack deadline): {}",
+                    status_line(&s)
+                ),
+            }
+        }
+        ended.notify_waiters();
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Health
+    // ---------------------------------------------------------------------------------------
+
+    async fn health_loop(self) {
+        let s = self.0.config.settings.clone();
+        let mut next_check = 0u64;
+        loop {
+            let check = {
+                let mut st = self.state();
+                if st.readiness.draining {
+                    None
+                } else if let Some(conn) = st.conn.as_mut() {
+                    next_check += 1;
+                    let (tx, rx) = oneshot::channel();
+                    conn.check = Some((next_check, tx));
+                    Some((conn.id, conn.tx.clone(), rx, next_check))
+                } else {
+                    if st.accepted_once {
+                        st.readiness.failures = st.readiness.failures.saturating_add(1);
+                    }
+                    None
+                }
+            };
+            let deadline = tokio::time::Instant::now() + s.health_interval;
+            if let Some((conn, tx, rx, id)) = check {
+                let sent = tx
+                    .send(message(sidecar_message::Kind::HealthCheck(HealthCheck {
+                        id,
+                    })))
+                    .await
+                    .is_ok();
+                let answer = if sent {
+                    tokio::time::timeout(s.health_timeout, rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    None
+                };
+                self.health_answer(conn, answer, s.health_timeout);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = self.0.new_session.notified() => {}
+            }
+        }
+    }
+
+    fn health_answer(&self, conn: u64, answer: Option<HealthAnswer>, timeout: Duration) {
+        let start_routing = {
+            let mut st = self.state();
+            let r = &mut st.readiness;
+            match &answer {
+                Some(a) if a.healthy => {
+                    r.failures = 0;
+                    r.plugin_healthy = true;
+                }
+                Some(a) => {
+                    r.failures = r.failures.saturating_add(1);
+                    r.plugin_healthy = false;
+                    tracing::warn!(
+                        "the plugin answered unhealthy{} ({} in a row)",
+                        if a.detail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", a.detail)
+                        },
+                        r.failures
+                    );
+                }
+                None => {
+                    r.failures = r.failures.saturating_add(1);
+                    r.plugin_healthy = false;
+                    tracing::warn!(
+                        "the plugin did not answer a health check within {}ms ({} in a row)",
+                        timeout.as_millis(),
+                        r.failures
+                    );
+                }
+            }
+            let healthy = r.plugin_healthy && !r.draining;
+            match st.conn.as_mut() {
+                Some(c) if c.id == conn && c.routing.is_none() && healthy => {
+                    let (cancel, cancelled) = watch::channel(false);
+                    c.routing = Some(cancel);
+                    let first = !st.routed_once;
+                    st.routed_once = true;
+                    let c = st.conn.as_ref().expect("just matched");
+                    Some((c.subscriptions.clone(), c.tx.clone(), cancelled, first))
+                }
+                _ => None,
+            }
+        };
+        if let Some((subs, tx, cancelled, first)) = start_routing {
+            let started = Instant::now();
+            let names: Vec<String> = subs.iter().map(|s| s.topic.clone()).collect();
+            for sub in subs {
+                let this = self.clone();
+                let tx = tx.clone();
+                let cancelled = cancelled.clone();
+                tokio::spawn(async move { this.route(conn, sub, tx, cancelled).await });
+            }
+            let detail = if names.is_empty() {
+                "no subscriptions; publishes only".to_owned()
+            } else {
+                format!("delivering {}", names.join(", "))
+            };
+            if first {
+                super::done(Step::Route, started, detail);
+            } else {
+                tracing::info!("routing to session {conn}: {detail}");
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Deliveries: bus -> plugin
+    // ---------------------------------------------------------------------------------------
+
+    fn subscription(&self, mut sub: v1::Subscription) -> v1::Subscription {
+        let s = &self.0.config.settings;
+        if sub.ack_deadline_ms == 0 {
+            sub.ack_deadline_ms = s.ack_deadline.as_millis().min(u128::from(u32::MAX)) as u32;
+        }
+        if sub.max_deliver == 0 {
+            sub.max_deliver = s.max_deliver;
+        }
+        sub
+    }
+
+    async fn route(
+        self,
+        conn: u64,
+        sub: v1::Subscription,
+        tx: mpsc::Sender<Result<SidecarMessage, Status>>,
+        mut cancelled: watch::Receiver<bool>,
+    ) {
+        let sub = self.subscription(sub);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            if *cancelled.borrow() {
+                return;
+            }
+            let opened = tokio::select! {
+                r = self.0.link.subscribe(sub.clone()) => r,
+                _ = cancelled.changed() => return,
+            };
+            let mut stream = match opened {
+                Ok(s) => s,
+                Err(s) => {
+                    tracing::warn!(
+                        "cannot subscribe to `{}` on the bus (trying again): {}",
+                        sub.topic,
+                        status_line(&s)
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next()) => continue,
+                        _ = cancelled.changed() => return,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    m = stream.message() => m,
+                    _ = cancelled.changed() => return,
+                };
+                let delivery = match next {
+                    Ok(Some(d)) => d,
+                    Ok(None) => {
+                        tracing::info!("the bus ended the subscription to `{}`", sub.topic);
+                        break;
+                    }
+                    Err(s) => {
+                        tracing::warn!(
+                            "the subscription to `{}` broke: {}",
+                            sub.topic,
+                            status_line(&s)
+                        );
+                        break;
+                    }
+                };
+                backoff.reset();
+                if !self.hand_over(conn, delivery, &tx, &mut cancelled).await {
+                    return;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next()) => {}
+                _ = cancelled.changed() => return,
+            }
+        }
+    }
+
+    /// Sends one delivery to the plugin once a slot is free; false when routing ended (the
+    /// delivery is then released at once).
+    async fn hand_over(
+        &self,
+        conn: u64,
+        delivery: Delivery,
+        tx: &mpsc::Sender<Result<SidecarMessage, Status>>,
+        cancelled: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let id = delivery.delivery_id.clone();
+        let permit = tokio::select! {
+            p = self.0.permits.clone().acquire_owned() => p.ok(),
+            _ = cancelled.changed() => None,
+        };
+        let live = permit.is_some() && !*cancelled.borrow() && {
+            let mut st = self.state();
+            let ok = st.conn.as_ref().is_some_and(|c| c.id == conn);
+            if let Some(permit) = permit.filter(|_| ok) {
+                st.in_flight.insert(
+                    id.clone(),
+                    InFlight {
+                        session: conn,
+                        _permit: permit,
+                    },
+                );
+            }
+            ok
+        };
+        if live
+            && tx
+                .send(message(sidecar_message::Kind::Delivery(delivery)))
+                .await
+                .is_ok()
+        {
+            return true;
+        }
+        self.state().in_flight.remove(&id);
+        if let Err(s) = self.0.link.release(vec![id], Duration::from_secs(5)).await {
+            tracing::debug!(
+                "cannot release a delivery not handed over: {}",
+                status_line(&s)
+            );
+        }
+        false
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Acks and publishes: plugin -> bus
+    // ---------------------------------------------------------------------------------------
+
+    async fn acker(self, mut rx: mpsc::UnboundedReceiver<String>) {
+        while let Some(first) = rx.recv().await {
+            let mut ids = vec![first];
+            while ids.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(id) => ids.push(id),
+                    Err(_) => break,
+                }
+            }
+            let n = ids.len();
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+            for attempt in 1.. {
+                match self.0.link.ack(ids.clone()).await {
+                    Ok(_) => break,
+                    Err(s) if attempt >= 30 => {
+                        tracing::warn!(
+                            "cannot ack {n} deliveries, giving up (delivered again after their ack deadline): {}",
+                            status_line(&s)
+                        );
+                        break;
+                    }
+                    Err(s) => {
+                        tracing::debug!("cannot ack {n} deliveries yet: {}", status_line(&s));
+                        tokio::time::sleep(backoff.next()).await;
+                    }
+                }
+            }
+            self.0.acks_pending.fetch_sub(n, Ordering::SeqCst);
+            self.0.acks_flushed.notify_waiters();
+        }
+    }
+
+    fn key(&self) -> String {
+        format!(
+            "{}{}",
+            self.0.key_prefix,
+            self.0.key_counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    async fn publish(&self, p: v1::PluginPublish) -> publish_result::Result {
+        if let Err(e) = topic::validate_topic(&p.topic) {
+            return refused("INVALID_ARGUMENT", e.to_string());
+        }
+        if let Err(e) = self.allowed(Action::Publish, &p.topic) {
+            return refused("PERMISSION_DENIED", e);
+        }
+        let request = PublishRequest {
+            idempotency_key: if p.idempotency_key.is_empty() {
+                self.key()
+            } else {
+                p.idempotency_key
+            },
+            topic: p.topic,
+            data: p.data,
+            headers: p.headers,
+        };
+        let outbox = self.outbox();
+        if outbox.as_ref().is_none_or(Outbox::is_empty) {
+            match self.0.link.publish(request.clone()).await {
+                Ok(r) => {
+                    return publish_result::Result::Accepted(PublishAccepted {
+                        sequence: r.sequence,
+                    });
+                }
+                Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                    return refused("PERMISSION_DENIED", s.message());
+                }
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    return refused("INVALID_ARGUMENT", s.message());
+                }
+                Err(s) => {
+                    tracing::debug!(
+                        "the bus did not take a publish on `{}`, keeping it in the outbox: {}",
+                        request.topic,
+                        status_line(&s)
+                    );
+                }
+            }
+        }
+        let Some(outbox) = outbox else {
+            return refused(
+                "UNAVAILABLE",
+                format!(
+                    "the Bus API at {} cannot take the publish and there is no outbox (step 4 failed)",
+                    self.0.link.url()
+                ),
+            );
+        };
+        match outbox.push(&request).await {
+            Ok(_) => {
+                self.0.outbox_wake.notify_one();
+                publish_result::Result::Accepted(PublishAccepted { sequence: 0 })
+            }
+            Err(e @ OutboxError::Full { .. }) => refused("RESOURCE_EXHAUSTED", e.to_string()),
+            Err(e) => refused("UNAVAILABLE", e.to_string()),
+        }
+    }
+
+    /// Forwards the outbox to the bus in order, backing off with jitter while it cannot.
+    async fn forward_outbox(self) {
+        let Some(outbox) = self.outbox() else {
+            return;
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let next = match outbox.first().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!("cannot read the outbox: {e}");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            let Some((key, request)) = next else {
+                self.0.outbox_wake.notified().await;
+                continue;
+            };
+            let topic = request.topic.clone();
+            match self.0.link.publish(request).await {
+                Ok(_) => {
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(
+                            "the bus takes publishes again after {}s; forwarding the outbox",
+                            since.elapsed().as_secs()
+                        );
+                    }
+                    backoff.reset();
+                    if let Err(e) = outbox.remove(key).await {
+                        tracing::error!("cannot remove a forwarded publish from the outbox: {e}");
+                    }
+                }
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+                    ) =>
+                {
+                    tracing::error!(
+                        "the bus refused a publish on `{topic}` kept in the outbox; dropped: {}",
+                        status_line(&s)
+                    );
+                    let _ = outbox.remove(key).await;
+                }
+                Err(s) => {
+                    if failing_since.is_none() {
+                        failing_since = Some(Instant::now());
+                        tracing::warn!(
+                            "the bus does not take publishes ({}); {} wait in the outbox",
+                            status_line(&s),
+                            outbox.len()
+                        );
+                    }
+                    tokio::time::sleep(backoff.next()).await;
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The drain
+    // ---------------------------------------------------------------------------------------
+
+    fn in_flight(&self) -> usize {
+        self.state().in_flight.len()
+    }
+
+    /// SIGTERM: in the contract's order. A second signal, or the drain timeout, ends it at once.
+    pub async fn drain(&self, signals: &mut mpsc::UnboundedReceiver<i32>) -> Ended {
+        let timeout = self.0.config.settings.drain_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        tracing::info!(
+            "stopping: no new deliveries; draining for up to {}s",
+            timeout.as_secs()
+        );
+        // 1. No new deliveries, 2. Stop to the plugin.
+        let (tx, ended) = {
+            let mut st = self.state();
+            st.readiness.draining = true;
+            let ended = st.ended.clone();
+            let tx = st.conn.as_mut().map(|c| {
+                if let Some(cancel) = c.routing.take() {
+                    let _ = cancel.send(true);
+                }
+                c.tx.clone()
+            });
+            (tx, ended)
+        };
+        if let Some(tx) = tx {
+            let stop = Stop {
+                drain_timeout_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+            };
+            let _ = tx.send(message(sidecar_message::Kind::Stop(stop))).await;
+            tracing::info!("sent stop to the plugin; waiting for its in-flight work");
+        }
+        // 3. In-flight work finished and acked, the session closed, the outbox forwarded.
+        let settled = async {
+            loop {
+                let ended = ended.notified();
+                if self.state().conn.is_none() {
+                    break;
+                }
+                ended.await;
+            }
+            loop {
+                let flushed = self.0.acks_flushed.notified();
+                let published = self.0.published.notified();
+                if self.0.acks_pending.load(Ordering::SeqCst) == 0
+                    && self.0.publishing.load(Ordering::SeqCst) == 0
+                {
+                    break;
+                }
+                tokio::select! {
+                    () = flushed => {}
+                    () = published => {}
+                }
+            }
+            if let Some(outbox) = self.outbox() {
+                while !outbox.is_empty() {
+                    self.0.outbox_wake.notify_one();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let timed_out = tokio::select! {
+            () = settled => false,
+            () = tokio::time::sleep_until(deadline) => true,
+            signal = signals.recv() => {
+                return Ended::Forced { signal: signal.unwrap_or(15), in_flight: self.in_flight() };
+            }
+        };
+        // 4. Release what is still unacked, 5. deregister.
+        let in_flight = self.in_flight();
+        let grace = if timed_out {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(10)
+        };
+        self.state().in_flight.clear();
+        match self.0.link.release(Vec::new(), grace).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("released {n} unacked deliveries to the bus"),
+            Err(s) => tracing::warn!("cannot release unacked deliveries: {}", status_line(&s)),
+        }
+        match self.0.link.deregister(grace).await {
+            Ok(()) => tracing::info!("deregistered from the Bus API"),
+            Err(s) => tracing::warn!("cannot deregister: {}", status_line(&s)),
+        }
+        if timed_out {
+            Ended::DrainTimedOut {
+                timeout,
+                in_flight,
+                outbox: self.outbox().map_or(0, |o| o.len()),
+            }
+        } else {
+            Ended::Drained
+        }
+    }
+}
+
+type SessionStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<SidecarMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PluginService for Router {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<PluginMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer: Option<SocketAddr> = request.remote_addr();
+        let result = match check_metadata(request.metadata()) {
+            Ok(()) => self.open_session(request.into_inner()).await,
+            Err(s) => Err(s),
+        };
+        match result {
+            Ok(rx) => Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))),
+            Err(s) => {
+                tracing::warn!(
+                    "refused a plugin session{}: {}",
+                    peer.map_or_else(String::new, |p| format!(" from {p}")),
+                    status_line(&s)
+                );
+                if !matches!(
+                    s.code(),
+                    tonic::Code::AlreadyExists | tonic::Code::Unavailable
+                ) {
+                    self.tell_start(Accepted::Refused(status_line(&s)));
+                }
+                Err(s)
+            }
+        }
+    }
+}
