@@ -1,0 +1,800 @@
+//! `tether sidecar` as a real process beside a real `tether bus serve`, with plugins speaking the
+//! protocol on loopback: the environment checked before anything starts, each fatal start-up
+//! step, two pairs exchanging messages, grants, health, the drain's order, and the outbox across
+//! a `kill -9`.
+#![allow(clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use tether_bus_proto::PROTOCOL_HEADER;
+use tether_bus_proto::v1::plugin_service_client::PluginServiceClient;
+use tether_bus_proto::v1::{
+    HealthAnswer, Hello, PluginAck, PluginMessage, PluginPublish, Subscription, Welcome,
+    plugin_message, publish_result, sidecar_message,
+};
+use tokio::sync::mpsc;
+
+/// How long any wait may take before the test fails as hung. Never a measurement.
+const HANG: Duration = Duration::from_secs(120);
+
+fn tether() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tether"))
+}
+
+/// A tether process whose stderr is read line by line.
+struct Proc {
+    child: Child,
+    lines: std_mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std_mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; answers the line.
+    fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let until = Instant::now() + HANG;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?}; the process said:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The address after `prefix` in the first line that has it.
+    fn addr_after(&mut self, prefix: &str) -> SocketAddr {
+        let line = self.wait_for(prefix);
+        let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
+        rest.split([' ', ','])
+            .next()
+            .unwrap()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Waits for the exit; answers the code and everything it said.
+    fn wait(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        while let Ok(l) = self.lines.recv_timeout(HANG) {
+            self.seen.push(l);
+        }
+        (status.code(), self.seen.join("\n"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bus(data: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
+    bus_on(data, "127.0.0.1:0", extra)
+}
+
+fn bus_on(data: &Path, listen: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut cmd = tether();
+    cmd.args(["bus", "serve", "--listen", listen, "--data"])
+        .arg(data)
+        .args(extra);
+    let mut p = Proc::spawn(cmd);
+    let addr = p.addr_after("tether bus: listening on ");
+    (p, addr)
+}
+
+struct Sidecar {
+    proc: Proc,
+    addr: SocketAddr,
+    health: SocketAddr,
+}
+
+/// A sidecar for `instance` with `grants` (`publish:topic`, `subscribe:topic`), its config file's
+/// text, started up to its plugin listener.
+fn sidecar(dir: &Path, bus: SocketAddr, instance: &str, grants: &[&str], config: &str) -> Sidecar {
+    let proc = spawn_sidecar(dir, bus, instance, grants, config);
+    let mut proc = proc;
+    let health = proc.addr_after("/healthz and /readyz on ");
+    let addr = proc.addr_after("plugins connect to ");
+    Sidecar { proc, addr, health }
+}
+
+fn spawn_sidecar(
+    dir: &Path,
+    bus: SocketAddr,
+    instance: &str,
+    grants: &[&str],
+    config: &str,
+) -> Proc {
+    let grants: Vec<String> = grants
+        .iter()
+        .map(|g| {
+            let (action, topic) = g.split_once(':').unwrap();
+            format!(r#"{{"topic":"{topic}","action":"{action}"}}"#)
+        })
+        .collect();
+    let config_file = dir.join(format!("{instance}.yaml"));
+    std::fs::write(&config_file, format!("data_dir: {instance}-data\n{config}")).unwrap();
+    let mut cmd = tether();
+    cmd.arg("sidecar")
+        .env_clear()
+        .env("INSTANCE_ID", instance)
+        .env("POOL_TYPE", "TestPool")
+        .env("REQUESTED_GRANTS", format!("[{}]", grants.join(",")))
+        .env("SIDECAR_BUS_API_URL", bus.to_string())
+        .env("SIDECAR_ADDR", "127.0.0.1:0")
+        .env("SIDECAR_HEALTH_ADDR", "127.0.0.1:0")
+        .env("SIDECAR_CONFIG", &config_file);
+    Proc::spawn(cmd)
+}
+
+/// A plugin speaking the session protocol by hand. A background task answers health checks
+/// (while `answer_health` is set) and passes everything else on.
+struct Plugin {
+    tx: mpsc::Sender<PluginMessage>,
+    rx: mpsc::UnboundedReceiver<Option<sidecar_message::Kind>>,
+    welcome: Welcome,
+    answer_health: Arc<AtomicBool>,
+    next_request: u64,
+}
+
+fn send(kind: plugin_message::Kind) -> PluginMessage {
+    PluginMessage { kind: Some(kind) }
+}
+
+impl Plugin {
+    async fn connect(
+        addr: SocketAddr,
+        topics: &[&str],
+        group: &str,
+    ) -> Result<Self, tonic::Status> {
+        let mut client = PluginServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        tx.send(send(plugin_message::Kind::Hello(Hello {
+            protocol_major: 1,
+            subscriptions: topics
+                .iter()
+                .map(|t| Subscription {
+                    topic: (*t).into(),
+                    group: group.into(),
+                    ..Default::default()
+                })
+                .collect(),
+            client: "test-plugin".into(),
+        })))
+        .await
+        .unwrap();
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert(PROTOCOL_HEADER, "1".parse().unwrap());
+        let mut inbound = client.session(request).await?.into_inner();
+        let first = inbound.message().await?.expect("a first message");
+        let Some(sidecar_message::Kind::Welcome(welcome)) = first.kind else {
+            panic!("the first message is not Welcome: {first:?}");
+        };
+        let answer_health = Arc::new(AtomicBool::new(true));
+        let (out, rx) = mpsc::unbounded_channel();
+        let answering = answer_health.clone();
+        // Weak: dropping the plugin's sender ends its side of the session.
+        let health_tx = tx.downgrade();
+        tokio::spawn(async move {
+            loop {
+                let m = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(_) => {
+                        let _ = out.send(None);
+                        return;
+                    }
+                };
+                match m.kind {
+                    Some(sidecar_message::Kind::HealthCheck(c)) => {
+                        if answering.load(Ordering::SeqCst)
+                            && let Some(health_tx) = health_tx.upgrade()
+                        {
+                            let _ = health_tx
+                                .send(send(plugin_message::Kind::Health(HealthAnswer {
+                                    id: c.id,
+                                    healthy: true,
+                                    detail: String::new(),
+                                })))
+                                .await;
+                        }
+                    }
+                    other => {
+                        if out.send(other).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            tx,
+            rx,
+            welcome,
+            answer_health,
+            next_request: 0,
+        })
+    }
+
+    /// The next message that is not a health check; `None` when the session ended.
+    async fn next(&mut self) -> Option<sidecar_message::Kind> {
+        tokio::time::timeout(HANG, self.rx.recv())
+            .await
+            .expect("the sidecar sent nothing")
+            .flatten()
+    }
+
+    /// Ends the plugin's side of the session and waits for the sidecar to end its side;
+    /// answers what came in between.
+    async fn close(self) -> Vec<sidecar_message::Kind> {
+        let Plugin { tx, mut rx, .. } = self;
+        drop(tx);
+        let mut rest = Vec::new();
+        while let Some(Some(k)) = tokio::time::timeout(HANG, rx.recv()).await.unwrap() {
+            rest.push(k);
+        }
+        rest
+    }
+
+    async fn delivery(&mut self) -> tether_bus_proto::v1::Delivery {
+        match self.next().await {
+            Some(sidecar_message::Kind::Delivery(d)) => d,
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+
+    async fn ack(&self, id: &str) {
+        self.tx
+            .send(send(plugin_message::Kind::Ack(PluginAck {
+                delivery_id: id.into(),
+            })))
+            .await
+            .unwrap();
+    }
+
+    /// Publishes and waits for the result (other messages in between are returned too).
+    async fn publish(
+        &mut self,
+        topic: &str,
+        data: &[u8],
+    ) -> (publish_result::Result, Vec<sidecar_message::Kind>) {
+        self.next_request += 1;
+        let id = self.next_request;
+        self.tx
+            .send(send(plugin_message::Kind::Publish(PluginPublish {
+                request_id: id,
+                topic: topic.into(),
+                data: data.to_vec(),
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+        let mut other = Vec::new();
+        loop {
+            match self.next().await {
+                Some(sidecar_message::Kind::PublishResult(r)) if r.request_id == id => {
+                    return (r.result.unwrap(), other);
+                }
+                Some(k) => other.push(k),
+                None => panic!("the session ended before the publish's result"),
+            }
+        }
+    }
+}
+
+fn accepted(r: &publish_result::Result) -> u64 {
+    match r {
+        publish_result::Result::Accepted(a) => a.sequence,
+        publish_result::Result::Refused(r) => panic!("refused: {} {}", r.code, r.message),
+    }
+}
+
+/// `GET path` over HTTP/1.0: the status code and the body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(HANG)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    (code, body)
+}
+
+/// Polls `path` until its status is `code`; answers the body.
+async fn until_status(addr: SocketAddr, path: &str, code: u16) -> String {
+    let until = Instant::now() + HANG;
+    loop {
+        let (c, body) = get(addr, path);
+        if c == code {
+            return body;
+        }
+        assert!(Instant::now() < until, "{path} stayed {c}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn a_malformed_environment_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tether()
+        .arg("sidecar")
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("POOL_TYPE", "Signal Pool")
+        .env(
+            "REQUESTED_GRANTS",
+            r#"[{"topic":"orders.*","action":"read"}]"#,
+        )
+        .env("SIDECAR_ADDR", "9191")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: INSTANCE_ID is not set\n  = hint: allowed: 1 to 128 letters, digits, `.`, `-` or `_`, unique per instance: oms-1\n\
+         error: POOL_TYPE `Signal Pool` is not a valid name\n  = hint: allowed: 1 to 128 letters, digits, `.`, `-` or `_`: SignalPool\n\
+         error: REQUESTED_GRANTS[0].action `read` is not an action\n  = hint: allowed: a JSON array of {\"topic\": PATTERN, \"action\": \"publish\" or \"subscribe\"}: [{\"topic\":\"signals.>\",\"action\":\"publish\"}]\n\
+         error: SIDECAR_ADDR `9191` is not an address\n  = hint: allowed: an IP address and a port: 127.0.0.1:9191\n\
+         error: the environment is not usable; nothing was started\n"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    std::fs::write(
+        dir.path().join("sidecar.yaml"),
+        "drain_timeout: 20\nhealth_interval: fast\n",
+    )
+    .unwrap();
+    let out = tether()
+        .arg("sidecar")
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("INSTANCE_ID", "a")
+        .env("POOL_TYPE", "P")
+        .env("SIDECAR_CONFIG", "sidecar.yaml")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: health_interval: `fast` is not a duration"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sidecar.yaml:2:18"), "{stderr}");
+    assert!(
+        stderr.ends_with("error: found 1 problem in the sidecar config; nothing was started\n"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join(".tether").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fatal_start_up_step_exits_3_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    // Step 1: nothing listens where the Bus API should be.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let (code, said) =
+        spawn_sidecar(dir.path(), nowhere, "s1", &[], "connect_timeout: 1s\n").wait();
+    assert_eq!(code, Some(3), "{said}");
+    assert!(
+        said.contains(&format!(
+            "error: start-up step 1/8 (connect to the Bus API) failed: cannot reach the Bus API at http://{nowhere} within 1s: "
+        )),
+        "{said}"
+    );
+
+    // Steps 2 and 3: a bus whose policy asks for a token, and gives pool TestPool nothing.
+    std::fs::write(dir.path().join("token"), "secret-one\n").unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "instances:\n  locked:\n    token_file: token\n    grants: [{ topic: a.b, action: publish }]\npools:\n  TestPool:\n    grants: [{ topic: allowed.x, action: publish }]\n",
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let (_bus, addr) = bus(
+        &dir.path().join("bus"),
+        &["--policy", policy.to_str().unwrap()],
+    );
+    let (code, said) = spawn_sidecar(dir.path(), addr, "locked", &["publish:a.b"], "").wait();
+    assert_eq!(code, Some(3), "{said}");
+    assert!(
+        said.contains(&format!("error: start-up step 2/8 (register) failed: the Bus API at http://{addr} refused: the policy asks instance `locked` for a token and the Register carries none (Unauthenticated)")),
+        "{said}"
+    );
+    assert!(!said.contains("secret-one"));
+    let (code, said) = spawn_sidecar(dir.path(), addr, "s3", &["publish:orders.x"], "").wait();
+    assert_eq!(code, Some(3), "{said}");
+    assert!(
+        said.contains("error: start-up step 3/8 (recover grants) failed: the bus gave none of the 1 requested grants: the policy gives pool type `TestPool` and instance `s3` no grant to publish on `orders.x`"),
+        "{said}"
+    );
+
+    // Step 7: no plugin comes; then a plugin that subscribes outside the grants.
+    let (code, said) = spawn_sidecar(
+        dir.path(),
+        addr,
+        "s7",
+        &["publish:allowed.x"],
+        "accept_timeout: 1s\n",
+    )
+    .wait();
+    assert_eq!(code, Some(3), "{said}");
+    assert!(
+        said.contains(
+            "error: start-up step 7/8 (accept the plugin) failed: no plugin connected to 127.0.0.1:"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("within 1s (the sidecar config's accept_timeout)"),
+        "{said}"
+    );
+    // Steps 1-6 were each logged as they completed, in order.
+    let steps: Vec<usize> = (1..=6)
+        .map(|n| {
+            said.find(&format!("step {n}/8 ("))
+                .unwrap_or_else(|| panic!("step {n} not logged: {said}"))
+        })
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{said}");
+
+    let mut s = sidecar(dir.path(), addr, "s7b", &["publish:allowed.x"], "");
+    let refused = Plugin::connect(s.addr, &["secret.*"], "")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        refused.message(),
+        "instance `s7b` has no grant to subscribe on `secret.*`"
+    );
+    s.proc.wait_for("failed");
+    let (code, said) = s.proc.wait();
+    assert_eq!(code, Some(3), "{said}");
+    assert!(said.contains("error: start-up step 7/8 (accept the plugin) failed: the plugin's session was refused: instance `s7b` has no grant to subscribe on `secret.*` (PermissionDenied)"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pairs_exchange_messages_both_ways_within_their_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bus, addr) = bus(&dir.path().join("bus"), &[]);
+    let mut oms = sidecar(
+        dir.path(),
+        addr,
+        "oms-1",
+        &["publish:orders.>", "subscribe:signals.*"],
+        "",
+    );
+    let mut sig = sidecar(
+        dir.path(),
+        addr,
+        "sig-1",
+        &["subscribe:orders.*", "publish:signals.>"],
+        "",
+    );
+    let mut a = Plugin::connect(oms.addr, &["signals.*"], "").await.unwrap();
+    let mut b = Plugin::connect(sig.addr, &["orders.*"], "").await.unwrap();
+    assert_eq!(a.welcome.instance_id, "oms-1");
+    assert_eq!(a.welcome.granted.len(), 2);
+    // Routing begins after the first health answer; the readiness says so.
+    oms.proc
+        .wait_for("step 8/8 (begin routing): delivering signals.*");
+    sig.proc
+        .wait_for("step 8/8 (begin routing): delivering orders.*");
+    until_status(oms.health, "/readyz", 200).await;
+    until_status(sig.health, "/readyz", 200).await;
+
+    let (r, _) = a.publish("orders.eu", b"buy 10").await;
+    assert_eq!(accepted(&r), 1);
+    let d = b.delivery().await;
+    assert_eq!(
+        (d.topic.as_str(), d.data.as_slice(), d.redelivered),
+        ("orders.eu", &b"buy 10"[..], 0)
+    );
+    assert_eq!(d.subscription, "orders.*");
+    b.ack(&d.delivery_id).await;
+
+    let (r, _) = b.publish("signals.buy", b"go").await;
+    assert_eq!(accepted(&r), 1);
+    let d = a.delivery().await;
+    assert_eq!(
+        (d.topic.as_str(), d.data.as_slice()),
+        ("signals.buy", &b"go"[..])
+    );
+    a.ack(&d.delivery_id).await;
+
+    // Outside the grants: refused by the sidecar, naming topic and action.
+    let (r, _) = a.publish("signals.sell", b"x").await;
+    let publish_result::Result::Refused(refusal) = r else {
+        panic!("published outside the grants");
+    };
+    assert_eq!(refusal.code, "PERMISSION_DENIED");
+    assert_eq!(
+        refusal.message,
+        "instance `oms-1` has no grant to publish on `signals.sell`"
+    );
+    let (r, _) = a.publish("orders.*", b"x").await;
+    let publish_result::Result::Refused(refusal) = r else {
+        panic!("published to a pattern");
+    };
+    assert_eq!(refusal.code, "INVALID_ARGUMENT");
+
+    // One plugin session at a time.
+    let second = Plugin::connect(oms.addr, &[], "").await.err().unwrap();
+    assert_eq!(second.code(), tonic::Code::AlreadyExists);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_stops_answering_turns_readyz_then_healthz_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bus, addr) = bus(&dir.path().join("bus"), &[]);
+    let mut s = sidecar(
+        dir.path(),
+        addr,
+        "hc-1",
+        &["publish:hc.x"],
+        "health_interval: 1s\nhealth_timeout: 500ms\n",
+    );
+    let p = Plugin::connect(s.addr, &[], "").await.unwrap();
+    // Answer until routing began, then go silent (but stay connected).
+    s.proc.wait_for("step 8/8 (begin routing)");
+    until_status(s.health, "/readyz", 200).await;
+    p.answer_health.store(false, Ordering::SeqCst);
+    let body = until_status(s.health, "/readyz", 503).await;
+    assert!(
+        body.starts_with(r#"{"ready":false,"missing":["plugin_healthy"],"registered":true,"grants_recovered":true,"plugin_connected":true,"plugin_healthy":false"#),
+        "{body}"
+    );
+    let body = until_status(s.health, "/healthz", 503).await;
+    assert_eq!(body, r#"{"alive":false,"failed_checks":3,"limit":3}"#);
+    // The sidecar's own part stays ready: what a startupProbe waits for.
+    assert_eq!(get(s.health, "/readyz?bus").0, 200);
+    s.proc
+        .wait_for("the plugin did not answer a health check within 500ms (3 in a row)");
+    drop(p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_order_and_the_unacked_goes_to_another_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bus, addr) = bus(&dir.path().join("bus"), &[]);
+    let mut pub_side = sidecar(dir.path(), addr, "feeder", &["publish:jobs.>"], "");
+    let mut feeder = Plugin::connect(pub_side.addr, &[], "").await.unwrap();
+    pub_side.proc.wait_for("step 8/8");
+    // One delivery in flight at a time, so the second waits in the sidecar.
+    let mut w1 = sidecar(
+        dir.path(),
+        addr,
+        "worker-1",
+        &["subscribe:jobs.*"],
+        "max_in_flight: 1\n",
+    );
+    let mut p1 = Plugin::connect(w1.addr, &["jobs.*"], "workers")
+        .await
+        .unwrap();
+    w1.proc.wait_for("step 8/8");
+    for body in [&b"job-1"[..], b"job-2"] {
+        let (r, _) = feeder.publish("jobs.a", body).await;
+        accepted(&r);
+    }
+    let first = p1.delivery().await;
+    assert_eq!(first.data, b"job-1");
+
+    w1.proc.signal("-TERM");
+    // From the plugin's side: Stop comes, and no delivery after it.
+    match p1.next().await {
+        Some(sidecar_message::Kind::Stop(stop)) => assert_eq!(stop.drain_timeout_ms, 20_000),
+        other => panic!("expected Stop, got {other:?}"),
+    }
+    // The in-flight message is finished and acked after Stop; then the plugin closes.
+    p1.ack(&first.delivery_id).await;
+    let rest = p1.close().await;
+    assert!(
+        rest.iter()
+            .all(|m| !matches!(m, sidecar_message::Kind::Delivery(_))),
+        "a delivery after Stop: {rest:?}"
+    );
+    let (code, said) = std::mem::replace(&mut w1.proc, Proc::spawn(Command::new("true"))).wait();
+    assert_eq!(code, Some(0), "{said}");
+    let order = [
+        "stopping: no new deliveries",
+        "sent stop to the plugin",
+        "the plugin closed its session",
+        "deregistered from the Bus API",
+        "tether sidecar: drained and deregistered",
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|l| {
+            said.find(l)
+                .unwrap_or_else(|| panic!("{l:?} not in:\n{said}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "out of order:\n{said}");
+
+    // Another instance of the group gets job-2 (released, never processed by worker-1), and
+    // never job-1 (acked).
+    let mut w2 = sidecar(dir.path(), addr, "worker-2", &["subscribe:jobs.*"], "");
+    let mut p2 = Plugin::connect(w2.addr, &["jobs.*"], "workers")
+        .await
+        .unwrap();
+    w2.proc.wait_for("step 8/8");
+    let d = p2.delivery().await;
+    assert_eq!(d.data, b"job-2");
+    p2.ack(&d.delivery_id).await;
+    let (r, _) = feeder.publish("jobs.a", b"job-3").await;
+    accepted(&r);
+    let d = p2.delivery().await;
+    assert_eq!(d.data, b"job-3", "job-1 was delivered again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_timeout_and_a_second_signal_end_it_at_once_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bus, addr) = bus(&dir.path().join("bus"), &[]);
+    let mut feeder_side = sidecar(dir.path(), addr, "feeder", &["publish:jobs.>"], "");
+    let mut feeder = Plugin::connect(feeder_side.addr, &[], "").await.unwrap();
+    feeder_side.proc.wait_for("step 8/8");
+
+    // A plugin that never finishes its message: the drain timeout passes.
+    let mut w = sidecar(
+        dir.path(),
+        addr,
+        "slow",
+        &["subscribe:jobs.*"],
+        "drain_timeout: 1s\n",
+    );
+    let mut p = Plugin::connect(w.addr, &["jobs.*"], "").await.unwrap();
+    w.proc.wait_for("step 8/8");
+    let (r, _) = feeder.publish("jobs.a", b"stuck").await;
+    accepted(&r);
+    let held = p.delivery().await;
+    w.proc.signal("-TERM");
+    let (code, said) = std::mem::replace(&mut w.proc, Proc::spawn(Command::new("true"))).wait();
+    assert_eq!(code, Some(4), "{said}");
+    assert!(
+        said.contains("error: the drain timeout (1s) passed with 1 delivery in flight: released to the bus, which delivers it again"),
+        "{said}"
+    );
+    drop(p);
+
+    // The released message comes again, to the same instance started again, redelivered.
+    let mut w = sidecar(dir.path(), addr, "slow", &["subscribe:jobs.*"], "");
+    let mut p = Plugin::connect(w.addr, &["jobs.*"], "").await.unwrap();
+    w.proc.wait_for("step 8/8");
+    let again = p.delivery().await;
+    assert_eq!(again.data, b"stuck");
+    assert_eq!(again.sequence, held.sequence);
+    assert!(again.redelivered >= 1);
+
+    // A second SIGTERM during the drain: at once, 128+15.
+    w.proc.signal("-TERM");
+    w.proc.wait_for("sent stop to the plugin");
+    w.proc.signal("-TERM");
+    let (code, said) = std::mem::replace(&mut w.proc, Proc::spawn(Command::new("true"))).wait();
+    assert_eq!(code, Some(143), "{said}");
+    assert!(
+        said.contains("error: a second signal (15) during the drain: stopped at once; 1 deliveries in flight are delivered again after their ack deadline"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_kept_in_the_outbox_survive_a_kill_9_of_the_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bus");
+    let (mut bus1, addr) = bus(&data, &[]);
+    let mut s = sidecar(dir.path(), addr, "out-1", &["publish:audit.>"], "");
+    let mut p = Plugin::connect(s.addr, &[], "").await.unwrap();
+    s.proc.wait_for("step 8/8");
+    let (r, _) = p.publish("audit.a", b"before").await;
+    assert_eq!(accepted(&r), 1);
+
+    // The bus goes away: publishes are accepted into the outbox (sequence 0), in order.
+    bus1.signal("-KILL");
+    let _ = bus1.child.wait();
+    for i in 0..3 {
+        let (r, _) = p.publish("audit.a", format!("kept-{i}").as_bytes()).await;
+        assert_eq!(accepted(&r), 0);
+    }
+    // The sidecar dies too, with them only on its disk.
+    s.proc.signal("-KILL");
+    drop(p);
+    let _ = s.proc.child.wait();
+
+    let (_bus2, addr2) = bus_on(&data, &addr.to_string(), &[]);
+    assert_eq!(addr2, addr);
+    let mut s = Proc::spawn({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tether"));
+        c.arg("sidecar");
+        c
+    });
+    drop(std::mem::replace(
+        &mut s,
+        spawn_sidecar(
+            dir.path(),
+            addr,
+            "out-1",
+            &["publish:audit.>", "subscribe:audit.>"],
+            "",
+        ),
+    ));
+    s.wait_for("step 4/8 (recover local state): outbox");
+    let line = s.wait_for("publishes to forward");
+    assert!(line.contains("with 3 publishes to forward"), "{line}");
+    let plugin_addr = s.addr_after("plugins connect to ");
+    let mut p = Plugin::connect(plugin_addr, &["audit.>"], "")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let d = p.delivery().await;
+        got.push(String::from_utf8(d.data.clone()).unwrap());
+        p.ack(&d.delivery_id).await;
+    }
+    assert_eq!(got, ["before", "kept-0", "kept-1", "kept-2"]);
+}
