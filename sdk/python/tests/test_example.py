@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from fake_sidecar import WAIT
 
 from tether_plugin.proto import bus_pb2 as pb
@@ -23,7 +24,8 @@ def plugin_process(addr: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_the_example_turns_orders_into_signals_and_exits_0_on_SIGTERM(sidecar):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_example_turns_orders_into_signals_and_exits_0_on_a_signal(sidecar, signum):
     proc = plugin_process(sidecar.addr)
     try:
         session = sidecar.next_session()
@@ -40,7 +42,7 @@ def test_the_example_turns_orders_into_signals_and_exits_0_on_SIGTERM(sidecar):
         session.accept(publish.request_id, 12)
         assert session.recv_kind("ack") == pb.PluginAck(delivery_id="d1")
 
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         session.expect_half_close()
         session.end()
         _, stderr = proc.communicate(timeout=WAIT)

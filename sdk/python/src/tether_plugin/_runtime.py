@@ -21,7 +21,8 @@ import signal
 import threading
 import time
 import uuid
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Type, Union
+from typing import (Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Type,
+                    Union, cast)
 
 import grpc
 
@@ -60,6 +61,16 @@ _CLOSE = object()
 _START = object()
 
 
+class _Event(NamedTuple):
+    """What the control loop hears: ``welcome``, ``ended``, ``sidecar_stop`` (of ``session``),
+    ``stop`` (a signal or the stop event; ``value`` says which), ``start_failed`` (``value`` is
+    on_start's exception)."""
+
+    kind: str
+    session: "Optional[_Session]" = None
+    value: object = None
+
+
 def _duration(name: str, text: str) -> float:
     """Seconds from ``60``, ``2.5``, ``500ms``, ``30s``, ``2m`` or ``1h``."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
@@ -87,7 +98,7 @@ class _Session:
         self.code = ""
         self.details = ""
         self.welcome: Optional[pb.Welcome] = None
-        self.call: Optional[grpc.Call] = None
+        self.call: Optional[Iterator[pb.SidecarMessage]] = None  # also a grpc.Call
 
     def requests(self) -> Iterator[pb.PluginMessage]:
         while True:
@@ -105,7 +116,7 @@ class _Session:
 
     def cancel(self) -> None:
         if self.call is not None:
-            self.call.cancel()
+            cast(grpc.Call, self.call).cancel()
         self.outbox.put(_CLOSE)
 
     def close(self) -> None:
@@ -294,7 +305,7 @@ class _Runner:
         self.hello = pb.PluginMessage(hello=pb.Hello(
             protocol_major=PROTOCOL_MAJOR, client=CLIENT,
             subscriptions=[_subscription(s) for s in plugin.subscriptions]))
-        self._control: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
+        self._control: "queue.SimpleQueue[_Event]" = queue.SimpleQueue()
         self._work: "queue.SimpleQueue[object]" = queue.SimpleQueue()
         self._health: "queue.SimpleQueue[object]" = queue.SimpleQueue()
         self._work_lock = threading.Lock()  # held while a callback of the worker runs
@@ -332,14 +343,16 @@ class _Runner:
         self._work.put(_START)
         while True:
             ev = self._next_event(None)
-            kind = ev[0]
+            assert ev is not None
+            kind = ev.kind
             if kind == "stop":
                 self._stop(session, None)
                 return
-            if kind == "sidecar_stop" and ev[1] is session:
-                self._stop(session, ev[2] / 1000 if ev[2] else None)
+            if kind == "sidecar_stop" and ev.session is session:
+                drain_ms = cast(int, ev.value)
+                self._stop(session, drain_ms / 1000 if drain_ms else None)
                 return
-            if kind == "ended" and ev[1] is session:
+            if kind == "ended" and ev.session is session:
                 self.bus._detach()
                 if session.code not in TRANSIENT:
                     raise SessionRefused(self.addr, session.code, session.details, ended=True)
@@ -352,7 +365,7 @@ class _Runner:
                     return
             # anything else is about a session that is over: nothing to do
 
-    def _next_event(self, deadline: Optional[float]) -> Optional[tuple]:
+    def _next_event(self, deadline: Optional[float]) -> Optional[_Event]:
         """The next control event, or None at ``deadline``; raises on_start's exception."""
         try:
             if deadline is None:
@@ -361,8 +374,8 @@ class _Runner:
                 ev = self._control.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             return None
-        if ev[0] == "start_failed":
-            raise ev[1]
+        if ev.kind == "start_failed":
+            raise cast(BaseException, ev.value)
         return ev
 
     def _connect(self, first: bool) -> Optional[_Session]:
@@ -377,14 +390,14 @@ class _Runner:
                 if ev is None:
                     session.close()
                     raise ConnectTimeout(self.addr, self.connect_timeout, cause)
-                if ev[0] == "stop":
+                if ev.kind == "stop":
                     session.close()
                     return None
-                if ev[0] == "welcome" and ev[1] is session:
+                if ev.kind == "welcome" and ev.session is session:
                     self._session = session
                     self.bus._attach(session)
                     return session
-                if ev[0] == "ended" and ev[1] is session:
+                if ev.kind == "ended" and ev.session is session:
                     break
             session.close()
             code, details = session.code, session.details
@@ -397,7 +410,7 @@ class _Runner:
             pause_until = min(deadline, time.monotonic() + backoff)
             while time.monotonic() < pause_until:
                 ev = self._next_event(pause_until)
-                if ev is not None and ev[0] == "stop":
+                if ev is not None and ev.kind == "stop":
                     return None
             if time.monotonic() >= deadline:
                 raise ConnectTimeout(self.addr, self.connect_timeout, cause)
@@ -406,7 +419,7 @@ class _Runner:
     def _open(self) -> _Session:
         session = _Session(next(self._numbers), self.addr)
         session.send(self.hello)
-        stub = pb_grpc.PluginServiceStub(session.channel)
+        stub = pb_grpc.PluginServiceStub(session.channel)  # type: ignore[no-untyped-call]
         session.call = stub.Session(session.requests(), metadata=METADATA)
         threading.Thread(target=self._read, args=(session,), daemon=True,
                          name=f"tether-plugin-read-{session.number}").start()
@@ -442,7 +455,7 @@ class _Runner:
     def _read(self, session: _Session) -> None:
         code, details = "OK", ""
         try:
-            for msg in session.call:
+            for msg in cast(Iterator[pb.SidecarMessage], session.call):
                 self._dispatch(session, msg)
         except grpc.RpcError as e:
             code = e.code().name if e.code() is not None else "UNKNOWN"
@@ -454,13 +467,13 @@ class _Runner:
         session.ended.set()
         session.outbox.put(_CLOSE)
         self.bus._wake()
-        self._control.put(("ended", session))
+        self._control.put(_Event("ended", session))
 
     def _dispatch(self, session: _Session, msg: pb.SidecarMessage) -> None:
         kind = msg.WhichOneof("kind")
         if kind == "welcome":
             session.welcome = msg.welcome
-            self._control.put(("welcome", session))
+            self._control.put(_Event("welcome", session))
         elif kind == "health_check":
             self._health.put((session, msg.health_check.id))
         elif kind == "delivery":
@@ -468,7 +481,7 @@ class _Runner:
         elif kind == "publish_result":
             self.bus._resolve(msg.publish_result)
         elif kind == "stop":
-            self._control.put(("sidecar_stop", session, msg.stop.drain_timeout_ms))
+            self._control.put(_Event("sidecar_stop", session, msg.stop.drain_timeout_ms))
         else:  # a newer sidecar's addition (the protocol grows additively): not for us
             log.debug("ignoring a sidecar message of kind %s", kind)
 
@@ -484,11 +497,11 @@ class _Runner:
                     try:
                         self.plugin.on_start(self.bus)
                     except BaseException as e:
-                        self._control.put(("start_failed", e))
+                        self._control.put(_Event("start_failed", value=e))
                         return
                     self._started.set()
                     continue
-                session, delivery = item
+                session, delivery = cast(Tuple[_Session, pb.Delivery], item)
                 if self._stopping.is_set() or session.ended.is_set():
                     continue  # the sidecar releases it, the bus delivers it again
                 self._deliver(session, delivery)
@@ -518,7 +531,7 @@ class _Runner:
             while not self._started.wait(0.2):
                 if self._finished.is_set():
                     return
-            session, check_id = item
+            session, check_id = cast(Tuple[_Session, int], item)
             if session.ended.is_set():
                 continue
             try:
@@ -536,7 +549,7 @@ class _Runner:
         assert self.stop_event is not None
         while not self._finished.is_set():
             if self.stop_event.wait(0.1):
-                self._control.put(("stop", "the stop event"))
+                self._control.put(_Event("stop", value="the stop event"))
                 return
 
     def _install_signals(self) -> Callable[[], None]:
@@ -551,7 +564,7 @@ class _Runner:
 
         def on_signal(signum: int, _frame: object) -> None:
             restore()  # a second signal acts as it did before run
-            self._control.put(("stop", signal.Signals(signum).name))
+            self._control.put(_Event("stop", value=signal.Signals(signum).name))
 
         for s in signals:
             signal.signal(s, on_signal)
