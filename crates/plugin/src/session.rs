@@ -415,6 +415,7 @@ impl<P: Plugin> Runner<P> {
         let plugin = self.plugin.clone();
         let called = self.stop_called.clone();
         let shared = self.bus.shared.clone();
+        let handler = self.handler.clone();
         let mut started = self.started.subscribe();
         tokio::spawn(async move {
             halt.send_replace(true);
@@ -424,6 +425,8 @@ impl<P: Plugin> Runner<P> {
             if let Some(worker) = worker {
                 let _ = worker.await;
             }
+            // An on_message of a lost session may still run (and publish): wait for it too.
+            drop(handler.lock().await);
             loop {
                 shared.idle().await;
                 if shared.close_if_idle(&out) {
