@@ -393,7 +393,7 @@ impl<P: Plugin> Runner<P> {
         tokio::spawn(async move {
             let result = match task.await {
                 Ok(result) => result,
-                Err(e) => Err(format!("on_start panicked: {e}").into()),
+                Err(e) => Err(format!("on_start panicked: {}", panic_text(e)).into()),
             };
             started.send_replace(if result.is_ok() {
                 Start::Done
@@ -566,7 +566,7 @@ async fn call_on_stop<P: Plugin>(plugin: &Arc<P>, called: &AtomicBool) {
     tracing::debug!("on_stop");
     let plugin = plugin.clone();
     if let Err(e) = tokio::spawn(async move { plugin.on_stop().await }).await {
-        tracing::error!("on_stop panicked: {e}");
+        tracing::error!("on_stop panicked: {}", panic_text(e));
     }
 }
 
@@ -584,7 +584,7 @@ async fn answer_health<P: Plugin>(
         let p = plugin.clone();
         let health = match tokio::spawn(async move { p.on_health_check().await }).await {
             Ok(health) => health,
-            Err(e) => Health::unhealthy(format!("on_health_check panicked: {e}")),
+            Err(e) => Health::unhealthy(format!("on_health_check panicked: {}", panic_text(e))),
         };
         let answer = PluginMessage {
             kind: Some(plugin_message::Kind::Health(HealthAnswer {
@@ -645,11 +645,12 @@ async fn handle_deliveries<P: Plugin>(
                 reason: nack.reason,
             }),
             Err(e) => {
-                tracing::error!("on_message panicked: {e}");
+                let reason = format!("on_message panicked: {}", panic_text(e));
+                tracing::error!("{reason}");
                 plugin_message::Kind::Nack(PluginNack {
                     delivery_id,
                     delay_ms: 0,
-                    reason: format!("on_message panicked: {e}"),
+                    reason,
                 })
             }
         };
@@ -667,4 +668,18 @@ async fn handle_deliveries<P: Plugin>(
 /// Returns once `halt` was set (or its sender is gone).
 async fn halted(halt: &mut watch::Receiver<bool>) {
     let _ = halt.wait_for(|h| *h).await;
+}
+
+/// What a callback's task panicked with (its message when it is text).
+fn panic_text(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(payload) => match payload.downcast::<String>() {
+            Ok(text) => *text,
+            Err(payload) => match payload.downcast::<&'static str>() {
+                Ok(text) => (*text).to_string(),
+                Err(_) => "a panic without a message".to_string(),
+            },
+        },
+        Err(error) => error.to_string(),
+    }
 }

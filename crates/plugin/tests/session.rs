@@ -180,6 +180,29 @@ async fn ok_acks_err_nacks_with_reason_and_delay_in_order() {
 }
 
 #[tokio::test]
+async fn a_panicking_on_message_is_a_nack_and_the_next_message_goes_on() {
+    let mut sidecar = Sidecar::start().await;
+    let (plugin, mut events, _gate) = TestPlugin::new();
+    let run = spawn_plugin(plugin, options(&sidecar));
+    let mut session = sidecar.next().await;
+    session.welcome();
+    assert!(matches!(event(&mut events).await, Event::Start));
+    session.deliver("d1", "panic");
+    session.deliver("d2", "fine");
+    assert_eq!(
+        session.recv().await,
+        Kind::Nack(PluginNack {
+            delivery_id: "d1".into(),
+            delay_ms: 0,
+            reason: "on_message panicked: the order is a trap".into(),
+        })
+    );
+    assert_eq!(session.recv().await, ack("d2"));
+    stop(session).await;
+    within(run).await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn publishes_are_accepted_or_refused_by_code_with_an_idempotency_key() {
     let mut sidecar = Sidecar::start().await;
     let (plugin, mut events, _gate) = TestPlugin::new();
@@ -441,6 +464,24 @@ async fn a_lost_connection_is_dialled_again_and_waiting_publishes_are_resent() {
     assert!(matches!(event(&mut events).await, Event::Done(_)));
     assert!(matches!(event(&mut events).await, Event::Stop));
     assert!(within(events.recv()).await.is_none());
+}
+
+#[tokio::test]
+async fn a_session_ended_without_a_stop_is_dialled_again() {
+    let mut sidecar = Sidecar::start().await;
+    let (plugin, mut events, _gate) = TestPlugin::new();
+    let run = spawn_plugin(plugin, options(&sidecar));
+    let mut first = sidecar.next().await;
+    first.welcome();
+    assert!(matches!(event(&mut events).await, Event::Start));
+    // The call ends with OK, but no Stop came: that is a lost session too.
+    first.end();
+    let mut second = sidecar.next().await;
+    second.welcome();
+    second.deliver("d1", "a");
+    assert_eq!(second.recv().await, ack("d1"));
+    stop(second).await;
+    within(run).await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -238,7 +238,7 @@ pub enum Event {
 }
 
 /// A plugin steered by the deliveries' data: steps separated by `+`, each `slow` (wait for a
-/// permit of `gate`), `nack`, `publish:<topic>`, `burst:<n>` (n publishes at once from n
+/// permit of `gate`), `panic`, `nack`, `publish:<topic>`, `burst:<n>` (n publishes at once from n
 /// tasks); anything else acks.
 pub struct TestPlugin {
     pub subscriptions: Vec<Subscription>,
@@ -292,7 +292,9 @@ impl Plugin for TestPlugin {
         let data = String::from_utf8(msg.data.clone()).unwrap();
         let mut outcome = Ok(());
         for step in data.split('+') {
-            if step == "slow" {
+            if step == "panic" {
+                panic!("the order is a trap");
+            } else if step == "slow" {
                 self.gate.acquire().await.unwrap().forget();
             } else if step == "nack" {
                 outcome =
