@@ -62,7 +62,8 @@ class Oms(tp.Plugin):
 
     def on_message(self, bus: tp.Bus, msg: tp.Message) -> None:
         order = json.loads(msg.data)
-        source = f"{msg.headers.get('source-topic', '?')} #{msg.headers.get('source-sequence', '?')}"
+        headers = msg.headers
+        source = f"{headers.get('source-topic', '?')} #{headers.get('source-sequence', '?')}"
         again = f" (delivered {msg.redelivered} times before)" if msg.redelivered else ""
         say(f"got {msg.topic} #{msg.sequence} for order {order['order']} ({source}): "
             f"{order['qty']} x {order['item']}{again}")
