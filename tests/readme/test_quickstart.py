@@ -7,9 +7,11 @@ under CI=true, where it fails.
 """
 
 import os
+import queue
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,9 +45,9 @@ def engine_reachable() -> bool:
     return ok
 
 
-def test_the_quick_start_has_its_three_commands():
+def test_the_quick_start_has_its_four_commands():
     cmds = quick_start()
-    assert len(cmds) == 3, cmds
+    assert len(cmds) == 4, cmds
     assert all(c.count("\n") == 0 for c in cmds), "each quick-start command is one line"
 
 
@@ -100,3 +102,104 @@ def test_the_engine_free_command_checks_and_plans():
     assert out.returncode == 0, out.stderr
     assert "examples/dev-services/tether.yaml: valid" in out.stderr
     assert out.stdout.startswith("project dev-services"), out.stdout
+
+
+
+class Lines:
+    """A process's output, line by line, read on a thread so that waiting has a deadline."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.seen: list[str] = []
+        self._queue: "queue.Queue[str | None]" = queue.Queue()
+        self._ended = False
+
+        def read() -> None:
+            for line in proc.stdout:
+                self._queue.put(line.rstrip("\n"))
+            self._queue.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def _next(self, deadline: float) -> "str | None":
+        if self._ended:
+            return None
+        try:
+            line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+        if line is None:
+            self._ended = True
+        else:
+            self.seen.append(line)
+        return line
+
+    def wait_for(self, line: str, deadline: float) -> None:
+        """Waits for `line`, exactly; `{ts}` in it stands for a timestamp (one word)."""
+        rx = re.compile(re.escape(line).replace(re.escape("{ts}"), r"\S+"))
+        if any(rx.fullmatch(seen) for seen in self.seen):
+            return
+        while (got := self._next(deadline)) is not None:
+            if rx.fullmatch(got):
+                return
+        raise AssertionError(f"no line {line!r}; the output was:\n" + "\n".join(self.seen))
+
+    def rest(self, deadline: float) -> list[str]:
+        while self._next(deadline) is not None:
+            pass
+        return self.seen
+
+
+def test_the_bus_demo_exchanges_orders_and_signals_and_stops_cleanly():
+    cmd = command("scripts/bus-demo")
+    # Orders 0.2 s apart (the demo's are 1 s apart) keep the test short.
+    env = dict(os.environ, OMS_INTERVAL="0.2")
+    proc = subprocess.Popen(
+        ["bash", "-c", "exec " + cmd],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    out = Lines(proc)
+    try:
+        # The script may build and make its Python environment first.
+        first = "[tether] 1 step, daemons: bus, signals-bus, oms-bus, signals, oms"
+        out.wait_for(first, time.monotonic() + 900)
+        deadline = time.monotonic() + 60
+        orders = [(1, "created", "#1", "2 x widget"), (2, "paid", "#1", "3 x gadget"),
+                  (3, "shipped", "#1", "4 x gizmo"), (4, "created", "#2", "5 x sprocket")]
+        for n, kind, seq, what in orders:
+            # Python to Rust: the order reaches the Rust plugin, which publishes a signal ...
+            out.wait_for(f"[oms] sent order {n} on orders.{kind} {seq}: {what}", deadline)
+            out.wait_for(f"[signals] {{ts}}  INFO signals: signalled order=orders.{kind}{seq} "
+                         f"signal=signals.{kind}{seq} redelivered=0", deadline)
+            # ... and Rust to Python: the signal comes back, naming its order.
+            out.wait_for(f"[oms] got signals.{kind} {seq} for order {n} (orders.{kind} {seq}): "
+                         f"{what}", deadline)
+        os.kill(proc.pid, signal.SIGTERM)  # tether itself: the script exec'd it
+        proc.wait(timeout=60)
+        lines = out.rest(time.monotonic() + 10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = "\n".join(lines)
+    assert proc.returncode == 0, text
+    for line in ("[tether] stopping: received SIGTERM",
+                 "[oms] stopping: no more orders",
+                 "[oms] stopped",
+                 "[signals-bus] tether sidecar: drained and deregistered",
+                 "[oms-bus] tether sidecar: drained and deregistered",
+                 "[bus] tether bus: stopped",
+                 "[tether] exiting: all daemons stopped"):
+        assert line in lines, f"no line {line!r} in:\n{text}"
+    for daemon in ("bus", "signals-bus", "oms-bus", "signals", "oms"):
+        assert f"[tether] {daemon}: stopped (exited with code 0)" in lines, text
+    # Each plugin stopped before its sidecar, and the sidecars before the bus.
+    at = {line: i for i, line in enumerate(lines)}
+    for plugin in ("signals", "oms"):
+        assert at[f"[tether] {plugin}: stopped (exited with code 0)"] \
+            < at[f"[{plugin}-bus] tether sidecar: drained and deregistered"] \
+            < at["[bus] tether bus: stopped"], text
