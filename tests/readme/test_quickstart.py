@@ -149,6 +149,23 @@ class Lines:
         return self.seen
 
 
+def stop_bundle(proc: subprocess.Popen) -> None:
+    """Ends a `tether init` that is still running (a failed test) without leaving its daemons
+    behind: each runs in a process group of its own, which SIGKILL to tether would orphan. A
+    first SIGTERM stops them in order, a second kills them at once."""
+    for _ in range(2):
+        if proc.poll() is not None:
+            return
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_the_bus_demo_exchanges_orders_and_signals_and_stops_cleanly():
     cmd = command("scripts/bus-demo")
     # Orders 0.2 s apart (the demo's are 1 s apart) keep the test short.
@@ -182,9 +199,7 @@ def test_the_bus_demo_exchanges_orders_and_signals_and_stops_cleanly():
         proc.wait(timeout=60)
         lines = out.rest(time.monotonic() + 10)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_bundle(proc)
     text = "\n".join(lines)
     assert proc.returncode == 0, text
     for line in ("[tether] stopping: received SIGTERM",
