@@ -849,12 +849,6 @@ mod rust_sdk {
 
         async fn on_message(&self, bus: &Bus, msg: Message) -> Result<(), Nack> {
             let kind = msg.topic.trim_start_matches("orders.").to_owned();
-            bus.publish_with(
-                format!("signals.{kind}"),
-                msg.data.clone(),
-                [("source-topic", msg.topic.as_str())],
-            )
-            .await?;
             if kind == "hold" {
                 let denied = bus.publish("orders.more", b"x".to_vec()).await;
                 let event = match denied {
@@ -869,6 +863,13 @@ mod rust_sdk {
                 .lock()
                 .unwrap()
                 .push(format!("handled {}", msg.topic));
+            // Last, so that every event is recorded when the test sees the signal.
+            bus.publish_with(
+                format!("signals.{kind}"),
+                msg.data.clone(),
+                [("source-topic", msg.topic.as_str())],
+            )
+            .await?;
             Ok(())
         }
 
