@@ -963,3 +963,54 @@ async fn the_rust_sdk_exchanges_messages_through_real_sidecars_and_drains_on_sig
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sidecars_ride_out_a_bus_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bus");
+    let (mut bus1, addr) = bus(&data, &[]);
+    let mut a = sidecar(
+        dir.path(),
+        addr,
+        "pub-1",
+        &["publish:feed.>"],
+        "outbox_size: 2KiB\n",
+    );
+    let mut b = sidecar(dir.path(), addr, "sub-1", &["subscribe:feed.>"], "");
+    let mut publisher = Plugin::connect(a.addr, &[], "").await.unwrap();
+    let mut subscriber = Plugin::connect(b.addr, &["feed.>"], "").await.unwrap();
+    a.proc.wait_for("step 8/8");
+    b.proc.wait_for("step 8/8");
+    let (r, _) = publisher.publish("feed.x", b"one").await;
+    assert_eq!(accepted(&r), 1);
+    let d = subscriber.delivery().await;
+    assert_eq!(d.data, b"one");
+    subscriber.ack(&d.delivery_id).await;
+
+    bus1.signal("-KILL");
+    let _ = bus1.child.wait();
+    let (r, _) = publisher.publish("feed.x", b"two").await;
+    assert_eq!(accepted(&r), 0, "kept in the outbox while the bus is down");
+    a.proc.wait_for("wait in the outbox");
+    // The outbox does not grow without bound: past its size, a publish is refused.
+    let (r, _) = publisher.publish("feed.x", &[b'x'; 4096]).await;
+    let publish_result::Result::Refused(full) = r else {
+        panic!("a publish past the outbox's size was accepted");
+    };
+    assert_eq!(full.code, "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        full.message,
+        "the outbox is full (2048 bytes, the sidecar config's outbox_size) while the bus is unreachable"
+    );
+
+    let (_bus2, addr2) = bus_on(&data, &addr.to_string(), &[]);
+    assert_eq!(addr2, addr);
+    // The outbox is forwarded and the subscription resumes, with nothing acked delivered again.
+    let d = subscriber.delivery().await;
+    assert_eq!((d.data.as_slice(), d.sequence), (&b"two"[..], 2));
+    subscriber.ack(&d.delivery_id).await;
+    let (r, _) = publisher.publish("feed.x", b"three").await;
+    assert_eq!(accepted(&r), 3);
+    let d = subscriber.delivery().await;
+    assert_eq!((d.data.as_slice(), d.sequence), (&b"three"[..], 3));
+}
