@@ -16,11 +16,11 @@ pub fn init(
             output::error("`tether init -- COMMAND` runs one command; -f and --only do not apply");
             return exit::INVALID;
         }
-        let mut single = tether_init::Single::default();
-        single.new_session = !no_setsid;
-        if let Some(g) = grace {
-            single.grace = g;
-        }
+        let defaults = tether_init::Single::default();
+        let single = tether_init::Single {
+            new_session: !no_setsid,
+            grace: grace.unwrap_or(defaults.grace),
+        };
         tether_init::run_single(&command, single)
     } else {
         if no_setsid || grace.is_some() {
