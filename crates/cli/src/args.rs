@@ -245,6 +245,14 @@ pub enum Command {
         /// variable, TETHER_DAEMONS unless declared]
         #[arg(long, value_name = "NAMES", value_delimiter = ',')]
         only: Vec<String>,
+        /// With `-- COMMAND`: keep tether's session; the command's process group becomes the
+        /// terminal's foreground group (as with tini) instead of leading a new session
+        #[arg(long)]
+        no_setsid: bool,
+        /// With `-- COMMAND`: once it exited, how long the rest of its process group has
+        /// between SIGTERM and SIGKILL
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        grace: Option<std::time::Duration>,
         /// One command to run with no declaration, as tini would
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,

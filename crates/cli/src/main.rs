@@ -109,8 +109,10 @@ fn dispatch(command: Command) -> u8 {
         Command::Init {
             file,
             only,
+            no_setsid,
+            grace,
             command,
-        } => cmd::init::init(&file, only, command),
+        } => cmd::init::init(&file, only, no_setsid, grace, command),
         #[cfg(feature = "bus")]
         Command::Bus { command } => cmd::bus::run(command),
         #[cfg(feature = "sidecar")]

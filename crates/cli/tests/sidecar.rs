@@ -798,3 +798,219 @@ async fn publishes_kept_in_the_outbox_survive_a_kill_9_of_the_sidecar() {
     }
     assert_eq!(got, ["before", "kept-0", "kept-1", "kept-2"]);
 }
+
+/// The Rust SDK end to end: two plugins in this process, each beside its own real sidecar.
+mod rust_sdk {
+    use std::sync::Mutex;
+
+    use tether_plugin::{BoxError, Bus, Message, Nack, Plugin, PublishError};
+    use tokio::sync::mpsc::UnboundedSender;
+
+    use super::*;
+
+    /// Publishes three orders at start; reports each signal that comes back.
+    pub struct OrderDesk {
+        pub signals: UnboundedSender<String>,
+    }
+
+    impl Plugin for OrderDesk {
+        fn subscriptions(&self) -> Vec<tether_plugin::Subscription> {
+            vec![tether_plugin::Subscription::new("signals.*")]
+        }
+
+        async fn on_start(&self, bus: &Bus) -> Result<(), BoxError> {
+            for kind in ["buy", "sell", "hold"] {
+                bus.publish(format!("orders.{kind}"), kind.as_bytes().to_vec())
+                    .await?;
+            }
+            Ok(())
+        }
+
+        async fn on_message(&self, _bus: &Bus, msg: Message) -> Result<(), Nack> {
+            let _ = self.signals.send(format!(
+                "{} {} from {}",
+                msg.topic,
+                String::from_utf8_lossy(&msg.data),
+                msg.header("source-topic").unwrap_or("?")
+            ));
+            Ok(())
+        }
+    }
+
+    /// Turns each order into a signal; tries once to publish outside its grants.
+    pub struct SignalMaker {
+        pub events: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Plugin for SignalMaker {
+        fn subscriptions(&self) -> Vec<tether_plugin::Subscription> {
+            vec![tether_plugin::Subscription::new("orders.*").group("makers")]
+        }
+
+        async fn on_message(&self, bus: &Bus, msg: Message) -> Result<(), Nack> {
+            let kind = msg.topic.trim_start_matches("orders.").to_owned();
+            if kind == "hold" {
+                let denied = bus.publish("orders.more", b"x".to_vec()).await;
+                let event = match denied {
+                    Err(PublishError::PermissionDenied { .. }) => {
+                        format!("denied: {}", denied.unwrap_err())
+                    }
+                    other => format!("not denied: {other:?}"),
+                };
+                self.events.lock().unwrap().push(event);
+            }
+            self.events
+                .lock()
+                .unwrap()
+                .push(format!("handled {}", msg.topic));
+            // Last, so that every event is recorded when the test sees the signal.
+            bus.publish_with(
+                format!("signals.{kind}"),
+                msg.data.clone(),
+                [("source-topic", msg.topic.as_str())],
+            )
+            .await?;
+            Ok(())
+        }
+
+        async fn on_stop(&self) {
+            self.events.lock().unwrap().push("on_stop".into());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_sdk_exchanges_messages_through_real_sidecars_and_drains_on_sigterm() {
+    use rust_sdk::{OrderDesk, SignalMaker};
+    let dir = tempfile::tempdir().unwrap();
+    let (_bus, addr) = bus(&dir.path().join("bus"), &[]);
+    let mut desk_side = sidecar(
+        dir.path(),
+        addr,
+        "desk",
+        &["publish:orders.>", "subscribe:signals.*"],
+        "",
+    );
+    let mut maker_side = sidecar(
+        dir.path(),
+        addr,
+        "maker",
+        &["subscribe:orders.*", "publish:signals.>"],
+        "",
+    );
+
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let maker = tokio::spawn(tether_plugin::run_with(
+        SignalMaker {
+            events: events.clone(),
+        },
+        tether_plugin::Options::new(maker_side.addr.to_string()).signals(false),
+    ));
+    maker_side.proc.wait_for("step 8/8");
+    let (signals, mut received) = mpsc::unbounded_channel();
+    let (stop_desk, desk_stopped) = tokio::sync::oneshot::channel::<()>();
+    let desk = tokio::spawn(tether_plugin::run_with(
+        OrderDesk { signals },
+        tether_plugin::Options::new(desk_side.addr.to_string())
+            .signals(false)
+            .stop_when(async move {
+                let _ = desk_stopped.await;
+            }),
+    ));
+    desk_side.proc.wait_for("step 8/8");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(
+            tokio::time::timeout(HANG, received.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        got,
+        [
+            "signals.buy buy from orders.buy",
+            "signals.sell sell from orders.sell",
+            "signals.hold hold from orders.hold"
+        ]
+    );
+
+    // SIGTERM to the maker's sidecar: the plugin's on_stop runs and its run returns Ok.
+    maker_side.proc.signal("-TERM");
+    tokio::time::timeout(HANG, maker)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let (code, said) =
+        std::mem::replace(&mut maker_side.proc, Proc::spawn(Command::new("true"))).wait();
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            "handled orders.buy",
+            "handled orders.sell",
+            "denied: cannot publish to `orders.more`: permission denied: instance `maker` has no grant to publish on `orders.more`",
+            "handled orders.hold",
+            "on_stop"
+        ]
+    );
+    let _ = stop_desk.send(());
+    tokio::time::timeout(HANG, desk)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sidecars_ride_out_a_bus_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bus");
+    let (mut bus1, addr) = bus(&data, &[]);
+    let mut a = sidecar(
+        dir.path(),
+        addr,
+        "pub-1",
+        &["publish:feed.>"],
+        "outbox_size: 2KiB\n",
+    );
+    let mut b = sidecar(dir.path(), addr, "sub-1", &["subscribe:feed.>"], "");
+    let mut publisher = Plugin::connect(a.addr, &[], "").await.unwrap();
+    let mut subscriber = Plugin::connect(b.addr, &["feed.>"], "").await.unwrap();
+    a.proc.wait_for("step 8/8");
+    b.proc.wait_for("step 8/8");
+    let (r, _) = publisher.publish("feed.x", b"one").await;
+    assert_eq!(accepted(&r), 1);
+    let d = subscriber.delivery().await;
+    assert_eq!(d.data, b"one");
+    subscriber.ack(&d.delivery_id).await;
+
+    bus1.signal("-KILL");
+    let _ = bus1.child.wait();
+    let (r, _) = publisher.publish("feed.x", b"two").await;
+    assert_eq!(accepted(&r), 0, "kept in the outbox while the bus is down");
+    a.proc.wait_for("wait in the outbox");
+    // The outbox does not grow without bound: past its size, a publish is refused.
+    let (r, _) = publisher.publish("feed.x", &[b'x'; 4096]).await;
+    let publish_result::Result::Refused(full) = r else {
+        panic!("a publish past the outbox's size was accepted");
+    };
+    assert_eq!(full.code, "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        full.message,
+        "the outbox is full (2048 bytes, the sidecar config's outbox_size) while the bus is unreachable"
+    );
+
+    let (_bus2, addr2) = bus_on(&data, &addr.to_string(), &[]);
+    assert_eq!(addr2, addr);
+    // The outbox is forwarded and the subscription resumes, with nothing acked delivered again.
+    let d = subscriber.delivery().await;
+    assert_eq!((d.data.as_slice(), d.sequence), (&b"two"[..], 2));
+    subscriber.ack(&d.delivery_id).await;
+    let (r, _) = publisher.publish("feed.x", b"three").await;
+    assert_eq!(accepted(&r), 3);
+    let d = subscriber.delivery().await;
+    assert_eq!((d.data.as_slice(), d.sequence), (&b"three"[..], 3));
+}

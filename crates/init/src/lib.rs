@@ -113,9 +113,30 @@ pub fn run_bundle(
     outcome
 }
 
-/// tini-style: runs one command with the terminal, forwards signals to it, reaps orphans, and
-/// returns how it ended. The command inherits stdin, stdout and stderr; tether writes nothing.
-pub fn run_single(argv: &[String]) -> Result<Outcome, Failure> {
+/// How `tether init -- CMD` runs its command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Single {
+    /// The command in a new session (the default). `false` keeps tether's session: the
+    /// command's own process group becomes the terminal's foreground group, as with tini.
+    pub new_session: bool,
+    /// Once the command exited, how long the rest of its process group has between SIGTERM and
+    /// SIGKILL.
+    pub grace: Duration,
+}
+
+impl Default for Single {
+    fn default() -> Self {
+        Self {
+            new_session: true,
+            grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// tini-style: runs one command with the terminal, passes every signal to its whole process
+/// group, reaps orphans, and returns how it ended once nothing of its group is left. The
+/// command inherits stdin, stdout and stderr; tether writes nothing.
+pub fn run_single(argv: &[String], single: Single) -> Result<Outcome, Failure> {
     let (rt, signals) = runtime()?;
     rt.block_on(async move {
         let reaper = Arc::new(proc::Reaper::default());
@@ -129,6 +150,7 @@ pub fn run_single(argv: &[String]) -> Result<Outcome, Failure> {
             stdin_pipe: false,
             keep_fd: None,
             foreground: true,
+            new_session: single.new_session,
         });
         let spawned = match spawned {
             Ok(s) => s,
@@ -144,15 +166,20 @@ pub fn run_single(argv: &[String]) -> Result<Outcome, Failure> {
         // The command starts where tether was started; tether itself moves to `/`, so that it
         // holds no mount busy for as long as it runs.
         let _ = std::env::set_current_dir("/");
-        let pid = spawned.pid;
+        // The command leads its own group (and session, by default): the group's id is its pid.
+        let group = spawned.pid;
         let mut exit_rx = spawned.exit;
         loop {
             tokio::select! {
-                e = &mut exit_rx => return e.map(Outcome::Command).map_err(|_| {
-                    Failure::new(FailureKind::Internal, "the command's exit was lost")
-                }),
+                e = &mut exit_rx => {
+                    let exit = e.map_err(|_| {
+                        Failure::new(FailureKind::Internal, "the command's exit was lost")
+                    })?;
+                    proc::end_group(group, single.grace).await;
+                    return Ok(Outcome::Command(exit));
+                }
                 Some(sig) = signals.recv() => match sig {
-                    Ok(s) => proc::signal_pid(pid, s),
+                    Ok(s) => proc::pass_on(group, s, single.new_session),
                     Err(e) => return Err(Failure::new(FailureKind::Internal, format!("cannot read signals: {e}"))),
                 },
             }

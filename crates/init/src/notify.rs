@@ -95,6 +95,7 @@ async fn deliver(
                     stdin_pipe: true,
                     keep_fd: None,
                     foreground: false,
+                    new_session: false,
                 })
                 .map_err(|e| format!("cannot run `{}`: {}", argv[0], tether_probe::plain(&e)))?;
             let mut pumps = Vec::new();

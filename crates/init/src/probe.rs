@@ -61,6 +61,7 @@ async fn exec(
             stdin_pipe: false,
             keep_fd: None,
             foreground: false,
+            new_session: false,
         })
         .map_err(|e| format!("cannot run `{}`: {}", command[0], tether_probe::plain(&e)))?;
     let pid = spawned.pid;

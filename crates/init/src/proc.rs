@@ -44,6 +44,9 @@ pub struct Spec<'a> {
     pub keep_fd: Option<(RawFd, RawFd)>,
     /// Make the child's process group the terminal's foreground group (tini-style mode).
     pub foreground: bool,
+    /// Start the child in a new session (`setsid`) instead of a new process group of tether's
+    /// session; with a terminal on stdin that no session holds, it becomes the child's.
+    pub new_session: bool,
 }
 
 pub struct Spawned {
@@ -76,7 +79,11 @@ impl Reaper {
             )));
         }
         let mut cmd = Command::new(program);
-        cmd.args(args).process_group(0);
+        cmd.args(args);
+        // setsid makes a new group too, and fails in a process that already leads one.
+        if !spec.new_session {
+            cmd.process_group(0);
+        }
         cmd.envs(
             spec.env
                 .iter()
@@ -98,10 +105,11 @@ impl Reaper {
             cmd.stdin(Stdio::null());
         }
         let keep_fd = spec.keep_fd;
-        let foreground = spec.foreground;
+        let foreground = spec.foreground && !spec.new_session;
+        let new_session = spec.new_session;
         // SAFETY: the hook runs in the forked child before exec and only makes
-        // async-signal-safe calls (fcntl, dup2, isatty, tcsetpgrp, getpgrp, signal,
-        // sigemptyset, pthread_sigmask); it allocates nothing and touches no lock.
+        // async-signal-safe calls (fcntl, dup2, setsid, ioctl, isatty, tcsetpgrp, getpgrp,
+        // signal, sigemptyset, pthread_sigmask); it allocates nothing and touches no lock.
         unsafe {
             cmd.pre_exec(move || {
                 if let Some((fd, target)) = keep_fd {
@@ -114,6 +122,16 @@ impl Reaper {
                     };
                     if failed {
                         return Err(io::Error::last_os_error());
+                    }
+                }
+                if new_session {
+                    if nix::libc::setsid() == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // A terminal no other session holds becomes the child's; one that is held
+                    // (tether's own, say) stays where it is, and tether passes its signals on.
+                    if nix::libc::isatty(0) == 1 {
+                        nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0);
                     }
                 }
                 if foreground && nix::libc::isatty(0) == 1 {
@@ -181,6 +199,60 @@ impl Reaper {
             }
         }
         orphans
+    }
+}
+
+/// Passes a signal from outside to a command's whole process group. The job-control stops
+/// (SIGTSTP, SIGTTIN, SIGTTOU) then stop tether too, so that the shell that started it sees
+/// its job stopped; the SIGCONT that resumes tether is passed on like any other signal. A group
+/// in a session of its own is orphaned, and the kernel discards those three signals sent to an
+/// orphaned group: it gets SIGSTOP instead (as dumb-init does).
+pub fn pass_on(group: i32, signal: i32, own_session: bool) {
+    let stop = matches!(
+        signal,
+        nix::libc::SIGTSTP | nix::libc::SIGTTIN | nix::libc::SIGTTOU
+    );
+    kill_group(
+        group,
+        if stop && own_session {
+            nix::libc::SIGSTOP
+        } else {
+            signal
+        },
+    );
+    if stop {
+        // As PID 1 of a PID namespace the kernel ignores this, as it should.
+        let _ = kill(nix::unistd::getpid(), Signal::SIGSTOP);
+    }
+}
+
+/// Whether any process is left in a process group (zombies count until they are reaped).
+pub fn group_alive(group: i32) -> bool {
+    kill(Pid::from_raw(-group), None).is_ok()
+}
+
+/// After a command exited: what is left of its process group gets SIGTERM (and SIGCONT, in case
+/// it is stopped), then SIGKILL once `grace` passed; returns when the group is empty (orphans
+/// come to tether, the subreaper, and are reaped as they end).
+pub async fn end_group(group: i32, grace: std::time::Duration) {
+    if !group_alive(group) {
+        return;
+    }
+    tracing::debug!(group, "the command exited; ending the rest of its group");
+    kill_group(group, nix::libc::SIGTERM);
+    kill_group(group, nix::libc::SIGCONT);
+    let tick = std::time::Duration::from_millis(5);
+    let deadline = tokio::time::Instant::now() + grace;
+    while group_alive(group) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(tick).await;
+    }
+    if group_alive(group) {
+        kill_group(group, nix::libc::SIGKILL);
+        // SIGKILL cannot be refused; the wait is for the reaping, bounded all the same.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while group_alive(group) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(tick).await;
+        }
     }
 }
 

@@ -390,6 +390,7 @@ impl Supervisor {
                 .as_ref()
                 .map(|(w, number)| (proc::raw(w), *number)),
             foreground: false,
+            new_session: false,
         });
         drop(keep_write_end);
         let spawned = match spawned {

@@ -4,14 +4,34 @@ use crate::args::FileArg;
 use crate::load::load;
 use crate::{exit, output};
 
-pub fn init(file: &FileArg, only: Vec<String>, command: Vec<String>) -> u8 {
+pub fn init(
+    file: &FileArg,
+    only: Vec<String>,
+    no_setsid: bool,
+    grace: Option<std::time::Duration>,
+    command: Vec<String>,
+) -> u8 {
     let outcome = if !command.is_empty() {
         if file.file.is_some() || !only.is_empty() {
             output::error("`tether init -- COMMAND` runs one command; -f and --only do not apply");
             return exit::INVALID;
         }
-        tether_init::run_single(&command)
+        let defaults = tether_init::Single::default();
+        let single = tether_init::Single {
+            new_session: !no_setsid,
+            grace: grace.unwrap_or(defaults.grace),
+        };
+        tether_init::run_single(&command, single)
     } else {
+        if no_setsid || grace.is_some() {
+            output::error_hint(
+                "--no-setsid and --grace apply to `tether init -- COMMAND`",
+                Some(
+                    "a bundle's daemons take `stop: {signal, grace}` and `forward_signals` in the declaration",
+                ),
+            );
+            return exit::INVALID;
+        }
         let loaded = match load(file, false) {
             Ok(l) => l,
             Err(code) => return code,
