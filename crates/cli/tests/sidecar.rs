@@ -180,7 +180,8 @@ fn spawn_sidecar(
 }
 
 /// A plugin speaking the session protocol by hand. A background task answers health checks
-/// (while `answer_health` is set) and passes everything else on.
+/// (while `answer_health` is set; otherwise it passes them on too) and passes everything else
+/// on.
 struct Plugin {
     tx: mpsc::Sender<PluginMessage>,
     rx: mpsc::UnboundedReceiver<Option<sidecar_message::Kind>>,
@@ -198,6 +199,16 @@ impl Plugin {
         addr: SocketAddr,
         topics: &[&str],
         group: &str,
+    ) -> Result<Self, tonic::Status> {
+        Self::connect_answering(addr, topics, group, true).await
+    }
+
+    /// `connect`, with health checks answered from the first one only when `answer_health`.
+    async fn connect_answering(
+        addr: SocketAddr,
+        topics: &[&str],
+        group: &str,
+        answer_health: bool,
     ) -> Result<Self, tonic::Status> {
         let mut client = PluginServiceClient::connect(format!("http://{addr}"))
             .await
@@ -226,7 +237,7 @@ impl Plugin {
         let Some(sidecar_message::Kind::Welcome(welcome)) = first.kind else {
             panic!("the first message is not Welcome: {first:?}");
         };
-        let answer_health = Arc::new(AtomicBool::new(true));
+        let answer_health = Arc::new(AtomicBool::new(answer_health));
         let (out, rx) = mpsc::unbounded_channel();
         let answering = answer_health.clone();
         // Weak: dropping the plugin's sender ends its side of the session.
@@ -241,10 +252,10 @@ impl Plugin {
                     }
                 };
                 match m.kind {
-                    Some(sidecar_message::Kind::HealthCheck(c)) => {
-                        if answering.load(Ordering::SeqCst)
-                            && let Some(health_tx) = health_tx.upgrade()
-                        {
+                    Some(sidecar_message::Kind::HealthCheck(c))
+                        if answering.load(Ordering::SeqCst) =>
+                    {
+                        if let Some(health_tx) = health_tx.upgrade() {
                             let _ = health_tx
                                 .send(send(plugin_message::Kind::Health(HealthAnswer {
                                     id: c.id,
@@ -616,6 +627,37 @@ async fn a_plugin_that_stops_answering_turns_readyz_then_healthz_503() {
     s.proc
         .wait_for("the plugin did not answer a health check within 500ms (3 in a row)");
     drop(p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_closed_with_a_health_check_unanswered_is_no_failed_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bus, addr) = bus(&dir.path().join("bus"), &[]);
+    // One check within the test (the first, sent at once), and no answer can be late.
+    let mut s = sidecar(
+        dir.path(),
+        addr,
+        "hc-2",
+        &["publish:hc.x"],
+        "health_interval: 1h\nhealth_timeout: 1h\n",
+    );
+    let mut p = Plugin::connect_answering(s.addr, &[], "", false)
+        .await
+        .unwrap();
+    assert!(
+        matches!(p.next().await, Some(sidecar_message::Kind::HealthCheck(_))),
+        "no health check"
+    );
+    // The plugin stops before it answered (an SDK told to stop as it started) and closes.
+    p.close().await;
+    s.proc.wait_for("the plugin closed its session 1");
+    s.proc.signal("-TERM");
+    let (code, said) = std::mem::replace(&mut s.proc, Proc::spawn(Command::new("true"))).wait();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        !said.contains("did not answer a health check"),
+        "a closed session's check counted as unanswered:\n{said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

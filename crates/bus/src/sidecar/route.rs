@@ -544,15 +544,20 @@ impl Router {
                     })))
                     .await
                     .is_ok();
+                // A session that ends before it answers (its plugin stopped or went away) is
+                // no failed check: it is gone, and a missing plugin is counted below.
                 let answer = if sent {
                     tokio::time::timeout(s.health_timeout, rx)
                         .await
-                        .ok()
-                        .and_then(Result::ok)
+                        .map(Result::ok)
                 } else {
-                    None
+                    Ok(None)
                 };
-                self.health_answer(conn, answer, s.health_timeout);
+                match answer {
+                    Ok(Some(a)) => self.health_answer(conn, Some(a), s.health_timeout),
+                    Ok(None) => {}
+                    Err(_) => self.health_answer(conn, None, s.health_timeout),
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {}
