@@ -164,7 +164,9 @@ fn shared_container(yaml: &str) -> String {
     std::fs::write(&file, yaml).unwrap();
     let text = render(&load(&file), &lossy()).unwrap().text;
     let start = text.find("      containers:\n").expect("a Pod template");
-    let end = text[start..].find("---\n").map_or(text.len(), |i| start + i);
+    let end = text[start..]
+        .find("---\n")
+        .map_or(text.len(), |i| start + i);
     text[start..end].to_owned()
 }
 

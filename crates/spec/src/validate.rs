@@ -648,7 +648,11 @@ fn sidecar_health(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<
     let owner = parent.key("health").map(|k| k.span).unwrap_or(parent.span);
     let f = cx.fields(node, &path, owner, &SIDECAR_HEALTH)?;
     let port = cx
-        .require(&f, "port", "the port the health endpoint listens on, 1 to 65535")
+        .require(
+            &f,
+            "port",
+            "the port the health endpoint listens on, 1 to 65535",
+        )
         .and_then(|n| cx.port(n, &f.at("port")));
     let mut http_path = |field: &str, default: &str| match f.get(field) {
         Some(n) => cx.string(n, &f.at(field)).and_then(|p| {
