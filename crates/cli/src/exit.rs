@@ -93,6 +93,18 @@ pub fn of_init_failure(f: &tether_init::Failure) -> u8 {
     }
 }
 
+/// `tether sidecar`: how it ended.
+#[cfg(feature = "sidecar")]
+pub fn of_sidecar(r: &Result<tether_bus::sidecar::Ended, tether_bus::sidecar::Fatal>) -> u8 {
+    use tether_bus::sidecar::Ended;
+    match r {
+        Ok(Ended::Drained | Ended::Interrupted { .. }) => OK,
+        Ok(Ended::DrainTimedOut { .. }) => DRAIN_TIMEOUT,
+        Ok(Ended::Forced { signal, .. }) => signalled(*signal),
+        Err(_) => STARTUP_FAILED,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,17 +196,5 @@ mod tests {
         })
         .collect();
         assert_eq!(codes, [1, 2, 126, 127]);
-    }
-}
-
-/// `tether sidecar`: how it ended.
-#[cfg(feature = "sidecar")]
-pub fn of_sidecar(r: &Result<tether_bus::sidecar::Ended, tether_bus::sidecar::Fatal>) -> u8 {
-    use tether_bus::sidecar::Ended;
-    match r {
-        Ok(Ended::Drained | Ended::Interrupted { .. }) => OK,
-        Ok(Ended::DrainTimedOut { .. }) => DRAIN_TIMEOUT,
-        Ok(Ended::Forced { signal, .. }) => signalled(*signal),
-        Err(_) => STARTUP_FAILED,
     }
 }
