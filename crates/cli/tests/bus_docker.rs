@@ -3,8 +3,9 @@
 //! plugin built static): nothing is pulled.
 //!
 //! A bus client in the test, on the Bus API's port published on 127.0.0.1, publishes an order
-//! and subscribes to the signals; the plugin, which reaches nothing but its bus sidecar on
-//! 127.0.0.1:9191, turns the order into a signal. Once under `tether run`, once from the Compose
+//! and subscribes to the signals; the plugin, which has no network of its own and is told of
+//! nothing but its bus sidecar on 127.0.0.1:9191, turns the order into a signal. Once under
+//! `tether run`, once from the Compose
 //! file `tether render compose` writes, under docker-compose.
 
 mod support;
@@ -413,8 +414,15 @@ fn the_plugin_bus_example_runs_from_its_rendered_compose_file() {
     let logs = compose(&file, &over, project, &["logs", "--no-color"]);
     let down = compose(&file, &over, project, &["down", "-v", "--timeout", "20"]);
     if let Err(panic) = result {
-        eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
-        std::panic::resume_unwind(panic);
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        panic!(
+            "{why}\nthe services' output:\n{}",
+            String::from_utf8_lossy(&logs.stdout)
+        );
     }
     assert!(
         down.status.success(),
