@@ -5,8 +5,7 @@
 //! A bus client in the test, on the Bus API's port published on 127.0.0.1, publishes an order
 //! and subscribes to the signals; the plugin, which has no network of its own and is told of
 //! nothing but its bus sidecar on 127.0.0.1:9191, turns the order into a signal. Once under
-//! `tether run`, once from the Compose
-//! file `tether render compose` writes, under docker-compose.
+//! `tether run`, once from the Compose file `tether render compose` writes, under docker-compose.
 
 mod support;
 
