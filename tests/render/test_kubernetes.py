@@ -71,3 +71,25 @@ def test_with_a_wait_image_the_pod_waits_for_shared_sidecars(version: str) -> No
         "args": ["wait", "--timeout", "20s", "http://web:8080/"],
     }
     assert echo["name"] == "echo"
+
+
+def test_the_bus_sidecar_starts_on_its_own_readiness_and_is_checked_on_its_health_endpoint() -> None:
+    docs = [d for d in yaml.safe_load_all(render(REPO / "examples" / "plugin-bus" / "tether.yaml")) if d]
+    workload = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "plugin-bus")
+    pod = workload["spec"]["template"]["spec"]
+    [bus] = pod["initContainers"]
+    assert bus["restartPolicy"] == "Always"
+    # The startup gate needs only the sidecar's own part (registered, grants recovered): plain
+    # /readyz also needs the plugin, which starts only after this probe passed.
+    assert bus["startupProbe"]["httpGet"] == {"path": "/readyz?bus", "port": 9192}
+    assert bus["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9192}
+    assert bus["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9192}
+    # The plugin shares the Pod's network: it reaches the sidecar on 127.0.0.1:9191, and the
+    # sidecar reaches the Bus API through its Service.
+    [plugin] = pod["containers"]
+    env = {e["name"]: e["value"] for e in plugin["env"]}
+    assert env["SIDECAR_ADDR"] == "127.0.0.1:9191"
+    sidecar_env = {e["name"]: e["value"] for e in bus["env"]}
+    assert sidecar_env["SIDECAR_BUS_API_URL"] == "bus-api:8443"
+    services = [d["metadata"]["name"] for d in docs if d["kind"] == "Service"]
+    assert services == ["bus-api"]

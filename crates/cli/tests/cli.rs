@@ -156,8 +156,11 @@ fn config_prints_the_resolved_declaration_with_defaults_and_origins() {
     let bus = &v["sidecars"]["bus"];
     assert_eq!(bus["origin"]["file"], "examples/plugin-bus/tether.yaml");
     assert!(bus["origin"]["line"].as_u64().unwrap() > 1);
-    assert_eq!(bus["readiness"]["mode"], "tcp");
+    assert_eq!(bus["readiness"]["mode"], "http");
+    assert_eq!(bus["readiness"]["port"], 9192);
     assert_eq!(bus["readiness"]["interval"], "250ms");
+    // Defaults filled in: the declared health endpoint's ready path.
+    assert_eq!(bus["health"]["ready"], "/readyz");
     assert_eq!(v["env_prefix"], "TETHER");
     assert_eq!(v["workload"]["network_mode"], "shared-namespace");
 

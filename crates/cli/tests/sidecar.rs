@@ -1051,6 +1051,9 @@ async fn live_sidecars_ride_out_a_bus_restart() {
     let d = subscriber.delivery().await;
     assert_eq!((d.data.as_slice(), d.sequence), (&b"two"[..], 2));
     subscriber.ack(&d.delivery_id).await;
+    // Once the outbox is empty, publishes go straight to the bus again.
+    a.proc
+        .wait_for("the outbox is empty: 1 publish forwarded to the bus");
     let (r, _) = publisher.publish("feed.x", b"three").await;
     assert_eq!(accepted(&r), 3);
     let d = subscriber.delivery().await;

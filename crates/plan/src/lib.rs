@@ -243,9 +243,9 @@ impl ReadinessPlan {
             start_period: r.start_period,
         };
         match &r.probe {
-            Probe::Tcp => plan.port = sidecar.port(),
+            Probe::Tcp => plan.port = r.port.or(sidecar.port()),
             Probe::Http { path } => {
-                plan.port = sidecar.port();
+                plan.port = r.port.or(sidecar.port());
                 plan.path = Some(path.clone());
             }
             Probe::Exec { command } => plan.command = Some(command.clone()),

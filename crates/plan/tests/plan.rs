@@ -383,3 +383,28 @@ fn a_host_process_reads_the_mcp_file_where_it_is_written() {
         )
     );
 }
+
+#[test]
+fn readiness_dials_its_own_port_when_it_names_one() {
+    let d = decl(
+        "sidecars:\n  bus:\n    image: tether:1\n    lifecycle: session\n    interface: { kind: port, port: 9191 }\n    readiness: { mode: http, port: 9192, path: \"/readyz?bus\" }\n    health: { port: 9192 }\n  plain:\n    image: redis:7\n    lifecycle: shared\n    interface: { kind: port, port: 6379 }\n",
+    );
+    let r = tether_plan::ReadinessPlan::resolve(&d.sidecars["bus"]);
+    assert_eq!(r.port, Some(9192));
+    assert_eq!(
+        r.summary(),
+        "http GET :9192/readyz?bus, timeout 30s, every 250ms"
+    );
+    assert_eq!(
+        tether_plan::ReadinessPlan::resolve(&d.sidecars["plain"]).port,
+        Some(6379)
+    );
+    // Absent, neither field enters the serialised sidecar: config hashes of declarations
+    // written before they existed stay the same.
+    let plain = serde_json::to_value(&d.sidecars["plain"]).unwrap();
+    assert_eq!(plain.get("health"), None);
+    assert_eq!(
+        plain["readiness"],
+        serde_json::json!({ "mode": "tcp", "timeout": "30s", "interval": "250ms", "start_period": null })
+    );
+}

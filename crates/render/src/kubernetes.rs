@@ -103,8 +103,16 @@ pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, Ren
         let owner = format!("sidecars.{}", c.sidecar);
         let mut container = container(c, &owner, &mut losses);
         if let Some(p) = probe(&c.readiness, &owner, &mut losses) {
-            container.insert("readinessProbe".into(), p);
+            // With a health endpoint of its own, readiness is the gate at start and the
+            // endpoint says whether it serves afterwards.
+            let kind = if decl_s.health.is_some() {
+                "startupProbe"
+            } else {
+                "readinessProbe"
+            };
+            container.insert(kind.into(), p);
         }
+        health_probes(decl_s.health.as_ref(), &mut container);
         let mut volumes = Vec::new();
         secret_volume(c, &secret_name, &mut container, &mut volumes);
         if matches!(
@@ -300,6 +308,24 @@ fn probe(r: &ReadinessPlan, owner: &str, losses: &mut Vec<Loss>) -> Option<Value
     p["timeoutSeconds"] = secs(r.interval.0).into();
     p["failureThreshold"] = ((total.as_secs_f64() / period as f64).ceil().max(1.0) as u64).into();
     Some(p)
+}
+
+/// A sidecar's own health endpoint, checked while it runs: `livenessProbe` on its `live` path
+/// (the kubelet restarts it after 3 failures in a row), `readinessProbe` on its `ready` path.
+/// Periods as for an `init` bundle's health endpoint.
+fn health_probes(
+    health: Option<&tether_spec::model::SidecarHealth>,
+    container: &mut Map<String, Value>,
+) {
+    let Some(h) = health else { return };
+    container.insert(
+        "livenessProbe".into(),
+        json!({ "httpGet": { "path": h.live, "port": h.port }, "periodSeconds": 10 }),
+    );
+    container.insert(
+        "readinessProbe".into(),
+        json!({ "httpGet": { "path": h.ready, "port": h.port }, "periodSeconds": 2 }),
+    );
 }
 
 /// The sidecar's container: image, command, env, resources.
@@ -520,6 +546,7 @@ fn workload_objects(
         if let Some(p) = probe(&c.readiness, &owner, losses) {
             k.insert("startupProbe".into(), p);
         }
+        health_probes(decl.sidecars[&c.sidecar].health.as_ref(), &mut k);
         secret_volume(c, secret_name, &mut k, &mut volumes);
         volume_mounts(c, &owner, &mut k, &mut volumes, losses);
         init_containers.push(Value::Object(k));

@@ -156,3 +156,76 @@ fn a_name_a_service_cannot_take_is_reported() {
         "sidecars.db.aliases: `2nd-db` cannot name a Service, whose names start with a letter; it is left out"
     );
 }
+
+/// The Deployment's one container of a shared sidecar, as rendered.
+fn shared_container(yaml: &str) -> String {
+    let dir = tempfile_dir("health");
+    let file = dir.join("tether.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let text = render(&load(&file), &lossy()).unwrap().text;
+    let start = text.find("      containers:\n").expect("a Pod template");
+    let end = text[start..]
+        .find("---\n")
+        .map_or(text.len(), |i| start + i);
+    text[start..end].to_owned()
+}
+
+fn tempfile_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tether-k8s-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_health_endpoint_gives_liveness_and_readiness_and_readiness_becomes_the_startup_gate() {
+    // A shared sidecar with a health endpoint: its readiness gates the start (startupProbe), the
+    // endpoint says whether it lives and serves afterwards; the readiness dials its own port.
+    assert_eq!(
+        shared_container(
+            "version: 1\nproject: health\nsidecars:\n  api:\n    image: api:1\n    lifecycle: shared\n    interface: { kind: port, port: 8443 }\n    readiness: { mode: http, port: 9000, path: /started, interval: 2s, timeout: 10s }\n    health: { port: 9000, live: /live }\n"
+        ),
+        r#"      containers:
+        - name: api
+          image: "api:1"
+          ports:
+            - containerPort: 9000
+              protocol: TCP
+          startupProbe:
+            httpGet:
+              path: /started
+              port: 9000
+            periodSeconds: 2
+            timeoutSeconds: 2
+            failureThreshold: 5
+          livenessProbe:
+            httpGet:
+              path: /live
+              port: 9000
+            periodSeconds: 10
+          readinessProbe:
+            httpGet:
+              path: /readyz
+              port: 9000
+            periodSeconds: 2
+"#
+    );
+    // Without one, readiness stays the readinessProbe, as before.
+    assert_eq!(
+        shared_container(
+            "version: 1\nproject: nohealth\nsidecars:\n  api:\n    image: api:1\n    lifecycle: shared\n    interface: { kind: port, port: 8443 }\n"
+        ),
+        r#"      containers:
+        - name: api
+          image: "api:1"
+          ports:
+            - containerPort: 8443
+              protocol: TCP
+          readinessProbe:
+            tcpSocket:
+              port: 8443
+            periodSeconds: 1
+            timeoutSeconds: 1
+            failureThreshold: 30
+"#
+    );
+}

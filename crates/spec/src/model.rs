@@ -101,11 +101,25 @@ pub struct Sidecar {
     pub interface: Interface,
     pub aliases: Vec<String>,
     pub readiness: Readiness,
+    /// An HTTP health endpoint the sidecar serves while it runs, for a cluster's liveness and
+    /// readiness probes. Left out of the serialised form (and so of the config hash) when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<SidecarHealth>,
     pub env: BTreeMap<String, String>,
     pub secrets: Vec<Secret>,
     pub mounts: Vec<Mount>,
     pub networks: Vec<String>,
     pub resources: Resources,
+}
+
+/// A sidecar's own health endpoint: `live` answers 2xx while it should not be restarted, `ready`
+/// while it serves. Unlike `readiness` (the gate before the workload starts), it is checked for
+/// as long as the sidecar runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SidecarHealth {
+    pub port: u16,
+    pub live: String,
+    pub ready: String,
 }
 
 impl Sidecar {
@@ -175,6 +189,10 @@ impl Interface {
 pub struct Readiness {
     #[serde(flatten)]
     pub probe: Probe,
+    /// The container port `tcp` and `http` dial, when it is not the interface's (a health
+    /// endpoint of its own). Left out of the serialised form when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     pub timeout: Duration,
     pub interval: Duration,
     pub start_period: Option<Duration>,

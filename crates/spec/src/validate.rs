@@ -26,6 +26,7 @@ pub const SIDECAR_FIELDS: &[&str] = &[
     "interface",
     "aliases",
     "readiness",
+    "health",
     "env",
     "secrets",
     "mounts",
@@ -43,6 +44,7 @@ pub const INTERFACE_FIELDS: &[&str] = &[
 ];
 pub const READINESS_FIELDS: &[&str] = &[
     "mode",
+    "port",
     "path",
     "command",
     "pattern",
@@ -50,6 +52,7 @@ pub const READINESS_FIELDS: &[&str] = &[
     "interval",
     "start_period",
 ];
+pub const SIDECAR_HEALTH_FIELDS: &[&str] = &["port", "live", "ready"];
 pub const SECRET_FIELDS: &[&str] = &["name", "from"];
 pub const RESOURCES_FIELDS: &[&str] = &["memory", "cpus", "gpus"];
 pub const WORKLOAD_FIELDS: &[&str] = &["image", "command", "env", "network_mode", "sidecar"];
@@ -121,10 +124,16 @@ pub static SIDECAR: Shape = shape(
     "a sidecar",
     SIDECAR_FIELDS,
     None,
-    &[&INTERFACE, &READINESS, &RESOURCES],
+    &[&INTERFACE, &READINESS, &SIDECAR_HEALTH, &RESOURCES],
 );
 pub static INTERFACE: Shape = shape("an interface", INTERFACE_FIELDS, Some(&SIDECAR), &[]);
 pub static READINESS: Shape = shape("readiness", READINESS_FIELDS, Some(&SIDECAR), &[]);
+pub static SIDECAR_HEALTH: Shape = shape(
+    "health endpoint",
+    SIDECAR_HEALTH_FIELDS,
+    Some(&SIDECAR),
+    &[],
+);
 pub static RESOURCES: Shape = shape("resources", RESOURCES_FIELDS, Some(&SIDECAR), &[]);
 pub static SECRET: Shape = shape("a secret", SECRET_FIELDS, None, &[]);
 pub static WORKLOAD: Shape = shape("the workload", WORKLOAD_FIELDS, Some(&DECLARATION), &[]);
@@ -261,6 +270,10 @@ pub fn sidecar(
         .unwrap_or_default();
     let (aliases, aliases_ok) = aliases(cx, &f, interface.kind);
     let readiness = readiness(cx, &f, interface.kind);
+    let health = match f.get("health") {
+        Some(n) => sidecar_health(cx, n, &f).map(Some),
+        None => Some(None),
+    };
     let env = cx.or(&f, "env", Default::default(), Ctx::env);
     let secrets = secrets(cx, &f);
     let mounts = mounts(cx, &f, lifecycle);
@@ -299,6 +312,7 @@ pub fn sidecar(
             interface: interface.whole?,
             aliases: aliases_ok.then_some(aliases)?,
             readiness: readiness?,
+            health: health?,
             env: env?,
             secrets: secrets?,
             mounts: mounts?,
@@ -537,13 +551,15 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, kind: Option<&str>) -> Option<Rea
     };
     if matches!(mode, "tcp" | "http")
         && has_port == Some(false)
+        && r.get("port").is_none()
         && let Some(n) = r.get("mode")
     {
         cx.error(&r.at("mode"), n.span, format!("`{mode}` readiness needs a port, and this sidecar's interface has none"))
-            .with_hint("use `exec`, `healthcheck`, `log` or `none`, or give the sidecar a `port` or `mcp` interface");
+            .with_hint("use `exec`, `healthcheck`, `log` or `none`, give readiness a `port`, or give the sidecar a `port` or `mcp` interface");
         return None;
     }
     let applies: &[(&str, &[&str])] = &[
+        ("port", &["tcp", "http"]),
         ("path", &["http"]),
         ("command", &["exec", "healthcheck"]),
         ("pattern", &["log"]),
@@ -604,6 +620,10 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, kind: Option<&str>) -> Option<Rea
         "none" => Some(Probe::None),
         _ => None,
     };
+    let port = match r.get("port") {
+        Some(n) => cx.port(n, &r.at("port")).map(Some),
+        None => Some(None),
+    };
     let timeout = cx.or(&r, "timeout", DEFAULT_TIMEOUT, Ctx::duration);
     let interval = cx.or(&r, "interval", DEFAULT_INTERVAL, Ctx::duration);
     let start_period = match r.get("start_period") {
@@ -615,9 +635,42 @@ fn readiness(cx: &mut Ctx<'_>, f: &Fields<'_>, kind: Option<&str>) -> Option<Rea
     }
     Some(Readiness {
         probe: probe?,
+        port: port?,
         timeout: timeout?,
         interval: interval?,
         start_period: start_period?,
+    })
+}
+
+/// `health: { port, live, ready }`: the sidecar's own HTTP health endpoint.
+fn sidecar_health(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<SidecarHealth> {
+    let path = parent.at("health");
+    let owner = parent.key("health").map(|k| k.span).unwrap_or(parent.span);
+    let f = cx.fields(node, &path, owner, &SIDECAR_HEALTH)?;
+    let port = cx
+        .require(
+            &f,
+            "port",
+            "the port the health endpoint listens on, 1 to 65535",
+        )
+        .and_then(|n| cx.port(n, &f.at("port")));
+    let mut http_path = |field: &str, default: &str| match f.get(field) {
+        Some(n) => cx.string(n, &f.at(field)).and_then(|p| {
+            if p.starts_with('/') {
+                Some(p)
+            } else {
+                cx.error(&f.at(field), n.span, format!("`{p}` must start with `/`"));
+                None
+            }
+        }),
+        None => Some(default.to_owned()),
+    };
+    let live = http_path("live", "/healthz");
+    let ready = http_path("ready", "/readyz");
+    Some(SidecarHealth {
+        port: port?,
+        live: live?,
+        ready: ready?,
     })
 }
 

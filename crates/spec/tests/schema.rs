@@ -29,6 +29,7 @@ fn schema_and_validator_agree_on_every_section() {
         ("/$defs/sidecar", v::SIDECAR_FIELDS),
         ("/$defs/interface", v::INTERFACE_FIELDS),
         ("/$defs/sidecarReadiness", v::READINESS_FIELDS),
+        ("/$defs/sidecarHealth", v::SIDECAR_HEALTH_FIELDS),
         ("/$defs/secret", v::SECRET_FIELDS),
         ("/$defs/resources", v::RESOURCES_FIELDS),
         ("/$defs/workload", v::WORKLOAD_FIELDS),

@@ -867,6 +867,7 @@ impl Router {
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut failing_since: Option<Instant> = None;
+        let mut forwarded = 0u64;
         loop {
             let next = match outbox.first().await {
                 Ok(n) => n,
@@ -877,6 +878,13 @@ impl Router {
                 }
             };
             let Some((key, request)) = next else {
+                if forwarded > 0 {
+                    tracing::info!(
+                        "the outbox is empty: {forwarded} publish{} forwarded to the bus",
+                        if forwarded == 1 { "" } else { "es" }
+                    );
+                    forwarded = 0;
+                }
                 self.0.outbox_wake.notified().await;
                 continue;
             };
@@ -890,6 +898,7 @@ impl Router {
                         );
                     }
                     backoff.reset();
+                    forwarded += 1;
                     if let Err(e) = outbox.remove(key).await {
                         tracing::error!("cannot remove a forwarded publish from the outbox: {e}");
                     }

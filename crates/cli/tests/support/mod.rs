@@ -402,6 +402,8 @@ pub enum Need {
     Podman,
     /// A static tether (scripts/static-tether, or TETHER_STATIC_BIN).
     StaticTether,
+    /// The Rust SDK's example plugin, static (PLUGIN_STATIC_BIN from scripts/static-plugin).
+    StaticPlugin,
 }
 
 fn runs(program: &str, arg: &str) -> bool {
@@ -426,6 +428,7 @@ impl Need {
             }
             Need::Podman => runs("podman", "--version"),
             Need::StaticTether => std::env::var_os("TETHER_STATIC_BIN").is_some(),
+            Need::StaticPlugin => std::env::var_os("PLUGIN_STATIC_BIN").is_some(),
         };
         (!met).then_some(match self {
             Need::Engine => {
@@ -437,6 +440,9 @@ impl Need {
             Need::Podman => "podman is not installed (apt-get install podman)",
             Need::StaticTether => {
                 "no static tether: TETHER_STATIC_BIN=\"$(scripts/static-tether)\""
+            }
+            Need::StaticPlugin => {
+                "no static example plugin: PLUGIN_STATIC_BIN=\"$(scripts/static-plugin)\""
             }
         })
     }
