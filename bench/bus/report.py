@@ -2,8 +2,9 @@
 """The table of bench/bus: tether's plugin bus beside NATS JetStream, ratios, and the targets.
 
 Run it through bench/bus/run, which leaves in WORK: floor.json (the disk's write + fdatasync),
-nats-version, and for each system a folder with result.json (the driver's figures) and
-mem.json (VmHWM and VmRSS from /proc).  Usage: report.py WORK SYNC(yes|no) PERIOD [--quick] [--json]
+nats-version, and for each system a folder with result.json (the driver's figures, with the
+resident memory of the processes it watched).
+Usage: report.py WORK SYNC(yes|no) PERIOD [--quick] [--json]
 """
 
 import json
@@ -26,7 +27,7 @@ with open(os.path.join(WORK, "nats-version")) as f:
 systems = {}
 for name in ["tether-periodic", "tether-always", "jetstream"]:
     if os.path.isdir(os.path.join(WORK, name)):
-        systems[name] = {**load(name, "result.json"), "memory": load(name, "mem.json")}
+        systems[name] = load(name, "result.json")
 
 labels = {
     "tether-periodic": f"tether --sync {PERIOD}",
@@ -51,20 +52,26 @@ def mib(kib):
     return f"{kib / 1024:.1f} MiB"
 
 
+def maybe_mib(kib):
+    return "-" if kib is None else mib(kib)
+
+
 def ratio(x, base):
-    if x is None or not base:
-        return ""
     return f"{x / base:.2f}x"
 
 
-def sidecar_hwm(s):
-    m = s["memory"]
-    return max(m["sidecar_pub"]["hwm_kib"], m["sidecar_sub"]["hwm_kib"]) if "sidecar_pub" in m else None
+def sidecar(field):
+    """The larger of the two sidecars' `field`, None for JetStream."""
+
+    def get(s):
+        m = s["memory"]
+        return max(m["sidecar_pub"][field], m["sidecar_sub"][field]) if "sidecar_pub" in m else None
+
+    return get
 
 
-def server_hwm(s):
-    m = s["memory"]
-    return (m.get("bus") or m["server"])["hwm_kib"]
+def server(field):
+    return lambda s: (s["memory"].get("bus") or s["memory"]["server"])[field]
 
 
 rows = [
@@ -75,8 +82,12 @@ rows = [
     ("  publish acknowledged, p99", lambda s: s["rate"]["ack_p99_ms"], ms),
     (f"saturation ({sat['inflight']} in flight, {sat['secs']} s), published/s", lambda s: s["saturation"]["published_per_s"], lambda x: f"{x:,.0f}"),
     ("  delivered/s, end to end", lambda s: s["saturation"]["delivered_per_s"], lambda x: f"{x:,.0f}"),
-    ("resident memory (peak), bus or server", server_hwm, mib),
-    ("  one sidecar (the larger)", sidecar_hwm, lambda x: "-" if x is None else mib(x)),
+    ("resident, bus or nats-server, at 1,000 msg/s", server("rss_at_rate_kib"), mib),
+    ("  of it anonymous (not the binary's pages)", server("anon_at_rate_kib"), mib),
+    ("  peak (VmHWM), after saturation", server("hwm_kib"), mib),
+    ("resident, one sidecar (the larger), at 1,000 msg/s", sidecar("rss_at_rate_kib"), maybe_mib),
+    ("  of it anonymous (not the binary's pages)", sidecar("anon_at_rate_kib"), maybe_mib),
+    ("  peak (VmHWM), after saturation", sidecar("hwm_kib"), maybe_mib),
 ]
 
 print(f"tether's plugin bus beside NATS JetStream ({os.cpu_count()} cores), 1 KiB messages, one topic{', QUICK run' if QUICK else ''}")
@@ -93,7 +104,7 @@ for title, get, fmt in rows:
     for n in names:
         v = get(systems[n])
         text = fmt(v)
-        if n != "jetstream" and v is not None:
+        if n != "jetstream" and v is not None and base:
             text += f" ({ratio(v, base)})"
         cells.append(f"{text:>{col}}")
     print(f"{title:<{width}}" + "".join(cells))
@@ -120,9 +131,9 @@ print(
 )
 if not SYNC:
     print(
-        "This `tether bus serve` has no --sync flag yet (branch bus-server adds it): only the default,"
-        "\nwhich fsyncs each commit before the ack, was run. The run passes --sync always and"
-        f" --sync {PERIOD} by itself once --help shows the flag."
+        "This `tether bus serve` has no --sync flag yet (branch bus-server adds it): only its default,"
+        "\nwhich fsyncs each commit before the ack, was run. bench/bus runs --sync always and"
+        f"\n--sync {PERIOD} by itself once `tether bus serve --help` shows the flag."
     )
 
 print("\ntargets (issue 12):")
@@ -147,7 +158,13 @@ print(
     f"  [{verdict(p99 <= 2 * floor['p99_ms'])}] fsync each commit, p99 at 1,000 msg/s within 2x the disk's"
     f" (p99 of write + fdatasync): {ms(p99)} vs 2 x {ms(floor['p99_ms'])}"
 )
-side = max(sidecar_hwm(systems[n]) for n in names if n != "jetstream")
-print(f"  [{verdict(side * 1024 < 10_000_000)}] a sidecar under 10 MB resident (peak, VmHWM): {side * 1024 / 1e6:.1f} MB")
+tethers = [systems[n] for n in names if n != "jetstream"]
+peak = max(sidecar("hwm_kib")(t) for t in tethers) * 1024 / 1e6
+steady = max(sidecar("rss_at_rate_kib")(t) for t in tethers) * 1024 / 1e6
+anon = max(sidecar("anon_at_rate_kib")(t) for t in tethers) * 1024 / 1e6
+print(
+    f"  [{verdict(peak < 10)}] a sidecar under 10 MB resident: peak (VmHWM) {peak:.1f} MB; at 1,000 msg/s"
+    f" {steady:.1f} MB, of which {anon:.1f} MB anonymous"
+)
 if QUICK:
     print("\nQUICK run: a few seconds per phase, so p99.9 rests on few samples; run without --quick for figures.")

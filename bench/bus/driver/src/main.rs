@@ -19,6 +19,9 @@
 //! - **saturation**: `--inflight` publishes in flight at once for `--sat-secs`, each awaiting
 //!   its acknowledgement (durable) before its slot is reused; published/s (acknowledged) and
 //!   delivered/s (first publish to last delivery).
+//! - **memory**: for each `--watch NAME=PID`, VmRSS at the end of the rate phase (the steady
+//!   state), and VmRSS and VmHWM (the peak) at the end; beside each VmRSS its RssAnon, the part
+//!   that is not the binary's (shared) file pages.
 //!
 //! tether: two plugins through the `tether-plugin` SDK, each on its own `tether sidecar`; the
 //! subscriber acks each message by returning `Ok`. JetStream: two `async-nats` connections, a
@@ -48,6 +51,22 @@ struct Cfg {
     secs: u64,
     sat_secs: u64,
     inflight: usize,
+    /// Processes whose resident memory is reported: (name, pid).
+    watch: Vec<(String, u32)>,
+}
+
+/// A process's resident memory in KiB, from /proc: VmRSS, VmHWM (the peak), and RssAnon (the
+/// part that is not file pages: the binary's own pages are shared by every process running it).
+fn resident(pid: u32) -> (u64, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"), field("RssAnon:"))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -253,6 +272,8 @@ where
         cfg.rate * cfg.secs,
         rate.acked
     );
+    // Resident memory in the steady state at the rate, before saturation raises the peaks.
+    let at_rate: Vec<(u64, u64, u64)> = cfg.watch.iter().map(|(_, pid)| resident(*pid)).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Saturation.
@@ -295,6 +316,17 @@ where
         sat.acked
     );
 
+    let memory = cfg
+        .watch
+        .iter()
+        .zip(at_rate)
+        .map(|((name, pid), at_rate)| {
+            let (rss, hwm, anon) = resident(*pid);
+            let (rate_rss, _, rate_anon) = at_rate;
+            format!("{name:?}: {{\"rss_at_rate_kib\": {rate_rss}, \"anon_at_rate_kib\": {rate_anon}, \"rss_kib\": {rss}, \"anon_kib\": {anon}, \"hwm_kib\": {hwm}}}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut seen = std::mem::take(&mut *rec.seen.lock().unwrap_or_else(|e| e.into_inner()));
     let mut rate_ack = rate.ack;
     rate_ack.sort_unstable();
@@ -314,7 +346,7 @@ where
             "\"received\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"p999_ms\": {}, \"max_ms\": {}, \"ack_p50_ms\": {}, \"ack_p99_ms\": {}}}, ",
             "\"saturation\": {{\"inflight\": {}, \"secs\": {}, \"sent\": {}, \"acked\": {}, \"errors\": {}, \"first_error\": {}, \"received\": {}, ",
             "\"published_per_s\": {}, \"delivered_per_s\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"ack_p50_ms\": {}, \"ack_p99_ms\": {}}}, ",
-            "\"redelivered\": {}}}"
+            "\"redelivered\": {}, \"memory\": {{{}}}}}"
         ),
         cfg.rate,
         cfg.secs,
@@ -343,6 +375,7 @@ where
         num(pct(&sat_ack, 0.50)),
         num(pct(&sat_ack, 0.99)),
         seen.redelivered,
+        memory,
     ))
 }
 
@@ -563,7 +596,8 @@ fn fsync_floor(dir: &str, count: usize) -> BoxResult<String> {
 const USAGE: &str = "usage: tether-bench-bus tether PUBLISH_SIDECAR SUBSCRIBE_SIDECAR [OPTIONS]
        tether-bench-bus nats NATS_URL [OPTIONS]
        tether-bench-bus fsync-floor DIR [COUNT]
-options: --rate 1000 --secs 25 --sat-secs 10 --inflight 256";
+options: --rate 1000 --secs 25 --sat-secs 10 --inflight 256 --watch NAME=PID (repeatable:
+         the resident memory of these processes at the rate and at the end)";
 
 fn parse(args: &[String]) -> BoxResult<(Vec<String>, Cfg)> {
     let mut cfg = Cfg {
@@ -571,6 +605,7 @@ fn parse(args: &[String]) -> BoxResult<(Vec<String>, Cfg)> {
         secs: 25,
         sat_secs: 10,
         inflight: 256,
+        watch: Vec::new(),
     };
     let mut plain = Vec::new();
     let mut it = args.iter();
@@ -587,6 +622,14 @@ fn parse(args: &[String]) -> BoxResult<(Vec<String>, Cfg)> {
             "--secs" => cfg.secs = value(a)?,
             "--sat-secs" => cfg.sat_secs = value(a)?,
             "--inflight" => cfg.inflight = value(a)? as usize,
+            "--watch" => {
+                let v = it.next().ok_or("--watch needs NAME=PID")?;
+                let watched = v
+                    .split_once('=')
+                    .and_then(|(name, pid)| Some((name.to_string(), pid.parse().ok()?)))
+                    .ok_or(format!("--watch {v}: not NAME=PID"))?;
+                cfg.watch.push(watched);
+            }
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             _ => plain.push(a.clone()),
         }
