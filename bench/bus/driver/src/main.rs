@@ -3,8 +3,9 @@
 //! sidecars, runs this once per system, and prints the table.
 //!
 //! ```text
-//! tether-bench-bus tether PUBLISH_SIDECAR SUBSCRIBE_SIDECAR [--rate 1000] [--secs 25] [--sat-secs 10] [--inflight 256]
-//! tether-bench-bus nats NATS_URL [same options]
+//! tether-bench-bus tether PUBLISH_SIDECAR SUBSCRIBE_SIDECAR [OPTIONS]
+//! tether-bench-bus nats NATS_URL [OPTIONS]
+//!   OPTIONS: --rate 1000 --secs 25 --sat-secs 10 --inflight 256 --watch NAME=PID ...
 //! tether-bench-bus fsync-floor DIR [COUNT]
 //! ```
 //!
@@ -35,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use serde_json::{Value, json};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
@@ -151,21 +153,10 @@ fn payload(phase: u8, index: u64, sent: u64) -> Vec<u8> {
 // The measurement, the same for every system
 // ------------------------------------------------------------------------------------------
 
-/// Percentile `p` (0..1) of sorted nanoseconds, in milliseconds.
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1] as f64 / 1e6
-}
-
-fn num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.4}")
-    } else {
-        "null".to_string()
-    }
+/// Percentile `p` (0..1) of sorted nanoseconds, in milliseconds; None when there are none.
+fn pct(sorted: &[u64], p: f64) -> Option<f64> {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    Some(sorted.get(rank - 1).copied()? as f64 / 1e6)
 }
 
 struct Outcome {
@@ -231,7 +222,7 @@ where
     out
 }
 
-async fn measure<P, F>(rec: Arc<Recorder>, publish: P, cfg: &Cfg) -> BoxResult<String>
+async fn measure<P, F>(rec: Arc<Recorder>, publish: P, cfg: &Cfg) -> BoxResult<Value>
 where
     P: Fn(Vec<u8>) -> F,
     F: Future<Output = BoxResult<()>> + Send + 'static,
@@ -316,17 +307,19 @@ where
         sat.acked
     );
 
-    let memory = cfg
+    let memory: serde_json::Map<String, Value> = cfg
         .watch
         .iter()
         .zip(at_rate)
-        .map(|((name, pid), at_rate)| {
+        .map(|((name, pid), (rate_rss, _, rate_anon))| {
             let (rss, hwm, anon) = resident(*pid);
-            let (rate_rss, _, rate_anon) = at_rate;
-            format!("{name:?}: {{\"rss_at_rate_kib\": {rate_rss}, \"anon_at_rate_kib\": {rate_anon}, \"rss_kib\": {rss}, \"anon_kib\": {anon}, \"hwm_kib\": {hwm}}}")
+            let figures = json!({
+                "rss_at_rate_kib": rate_rss, "anon_at_rate_kib": rate_anon,
+                "rss_kib": rss, "anon_kib": anon, "hwm_kib": hwm,
+            });
+            (name.clone(), figures)
         })
-        .collect::<Vec<_>>()
-        .join(", ");
+        .collect();
     let mut seen = std::mem::take(&mut *rec.seen.lock().unwrap_or_else(|e| e.into_inner()));
     let mut rate_ack = rate.ack;
     rate_ack.sort_unstable();
@@ -335,48 +328,28 @@ where
     let lat = &mut seen.latency;
     lat[1].sort_unstable();
     lat[2].sort_unstable();
-    let secs = |ns: u64| ns as f64 / 1e9;
-    let error = |e: Option<String>| match e {
-        Some(e) => format!("{e:?}"),
-        None => "null".into(),
-    };
-    Ok(format!(
-        concat!(
-            "{{\"rate\": {{\"target_per_s\": {}, \"secs\": {}, \"sent\": {}, \"acked\": {}, \"errors\": {}, \"first_error\": {}, ",
-            "\"received\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"p999_ms\": {}, \"max_ms\": {}, \"ack_p50_ms\": {}, \"ack_p99_ms\": {}}}, ",
-            "\"saturation\": {{\"inflight\": {}, \"secs\": {}, \"sent\": {}, \"acked\": {}, \"errors\": {}, \"first_error\": {}, \"received\": {}, ",
-            "\"published_per_s\": {}, \"delivered_per_s\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"ack_p50_ms\": {}, \"ack_p99_ms\": {}}}, ",
-            "\"redelivered\": {}, \"memory\": {{{}}}}}"
-        ),
-        cfg.rate,
-        cfg.secs,
-        cfg.rate * cfg.secs,
-        rate.acked,
-        rate.errors,
-        error(rate.first_error),
-        seen.count[1],
-        num(pct(&lat[1], 0.50)),
-        num(pct(&lat[1], 0.99)),
-        num(pct(&lat[1], 0.999)),
-        num(pct(&lat[1], 1.0)),
-        num(pct(&rate_ack, 0.50)),
-        num(pct(&rate_ack, 0.99)),
-        cfg.inflight,
-        cfg.sat_secs,
-        sent,
-        sat.acked,
-        sat.errors,
-        error(sat.first_error),
-        seen.count[2],
-        num(sat.acked as f64 / secs(published_end - start)),
-        num(seen.count[2] as f64 / secs(seen.last.max(start + 1) - start)),
-        num(pct(&lat[2], 0.50)),
-        num(pct(&lat[2], 0.99)),
-        num(pct(&sat_ack, 0.50)),
-        num(pct(&sat_ack, 0.99)),
-        seen.redelivered,
-        memory,
-    ))
+    let per_s = |n: u64, from: u64, to: u64| n as f64 / ((to.max(from + 1) - from) as f64 / 1e9);
+    Ok(json!({
+        "rate": {
+            "target_per_s": cfg.rate, "secs": cfg.secs, "sent": cfg.rate * cfg.secs,
+            "acked": rate.acked, "errors": rate.errors, "first_error": rate.first_error,
+            "received": seen.count[1],
+            "p50_ms": pct(&lat[1], 0.50), "p99_ms": pct(&lat[1], 0.99),
+            "p999_ms": pct(&lat[1], 0.999), "max_ms": pct(&lat[1], 1.0),
+            "ack_p50_ms": pct(&rate_ack, 0.50), "ack_p99_ms": pct(&rate_ack, 0.99),
+        },
+        "saturation": {
+            "inflight": cfg.inflight, "secs": cfg.sat_secs, "sent": sent,
+            "acked": sat.acked, "errors": sat.errors, "first_error": sat.first_error,
+            "received": seen.count[2],
+            "published_per_s": per_s(sat.acked, start, published_end),
+            "delivered_per_s": per_s(seen.count[2], start, seen.last),
+            "p50_ms": pct(&lat[2], 0.50), "p99_ms": pct(&lat[2], 0.99),
+            "ack_p50_ms": pct(&sat_ack, 0.50), "ack_p99_ms": pct(&sat_ack, 0.99),
+        },
+        "redelivered": seen.redelivered,
+        "memory": memory,
+    }))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -425,7 +398,7 @@ impl tether_plugin::Plugin for Subscriber {
     }
 }
 
-async fn tether(pub_addr: &str, sub_addr: &str, cfg: &Cfg) -> BoxResult<String> {
+async fn tether(pub_addr: &str, sub_addr: &str, cfg: &Cfg) -> BoxResult<Value> {
     let rec = Arc::new(Recorder::new());
     let (stop, stopped) = watch::channel(false);
     let options = |addr: &str| {
@@ -484,7 +457,7 @@ async fn tether(pub_addr: &str, sub_addr: &str, cfg: &Cfg) -> BoxResult<String> 
 // NATS JetStream: the same through async-nats
 // ------------------------------------------------------------------------------------------
 
-async fn nats(url: &str, cfg: &Cfg) -> BoxResult<String> {
+async fn nats(url: &str, cfg: &Cfg) -> BoxResult<Value> {
     use async_nats::jetstream::{self, consumer, stream};
     let js = jetstream::new(
         async_nats::connect(url)
@@ -565,7 +538,7 @@ async fn nats(url: &str, cfg: &Cfg) -> BoxResult<String> {
 // ------------------------------------------------------------------------------------------
 
 /// `count` appends of 1 KiB to a file in `dir`, each followed by fdatasync (a log's commit).
-fn fsync_floor(dir: &str, count: usize) -> BoxResult<String> {
+fn fsync_floor(dir: &str, count: usize) -> BoxResult<Value> {
     let path = std::path::Path::new(dir).join("fsync-floor");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -583,12 +556,10 @@ fn fsync_floor(dir: &str, count: usize) -> BoxResult<String> {
     }
     let _ = std::fs::remove_file(&path);
     took.sort_unstable();
-    Ok(format!(
-        "{{\"count\": {count}, \"p50_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}}}",
-        num(pct(&took, 0.5)),
-        num(pct(&took, 0.99)),
-        num(pct(&took, 1.0))
-    ))
+    Ok(json!({
+        "count": count,
+        "p50_ms": pct(&took, 0.5), "p99_ms": pct(&took, 0.99), "max_ms": pct(&took, 1.0),
+    }))
 }
 
 // ------------------------------------------------------------------------------------------
