@@ -89,10 +89,11 @@ pub fn ctl(socket: Option<PathBuf>, json_out: bool, command: CtlCommand) -> u8 {
     }
     if let Some(error) = answer.get("error").and_then(Value::as_str) {
         drop(stdout);
-        if let Some(detail) = answer.get("detail").and_then(Value::as_str) {
-            eprint!("{detail}");
+        // A reload's diagnostics, rendered as `tether check` does, end with their own summary.
+        match answer.get("detail").and_then(Value::as_str) {
+            Some(detail) => eprint!("{detail}"),
+            None => output::error(error),
         }
-        output::error(error);
         return code;
     }
     match command {
@@ -129,7 +130,7 @@ fn change_line(c: &Value) -> String {
         "restart" => format!("restarting {name}{why}"),
         "add" => format!("adding {name}{why}"),
         "remove" => format!("removing {name}{why}"),
-        "signal" => format!("sent {name}{why}"),
+        "signal" => format!("{name}: sent {}", c["why"].as_str().unwrap_or("the signal")),
         "unchanged" => format!("unchanged {name}{why}"),
         "running" => format!("{name} is already running"),
         "stopped" => format!("{name} is already stopped{why}"),
