@@ -1612,9 +1612,11 @@ impl Core {
                 continue;
             }
             let d = &mut self.daemons[i];
+            // A completed daemon runs again when named; as a dependency, its completion stands.
             let startable = match &d.state {
                 State::Backoff => true,
-                State::Done(end) => *end != End::NotSelected && *end != End::Completed,
+                State::Done(End::Completed) => why.is_none(),
+                State::Done(end) => *end != End::NotSelected,
                 _ => false,
             };
             if d.pending.is_some() || d.stopping.is_some() {
@@ -1629,6 +1631,7 @@ impl Core {
             }
             if !startable || d.proc.alive() {
                 if why.is_none() {
+                    // Running, or on its way (waiting for its dependencies, starting).
                     changes.push(Change::new(&d.name, "running", Some(d.state_name().into())));
                 }
                 continue;

@@ -132,7 +132,10 @@ fn change_line(c: &Value) -> String {
         "remove" => format!("removing {name}{why}"),
         "signal" => format!("{name}: sent {}", c["why"].as_str().unwrap_or("the signal")),
         "unchanged" => format!("unchanged {name}{why}"),
-        "running" => format!("{name} is already running"),
+        "running" => match c["why"].as_str() {
+            Some("running") | None => format!("{name} is already running"),
+            Some(state) => format!("{name} is already {state}"),
+        },
         "stopped" => format!("{name} is already stopped{why}"),
         other => format!("{other} {name}{why}"),
     }

@@ -1010,6 +1010,40 @@ fn a_requested_start_starts_what_it_depends_on_first() {
 }
 
 #[test]
+fn a_completed_daemon_runs_again_when_named_but_not_as_a_dependency() {
+    let mut sim = Sim::new(
+        r#"
+  daemons:
+    migrate: { command: [migrate], restart: { policy: never } }
+    app: { command: [app], depends_on: { migrate: completed } }
+"#,
+    );
+    begin(&mut sim);
+    sim.exit("migrate", Exit::Code(0));
+    let (migrate, app) = (sim.daemon("migrate"), sim.daemon("app"));
+    control(&mut sim, Request::Stop(vec![app]));
+    sim.exit("app", Exit::Signal(SIGTERM));
+    assert_eq!(
+        control(&mut sim, Request::Start(vec![app])),
+        [
+            "cancel app",
+            "spawn app",
+            "[tether] app: started (pid 102)",
+            "reply: start app"
+        ]
+    );
+    assert_eq!(
+        control(&mut sim, Request::Start(vec![migrate])),
+        [
+            "cancel migrate",
+            "spawn migrate",
+            "[tether] migrate: started (pid 103)",
+            "reply: start migrate"
+        ]
+    );
+}
+
+#[test]
 fn stopping_every_daemon_keeps_the_bundle_until_a_shutdown() {
     let mut sim = Sim::new(
         r#"
