@@ -247,10 +247,18 @@ impl Handle {
                 return;
             }
         };
-        let answer = tokio::select! {
-            a = self.answer(&request, &mut sink, true) => a,
-            // The client went away (Ctrl-C on `logs -f`): stop here.
-            _ = closed(&mut read) => return,
+        let follows = request.get("follow").and_then(Value::as_bool) == Some(true);
+        let answer = if follows {
+            tokio::select! {
+                a = self.answer(&request, &mut sink, true) => a,
+                // The client went away (Ctrl-C on `logs -f`): stop following a quiet daemon
+                // now rather than at its next line.
+                _ = closed(&mut read) => return,
+            }
+        } else {
+            // A client that closes its writing side after the request (`nc -N`) still gets
+            // its answer.
+            self.answer(&request, &mut sink, true).await
         };
         sink.line(answer).await;
     }
