@@ -257,6 +257,21 @@ pub enum Command {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Steer a running `tether init`: status, start, stop, restart, signal, logs, reload, shutdown
+    #[command(
+        after_help = "Examples:\n  tether ctl status                 each daemon's state, pid, uptime, restarts, last exit, readiness\n  tether ctl stop db                stops what depends on db first, then db (and says so)\n  tether ctl start api              starts what api depends on, then api; waits until it is ready\n  tether ctl restart api worker\n  tether ctl signal web HUP\n  tether ctl logs web --tail 20 -f  from the init's memory: the last 1000 lines (64 KiB) per daemon\n  tether ctl reload                 reads the declaration again and applies the difference\n  tether ctl shutdown               as SIGTERM: stops every daemon, then tether init exits\n\nThe socket is `init.control.socket` of the declaration tether init runs, by default\n$XDG_RUNTIME_DIR/tether/init.sock, else /run/tether/init.sock; name another with --socket.\nstart, stop, restart and reload wait until the daemons they touch are running, backing off\nor stopped. Daemons stopped on request do not end the bundle: it waits for a start, a\nreload, `shutdown` or SIGTERM.\n\nExit status: 0 done; 1 refused, nothing changed (an unknown daemon, an invalid declaration on\nreload, a daemon that is not running for signal); 2 no tether init answers on the socket, or\nit ended first; 3 done, but a daemon did not start or become ready."
+    )]
+    Ctl {
+        /// The control socket [default: $XDG_RUNTIME_DIR/tether/init.sock, else
+        /// /run/tether/init.sock]
+        #[arg(long, value_name = "PATH", global = true)]
+        socket: Option<PathBuf>,
+        /// Print the answer as JSON (logs: one object per line)
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// The plugin bus: `tether bus serve` runs the Bus API server
     #[cfg(feature = "bus")]
     Bus {
@@ -295,4 +310,63 @@ pub enum BusCommand {
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
         max_bytes: u64,
     },
+}
+
+#[derive(Subcommand)]
+pub enum CtlCommand {
+    /// Each daemon's state, pid, uptime, restarts, last exit and readiness
+    Status,
+    /// Start daemons, and what they depend on; wait until they run (and are ready)
+    Start {
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+        /// Return once the request is taken, without waiting
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop daemons, after what depends on them; wait until they are stopped
+    Stop {
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+        /// Return once the request is taken, without waiting
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop daemons (what depends on them first) and start them all again
+    Restart {
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+        /// Return once the request is taken, without waiting
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Send a signal to a daemon (its process group, or its main process with
+    /// `forward_signals: process`)
+    Signal {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// HUP, SIGUSR1, 10, …
+        #[arg(value_name = "SIG")]
+        signal: String,
+    },
+    /// A daemon's recent output, kept in the init's memory (its last 1000 lines, 64 KiB)
+    Logs {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Keep printing new lines until interrupted
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
+    /// Read the declaration again: start what is new, stop what was removed, restart what
+    /// changed (and what depends on it); an invalid file changes nothing
+    Reload {
+        /// Return once the request is taken, without waiting
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop the bundle, as SIGTERM does; return once every daemon stopped
+    Shutdown,
 }

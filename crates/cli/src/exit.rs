@@ -16,6 +16,8 @@ pub const SIDECAR: u8 = 3;
 pub const STARTUP_FAILED: u8 = 3;
 /// `tether sidecar`: the drain timeout passed; what was unacked was released.
 pub const DRAIN_TIMEOUT: u8 = 4;
+/// `tether ctl`: no tether init answers on the socket, or it ended before answering.
+pub const CTL_UNREACHABLE: u8 = tether_init::control::code::UNREACHABLE;
 /// `tether init`: a fatal step failed or timed out; no daemon was started.
 pub const STEP_FAILED: u8 = 122;
 /// `tether init`: a daemon gave up after `max_restarts`.

@@ -113,6 +113,11 @@ fn dispatch(command: Command) -> u8 {
             grace,
             command,
         } => cmd::init::init(&file, only, no_setsid, grace, command),
+        Command::Ctl {
+            socket,
+            json,
+            command,
+        } => cmd::ctl::ctl(socket, json, command),
         #[cfg(feature = "bus")]
         Command::Bus { command } => cmd::bus::run(command),
         #[cfg(feature = "sidecar")]

@@ -753,8 +753,15 @@ fn the_health_endpoint_reports_readiness_and_status() {
     );
     let (status, body) = http_get(&addr, "/status");
     assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let pid: i64 = pid_in(&run.seen, "gate").parse().unwrap();
+    // How long it has run: a number, never compared with a clock.
+    let uptime = v["daemons"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("uptime_ms")
+        .unwrap();
+    assert!(uptime.is_u64(), "{uptime}");
     assert_eq!(
         v["daemons"][0],
         serde_json::json!({"name": "gate", "state": "running", "pid": pid, "restarts": 0, "last_exit": null, "ready": true})
@@ -926,7 +933,8 @@ fn as_pid_1_in_a_new_pid_namespace() {
     cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
         .arg(tether_bin())
         .args(["init", "-f"])
-        .arg(b.file());
+        .arg(b.file())
+        .env("XDG_RUNTIME_DIR", b.dir.path());
     let mut run = Run::spawn(cmd);
     let line = run.wait_for("pid1=");
     assert!(line.contains(" init -f "), "{line}");
@@ -1199,8 +1207,11 @@ fn an_invalid_declaration_starts_nothing() {
 #[test]
 fn the_gateway_example_runs_on_the_host() {
     let file = repo().join("examples/gateway-bundle/tether.yaml");
+    let runtime = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(tether_bin());
-    cmd.args(["init", "-f"]).arg(&file);
+    cmd.args(["init", "-f"])
+        .arg(&file)
+        .env("XDG_RUNTIME_DIR", runtime.path());
     let mut run = Run::spawn(cmd);
     run.wait_for("[tether] render-config: step completed");
     run.wait_for("[tether] prober: started");
@@ -1243,6 +1254,7 @@ fn a_closed_output_pipe_does_not_disturb_the_daemons() {
     let mut child = std::process::Command::new(tether_bin())
         .args(["init", "-f"])
         .arg(b.file())
+        .env("XDG_RUNTIME_DIR", b.dir.path())
         .stdout(out_w)
         .stderr(err_w)
         .spawn()

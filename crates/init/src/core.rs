@@ -160,7 +160,56 @@ pub enum Action {
         unit: Unit,
     },
     Emit(Line),
+    /// The answer to an [`Event::Control`] request; exactly one per request.
+    Reply(Reply),
     Finish(Outcome),
+}
+
+/// An operation asked for while the bundle runs (`tether ctl`). Daemons by index; names are
+/// turned into indexes by [`Core::resolve`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// Starts them and what they depend on.
+    Start(Vec<usize>),
+    /// Stops them, after what depends on them.
+    Stop(Vec<usize>),
+    /// Stops them (after what depends on them) and starts them all again.
+    Restart(Vec<usize>),
+    Signal {
+        daemon: usize,
+        signal: i32,
+    },
+    /// Applies a new declaration: adds, removes and restarts what differs.
+    Reload(Box<Init>),
+    /// Stops the bundle, as SIGTERM does.
+    Shutdown,
+}
+
+/// What a request did, daemon by daemon.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    Done(Vec<Change>),
+    Refused(String),
+}
+
+/// One daemon's part in a request: `what` is `start`, `stop`, `restart`, `signal`, `add`,
+/// `remove`, `unchanged`, `running` (nothing to start) or `stopped` (nothing to stop).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub daemon: String,
+    pub what: &'static str,
+    /// Why it is touched when it was not named (`it depends on db`), or a detail.
+    pub why: Option<String>,
+}
+
+impl Change {
+    fn new(daemon: &str, what: &'static str, why: Option<String>) -> Change {
+        Change {
+            daemon: daemon.to_owned(),
+            what,
+            why,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -215,20 +264,9 @@ pub enum Event {
     Signal(i32),
     /// Signals can no longer be read.
     SignalsLost,
-    /// Requested operations on one daemon (for the control socket, next). A requested stop
-    /// is not a failure: no restart policy or `on_exit` acts on it.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the control socket sends it"))]
-    Stop {
-        daemon: usize,
-    },
-    #[cfg_attr(not(test), expect(dead_code, reason = "the control socket sends it"))]
-    Start {
-        daemon: usize,
-    },
-    #[cfg_attr(not(test), expect(dead_code, reason = "the control socket sends it"))]
-    Restart {
-        daemon: usize,
-    },
+    /// A requested operation (the control socket), answered by one [`Action::Reply`]. A
+    /// requested stop is not a failure: no restart policy or `on_exit` acts on it.
+    Control(Request),
 }
 
 /// One running process as the core sees it, and the one way every process is stopped: a
@@ -438,14 +476,61 @@ struct Slot {
     ever_started: bool,
     last_exit: Option<Exit>,
     stopping: Option<StopReason>,
+    /// A requested stop or restart that waits until what depends on it is gone.
+    pending: Option<StopReason>,
+    /// The declaration it takes on at its next start (a reload changed it).
+    next: Option<Box<Daemon>>,
+    /// No longer declared (a reload): stopped, then kept only so that its index stays valid.
+    removed: bool,
 }
 
 impl Slot {
+    fn new(name: &str, spec: &Daemon, grace: Duration, state: State) -> Slot {
+        Slot {
+            name: name.to_owned(),
+            spec: spec.clone(),
+            deps: Vec::new(),
+            grace: spec.stop.grace.map_or(grace, |g| g.0),
+            state,
+            run: 0,
+            proc: Proc::default(),
+            restarts: 0,
+            total_restarts: 0,
+            delay: spec.restart.backoff.initial.0,
+            started_at: Duration::ZERO,
+            ever_started: false,
+            last_exit: None,
+            stopping: None,
+            pending: None,
+            next: None,
+            removed: false,
+        }
+    }
+
+    /// Running, or about to: what a stop has to act on.
+    fn active(&self) -> bool {
+        self.proc.alive() || !matches!(self.state, State::Done(_))
+    }
+
+    /// Where a requested operation leaves it to rest: running, backing off, or done.
+    fn settled(&self) -> bool {
+        self.pending.is_none()
+            && self.stopping.is_none()
+            && match self.state {
+                State::Running | State::Backoff => true,
+                State::Done(_) => !self.proc.alive(),
+                _ => false,
+            }
+    }
+
     fn has_check(&self) -> bool {
         self.spec.readiness.check != tether_spec::model::Check::None
     }
 
     fn state_name(&self) -> &'static str {
+        if self.pending.is_some() {
+            return "stopping";
+        }
         match &self.state {
             State::Waiting => "waiting",
             State::Starting => "starting",
@@ -467,6 +552,8 @@ pub struct Core {
     daemons: Vec<Slot>,
     steps: Steps,
     order: ShutdownOrder,
+    /// `shutdown.grace`: a daemon's grace unless its `stop.grace` says otherwise.
+    grace: Duration,
     added: Vec<(String, String)>,
     phase: Phase,
     /// The failure that ended the bundle; later ones do not override it.
@@ -488,35 +575,20 @@ impl Core {
             .daemons
             .iter()
             .enumerate()
-            .map(|(i, (name, spec))| Slot {
-                name: name.clone(),
-                spec: spec.clone(),
-                deps: spec
-                    .depends_on
-                    .iter()
-                    .filter_map(|(dep, c)| init.daemons.get_index_of(dep).map(|j| (j, *c)))
-                    .collect(),
-                grace: spec.stop.grace.unwrap_or(init.shutdown.grace).0,
-                state: if selection.selected[i] {
+            .map(|(i, (name, spec))| {
+                let state = if selection.selected[i] {
                     State::Waiting
                 } else {
                     State::Done(End::NotSelected)
-                },
-                run: 0,
-                proc: Proc::default(),
-                restarts: 0,
-                total_restarts: 0,
-                delay: spec.restart.backoff.initial.0,
-                started_at: Duration::ZERO,
-                ever_started: false,
-                last_exit: None,
-                stopping: None,
+                };
+                Slot::new(name, spec, init.shutdown.grace.0, state)
             })
             .collect();
-        Core {
+        let mut core = Core {
             daemons,
             steps: Steps::new(&init.steps, init.shutdown.grace.0, code_of),
             order: init.shutdown.order,
+            grace: init.shutdown.grace.0,
             added: selection.added,
             phase: Phase::Steps,
             cause: None,
@@ -525,13 +597,103 @@ impl Core {
             code_of,
             pass: None,
             finished: false,
+        };
+        for i in 0..core.daemons.len() {
+            core.daemons[i].deps = core.resolve_deps(&core.daemons[i].spec);
         }
+        core
+    }
+
+    /// `depends_on` as indexes of the daemons declared now.
+    fn resolve_deps(&self, spec: &Daemon) -> Vec<(usize, Condition)> {
+        spec.depends_on
+            .iter()
+            .filter_map(|(dep, c)| self.index_of(dep).map(|j| (j, *c)))
+            .collect()
+    }
+
+    /// The declared daemon of that name (not one a reload removed).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.daemons
+            .iter()
+            .position(|d| d.name == name && !d.removed)
+    }
+
+    /// How many daemon slots there are (a reload adds some; none is ever taken away).
+    pub fn len(&self) -> usize {
+        self.daemons.len()
+    }
+
+    /// The declaration a daemon's next process is started from.
+    pub fn spec(&self, i: usize) -> &Daemon {
+        &self.daemons[i].spec
+    }
+
+    /// The daemons named, for a request; unknown (or not selected) names are an error that
+    /// lists the known ones.
+    pub fn resolve(&self, names: &[String]) -> Result<Vec<usize>, String> {
+        if names.is_empty() {
+            return Err("name at least one daemon".into());
+        }
+        let known: Vec<&str> = self
+            .daemons
+            .iter()
+            .filter(|d| !d.removed && d.state != State::Done(End::NotSelected))
+            .map(|d| d.name.as_str())
+            .collect();
+        let mut found = Vec::new();
+        let mut unknown = Vec::new();
+        for n in names {
+            match self.index_of(n) {
+                Some(i) if known.contains(&n.as_str()) => {
+                    if !found.contains(&i) {
+                        found.push(i);
+                    }
+                }
+                _ => unknown.push(n),
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(found);
+        }
+        let list = unknown
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let hint = unknown
+            .iter()
+            .find_map(|u| tether_spec::values::did_you_mean(u, &known))
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        let has = if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        };
+        Err(format!(
+            "no daemon named {list} in this bundle (it has: {has}){hint}"
+        ))
     }
 
     /// Feeds one event; `now` is the time since supervision began.
     pub fn handle(&mut self, event: Event, now: Duration) -> Vec<Action> {
         let mut out = Vec::new();
         if self.finished {
+            return out;
+        }
+        if self.phase == Phase::Steps
+            && let Event::Control(req) = &event
+        {
+            if *req != Request::Shutdown {
+                out.push(Action::Reply(Reply::Refused(
+                    "the start-up steps are still running; the daemons have not started".into(),
+                )));
+                return out;
+            }
+            out.push(Action::Reply(Reply::Done(Vec::new())));
+            let mut more = self.handle(Event::Signal(SIGTERM), now);
+            out.append(&mut more);
             return out;
         }
         if self.phase == Phase::Steps {
@@ -555,6 +717,9 @@ impl Core {
             }
         } else {
             self.on_event(event, now, &mut out);
+            if self.pass.is_none() {
+                self.advance_requested(&mut out);
+            }
         }
         // Signals that came while the last step's output drained, once start-up has spawned
         // what it could.
@@ -620,12 +785,15 @@ impl Core {
         out.push(Action::Finish(outcome));
     }
 
+    /// Every daemon ended, and the bundle with them. Daemons stopped on request (or removed)
+    /// do not end a running bundle: it waits, with none running, for a start, a reload, a
+    /// `shutdown` or SIGTERM, as supervisorctl users expect.
     fn all_done(&self) -> bool {
+        let ended = |d: &Slot| matches!(d.state, State::Done(_)) && !d.proc.alive();
+        let steered = |d: &Slot| d.removed || d.state == State::Done(End::Stopped);
         self.phase != Phase::Steps
-            && self
-                .daemons
-                .iter()
-                .all(|d| matches!(d.state, State::Done(_)) && !d.proc.alive())
+            && self.daemons.iter().all(ended)
+            && (self.phase == Phase::Stopping || !self.daemons.iter().any(steered))
     }
 
     /// What `/status` and `/readyz` show.
@@ -640,10 +808,14 @@ impl Core {
                 .daemons
                 .iter()
                 .filter(|d| d.state != State::Done(End::NotSelected))
+                .filter(|d| !d.removed || d.proc.alive())
                 .map(|d| DaemonStatus {
                     name: d.name.clone(),
                     state: d.state_name(),
                     pid: d.proc.pid,
+                    since: d.proc.alive().then_some(d.started_at),
+                    settled: d.settled(),
+                    removed: d.removed,
                     restarts: d.total_restarts,
                     last_exit: d.last_exit.map(|e| e.describe()),
                     ready: d.has_check().then_some(d.state == State::Running),
@@ -653,6 +825,7 @@ impl Core {
                         || (d.has_check() && !matches!(d.state, State::Done(_))),
                 })
                 .collect(),
+            began: None,
         }
     }
 
@@ -760,15 +933,10 @@ impl Core {
                 let outcome = Outcome::Internal { why: why.clone() };
                 self.begin_shutdown(why, Some(outcome), out);
             }
-            Event::Stop { daemon } => self.request_stop(daemon, StopReason::Requested, out),
-            Event::Restart { daemon } => {
-                if self.daemons[daemon].proc.alive() {
-                    self.request_stop(daemon, StopReason::Restart, out);
-                } else {
-                    self.request_start(daemon, out);
-                }
+            Event::Control(req) => {
+                let reply = self.control(req, out);
+                out.push(Action::Reply(reply));
             }
-            Event::Start { daemon } => self.request_start(daemon, out),
             // Steps are over: their late events are stale.
             Event::Started { .. }
             | Event::SpawnFailed { .. }
@@ -826,11 +994,13 @@ impl Core {
         let mut gate = Gate::Open;
         for &(j, cond) in &self.daemons[i].deps {
             let d = &self.daemons[j];
-            let met = match cond {
-                Condition::Started => d.ever_started,
-                Condition::Ready => d.state == State::Running,
-                Condition::Completed => d.state == State::Done(End::Completed),
-            };
+            let leaving = d.pending.is_some() || d.stopping.is_some();
+            let met = !leaving
+                && match cond {
+                    Condition::Started => d.ever_started && d.state != State::Waiting,
+                    Condition::Ready => d.state == State::Running,
+                    Condition::Completed => d.state == State::Done(End::Completed),
+                };
             if met {
                 continue;
             }
@@ -1024,14 +1194,16 @@ impl Core {
         if let Some(r @ (StopReason::Requested | StopReason::Restart)) = reason {
             let message = format!("stopped ({})", exit.describe());
             emit(out, "stopped", Some(&name), message, extra);
-            if r == StopReason::Restart {
+            if r == StopReason::Restart && !d.removed {
+                self.take_next(i);
+                let d = &mut self.daemons[i];
                 d.state = State::Waiting;
                 d.restarts = 0;
                 d.delay = d.spec.restart.backoff.initial.0;
             } else {
                 d.state = State::Done(End::Stopped);
             }
-            self.start_waiting(out);
+            self.advance_requested(out);
             return;
         }
         let success = reason.is_none() && success_code;
@@ -1217,64 +1389,377 @@ impl Core {
 
     // ----- requested operations -----
 
-    fn request_stop(&mut self, i: usize, reason: StopReason, out: &mut Vec<Action>) {
+    fn control(&mut self, req: Request, out: &mut Vec<Action>) -> Reply {
+        if self.phase != Phase::Running {
+            if req == Request::Shutdown {
+                return Reply::Done(Vec::new());
+            }
+            return Reply::Refused("tether init is stopping".into());
+        }
+        let changes = match req {
+            Request::Start(targets) => self.request_start(&targets, out),
+            Request::Stop(targets) => self.request_stop(&targets, StopReason::Requested, None, out),
+            Request::Restart(targets) => {
+                // What is not running is started; the rest restarted.
+                let (live, idle): (Vec<usize>, Vec<usize>) =
+                    targets.into_iter().partition(|&i| self.daemons[i].active());
+                let mut changes = self.request_stop(&live, StopReason::Restart, None, out);
+                changes.extend(self.request_start(&idle, out));
+                changes
+            }
+            Request::Signal { daemon, signal } => {
+                let d = &self.daemons[daemon];
+                if !d.proc.live() {
+                    return Reply::Refused(format!(
+                        "{} is not running ({})",
+                        d.name,
+                        d.state_name()
+                    ));
+                }
+                let target = match d.spec.forward_signals {
+                    Forward::Process => Target::Process,
+                    Forward::Group | Forward::None => Target::Group,
+                };
+                out.push(Action::Signal {
+                    unit: Unit::Daemon(daemon),
+                    signal,
+                    target,
+                });
+                let name = d.name.clone();
+                let whom = if target == Target::Group {
+                    "its process group"
+                } else {
+                    "its main process"
+                };
+                let sig = signal_name(signal);
+                emit(
+                    out,
+                    "signal",
+                    Some(&name),
+                    format!("sent {sig} to {whom} (requested)"),
+                    json!({"signal": sig}),
+                );
+                vec![Change::new(
+                    &name,
+                    "signal",
+                    Some(format!("{sig} to {whom}")),
+                )]
+            }
+            Request::Reload(init) => self.reload(&init, out),
+            Request::Shutdown => {
+                self.begin_shutdown("requested by tether ctl".into(), None, out);
+                Vec::new()
+            }
+        };
+        Reply::Done(changes)
+    }
+
+    /// The active daemons that depend on any of `roots`, directly or not, each with the one
+    /// it depends on; in the order found.
+    fn dependants(&self, roots: &[usize]) -> Vec<(usize, usize)> {
+        let mut found: Vec<(usize, usize)> = Vec::new();
+        let mut queue: Vec<usize> = roots.to_vec();
+        while let Some(k) = queue.pop() {
+            for (j, d) in self.daemons.iter().enumerate() {
+                let depends = d.deps.iter().any(|(x, _)| *x == k);
+                if depends
+                    && d.active()
+                    && !roots.contains(&j)
+                    && !found.iter().any(|(f, _)| *f == j)
+                {
+                    found.push((j, k));
+                    queue.push(j);
+                }
+            }
+        }
+        found
+    }
+
+    /// Stops (or restarts) `targets` and, first, every active daemon that depends on them.
+    fn request_stop(
+        &mut self,
+        targets: &[usize],
+        reason: StopReason,
+        why: Option<&str>,
+        out: &mut Vec<Action>,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut marked = Vec::new();
+        for &i in targets {
+            if self.daemons[i].active() {
+                marked.push((i, why.map(str::to_owned)));
+            } else {
+                let d = &self.daemons[i];
+                changes.push(Change::new(&d.name, "stopped", Some(d.state_name().into())));
+            }
+        }
+        let roots: Vec<usize> = marked.iter().map(|(i, _)| *i).collect();
+        for (j, k) in self.dependants(&roots) {
+            marked.push((j, Some(format!("it depends on {}", self.daemons[k].name))));
+        }
+        // Dependants first, as they will stop.
+        marked.reverse();
+        for (i, why) in marked {
+            if let Some(c) = self.mark(i, reason, why, out) {
+                changes.push(c);
+            }
+        }
+        changes
+    }
+
+    /// Asks an active daemon to stop or restart once nothing that depends on it is left.
+    fn mark(
+        &mut self,
+        i: usize,
+        reason: StopReason,
+        why: Option<String>,
+        out: &mut Vec<Action>,
+    ) -> Option<Change> {
+        let d = &mut self.daemons[i];
+        // A restart wins over a stop, except for a daemon that is no longer declared.
+        let reason = match (d.pending.or(d.stopping), reason) {
+            (Some(StopReason::Restart), StopReason::Requested) if !d.removed => StopReason::Restart,
+            (_, StopReason::Restart) if d.removed => StopReason::Requested,
+            _ => reason,
+        };
+        if d.stopping.is_some() {
+            // Already signalled: it now ends for this reason.
+            d.stopping = Some(reason);
+        } else {
+            d.pending = Some(reason);
+        }
+        let (what, word) = if reason == StopReason::Restart {
+            ("restart", "restarting")
+        } else if d.removed {
+            ("remove", "stopping")
+        } else {
+            ("stop", "stopping")
+        };
+        let name = d.name.clone();
+        let message = match &why {
+            Some(w) => format!("{word} (requested: {w})"),
+            None => format!("{word} (requested)"),
+        };
+        if d.proc.alive() {
+            emit(out, "stopping", Some(&name), message, json!({}));
+        }
+        Some(Change::new(&name, what, why))
+    }
+
+    /// Carries out the requested stops and restarts whose dependants are gone.
+    fn advance_requested(&mut self, out: &mut Vec<Action>) {
         if self.phase != Phase::Running {
             return;
         }
-        let d = &mut self.daemons[i];
-        match d.state {
-            State::Waiting | State::Backoff => {
-                out.push(Action::Cancel {
-                    unit: Unit::Daemon(i),
-                });
+        loop {
+            let ready = (0..self.daemons.len()).find(|&i| {
+                self.daemons[i].pending.is_some()
+                    && !self.daemons.iter().enumerate().any(|(j, o)| {
+                        j != i && o.proc.alive() && o.deps.iter().any(|(x, _)| *x == i)
+                    })
+            });
+            let Some(i) = ready else { break };
+            let reason = self.daemons[i].pending.take().expect("found pending");
+            if self.daemons[i].proc.alive() {
+                self.stop(i, reason, out);
+                continue;
+            }
+            // Not running (waiting for its dependencies, or backing off): no process to stop.
+            out.push(Action::Cancel {
+                unit: Unit::Daemon(i),
+            });
+            if reason == StopReason::Restart {
+                self.take_next(i);
+                let d = &mut self.daemons[i];
+                d.state = State::Waiting;
+                d.restarts = 0;
+                d.delay = d.spec.restart.backoff.initial.0;
+            } else {
+                let d = &mut self.daemons[i];
                 d.state = State::Done(End::Stopped);
                 let name = d.name.clone();
                 emit(
                     out,
                     "stopped",
                     Some(&name),
-                    "stopped (requested)".into(),
+                    "stopped (requested; it was not running)".into(),
                     json!({}),
                 );
-                self.start_waiting(out);
             }
-            _ if d.proc.alive() => {
-                let name = d.name.clone();
-                let what = if reason == StopReason::Restart {
-                    "restarting"
-                } else {
-                    "stopping"
-                };
-                emit(
-                    out,
-                    "stopping",
-                    Some(&name),
-                    format!("{what} (requested)"),
-                    json!({}),
-                );
-                self.stop(i, reason, out);
-            }
-            _ => {}
+        }
+        self.start_waiting(out);
+    }
+
+    /// A reload's new declaration of the daemon, taken on now that it does not run.
+    fn take_next(&mut self, i: usize) {
+        if let Some(spec) = self.daemons[i].next.take() {
+            let grace = spec.stop.grace.map_or(self.grace, |g| g.0);
+            let deps = self.resolve_deps(&spec);
+            let d = &mut self.daemons[i];
+            d.spec = *spec;
+            d.grace = grace;
+            d.deps = deps;
         }
     }
 
-    fn request_start(&mut self, i: usize, out: &mut Vec<Action>) {
-        let d = &mut self.daemons[i];
-        let startable = match &d.state {
-            State::Backoff => true,
-            State::Done(end) => *end != End::NotSelected,
-            _ => false,
-        };
-        if self.phase != Phase::Running || d.proc.alive() || !startable {
-            return;
+    /// Starts `targets` and what they depend on that is not running.
+    fn request_start(&mut self, targets: &[usize], out: &mut Vec<Action>) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut start: Vec<(usize, Option<String>)> = Vec::new();
+        let mut queue: Vec<(usize, Option<String>)> = targets.iter().map(|&i| (i, None)).collect();
+        while let Some((i, why)) = queue.pop() {
+            if start.iter().any(|(s, _)| *s == i) {
+                continue;
+            }
+            let d = &mut self.daemons[i];
+            // A completed daemon runs again when named; as a dependency, its completion stands.
+            let startable = match &d.state {
+                State::Backoff => true,
+                State::Done(End::Completed) => why.is_none(),
+                State::Done(end) => *end != End::NotSelected,
+                _ => false,
+            };
+            if d.pending.is_some() || d.stopping.is_some() {
+                // Being stopped: it starts again once it is gone.
+                if d.pending.is_some() {
+                    d.pending = Some(StopReason::Restart);
+                } else {
+                    d.stopping = Some(StopReason::Restart);
+                }
+                changes.push(Change::new(&d.name, "restart", why));
+                continue;
+            }
+            if !startable || d.proc.alive() {
+                if why.is_none() {
+                    // Running, or on its way (waiting for its dependencies, starting).
+                    changes.push(Change::new(&d.name, "running", Some(d.state_name().into())));
+                }
+                continue;
+            }
+            let name = d.name.clone();
+            for (j, _) in d.deps.clone() {
+                queue.push((j, Some(format!("{name} depends on it"))));
+            }
+            start.push((i, why));
         }
-        out.push(Action::Cancel {
-            unit: Unit::Daemon(i),
-        });
-        d.state = State::Waiting;
-        d.restarts = 0;
-        d.delay = d.spec.restart.backoff.initial.0;
+        // Dependencies first, as they will start.
+        start.reverse();
+        for (i, why) in start {
+            out.push(Action::Cancel {
+                unit: Unit::Daemon(i),
+            });
+            self.take_next(i);
+            let d = &mut self.daemons[i];
+            d.state = State::Waiting;
+            d.restarts = 0;
+            d.delay = d.spec.restart.backoff.initial.0;
+            changes.push(Change::new(&d.name, "start", why));
+        }
         self.start_waiting(out);
+        changes
+    }
+
+    /// Applies a new declaration: daemons that are new start, those no longer declared stop,
+    /// those whose declaration changed restart (and what depends on them), the rest are left
+    /// alone, processes and all.
+    fn reload(&mut self, init: &Init, out: &mut Vec<Action>) -> Vec<Change> {
+        let mut changes = Vec::new();
+        self.order = init.shutdown.order;
+        self.grace = init.shutdown.grace.0;
+        let mut removed = Vec::new();
+        for i in 0..self.daemons.len() {
+            let d = &mut self.daemons[i];
+            if d.removed || init.daemons.contains_key(&d.name) {
+                continue;
+            }
+            d.removed = true;
+            d.next = None;
+            if d.active() {
+                removed.push(i);
+            } else {
+                changes.push(Change::new(
+                    &d.name,
+                    "remove",
+                    Some("no longer declared".into()),
+                ));
+            }
+        }
+        let mut changed = Vec::new();
+        let mut added = Vec::new();
+        for (name, spec) in &init.daemons {
+            match self.index_of(name) {
+                Some(i) => {
+                    let grace = spec.stop.grace.map_or(self.grace, |g| g.0);
+                    let d = &mut self.daemons[i];
+                    if d.spec == *spec {
+                        d.grace = grace;
+                        d.next = None;
+                        changes.push(Change::new(name, "unchanged", None));
+                    } else if d.active() {
+                        d.next = Some(Box::new(spec.clone()));
+                        changed.push(i);
+                    } else {
+                        d.next = Some(Box::new(spec.clone()));
+                        let why = format!(
+                            "not running ({}); changed for its next start",
+                            d.state_name()
+                        );
+                        changes.push(Change::new(name, "unchanged", Some(why)));
+                    }
+                }
+                None => {
+                    let slot = Slot::new(name, spec, self.grace, State::Waiting);
+                    self.daemons.push(slot);
+                    added.push(self.daemons.len() - 1);
+                }
+            }
+        }
+        // New names resolve now; a changed daemon keeps the dependencies it runs with until
+        // it restarts.
+        for i in 0..self.daemons.len() {
+            if !self.daemons[i].removed && self.daemons[i].next.is_none() {
+                self.daemons[i].deps = self.resolve_deps(&self.daemons[i].spec);
+            }
+        }
+        let mut touched = self.request_stop(
+            &removed,
+            StopReason::Requested,
+            Some("no longer declared"),
+            out,
+        );
+        let restarted = self.request_stop(
+            &changed,
+            StopReason::Restart,
+            Some("its declaration changed"),
+            out,
+        );
+        // A daemon named twice (removed, then restarted as a dependant) keeps its last word.
+        touched.retain(|c| !restarted.iter().any(|r| r.daemon == c.daemon));
+        changes.retain(|c| {
+            !touched
+                .iter()
+                .chain(&restarted)
+                .any(|t| t.daemon == c.daemon)
+        });
+        changes.extend(touched);
+        changes.extend(restarted);
+        for &i in &added {
+            let name = self.daemons[i].name.clone();
+            emit(
+                out,
+                "added",
+                Some(&name),
+                "added by a reload".into(),
+                json!({}),
+            );
+            changes.push(Change::new(
+                &name,
+                "add",
+                Some("new in the declaration".into()),
+            ));
+        }
+        self.start_waiting(out);
+        changes
     }
 }
 

@@ -9,6 +9,7 @@
 //! prints nothing of its own accord and knows no exit code: it writes to the streams it is
 //! given and returns an [`Outcome`] or a [`Failure`]; the CLI maps them to numbers.
 
+pub mod control;
 mod core;
 mod health;
 mod logs;
@@ -23,8 +24,10 @@ use std::time::Duration;
 
 use tether_spec::model::Init;
 
+pub use crate::control::default_socket;
 pub use crate::core::{CodeOf, Exit, Outcome, Selection, StartError, select, selected_names};
 pub use crate::logs::Streams;
+pub use crate::supervisor::ControlSetup;
 
 /// Why `tether init` could not run.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,14 +87,22 @@ pub fn run_bundle(
     selection: Selection,
     streams: Streams,
     code_of: CodeOf,
+    control: ControlSetup,
 ) -> Result<Outcome, Failure> {
     let (rt, signals) = runtime()?;
     let (outcome, writers, flushed) = rt.block_on(async move {
         let (out, writers) = logs::output(streams);
         let reaper = Arc::new(proc::Reaper::default());
         let signals = proc::dispatch(signals, reaper.clone());
-        let sup =
-            supervisor::Supervisor::new(init, selection, code_of, signals, reaper, out.clone());
+        let sup = supervisor::Supervisor::new(
+            init,
+            selection,
+            code_of,
+            signals,
+            reaper,
+            out.clone(),
+            control,
+        );
         let outcome = match sup {
             Ok(sup) => Ok(sup.run().await),
             Err(e) => Err(Failure::new(FailureKind::Invalid, e)),

@@ -363,6 +363,112 @@ fn check_watch(watch: &SharedWatch, line: &[u8]) {
     }
 }
 
+/// The most lines a daemon's [`Ring`] keeps.
+pub const RING_LINES: usize = 1000;
+/// The most bytes of lines a daemon's [`Ring`] keeps.
+pub const RING_BYTES: usize = 64 * 1024;
+
+/// A daemon's recent lines, kept in memory for `tether ctl logs`: at most [`RING_LINES`] lines
+/// and [`RING_BYTES`] bytes, the oldest dropped first. Bytes live in one buffer, so a chatty
+/// daemon costs a copy per line and no allocation.
+#[derive(Default)]
+pub struct Ring {
+    inner: Mutex<RingLines>,
+    /// Woken after every batch, for followers.
+    pub grew: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct RingLines {
+    bytes: std::collections::VecDeque<u8>,
+    /// Each line's length and stream, oldest first.
+    lines: std::collections::VecDeque<(u32, &'static str)>,
+    /// The number of the line after the last one kept (lines are numbered from 0).
+    next: u64,
+}
+
+/// One line read back from a [`Ring`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingLine {
+    pub number: u64,
+    pub stream: &'static str,
+    pub text: Vec<u8>,
+}
+
+impl RingLines {
+    fn push(&mut self, stream: &'static str, line: &[u8]) {
+        let line = &line[..line.len().min(RING_BYTES)];
+        while !self.lines.is_empty()
+            && (self.lines.len() >= RING_LINES || self.bytes.len() + line.len() > RING_BYTES)
+        {
+            let (len, _) = self.lines.pop_front().expect("not empty");
+            self.bytes.drain(..len as usize);
+        }
+        self.bytes.extend(line);
+        self.lines.push_back((line.len() as u32, stream));
+        self.next += 1;
+    }
+}
+
+impl Ring {
+    /// Adds lines in one go (one lock per batch).
+    pub fn with(&self, f: impl FnOnce(&mut dyn FnMut(&'static str, &[u8]))) {
+        let mut r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let before = r.next;
+        f(&mut |stream, line| r.push(stream, line));
+        let grew = r.next != before;
+        drop(r);
+        if grew {
+            self.grew.notify_waiters();
+        }
+    }
+
+    #[cfg(test)]
+    pub fn push(&self, stream: &'static str, line: &[u8]) {
+        self.with(|push| push(stream, line));
+    }
+
+    /// The last `tail` lines (all kept with `None`).
+    pub fn tail(&self, tail: Option<usize>) -> Vec<RingLine> {
+        let r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let first = r.next - r.lines.len() as u64;
+        let from = tail.map_or(first, |t| r.next.saturating_sub(t as u64).max(first));
+        Self::read(&r, from)
+    }
+
+    /// The lines numbered `from` on; and how many between `from` and the oldest kept were
+    /// dropped before they could be read.
+    pub fn since(&self, from: u64) -> (Vec<RingLine>, u64) {
+        let r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let first = r.next - r.lines.len() as u64;
+        (Self::read(&r, from.max(first)), first.saturating_sub(from))
+    }
+
+    /// The number the next line will get.
+    pub fn next(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).next
+    }
+
+    fn read(r: &RingLines, from: u64) -> Vec<RingLine> {
+        let first = r.next - r.lines.len() as u64;
+        let mut offset: usize = 0;
+        let mut out = Vec::new();
+        for (k, (len, stream)) in r.lines.iter().enumerate() {
+            let number = first + k as u64;
+            let len = *len as usize;
+            if number >= from {
+                out.push(RingLine {
+                    number,
+                    stream,
+                    text: r.bytes.range(offset..offset + len).copied().collect(),
+                });
+            }
+            offset += len;
+        }
+        out
+    }
+}
+
 /// Who a pump writes for.
 #[derive(Clone)]
 pub struct Source {
@@ -370,6 +476,8 @@ pub struct Source {
     pub prefix: Vec<u8>,
     pub format: Arc<Format>,
     pub out: Output,
+    /// Where the daemon's recent lines are kept (none for steps and tether's own lines).
+    pub ring: Option<Arc<Ring>>,
 }
 
 impl Source {
@@ -401,22 +509,37 @@ pub async fn pump(fd: OwnedFd, source: Source, stream: &'static str, watch: Opti
         let mut out = source
             .out
             .buffer(n + (lines + 1) * (source.prefix.len() + 1) + 64);
-        framer.push(&buf[..n], |piece, line| {
-            if let Some(w) = &watch {
-                check_watch(w, line);
-            }
-            source.frame_into(&mut out, stream, piece, line);
+        with_ring(source.ring.as_deref(), |keep| {
+            framer.push(&buf[..n], |piece, line| {
+                if let Some(w) = &watch {
+                    check_watch(w, line);
+                }
+                keep(stream, line);
+                source.frame_into(&mut out, stream, piece, line);
+            })
         });
         source.out.send(crate::logs::Stream::Stdout, out).await;
     }
     let mut out = Vec::new();
-    framer.finish(|piece, line| {
-        if let Some(w) = &watch {
-            check_watch(w, line);
-        }
-        source.frame_into(&mut out, stream, piece, line);
+    with_ring(source.ring.as_deref(), |keep| {
+        framer.finish(|piece, line| {
+            if let Some(w) = &watch {
+                check_watch(w, line);
+            }
+            keep(stream, line);
+            source.frame_into(&mut out, stream, piece, line);
+        })
     });
     source.out.send(Stream::Stdout, out).await;
+}
+
+/// Runs `f` with a function that keeps a line in `ring`, under one lock; with no ring, one
+/// that does nothing.
+fn with_ring(ring: Option<&Ring>, f: impl FnOnce(&mut dyn FnMut(&'static str, &[u8]))) {
+    match ring {
+        Some(r) => r.with(f),
+        None => f(&mut |_, _| {}),
+    }
 }
 
 /// Follows a log file like `tail -F`: from its end when it exists at start, from the beginning
@@ -466,12 +589,18 @@ async fn follow_with(
         // Read whatever is there now, a step at a time, then wait for the next change.
         while let Some((bytes, file_ended)) = tail.read_new(&path) {
             let mut out = Vec::new();
-            framer.push(&bytes, |piece, line| {
-                source.frame_into(&mut out, "file", piece, line)
+            with_ring(source.ring.as_deref(), |keep| {
+                framer.push(&bytes, |piece, line| {
+                    keep("file", line);
+                    source.frame_into(&mut out, "file", piece, line)
+                });
+                if file_ended {
+                    framer.finish(|piece, line| {
+                        keep("file", line);
+                        source.frame_into(&mut out, "file", piece, line)
+                    });
+                }
             });
-            if file_ended {
-                framer.finish(|piece, line| source.frame_into(&mut out, "file", piece, line));
-            }
             source.out.send(Stream::Stdout, out).await;
             tokio::task::yield_now().await;
         }
@@ -627,6 +756,36 @@ mod tests {
         );
         // Exactly the limit is still one whole line.
         assert_eq!(frame(4, &[b"abcd\n"]), vec![(Piece::Whole, "abcd".into())]);
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_lines_within_its_bounds() {
+        let ring = Ring::default();
+        for k in 0..(RING_LINES + 5) {
+            ring.push("stdout", format!("line {k}").as_bytes());
+        }
+        let all = ring.tail(None);
+        assert_eq!(all.len(), RING_LINES);
+        assert_eq!(all[0].number, 5);
+        assert_eq!(all[0].text, b"line 5");
+        let last: Vec<Vec<u8>> = ring.tail(Some(2)).into_iter().map(|l| l.text).collect();
+        assert_eq!(last, [b"line 1003".to_vec(), b"line 1004".to_vec()]);
+        // A follower that fell behind is told how many it missed.
+        let (lines, missed) = ring.since(2);
+        assert_eq!((lines.len(), missed), (RING_LINES, 3));
+        assert_eq!(ring.since(ring.next()).0, []);
+
+        // Bytes bound it too: four lines of a quarter of the ring, then one more byte.
+        let ring = Ring::default();
+        let quarter = vec![b'x'; RING_BYTES / 4];
+        for _ in 0..4 {
+            ring.push("stderr", &quarter);
+        }
+        ring.push("stderr", b"y");
+        let kept = ring.tail(None);
+        assert_eq!(kept.len(), 4);
+        assert_eq!((kept[0].number, kept[3].text.as_slice()), (1, &b"y"[..]));
+        assert_eq!(kept[3].stream, "stderr");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,12 +13,13 @@ use serde_json::{Value, json};
 use tether_probe::{Attempt, Deadline, GaveUp, plain, show};
 use tether_spec::model::{Check, DaemonReadiness, Init};
 use tokio::net::UnixDatagram;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::control::{self, Answer, Ask, Asked, BindError, Handle, Rings};
 use crate::core::{
-    Action, CheckKind, CodeOf, Core, Event, Exit, Line, Outcome, Run, SIGKILL, Selection, Target,
-    Unit,
+    Action, CheckKind, CodeOf, Core, Event, Exit, Line, Outcome, Reply, Request, Run, SIGKILL,
+    Selection, Target, Unit,
 };
 use crate::health::{self, Snapshot};
 use crate::logs::{self, Format, LogWatch, Output, Source, Stream};
@@ -66,13 +68,34 @@ struct Local {
     notify: Option<(OwnedFd, UnixDatagram)>,
 }
 
+/// Where the control socket is, and the declaration a reload reads.
+#[derive(Clone, Debug)]
+pub struct ControlSetup {
+    /// The declaration file, read again by `reload`.
+    pub file: PathBuf,
+    pub socket: PathBuf,
+    /// Declared (`init.control.socket`): a socket that cannot be made is an error. The
+    /// default path is used when it can be, with a warning when not.
+    pub declared: bool,
+}
+
 pub struct Supervisor {
     init: Init,
     core: Core,
-    daemon_ids: Vec<Option<Ids>>,
+    /// Each daemon's user and group, by name.
+    daemon_ids: HashMap<String, Option<Ids>>,
     step_ids: Vec<Option<Ids>>,
-    /// Whether a daemon's `log_files` are followed yet (once, across restarts).
-    following: Vec<bool>,
+    /// The tasks following a daemon's `log_files`, by slot: started once, across restarts.
+    following: HashMap<usize, Vec<JoinHandle<()>>>,
+    control: ControlSetup,
+    snapshots: watch::Sender<Snapshot>,
+    asks: mpsc::UnboundedReceiver<Asked>,
+    handle: Handle,
+    rings: Rings,
+    /// The core's answer to the request being fed.
+    reply: Option<Reply>,
+    /// How supervision ended, when a request ended it.
+    finished: Option<Outcome>,
     units: HashMap<Unit, Local>,
     procs: Arc<dyn Processes>,
     signals: mpsc::UnboundedReceiver<std::io::Result<i32>>,
@@ -80,7 +103,6 @@ pub struct Supervisor {
     rx: mpsc::UnboundedReceiver<Event>,
     out: Output,
     format: Arc<Format>,
-    health: Option<health::Shared>,
     notifier: Option<Notifier>,
     began: Instant,
 }
@@ -93,6 +115,7 @@ impl Supervisor {
         signals: mpsc::UnboundedReceiver<std::io::Result<i32>>,
         procs: Arc<dyn Processes>,
         out: Output,
+        control: ControlSetup,
     ) -> Result<Supervisor, String> {
         let user = |what: &str, name: &str, u: &Option<String>| {
             u.as_deref()
@@ -104,18 +127,32 @@ impl Supervisor {
         let daemon_ids = init
             .daemons
             .iter()
-            .map(|(name, d)| user("daemon", name, &d.user))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(name, d)| Ok((name.clone(), user("daemon", name, &d.user)?)))
+            .collect::<Result<HashMap<_, _>, String>>()?;
         let step_ids = init
             .steps
             .iter()
             .map(|s| user("step", &s.name, &s.user))
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (asks_tx, asks) = mpsc::unbounded_channel();
+        let (snapshots, snap_rx) = watch::channel(Snapshot::default());
+        let rings = Rings::default();
         Ok(Supervisor {
             core: Core::new(&init, selection, code_of),
             format: Arc::new(Format::new(&init.logs)),
-            following: vec![false; init.daemons.len()],
+            following: HashMap::new(),
+            control,
+            snapshots,
+            asks,
+            handle: Handle {
+                asks: asks_tx,
+                snapshots: snap_rx,
+                rings: rings.clone(),
+            },
+            rings,
+            reply: None,
+            finished: None,
             init,
             daemon_ids,
             step_ids,
@@ -125,16 +162,38 @@ impl Supervisor {
             tx,
             rx,
             out,
-            health: None,
             notifier: None,
             began: Instant::now(),
         })
     }
 
     pub async fn run(mut self) -> Outcome {
+        // The control socket and the health listener are made before anything starts: a
+        // second init on a live socket, or a taken port, starts nothing.
+        let bound = match control::bind(&self.control.socket) {
+            Ok(b) => Some(b),
+            Err(BindError::Unavailable(why)) if !self.control.declared => {
+                self.emit(Line {
+                    kind: "warning",
+                    daemon: None,
+                    message: format!("no control socket ({why}); `tether ctl` cannot reach this init; declare `init.control.socket` to choose the path"),
+                    extra: json!({}),
+                });
+                None
+            }
+            Err(BindError::Unavailable(why) | BindError::Fatal(why)) => {
+                self.emit(Line {
+                    kind: "error",
+                    daemon: None,
+                    message: why.clone(),
+                    extra: json!({}),
+                });
+                return Outcome::Internal { why };
+            }
+        };
         if let Some(h) = &self.init.health {
-            let shared = Arc::new(Mutex::new(Snapshot::default()));
-            if let Err(e) = health::serve(&h.listen, shared.clone()).await {
+            let control = h.control.then(|| self.handle.clone());
+            if let Err(e) = health::serve(&h.listen, self.handle.snapshots.clone(), control).await {
                 let why = format!("cannot serve health on {}: {}", h.listen, plain(&e));
                 self.emit(Line {
                     kind: "error",
@@ -144,7 +203,9 @@ impl Supervisor {
                 });
                 return Outcome::Internal { why };
             }
-            self.health = Some(shared);
+        }
+        if let Some(bound) = bound {
+            control::serve(bound, self.handle.clone());
         }
         if let Some(target) = self.init.notify.clone() {
             let source = self.source("notify");
@@ -153,19 +214,27 @@ impl Supervisor {
         let mut event = Event::Begin {
             pid: std::process::id(),
         };
-        let outcome = loop {
+        let outcome = 'run: loop {
             if let Some(outcome) = self.feed(event) {
                 break outcome;
             }
-            event = tokio::select! {
-                Some(sig) = self.signals.recv() => match sig {
-                    Ok(sig) => Event::Signal(sig),
-                    Err(e) => {
-                        tracing::error!("reading signals: {e}");
-                        Event::SignalsLost
+            event = loop {
+                tokio::select! {
+                    Some(sig) = self.signals.recv() => break match sig {
+                        Ok(sig) => Event::Signal(sig),
+                        Err(e) => {
+                            tracing::error!("reading signals: {e}");
+                            Event::SignalsLost
+                        }
+                    },
+                    Some(ev) = self.rx.recv() => break ev,
+                    Some(asked) = self.asks.recv() => {
+                        self.ask(asked);
+                        if let Some(outcome) = self.finished.take() {
+                            break 'run outcome;
+                        }
                     }
-                },
-                Some(ev) = self.rx.recv() => ev,
+                }
             };
             if let Some(outcome) = self.tell_reaped() {
                 break outcome;
@@ -203,6 +272,10 @@ impl Supervisor {
             if let Action::Finish(outcome) = action {
                 self.publish();
                 return Some(outcome);
+            }
+            if let Action::Reply(reply) = action {
+                self.reply = Some(reply);
+                continue;
             }
             if let Some(answer) = self.carry(action) {
                 let more = self.core.handle(answer, self.began.elapsed());
@@ -257,7 +330,7 @@ impl Supervisor {
                 }
             }
             Action::Emit(line) => self.emit(line),
-            Action::Finish(_) => {}
+            Action::Reply(_) | Action::Finish(_) => {}
         }
         None
     }
@@ -274,7 +347,154 @@ impl Supervisor {
             prefix: self.format.prefix(name),
             format: self.format.clone(),
             out: self.out.clone(),
+            ring: None,
         }
+    }
+
+    /// Turns a control request into an event for the core, answering at once what it
+    /// refuses. `None`: answered already.
+    fn ask(&mut self, asked: Asked) {
+        let Asked { ask, reply } = asked;
+        let refuse = |message: String| Answer::Refused {
+            message,
+            detail: None,
+            diagnostics: Vec::new(),
+        };
+        let resolved = |core: &Core, names: &[String]| core.resolve(names);
+        let request = match ask {
+            Ask::Start(names) => resolved(&self.core, &names).map(Request::Start),
+            Ask::Stop(names) => resolved(&self.core, &names).map(Request::Stop),
+            Ask::Restart(names) => resolved(&self.core, &names).map(Request::Restart),
+            Ask::Signal(name, signal) => {
+                resolved(&self.core, std::slice::from_ref(&name)).map(|d| Request::Signal {
+                    daemon: d[0],
+                    signal,
+                })
+            }
+            Ask::Shutdown => Ok(Request::Shutdown),
+            Ask::Reload => return self.reload(reply),
+        };
+        match request {
+            Ok(r) => self.answer_with(reply, Event::Control(r), Vec::new()),
+            Err(e) => {
+                let _ = reply.send(refuse(e));
+            }
+        }
+    }
+
+    /// Feeds a request and sends the core's reply.
+    fn answer_with(&mut self, reply: oneshot::Sender<Answer>, event: Event, notes: Vec<String>) {
+        self.reply = None;
+        if let Some(outcome) = self.feed(event) {
+            self.finished = Some(outcome);
+        }
+        let answer = match self.reply.take() {
+            Some(Reply::Done(changes)) => Answer::Done { changes, notes },
+            Some(Reply::Refused(message)) => Answer::Refused {
+                message,
+                detail: None,
+                diagnostics: Vec::new(),
+            },
+            None => Answer::Refused {
+                message: "tether init is ending".into(),
+                detail: None,
+                diagnostics: Vec::new(),
+            },
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// `reload`: reads the declaration again; an invalid one changes nothing.
+    fn reload(&mut self, reply: oneshot::Sender<Answer>) {
+        let file = self.control.file.clone();
+        let refuse =
+            |message: String, detail: Option<String>, diagnostics: Vec<Value>| Answer::Refused {
+                message,
+                detail,
+                diagnostics,
+            };
+        let loaded = match tether_spec::load(&file) {
+            Ok(l) => l,
+            Err(tether_spec::LoadError::Invalid {
+                sources,
+                diagnostics,
+            }) => {
+                let detail = sources.render_all(&diagnostics, false);
+                let json = diagnostics.iter().map(|d| sources.to_json(d)).collect();
+                let n = diagnostics.len();
+                let message = format!(
+                    "{}: {n} problem{} in the declaration; nothing was changed",
+                    file.display(),
+                    if n == 1 { "" } else { "s" }
+                );
+                let _ = reply.send(refuse(message, Some(detail), json));
+                return;
+            }
+            Err(e) => {
+                let _ = reply.send(refuse(
+                    format!("{e}; nothing was changed"),
+                    None,
+                    Vec::new(),
+                ));
+                return;
+            }
+        };
+        let Some(new) = loaded.declaration.init else {
+            let message = format!(
+                "{}: there is no `init` section any more; nothing was changed",
+                file.display()
+            );
+            let _ = reply.send(refuse(message, None, Vec::new()));
+            return;
+        };
+        // Users are looked up before anything changes, as at start.
+        let mut ids = HashMap::new();
+        for (name, d) in &new.daemons {
+            match d.user.as_deref().map(proc::resolve_user).transpose() {
+                Ok(id) => {
+                    ids.insert(name.clone(), id);
+                }
+                Err(e) => {
+                    let user = d.user.as_deref().unwrap_or_default();
+                    let message =
+                        format!("daemon `{name}`: user `{user}`: {e}; nothing was changed");
+                    let _ = reply.send(refuse(message, None, Vec::new()));
+                    return;
+                }
+            }
+        }
+        let mut notes = Vec::new();
+        let old = &self.init;
+        let sections: [(&str, bool); 6] = [
+            ("steps", old.steps != new.steps),
+            ("health", old.health != new.health),
+            ("control", old.control != new.control),
+            ("notify", old.notify != new.notify),
+            ("logs", old.logs != new.logs),
+            ("select_env", old.select_env != new.select_env),
+        ];
+        for (section, differs) in sections {
+            if differs {
+                notes.push(format!(
+                    "init.{section} changed; it takes effect when tether init starts again"
+                ));
+            }
+        }
+        // Followers of log files stop for daemons removed or changed; they follow again at
+        // the next start.
+        for i in 0..self.core.len() {
+            let name = &self.core.spec(i).name;
+            let same = new.daemons.get(name) == Some(self.core.spec(i));
+            if !same && let Some(tasks) = self.following.remove(&i) {
+                for t in tasks {
+                    t.abort();
+                }
+            }
+        }
+        self.daemon_ids = ids;
+        let request = Request::Reload(Box::new(new.clone()));
+        self.init = new;
+        self.answer_with(reply, Event::Control(request), notes);
     }
 
     /// One line of tether's own, on stderr; the same event goes to `notify` when declared.
@@ -320,17 +540,17 @@ impl Supervisor {
     }
 
     fn publish(&self) {
-        if let Some(shared) = &self.health {
-            *shared.lock().unwrap_or_else(|e| e.into_inner()) = self.core.snapshot();
-        }
+        let mut snap = self.core.snapshot();
+        snap.began = Some(self.began);
+        self.snapshots.send_replace(snap);
     }
 
     fn exec_context(&self, i: usize) -> ExecContext {
-        let d = &self.init.daemons[i];
+        let d = self.core.spec(i);
         ExecContext {
             env: d.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             workdir: d.workdir.clone(),
-            ids: self.daemon_ids[i],
+            ids: self.daemon_ids.get(&d.name).copied().flatten(),
         }
     }
 
@@ -342,15 +562,16 @@ impl Supervisor {
                 (&s.name, &s.command, &s.env, &s.workdir, self.step_ids[k])
             }
             Unit::Daemon(i) => {
-                let d = &self.init.daemons[i];
-                (&d.name, &d.command, &d.env, &d.workdir, self.daemon_ids[i])
+                let d = self.core.spec(i);
+                let ids = self.daemon_ids.get(&d.name).copied().flatten();
+                (&d.name, &d.command, &d.env, &d.workdir, ids)
             }
         };
         let name = name.clone();
         let mut env: Vec<(String, String)> =
             env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let check = match unit {
-            Unit::Daemon(i) => &self.init.daemons[i].readiness.check,
+            Unit::Daemon(i) => &self.core.spec(i).readiness.check,
             Unit::Step(_) => &Check::None,
         };
         // Readiness by notification: a pipe (NOTIFY_FD) and a datagram socket (NOTIFY_SOCKET).
@@ -405,7 +626,11 @@ impl Supervisor {
             }
         };
         let pid = spawned.pid;
-        let source = self.source(&name);
+        let mut source = self.source(&name);
+        if let Unit::Daemon(_) = unit {
+            let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+            source.ring = Some(rings.entry(name.clone()).or_default().clone());
+        }
         let pumps: Vec<_> = [(spawned.stdout, "stdout"), (spawned.stderr, "stderr")]
             .into_iter()
             .filter_map(|(fd, stream)| {
@@ -414,12 +639,16 @@ impl Supervisor {
             })
             .collect();
         if let Unit::Daemon(i) = unit
-            && !self.following[i]
+            && !self.following.contains_key(&i)
         {
-            self.following[i] = true;
-            for file in &self.init.daemons[i].log_files {
-                tokio::spawn(logs::follow(file.into(), source.clone()));
-            }
+            let tasks = self
+                .core
+                .spec(i)
+                .log_files
+                .iter()
+                .map(|file| tokio::spawn(logs::follow(file.into(), source.clone())))
+                .collect();
+            self.following.insert(i, tasks);
         }
         // The exit is reported after the last lines are out.
         let reaped = Arc::new(AtomicBool::new(false));
@@ -453,7 +682,7 @@ impl Supervisor {
     /// Starts a daemon's readiness or liveness check in a task.
     fn check(&mut self, i: usize, run: Run, kind: CheckKind) {
         let (tx, procs, ctx) = (self.tx.clone(), self.procs.clone(), self.exec_context(i));
-        let spec = &self.init.daemons[i];
+        let spec = self.core.spec(i);
         let local = self.units.entry(Unit::Daemon(i)).or_default();
         let task = match kind {
             CheckKind::Readiness => {

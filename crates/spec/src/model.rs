@@ -322,6 +322,8 @@ pub struct Init {
     pub daemons: IndexMap<String, Daemon>,
     pub select_env: String,
     pub health: Option<Health>,
+    /// The control socket `tether ctl` speaks to; `None`: the default path.
+    pub control: Option<Control>,
     pub shutdown: Shutdown,
     pub notify: Option<Notify>,
     pub logs: Logs,
@@ -539,6 +541,14 @@ impl Signal {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Health {
     pub listen: String,
+    /// The control operations as JSON over HTTP on the same listener (`/control`).
+    pub control: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Control {
+    /// An absolute path for the Unix socket.
+    pub socket: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -61,6 +61,7 @@ pub const INIT_FIELDS: &[&str] = &[
     "daemons",
     "select_env",
     "health",
+    "control",
     "shutdown",
     "notify",
     "logs",
@@ -99,7 +100,8 @@ pub const LIVENESS_FIELDS: &[&str] = &[
 pub const RESTART_FIELDS: &[&str] = &["policy", "backoff", "max_restarts"];
 pub const BACKOFF_FIELDS: &[&str] = &["initial", "max", "multiplier", "reset_after"];
 pub const STOP_FIELDS: &[&str] = &["signal", "grace"];
-pub const HEALTH_FIELDS: &[&str] = &["listen"];
+pub const HEALTH_FIELDS: &[&str] = &["listen", "control"];
+pub const CONTROL_FIELDS: &[&str] = &["socket"];
 pub const SHUTDOWN_FIELDS: &[&str] = &["grace", "order"];
 pub const NOTIFY_FIELDS: &[&str] = &["command", "url"];
 pub const LOGS_FIELDS: &[&str] = &["prefix", "timestamps", "format"];
@@ -141,7 +143,7 @@ pub static INIT: Shape = shape(
     "the init section",
     INIT_FIELDS,
     Some(&DECLARATION),
-    &[&HEALTH, &SHUTDOWN, &NOTIFY, &LOGS],
+    &[&HEALTH, &CONTROL, &SHUTDOWN, &NOTIFY, &LOGS],
 );
 pub static STEP: Shape = shape("a step", STEP_FIELDS, None, &[]);
 pub static DAEMON: Shape = shape(
@@ -156,6 +158,7 @@ pub static RESTART: Shape = shape("restart", RESTART_FIELDS, Some(&DAEMON), &[&B
 pub static BACKOFF: Shape = shape("backoff", BACKOFF_FIELDS, Some(&RESTART), &[]);
 pub static STOP: Shape = shape("stop", STOP_FIELDS, Some(&DAEMON), &[]);
 pub static HEALTH: Shape = shape("health", HEALTH_FIELDS, Some(&INIT), &[]);
+pub static CONTROL: Shape = shape("control", CONTROL_FIELDS, Some(&INIT), &[]);
 pub static SHUTDOWN: Shape = shape("shutdown", SHUTDOWN_FIELDS, Some(&INIT), &[]);
 pub static NOTIFY: Shape = shape("notify", NOTIFY_FIELDS, Some(&INIT), &[]);
 pub static LOGS: Shape = shape("logs", LOGS_FIELDS, Some(&INIT), &[]);
@@ -177,6 +180,7 @@ pub static SHAPES: &[&Shape] = &[
     &BACKOFF,
     &STOP,
     &HEALTH,
+    &CONTROL,
     &SHUTDOWN,
     &NOTIFY,
     &LOGS,
@@ -1023,7 +1027,19 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
             let owner = f.key("health").map(|k| k.span).unwrap_or(owner);
             cx.fields(n, "init.health", owner, &HEALTH).and_then(|h| {
                 let listen = cx.require(&h, "listen", "the address to serve /healthz, /readyz and /status on, for example `0.0.0.0:9090`")?;
-                listen_address(cx, listen, "init.health.listen").map(|listen| Health { listen })
+                let listen = listen_address(cx, listen, "init.health.listen");
+                let control = cx.or(&h, "control", false, Ctx::bool);
+                Some(Health { listen: listen?, control: control? })
+            })
+        }
+        None => None,
+    };
+    let control = match f.get("control") {
+        Some(n) => {
+            let owner = f.key("control").map(|k| k.span).unwrap_or(owner);
+            cx.fields(n, "init.control", owner, &CONTROL).and_then(|c| {
+                let socket = cx.require(&c, "socket", "the path of the control socket `tether ctl` speaks to, for example `/run/tether/init.sock`")?;
+                socket_path(cx, socket, "init.control.socket").map(|socket| Control { socket })
             })
         }
         None => None,
@@ -1114,6 +1130,7 @@ pub fn init(cx: &mut Ctx<'_>, node: &Node, owner: Span) -> Option<InitAt> {
             daemons,
             select_env: select_env.unwrap_or_else(|| "TETHER_DAEMONS".to_owned()),
             health,
+            control,
             shutdown: shutdown.unwrap_or(Shutdown {
                 grace: Duration::from_secs(8),
                 order: ShutdownOrder::ReverseDependency,
@@ -1153,6 +1170,35 @@ fn listen_address(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
     }
     if host.is_empty() {
         return Some(format!("0.0.0.0:{port}"));
+    }
+    Some(s)
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+fn socket_path(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
+    let s = cx.text(node, path)?;
+    if !s.starts_with('/') {
+        cx.error(path, node.span, format!("`{s}` is not an absolute path"))
+            .with_label("give an absolute path, for example `/run/tether/init.sock`");
+        return None;
+    }
+    if s.ends_with('/') {
+        cx.error(
+            path,
+            node.span,
+            format!("`{s}` names a folder, not a socket"),
+        )
+        .with_label("end it with the socket's name, for example `/run/tether/init.sock`");
+        return None;
+    }
+    if s.len() > MAX_SOCKET_PATH {
+        cx.error(path, node.span, format!("`{s}` is {} bytes long", s.len()))
+            .with_label(format!(
+                "a Unix socket's path holds at most {MAX_SOCKET_PATH} bytes"
+            ));
+        return None;
     }
     Some(s)
 }

@@ -42,6 +42,7 @@ fn schema_and_validator_agree_on_every_section() {
         ("/$defs/restart/properties/backoff", v::BACKOFF_FIELDS),
         ("/$defs/daemon/properties/stop", v::STOP_FIELDS),
         ("/$defs/init/properties/health", v::HEALTH_FIELDS),
+        ("/$defs/init/properties/control", v::CONTROL_FIELDS),
         ("/$defs/init/properties/shutdown", v::SHUTDOWN_FIELDS),
         ("/$defs/init/properties/notify", v::NOTIFY_FIELDS),
         ("/$defs/init/properties/logs", v::LOGS_FIELDS),

@@ -37,6 +37,9 @@ pub fn init(
             Err(code) => return code,
         };
         let decl = loaded.declaration;
+        // The file is read again by `tether ctl reload`, from wherever tether then is.
+        let path = std::path::PathBuf::from(&decl.file);
+        let path = std::path::absolute(&path).unwrap_or(path);
         let Some(init) = decl.init else {
             output::error_hint(
                 format!("{}: there is no `init` section to run", decl.file),
@@ -72,7 +75,16 @@ pub fn init(
                 return exit::INTERNAL;
             }
         };
-        tether_init::run_bundle(init, selection, streams, exit::of_init)
+        let control = tether_init::ControlSetup {
+            file: path,
+            socket: init
+                .control
+                .as_ref()
+                .map(|c| c.socket.clone().into())
+                .unwrap_or_else(tether_init::default_socket),
+            declared: init.control.is_some(),
+        };
+        tether_init::run_bundle(init, selection, streams, exit::of_init, control)
     };
     match outcome {
         Ok(outcome) => exit::of_init(&outcome),

@@ -4,6 +4,7 @@
 #[cfg(feature = "bus")]
 pub mod bus;
 pub mod check;
+pub mod ctl;
 pub mod init;
 pub mod plan;
 pub mod render;

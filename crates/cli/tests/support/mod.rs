@@ -35,10 +35,12 @@ impl Bundle {
         self.path("tether.yaml")
     }
 
-    /// `tether init -f tether.yaml ARGS…`
+    /// `tether init -f tether.yaml ARGS…`, its default control socket in this folder
+    /// (`XDG_RUNTIME_DIR`), so that tests running side by side do not meet.
     pub fn start(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(tether_bin());
         cmd.arg("init").arg("-f").arg(self.file()).args(args);
+        cmd.env("XDG_RUNTIME_DIR", self.dir.path());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -47,6 +49,22 @@ impl Bundle {
 
     pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, Vec<String>) {
         self.start(args, env).finish()
+    }
+
+    /// `tether ctl ARGS…` against this bundle's default socket; the code, stdout and stderr.
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(tether_bin())
+            .arg("ctl")
+            .args(args)
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 

@@ -61,8 +61,13 @@ impl Sim {
         }
     }
 
+    /// The latest slot of that name (a removed one too).
     fn daemon(&self, name: &str) -> usize {
-        self.init.daemons.get_index_of(name).unwrap()
+        self.core
+            .daemons
+            .iter()
+            .rposition(|d| d.name == name)
+            .unwrap()
     }
 
     fn at_ms(&mut self, ms: u64) -> &mut Sim {
@@ -130,14 +135,14 @@ impl Sim {
     fn command(&self, unit: Unit) -> &str {
         match unit {
             Unit::Step(k) => &self.init.steps[k].command[0],
-            Unit::Daemon(i) => &self.init.daemons[i].command[0],
+            Unit::Daemon(i) => &self.core.spec(i).command[0],
         }
     }
 
     fn name(&self, unit: Unit) -> &str {
         match unit {
             Unit::Step(k) => &self.init.steps[k].name,
-            Unit::Daemon(i) => &self.init.daemons[i].name,
+            Unit::Daemon(i) => &self.core.spec(i).name,
         }
     }
 
@@ -145,7 +150,7 @@ impl Sim {
         match a {
             Action::Spawn { unit, .. } => format!("spawn {}", self.name(*unit)),
             Action::Check { daemon, kind, .. } => {
-                format!("{kind:?} check of {}", self.init.daemons[*daemon].name)
+                format!("{kind:?} check of {}", self.core.spec(*daemon).name)
             }
             Action::Signal {
                 unit,
@@ -172,6 +177,17 @@ impl Sim {
                 Some(d) => format!("[tether] {d}: {}", l.message),
                 None => format!("[tether] {}", l.message),
             },
+            Action::Reply(Reply::Refused(why)) => format!("refused: {why}"),
+            Action::Reply(Reply::Done(changes)) => {
+                let each: Vec<String> = changes
+                    .iter()
+                    .map(|c| match &c.why {
+                        Some(w) => format!("{} {} ({w})", c.what, c.daemon),
+                        None => format!("{} {}", c.what, c.daemon),
+                    })
+                    .collect();
+                format!("reply: {}", each.join("; "))
+            }
             Action::Finish(o) => format!("finish: {o:?}"),
         }
     }
@@ -594,9 +610,10 @@ fn a_requested_stop_is_neither_a_failure_nor_a_restart() {
     begin(&mut sim);
     let web = sim.daemon("web");
     assert_eq!(
-        sim.feed(Event::Stop { daemon: web }),
+        sim.feed(Event::Control(Request::Stop(vec![web]))),
         [
             "[tether] web: stopping (requested)",
+            "reply: stop web",
             "cancel web",
             "SIGTERM to web's group",
             "Grace timer of web for 8s",
@@ -608,11 +625,16 @@ fn a_requested_stop_is_neither_a_failure_nor_a_restart() {
     );
     assert_eq!(sim.core.snapshot().daemons[0].state, "stopped");
     assert_eq!(
-        sim.feed(Event::Start { daemon: web }),
-        ["cancel web", "spawn web", "[tether] web: started (pid 102)"]
+        sim.feed(Event::Control(Request::Start(vec![web]))),
+        [
+            "cancel web",
+            "spawn web",
+            "[tether] web: started (pid 102)",
+            "reply: start web"
+        ]
     );
     assert_eq!(
-        sim.feed(Event::Restart { daemon: web })[0],
+        sim.feed(Event::Control(Request::Restart(vec![web])))[0],
         "[tether] web: restarting (requested)"
     );
     assert_eq!(
@@ -877,4 +899,398 @@ fn selection_adds_dependencies_and_suggests_for_unknown_names() {
         begin(&mut sim)[0],
         "[tether] 0 steps, daemons: db, api; db also starts, api depends on it"
     );
+}
+
+fn control(sim: &mut Sim, request: Request) -> Vec<String> {
+    sim.feed(Event::Control(request))
+}
+
+const STACK: &str = r#"
+  daemons:
+    db: { command: [db] }
+    api: { command: [api], depends_on: { db: started } }
+    web: { command: [web], depends_on: { api: started } }
+    other: { command: [other] }
+"#;
+
+#[test]
+fn a_requested_stop_stops_what_depends_on_it_first_and_says_so() {
+    let mut sim = Sim::new(STACK);
+    begin(&mut sim);
+    let db = sim.daemon("db");
+    assert_eq!(
+        control(&mut sim, Request::Stop(vec![db])),
+        [
+            "[tether] web: stopping (requested: it depends on api)",
+            "[tether] api: stopping (requested: it depends on db)",
+            "[tether] db: stopping (requested)",
+            "reply: stop web (it depends on api); stop api (it depends on db); stop db",
+            "cancel web",
+            "SIGTERM to web's group",
+            "Grace timer of web for 8s",
+        ]
+    );
+    let states = |sim: &Sim| -> Vec<(&'static str, bool)> {
+        sim.core
+            .snapshot()
+            .daemons
+            .iter()
+            .map(|d| (d.state, d.settled))
+            .collect()
+    };
+    assert_eq!(
+        states(&sim),
+        [
+            ("stopping", false),
+            ("stopping", false),
+            ("stopping", false),
+            ("running", true)
+        ]
+    );
+    assert_eq!(
+        sim.exit("web", Exit::Signal(SIGTERM)),
+        [
+            "cancel web",
+            "[tether] web: stopped (killed by SIGTERM)",
+            "cancel api",
+            "SIGTERM to api's group",
+            "Grace timer of api for 8s",
+        ]
+    );
+    sim.exit("api", Exit::Signal(SIGTERM));
+    assert_eq!(
+        sim.exit("db", Exit::Code(0)),
+        ["cancel db", "[tether] db: stopped (exited with code 0)"]
+    );
+    assert_eq!(
+        states(&sim),
+        [
+            ("stopped", true),
+            ("stopped", true),
+            ("stopped", true),
+            ("running", true)
+        ]
+    );
+    // What is already stopped is said so.
+    assert_eq!(
+        control(&mut sim, Request::Stop(vec![db])),
+        ["reply: stopped db (stopped)"]
+    );
+}
+
+#[test]
+fn a_requested_start_starts_what_it_depends_on_first() {
+    let mut sim = Sim::new(STACK);
+    begin(&mut sim);
+    let (db, web) = (sim.daemon("db"), sim.daemon("web"));
+    control(&mut sim, Request::Stop(vec![db]));
+    sim.exit("web", Exit::Signal(SIGTERM));
+    sim.exit("api", Exit::Signal(SIGTERM));
+    sim.exit("db", Exit::Signal(SIGTERM));
+    assert_eq!(
+        control(&mut sim, Request::Start(vec![web])),
+        [
+            "cancel db",
+            "cancel api",
+            "cancel web",
+            "spawn db",
+            "[tether] db: started (pid 104)",
+            "spawn api",
+            "[tether] api: started (pid 105)",
+            "spawn web",
+            "[tether] web: started (pid 106)",
+            "reply: start db (api depends on it); start api (web depends on it); start web",
+        ]
+    );
+    // Starting what runs is nothing to do.
+    assert_eq!(
+        control(&mut sim, Request::Start(vec![web])),
+        ["reply: running web (running)"]
+    );
+}
+
+#[test]
+fn a_completed_daemon_runs_again_when_named_but_not_as_a_dependency() {
+    let mut sim = Sim::new(
+        r#"
+  daemons:
+    migrate: { command: [migrate], restart: { policy: never } }
+    app: { command: [app], depends_on: { migrate: completed } }
+"#,
+    );
+    begin(&mut sim);
+    sim.exit("migrate", Exit::Code(0));
+    let (migrate, app) = (sim.daemon("migrate"), sim.daemon("app"));
+    control(&mut sim, Request::Stop(vec![app]));
+    sim.exit("app", Exit::Signal(SIGTERM));
+    assert_eq!(
+        control(&mut sim, Request::Start(vec![app])),
+        [
+            "cancel app",
+            "spawn app",
+            "[tether] app: started (pid 102)",
+            "reply: start app"
+        ]
+    );
+    assert_eq!(
+        control(&mut sim, Request::Start(vec![migrate])),
+        [
+            "cancel migrate",
+            "spawn migrate",
+            "[tether] migrate: started (pid 103)",
+            "reply: start migrate"
+        ]
+    );
+}
+
+#[test]
+fn stopping_every_daemon_keeps_the_bundle_until_a_shutdown() {
+    let mut sim = Sim::new(
+        r#"
+  daemons:
+    a: { command: [a] }
+    b: { command: [b] }
+"#,
+    );
+    begin(&mut sim);
+    let (a, b) = (sim.daemon("a"), sim.daemon("b"));
+    control(&mut sim, Request::Stop(vec![a, b]));
+    sim.exit("a", Exit::Signal(SIGTERM));
+    // No `finish`: the bundle waits with no daemon running.
+    assert_eq!(
+        sim.exit("b", Exit::Signal(SIGTERM)),
+        ["cancel b", "[tether] b: stopped (killed by SIGTERM)"]
+    );
+    assert_eq!(sim.core.snapshot().phase, "running");
+    assert_eq!(
+        control(&mut sim, Request::Shutdown),
+        [
+            "[tether] stopping: requested by tether ctl",
+            "reply: ",
+            "[tether] exiting: all daemons stopped",
+            "finish: Clean",
+        ]
+    );
+}
+
+#[test]
+fn a_requested_restart_restarts_what_depends_on_it_after_it() {
+    let mut sim = Sim::new(
+        r#"
+  daemons:
+    db:
+      command: [db]
+      readiness: { mode: tcp, port: 5432 }
+    api: { command: [api], depends_on: [db] }
+"#,
+    );
+    begin(&mut sim);
+    sim.ready("db");
+    let db = sim.daemon("db");
+    assert_eq!(
+        control(&mut sim, Request::Restart(vec![db])),
+        [
+            "[tether] api: restarting (requested: it depends on db)",
+            "[tether] db: restarting (requested)",
+            "reply: restart api (it depends on db); restart db",
+            "cancel api",
+            "SIGTERM to api's group",
+            "Grace timer of api for 8s",
+        ]
+    );
+    // api waits while db restarts, and starts again once db is ready.
+    assert_eq!(
+        sim.exit("api", Exit::Signal(SIGTERM)),
+        [
+            "cancel api",
+            "[tether] api: stopped (killed by SIGTERM)",
+            "cancel db",
+            "SIGTERM to db's group",
+            "Grace timer of db for 8s",
+        ]
+    );
+    assert_eq!(
+        sim.exit("db", Exit::Signal(SIGTERM)),
+        [
+            "cancel db",
+            "[tether] db: stopped (killed by SIGTERM)",
+            "spawn db",
+            "[tether] db: started (pid 102)",
+            "Readiness check of db",
+        ]
+    );
+    assert_eq!(
+        sim.ready("db"),
+        [
+            "[tether] db: ready in 0ms",
+            "spawn api",
+            "[tether] api: started (pid 103)",
+        ]
+    );
+}
+
+#[test]
+fn signals_go_to_a_running_daemon_and_unknown_names_list_the_known_ones() {
+    let mut sim = Sim::new(
+        r#"
+  daemons:
+    web: { command: [web] }
+    worker: { command: [worker], forward_signals: process }
+"#,
+    );
+    begin(&mut sim);
+    let (web, worker) = (sim.daemon("web"), sim.daemon("worker"));
+    assert_eq!(
+        control(
+            &mut sim,
+            Request::Signal {
+                daemon: web,
+                signal: 1
+            }
+        ),
+        [
+            "SIGHUP to web's group",
+            "[tether] web: sent SIGHUP to its process group (requested)",
+            "reply: signal web (SIGHUP to its process group)",
+        ]
+    );
+    assert_eq!(
+        control(
+            &mut sim,
+            Request::Signal {
+                daemon: worker,
+                signal: 10
+            }
+        )[0],
+        "SIGUSR1 to worker"
+    );
+    control(&mut sim, Request::Stop(vec![web]));
+    sim.exit("web", Exit::Signal(SIGTERM));
+    assert_eq!(
+        control(
+            &mut sim,
+            Request::Signal {
+                daemon: web,
+                signal: 1
+            }
+        ),
+        ["refused: web is not running (stopped)"]
+    );
+    assert_eq!(
+        sim.core.resolve(&["wrker".into(), "web".into()]),
+        Err(
+            "no daemon named `wrker` in this bundle (it has: web, worker); did you mean `worker`?"
+                .into()
+        )
+    );
+    assert_eq!(
+        sim.core.resolve(&["worker".into(), "web".into()]),
+        Ok(vec![worker, web])
+    );
+}
+
+#[test]
+fn requests_wait_for_the_steps_but_a_shutdown_does_not() {
+    let mut sim = Sim::new(
+        r#"
+  steps:
+    - { name: setup, command: [setup] }
+  daemons:
+    web: { command: [web] }
+"#,
+    );
+    begin(&mut sim);
+    assert_eq!(
+        control(&mut sim, Request::Stop(vec![0])),
+        ["refused: the start-up steps are still running; the daemons have not started"]
+    );
+    assert_eq!(
+        control(&mut sim, Request::Shutdown)[..2],
+        ["reply: ", "[tether] received SIGTERM; stopping step setup"]
+    );
+}
+
+fn reload(sim: &mut Sim, body: &str) -> Vec<String> {
+    let init = bundle(body);
+    sim.init = init.clone();
+    control(sim, Request::Reload(Box::new(init)))
+}
+
+#[test]
+fn a_reload_adds_removes_and_restarts_what_differs_and_leaves_the_rest() {
+    let mut sim = Sim::new(
+        r#"
+  daemons:
+    same: { command: [same] }
+    gone: { command: [gone] }
+    changed: { command: [changed, "1"] }
+    follower: { command: [follower], depends_on: { changed: started } }
+"#,
+    );
+    begin(&mut sim);
+    let before: Vec<Option<i32>> = sim.core.snapshot().daemons.iter().map(|d| d.pid).collect();
+    assert_eq!(before, [Some(100), Some(101), Some(102), Some(103)]);
+    assert_eq!(
+        reload(
+            &mut sim,
+            r#"
+  daemons:
+    same: { command: [same] }
+    changed: { command: [changed, "2"] }
+    follower: { command: [follower], depends_on: { changed: started } }
+    new: { command: [new] }
+"#,
+        ),
+        [
+            "[tether] gone: stopping (requested: no longer declared)",
+            "[tether] follower: restarting (requested: it depends on changed)",
+            "[tether] changed: restarting (requested: its declaration changed)",
+            "[tether] new: added by a reload",
+            "spawn new",
+            "[tether] new: started (pid 104)",
+            // Once the spawn is answered, what nothing depends on any more is signalled.
+            "cancel gone",
+            "SIGTERM to gone's group",
+            "Grace timer of gone for 8s",
+            "cancel follower",
+            "SIGTERM to follower's group",
+            "Grace timer of follower for 8s",
+            "reply: unchanged same; remove gone (no longer declared); restart follower (it depends on changed); restart changed (its declaration changed); add new (new in the declaration)",
+        ]
+    );
+    sim.exit("gone", Exit::Signal(SIGTERM));
+    sim.exit("follower", Exit::Signal(SIGTERM));
+    assert_eq!(
+        sim.exit("changed", Exit::Signal(SIGTERM)),
+        [
+            "cancel changed",
+            "[tether] changed: stopped (killed by SIGTERM)",
+            "spawn changed",
+            "[tether] changed: started (pid 105)",
+            "spawn follower",
+            "[tether] follower: started (pid 106)",
+        ]
+    );
+    // The new declaration is the one started; the unchanged daemon kept its process.
+    assert_eq!(
+        sim.core.spec(sim.core.index_of("changed").unwrap()).command,
+        ["changed", "2"]
+    );
+    let after: Vec<(String, Option<i32>)> = sim
+        .core
+        .snapshot()
+        .daemons
+        .iter()
+        .map(|d| (d.name.clone(), d.pid))
+        .collect();
+    assert_eq!(
+        after,
+        [
+            ("same".into(), Some(100)),
+            ("changed".into(), Some(105)),
+            ("follower".into(), Some(106)),
+            ("new".into(), Some(104)),
+        ]
+    );
+    assert_eq!(sim.core.index_of("gone"), None);
 }
