@@ -786,6 +786,9 @@ impl Store for RedbStore {
                     Some(mut p) => {
                         p.available_at_ms = available_at_ms;
                         p.last = "nacked".into();
+                        // Given back: a later Release by the same holder leaves it (and its
+                        // count) alone.
+                        p.holder.clear();
                         pending.insert(key, p.encode_to_vec().as_slice())?;
                         true
                     }

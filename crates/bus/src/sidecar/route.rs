@@ -497,19 +497,41 @@ impl Router {
             }
             (held, st.ended.clone())
         };
-        if !held.is_empty() {
-            let n = held.len();
-            match self.0.link.release(held, Duration::from_secs(10)).await {
-                Ok(_) => tracing::info!(
-                    "released {n} deliveries the plugin held unacked; the bus delivers them again"
-                ),
-                Err(s) => tracing::warn!(
-                    "cannot release {n} deliveries (delivered again after their ack deadline): {}",
-                    status_line(&s)
-                ),
+        self.give_back(held, Duration::from_secs(10)).await;
+        ended.notify_waiters();
+    }
+
+    /// Gives back deliveries the plugin held and did not finish: nacked, so that the bus
+    /// delivers them again at once and counts this delivery (`redelivered` tells the next
+    /// plugin it may have been partly processed). What never reached the plugin is released
+    /// instead, uncounted.
+    async fn give_back(&self, held: Vec<String>, timeout: Duration) {
+        if held.is_empty() {
+            return;
+        }
+        let n = held.len();
+        let mut calls = tokio::task::JoinSet::new();
+        for id in held {
+            let link = self.0.link.clone();
+            calls.spawn(async move { tokio::time::timeout(timeout, link.nack(id, 0)).await });
+        }
+        let mut failed = None;
+        while let Some(done) = calls.join_next().await {
+            match done {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(s))) => failed = Some(status_line(&s)),
+                Ok(Err(_)) => failed = Some(format!("no answer within {}s", timeout.as_secs())),
+                Err(e) => failed = Some(e.to_string()),
             }
         }
-        ended.notify_waiters();
+        match failed {
+            None => tracing::info!(
+                "gave back {n} deliveries the plugin held unacked; the bus delivers them again"
+            ),
+            Some(why) => tracing::warn!(
+                "cannot give back every one of {n} deliveries (those are delivered again after their ack deadline): {why}"
+            ),
+        }
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1009,10 +1031,12 @@ impl Router {
         } else {
             Duration::from_secs(10)
         };
-        self.state().in_flight.clear();
+        let held: Vec<String> = self.state().in_flight.drain().map(|(k, _)| k).collect();
+        self.give_back(held, grace).await;
+        // What reached this sidecar and never the plugin.
         match self.0.link.release(Vec::new(), grace).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!("released {n} unacked deliveries to the bus"),
+            Ok(n) => tracing::info!("released {n} deliveries that never reached the plugin"),
             Err(s) => tracing::warn!("cannot release unacked deliveries: {}", status_line(&s)),
         }
         match self.0.link.deregister(grace).await {
