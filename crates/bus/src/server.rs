@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::policy::{Action, Grant, Policy, TokenCheck};
 use crate::store::{
-    ConsumerConfig, NewMessage, RedbStore, Registration, Retention, Store, StoreError,
+    ConsumerConfig, NewMessage, RedbStore, Registration, Retention, Store, StoreError, SyncMode,
 };
 use crate::topic;
 
@@ -49,6 +49,8 @@ pub struct Options {
     pub max_in_flight: usize,
     /// How often retention by age runs over every topic.
     pub sweep_every: Duration,
+    /// When commits are made durable.
+    pub sync: SyncMode,
 }
 
 impl Options {
@@ -60,6 +62,7 @@ impl Options {
             retention: Retention::default(),
             max_in_flight: 256,
             sweep_every: Duration::from_secs(60),
+            sync: SyncMode::Always,
         }
     }
 }
@@ -74,6 +77,8 @@ pub enum ServeError {
     },
     /// The data folder's store cannot be opened.
     Store { dir: PathBuf, error: StoreError },
+    /// The store could not make its last writes durable when the bus stopped.
+    Sync { dir: PathBuf, error: StoreError },
     /// The gRPC server failed.
     Transport(String),
 }
@@ -89,6 +94,11 @@ impl std::fmt::Display for ServeError {
                     dir.display()
                 )
             }
+            Self::Sync { dir, error } => write!(
+                f,
+                "cannot sync the bus's store in {} when stopping: {error}",
+                dir.display()
+            ),
             Self::Transport(e) => write!(f, "the gRPC server failed: {e}"),
         }
     }
@@ -102,16 +112,18 @@ pub struct Bound {
     service: Service<RedbStore>,
     stopping: watch::Sender<bool>,
     sweep_every: Duration,
+    data_dir: PathBuf,
 }
 
 /// Opens the store and binds the listen address; nothing is served until [`Bound::run`].
 pub async fn bind(options: Options) -> Result<Bound, ServeError> {
-    let store = RedbStore::open(&options.data_dir, options.retention).map_err(|error| {
-        ServeError::Store {
-            dir: options.data_dir.clone(),
-            error,
-        }
-    })?;
+    let store =
+        RedbStore::open(&options.data_dir, options.retention, options.sync).map_err(|error| {
+            ServeError::Store {
+                dir: options.data_dir.clone(),
+                error,
+            }
+        })?;
     let listener = TcpListener::bind(options.listen)
         .await
         .map_err(|error| ServeError::Bind {
@@ -131,6 +143,7 @@ pub async fn bind(options: Options) -> Result<Bound, ServeError> {
         },
         stopping,
         sweep_every: options.sweep_every,
+        data_dir: options.data_dir,
     })
 }
 
@@ -149,6 +162,7 @@ impl Bound {
             service,
             stopping,
             sweep_every,
+            data_dir,
         } = self;
         let sweeper = {
             let store = service.store.clone();
@@ -167,13 +181,19 @@ impl Bound {
             shutdown.await;
             let _ = stopping.send(true);
         };
+        let store = service.store.clone();
         let result = tonic::transport::Server::builder()
             .add_service(BusApiServer::new(service))
             .serve_with_incoming_shutdown(incoming, signal)
             .await
             .map_err(|e| ServeError::Transport(e.to_string()));
         sweeper.abort();
-        result
+        // Claims, releases and (with a periodic sync) everything else: on disk before we return.
+        let flushed = store.flush().await.map_err(|error| ServeError::Sync {
+            dir: data_dir,
+            error,
+        });
+        result.and(flushed)
     }
 }
 

@@ -128,6 +128,6 @@ fn hint(e: &tether_bus::ServeError) -> Option<&'static str> {
         tether_bus::ServeError::Store { .. } => Some(
             "another `tether bus serve` may be using this data folder: choose another with --data",
         ),
-        tether_bus::ServeError::Transport(_) => None,
+        tether_bus::ServeError::Sync { .. } | tether_bus::ServeError::Transport(_) => None,
     }
 }
