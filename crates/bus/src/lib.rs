@@ -3,13 +3,15 @@
 //! - [`topic`]: topics and NATS-style patterns (pure);
 //! - [`policy`]: the policy file, validated with positions, and the grant decision;
 //! - [`store`]: the [`store::Store`] trait and the embedded redb implementation;
-//! - [`server`]: the tonic `BusApi` server.
+//! - [`server`]: the tonic `BusApi` server;
+//! - [`http`]: a small HTTP/1 server for `/healthz`, `/readyz` and `/metrics`.
 //!
 //! The bus sidecar (`tether sidecar`) lands here next, on the same protocol crate.
 
+pub mod http;
 pub mod policy;
 pub mod server;
 pub mod store;
 pub mod topic;
 
-pub use server::{Bound, Options, ServeError, bind, serve};
+pub use server::{Bound, Metrics, Options, ServeError, Stopped, bind, serve};

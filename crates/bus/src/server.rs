@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use tether_bus_proto::PROTOCOL_MAJOR;
@@ -24,9 +25,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
+use crate::http::{Method, Reply};
 use crate::policy::{Action, Grant, Policy, TokenCheck};
 use crate::store::{
-    ConsumerConfig, NewMessage, RedbStore, Registration, Retention, Store, StoreError, SyncMode,
+    ConsumerConfig, NewMessage, RedbStore, Registration, Retention, Store, StoreError, StoreStats,
+    SyncMode,
 };
 use crate::topic;
 
@@ -41,6 +44,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 #[derive(Clone, Debug)]
 pub struct Options {
     pub listen: SocketAddr,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`; `None`: nowhere.
+    pub http: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// `None`: no policy file, every requested grant is given.
     pub policy: Option<Policy>,
@@ -51,18 +56,22 @@ pub struct Options {
     pub sweep_every: Duration,
     /// When commits are made durable.
     pub sync: SyncMode,
+    /// How long calls in flight and open connections get to finish after the stop signal.
+    pub drain: Duration,
 }
 
 impl Options {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
+            http: None,
             data_dir,
             policy: None,
             retention: Retention::default(),
             max_in_flight: 256,
             sweep_every: Duration::from_secs(60),
             sync: SyncMode::Always,
+            drain: Duration::from_secs(10),
         }
     }
 }
@@ -72,6 +81,11 @@ impl Options {
 pub enum ServeError {
     /// The listen address cannot be bound.
     Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// The `--http` address cannot be bound.
+    BindHttp {
         addr: SocketAddr,
         error: std::io::Error,
     },
@@ -87,6 +101,9 @@ impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            Self::BindHttp { addr, error } => {
+                write!(f, "cannot listen for HTTP on {addr}: {error}")
+            }
             Self::Store { dir, error } => {
                 write!(
                     f,
@@ -106,12 +123,47 @@ impl std::fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
-/// A bus whose socket is bound and whose store is open, not yet serving.
+/// What the bus counted since it started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Publishes answered with a new sequence (duplicates by idempotency key excluded).
+    pub published: AtomicU64,
+    /// Deliveries sent to subscribers, redeliveries included.
+    pub delivered: AtomicU64,
+    /// Of them, deliveries of a message delivered before.
+    pub redelivered: AtomicU64,
+    /// Messages moved to their dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Deliveries acked (that were still pending).
+    pub acked: AtomicU64,
+    /// Deliveries nacked.
+    pub nacked: AtomicU64,
+    /// Subscription streams open now.
+    pub consumers: AtomicU64,
+}
+
+impl Metrics {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Where the bus is in its life, for `/readyz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Serving,
+    Stopping,
+}
+
+/// A bus whose sockets are bound and whose store is open, not yet serving.
 pub struct Bound {
     listener: TcpListener,
+    http: Option<TcpListener>,
     service: Service<RedbStore>,
     stopping: watch::Sender<bool>,
     sweep_every: Duration,
+    drain: Duration,
     data_dir: PathBuf,
 }
 
@@ -130,12 +182,22 @@ pub async fn bind(options: Options) -> Result<Bound, ServeError> {
             addr: options.listen,
             error,
         })?;
+    let http = match options.http {
+        None => None,
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|error| ServeError::BindHttp { addr, error })?,
+        ),
+    };
     let (stopping, stopping_rx) = watch::channel(false);
     let (wake, _) = watch::channel(0u64);
     Ok(Bound {
         listener,
+        http,
         service: Service {
             store: Arc::new(store),
+            metrics: Arc::new(Metrics::default()),
             policy: options.policy.map(Arc::new),
             wake: Arc::new(wake),
             stopping: stopping_rx,
@@ -143,6 +205,7 @@ pub async fn bind(options: Options) -> Result<Bound, ServeError> {
         },
         stopping,
         sweep_every: options.sweep_every,
+        drain: options.drain,
         data_dir: options.data_dir,
     })
 }
@@ -154,16 +217,42 @@ impl Bound {
             .expect("a bound listener has an address")
     }
 
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, if anywhere.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     /// Serves until `shutdown` completes: then it stops accepting, ends the subscription
-    /// streams, lets calls in flight (publishes being committed) finish, and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    /// streams, lets calls in flight finish (for at most [`Options::drain`]), makes every write
+    /// durable, and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Stopped, ServeError> {
         let Bound {
             listener,
+            http,
             service,
             stopping,
             sweep_every,
+            drain,
             data_dir,
         } = self;
+        let (phase, phase_rx) = watch::channel(Phase::Starting);
+        let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = http.map(|listener| {
+            let routes = routes(
+                phase_rx,
+                service.store.clone(),
+                service.metrics.clone(),
+                data_dir.clone(),
+            );
+            tokio::spawn(crate::http::serve(listener, routes, async {
+                let _ = http_stopped.await;
+            }))
+        });
         let sweeper = {
             let store = service.store.clone();
             tokio::spawn(async move {
@@ -177,31 +266,68 @@ impl Bound {
             })
         };
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let signal = async move {
-            shutdown.await;
-            let _ = stopping.send(true);
+        let (signalled, signal_seen) = tokio::sync::oneshot::channel::<()>();
+        let signal = {
+            let phase = phase.clone();
+            async move {
+                shutdown.await;
+                phase.send_replace(Phase::Stopping);
+                let _ = stopping.send(true);
+                let _ = signalled.send(());
+            }
         };
+        // A client that never closes its connection must not keep the bus from stopping.
+        let drain_bound = async move {
+            match signal_seen.await {
+                Ok(()) => tokio::time::sleep(drain).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        // The listener is bound and the store open: connections are accepted from here on.
+        phase.send_if_modified(|p| {
+            let starting = *p == Phase::Starting;
+            if starting {
+                *p = Phase::Serving;
+            }
+            starting
+        });
         let store = service.store.clone();
-        let result = tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .add_service(BusApiServer::new(service))
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await
-            .map_err(|e| ServeError::Transport(e.to_string()));
+            .serve_with_incoming_shutdown(incoming, signal);
+        let result = tokio::select! {
+            r = server => r
+                .map(|()| Stopped { cut_off: false })
+                .map_err(|e| ServeError::Transport(e.to_string())),
+            () = drain_bound => Ok(Stopped { cut_off: true }),
+        };
         sweeper.abort();
         // Claims, releases and (with a periodic sync) everything else: on disk before we return.
         let flushed = store.flush().await.map_err(|error| ServeError::Sync {
             dir: data_dir,
             error,
         });
-        result.and(flushed)
+        let _ = http_stop.send(());
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+        flushed.and(result)
     }
+}
+
+/// How the bus stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// Some clients still held connections when [`Options::drain`] ran out: they were cut off
+    /// (what they had been answered is committed; what was not answered may not be).
+    pub cut_off: bool,
 }
 
 /// Binds and serves until `shutdown`.
 pub async fn serve(
     options: Options,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+) -> Result<Stopped, ServeError> {
     bind(options).await?.run(shutdown).await
 }
 
@@ -259,8 +385,135 @@ fn check_name(what: &str, value: &str) -> Result<(), Status> {
     }
 }
 
+/// `/healthz`: 200 while the process serves. `/readyz`: 200 while the store takes writes and
+/// the gRPC listener accepts; 503 with a JSON reason otherwise. `/metrics`: Prometheus text.
+fn routes(
+    phase: watch::Receiver<Phase>,
+    store: Arc<RedbStore>,
+    metrics: Arc<Metrics>,
+    data_dir: PathBuf,
+) -> impl Fn(&Method, &str) -> Reply + Clone + Send + Sync + 'static {
+    move |_method: &Method, path: &str| match path {
+        "/healthz" => Reply::text(200, "ok\n"),
+        "/readyz" => {
+            let why = match *phase.borrow() {
+                Phase::Starting => Some("starting: the gRPC server is not serving yet".to_owned()),
+                Phase::Stopping => Some(
+                    "stopping: the bus got its stop signal and is finishing the calls in flight"
+                        .to_owned(),
+                ),
+                Phase::Serving => store.stats().problem(),
+            };
+            match why {
+                None => Reply::json(200, "{\"ready\":true}\n"),
+                Some(reason) => Reply::json(
+                    503,
+                    format!("{{\"ready\":false,\"reason\":{}}}\n", json_string(&reason)),
+                ),
+            }
+        }
+        "/metrics" => Reply {
+            status: 200,
+            content_type: crate::http::PROMETHEUS,
+            body: prometheus(&metrics, store.stats(), RedbStore::file_size(&data_dir)),
+        },
+        _ => Reply::not_found(path),
+    }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The metrics in the Prometheus text format.
+fn prometheus(m: &Metrics, store: &StoreStats, store_bytes: u64) -> String {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let rows: [(&str, &str, &str, u64); 10] = [
+        (
+            "tether_bus_messages_published_total",
+            "counter",
+            "Messages published (answered with a new sequence).",
+            get(&m.published),
+        ),
+        (
+            "tether_bus_messages_delivered_total",
+            "counter",
+            "Deliveries sent to subscribers, redeliveries included.",
+            get(&m.delivered),
+        ),
+        (
+            "tether_bus_redeliveries_total",
+            "counter",
+            "Deliveries of a message delivered before.",
+            get(&m.redelivered),
+        ),
+        (
+            "tether_bus_dead_letters_total",
+            "counter",
+            "Messages moved to their dead-letter topic.",
+            get(&m.dead_lettered),
+        ),
+        (
+            "tether_bus_acks_total",
+            "counter",
+            "Deliveries acked.",
+            get(&m.acked),
+        ),
+        (
+            "tether_bus_nacks_total",
+            "counter",
+            "Deliveries nacked.",
+            get(&m.nacked),
+        ),
+        (
+            "tether_bus_consumers",
+            "gauge",
+            "Subscription streams open.",
+            get(&m.consumers),
+        ),
+        (
+            "tether_bus_store_size_bytes",
+            "gauge",
+            "Bytes the store file takes.",
+            store_bytes,
+        ),
+        (
+            "tether_bus_store_commits_total",
+            "counter",
+            "Store transactions committed (each holds every write that was waiting).",
+            get(&store.commits),
+        ),
+        (
+            "tether_bus_store_syncs_total",
+            "counter",
+            "Durable commits (one fsync each).",
+            get(&store.syncs),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in rows {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    out
+}
+
 struct Service<S> {
     store: Arc<S>,
+    metrics: Arc<Metrics>,
     policy: Option<Arc<Policy>>,
     /// Bumped after every write that can make something deliverable.
     wake: Arc<watch::Sender<u64>>,
@@ -272,6 +525,7 @@ impl<S> Clone for Service<S> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
+            metrics: self.metrics.clone(),
             policy: self.policy.clone(),
             wake: self.wake.clone(),
             stopping: self.stopping.clone(),
@@ -443,6 +697,9 @@ impl<S: Store> BusApi for Service<S> {
             )
             .await
             .map_err(internal)?;
+        if !published.duplicate {
+            Metrics::add(&self.metrics.published, 1);
+        }
         self.wake();
         Ok(Response::new(PublishResponse {
             sequence: published.sequence,
@@ -504,6 +761,7 @@ impl<S: Store> BusApi for Service<S> {
             .ack(request.into_inner().delivery_ids)
             .await
             .map_err(internal)?;
+        Metrics::add(&self.metrics.acked, u64::from(acked));
         self.wake();
         Ok(Response::new(AckResponse { acked }))
     }
@@ -522,6 +780,7 @@ impl<S: Store> BusApi for Service<S> {
                 n.delivery_id
             )));
         }
+        Metrics::add(&self.metrics.nacked, 1);
         self.wake();
         Ok(Response::new(NackResponse {}))
     }
@@ -541,6 +800,15 @@ impl<S: Store> BusApi for Service<S> {
     }
 }
 
+/// Runs a closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 impl<S: Store> Service<S> {
     /// Feeds one subscription stream: claims what is deliverable, sends it, and waits for a
     /// publish, an ack, a nack, a release or the next deadline. Ends when the subscriber goes
@@ -554,6 +822,10 @@ impl<S: Store> Service<S> {
     ) {
         let mut wake = self.wake.subscribe();
         let mut stopping = self.stopping.clone();
+        Metrics::add(&self.metrics.consumers, 1);
+        let _open = OnDrop(|| {
+            self.metrics.consumers.fetch_sub(1, Ordering::Relaxed);
+        });
         loop {
             if *stopping.borrow() {
                 return;
@@ -576,6 +848,10 @@ impl<S: Store> Service<S> {
                 }
             };
             if claimed.dead_lettered > 0 {
+                Metrics::add(
+                    &self.metrics.dead_lettered,
+                    u64::from(claimed.dead_lettered),
+                );
                 self.wake();
             }
             let mut unsent = Vec::new();
@@ -585,6 +861,7 @@ impl<S: Store> Service<S> {
                     continue;
                 }
                 let id = d.id.clone();
+                let again = d.redelivered > 0;
                 let delivery = Delivery {
                     delivery_id: d.id,
                     topic: d.topic,
@@ -594,7 +871,18 @@ impl<S: Store> Service<S> {
                     redelivered: d.redelivered,
                     subscription: pattern.clone(),
                 };
+                // Counted before it can reach the subscriber, taken back if it does not.
+                let counters = [
+                    Some(&self.metrics.delivered),
+                    again.then_some(&self.metrics.redelivered),
+                ];
+                for c in counters.iter().flatten() {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
                 if tx.send(Ok(delivery)).await.is_err() {
+                    for c in counters.iter().flatten() {
+                        c.fetch_sub(1, Ordering::Relaxed);
+                    }
                     unsent.push(id);
                 }
             }
@@ -618,5 +906,68 @@ impl<S: Store> Service<S> {
                 () = tx.closed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_says_why_not_and_metrics_are_prometheus_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(RedbStore::open(dir.path(), Retention::default(), SyncMode::Always).unwrap());
+        let metrics = Arc::new(Metrics::default());
+        let (phase, phase_rx) = watch::channel(Phase::Starting);
+        let routes = routes(phase_rx, store, metrics.clone(), dir.path().to_path_buf());
+        let get = |path: &str| routes(&Method::GET, path);
+        assert_eq!(get("/healthz"), Reply::text(200, "ok\n"));
+        assert_eq!(
+            get("/readyz"),
+            Reply::json(
+                503,
+                "{\"ready\":false,\"reason\":\"starting: the gRPC server is not serving yet\"}\n"
+            )
+        );
+        phase.send_replace(Phase::Serving);
+        assert_eq!(get("/readyz"), Reply::json(200, "{\"ready\":true}\n"));
+        phase.send_replace(Phase::Stopping);
+        assert_eq!(
+            get("/readyz"),
+            Reply::json(
+                503,
+                "{\"ready\":false,\"reason\":\"stopping: the bus got its stop signal and is finishing the calls in flight\"}\n"
+            )
+        );
+        Metrics::add(&metrics.published, 3);
+        Metrics::add(&metrics.consumers, 2);
+        let m = get("/metrics");
+        assert_eq!((m.status, m.content_type), (200, crate::http::PROMETHEUS));
+        for line in [
+            "# TYPE tether_bus_messages_published_total counter\ntether_bus_messages_published_total 3\n",
+            "# TYPE tether_bus_consumers gauge\ntether_bus_consumers 2\n",
+            "tether_bus_messages_delivered_total 0\n",
+            "tether_bus_redeliveries_total 0\n",
+            "tether_bus_dead_letters_total 0\n",
+            "tether_bus_acks_total 0\n",
+            "tether_bus_nacks_total 0\n",
+        ] {
+            assert!(m.body.contains(line), "{line:?} not in:\n{}", m.body);
+        }
+        let size = RedbStore::file_size(dir.path());
+        assert!(size > 0);
+        assert!(
+            m.body
+                .contains(&format!("tether_bus_store_size_bytes {size}\n")),
+            "{}",
+            m.body
+        );
+        assert_eq!(get("/other"), Reply::not_found("/other"));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a \"b\" \\ \n"), "\"a \\\"b\\\" \\\\ \\u000a\"");
     }
 }

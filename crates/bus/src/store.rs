@@ -24,7 +24,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -303,6 +304,33 @@ pub enum SyncMode {
     Every(Duration),
 }
 
+/// What the committer did, for metrics and readiness.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Of them, durable ones (one fsync each).
+    pub syncs: AtomicU64,
+    /// The committer thread has stopped: nothing can be written.
+    pub stopped: AtomicBool,
+    /// Why the last commit failed, until one succeeds again.
+    pub failing: Mutex<Option<String>>,
+}
+
+impl StoreStats {
+    /// Why the store cannot take writes now, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Some("the store's committer has stopped".into());
+        }
+        self.failing
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(|e| format!("the store's last commit failed: {e}"))
+    }
+}
+
 /// The embedded store: one redb file in the data folder.
 ///
 /// Reads run on tokio's blocking threads; every write goes to one committer thread (see
@@ -311,6 +339,7 @@ pub enum SyncMode {
 pub struct RedbStore {
     db: Arc<Database>,
     jobs: std::sync::mpsc::Sender<Job>,
+    stats: Arc<StoreStats>,
 }
 
 impl RedbStore {
@@ -336,17 +365,24 @@ impl RedbStore {
         txn.commit()?;
         let db = Arc::new(db);
         let (jobs, rx) = std::sync::mpsc::channel();
+        let stats = Arc::new(StoreStats::default());
         let committer = Committer {
             db: db.clone(),
             retention,
             sync,
             unsynced_since: None,
+            stats: stats.clone(),
         };
         std::thread::Builder::new()
             .name("bus-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(|e| StoreError(format!("cannot start the committer thread: {e}")))?;
-        Ok(Self { db, jobs })
+        Ok(Self { db, jobs, stats })
+    }
+
+    /// Commits, syncs and whether the store can take writes.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
     }
 
     /// The bytes the store file takes on disk.
@@ -895,6 +931,7 @@ struct Committer {
     sync: SyncMode,
     /// Since when commits that are not durable yet exist.
     unsynced_since: Option<Instant>,
+    stats: Arc<StoreStats>,
 }
 
 impl Committer {
@@ -929,6 +966,7 @@ impl Committer {
         {
             tracing::error!("the last sync of the bus's store failed: {e}");
         }
+        self.stats.stopped.store(true, Ordering::Relaxed);
     }
 
     fn run_batch(&mut self, batch: Vec<Job>) {
@@ -959,7 +997,7 @@ impl Committer {
     /// Runs `ops` in one transaction and commits it: durably (one fsync) when a write asks for
     /// it in [`SyncMode::Always`], when the sync interval has passed, or for a flush.
     fn commit(&mut self, ops: &[Op]) -> Result<Vec<Done>> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.disk(self.db.begin_write())?;
         let mut done = Vec::with_capacity(ops.len());
         let mut effect = Effect::NONE;
         let mut flush = false;
@@ -976,16 +1014,28 @@ impl Committer {
                 SyncMode::Every(every) => self.unsynced_since.is_some_and(|s| s.elapsed() >= every),
             };
         if durable && (effect.wrote || self.unsynced_since.is_some()) {
-            txn.commit()?;
+            self.disk(txn.commit())?;
             self.unsynced_since = None;
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         } else if effect.wrote {
             txn.set_durability(Durability::None)?;
-            txn.commit()?;
+            self.disk(txn.commit())?;
             self.unsynced_since.get_or_insert_with(Instant::now);
         } else {
             txn.abort()?;
+            return Ok(done);
         }
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
         Ok(done)
+    }
+
+    /// Notes whether a transaction could begin or commit: readiness reports a failing disk.
+    fn disk<T, E: Into<StoreError>>(&self, result: std::result::Result<T, E>) -> Result<T> {
+        let result = result.map_err(Into::into);
+        if let Ok(mut failing) = self.stats.failing.lock() {
+            *failing = result.as_ref().err().map(ToString::to_string);
+        }
+        result
     }
 }
 

@@ -280,5 +280,17 @@ pub enum BusCommand {
         /// Retention per topic: the oldest messages are dropped past this many bytes
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
         max_bytes: u64,
+        /// When writes reach the disk. `always`: every publish, ack and nack is fsynced before
+        /// it is answered (concurrent ones share one fsync). A duration such as `100ms` or `1s`:
+        /// writes are answered before they are fsynced, and an fsync happens at least that
+        /// often, as in NATS JetStream's default; a crash of tether (kill -9, out of memory) or
+        /// of the machine then loses the publishes and acks answered in about the last DURATION
+        /// (lost acks mean redeliveries). A clean stop (SIGTERM) loses nothing
+        #[arg(long, value_name = "always|DURATION", default_value = "always")]
+        sync: String,
+        /// Serve /healthz, /readyz and /metrics (Prometheus) over plain HTTP on this address
+        /// [default: off]
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
 }

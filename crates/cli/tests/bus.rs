@@ -70,6 +70,147 @@ fn a_bad_listen_address_is_one_error_and_exit_1() {
     );
 }
 
+#[test]
+fn a_bad_http_address_is_one_error_and_exit_1() {
+    let out = tether()
+        .args(["bus", "serve", "--listen", "127.0.0.1:0", "--http", "9090"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: --http `9090` is not an address\n  = hint: an IP address and a port: 127.0.0.1:8443, 0.0.0.0:8443, [::1]:8443\n"
+    );
+}
+
+#[test]
+fn http_serves_health_readiness_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve_with(&dir.path().join("data"), &["--http", "127.0.0.1:0"]);
+    let line = served.stderr.recv_timeout(HANG).unwrap();
+    let http: SocketAddr = line
+        .strip_prefix("tether bus: /healthz, /readyz and /metrics on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    assert_eq!(http_get(http, "/healthz"), "HTTP/1.0 200 OK\nok\n");
+    assert_eq!(
+        http_get(http, "/readyz"),
+        "HTTP/1.0 200 OK\n{\"ready\":true}\n"
+    );
+    let metrics = http_get(http, "/metrics");
+    assert!(
+        metrics.contains("\ntether_bus_messages_published_total 0\n"),
+        "{metrics}"
+    );
+    stop(served);
+    assert!(std::net::TcpStream::connect(http).is_err());
+}
+
+/// `GET path` over HTTP/1.0: the status line, then the body.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(HANG)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    format!("{status}\n{body}")
+}
+
+#[test]
+fn a_bad_sync_is_one_error_and_exit_1() {
+    for (value, message) in [
+        ("sometimes", "error: --sync `sometimes`: "),
+        ("0s", "error: --sync `0s` is zero\n"),
+    ] {
+        let out = tether()
+            .args(["bus", "serve", "--listen", "127.0.0.1:0", "--sync", value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.starts_with(message), "{stderr}");
+        assert!(
+            stderr.ends_with(
+                "  = hint: `always` (fsync before every answer) or how often to fsync: 100ms, 1s\n"
+            ),
+            "{stderr}"
+        );
+    }
+}
+
+/// SIGTERM and what it prints last.
+fn stop(mut served: Served) -> Vec<String> {
+    let pid = served.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = served.child.wait().unwrap();
+    let mut lines = Vec::new();
+    while let Ok(l) = served.stderr.recv_timeout(HANG) {
+        lines.push(l);
+    }
+    assert_eq!(status.code(), Some(0), "{lines:?}");
+    lines
+}
+
+#[test]
+fn with_a_periodic_sync_a_clean_stop_keeps_every_answered_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // An hour: nothing is fsynced before the stop.
+    let first = serve_with(&data, &["--sync", "1h"]);
+    let addr = first.addr;
+    rt.block_on(async move {
+        let (mut api, session) = register(addr, "producer", Action::Publish).await;
+        for i in 0..20 {
+            let r = req(
+                PublishRequest {
+                    topic: "stream.n".into(),
+                    data: format!("m-{i}").into_bytes(),
+                    ..Default::default()
+                },
+                &session,
+            );
+            assert_eq!(api.publish(r).await.unwrap().into_inner().sequence, i + 1);
+        }
+    });
+    let lines = stop(first);
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "warning: --sync 1h: writes are answered before they reach the disk; a crash of tether or of this machine loses the publishes and acks of about the last 1h"
+        )),
+        "{lines:?}"
+    );
+    let second = serve(&data);
+    let addr = second.addr;
+    rt.block_on(async move {
+        let (mut api, session) = register(addr, "producer", Action::Publish).await;
+        let r = req(
+            PublishRequest {
+                topic: "stream.n".into(),
+                data: b"after".to_vec(),
+                ..Default::default()
+            },
+            &session,
+        );
+        assert_eq!(api.publish(r).await.unwrap().into_inner().sequence, 21);
+    });
+    stop(second);
+}
+
 /// A running `tether bus serve` and the address it said it listens on.
 struct Served {
     child: Child,
@@ -77,11 +218,16 @@ struct Served {
     stderr: std::sync::mpsc::Receiver<String>,
 }
 
-#[allow(clippy::zombie_processes, reason = "the test kills and waits for it")]
 fn serve(data: &Path) -> Served {
+    serve_with(data, &[])
+}
+
+#[allow(clippy::zombie_processes, reason = "the test kills and waits for it")]
+fn serve_with(data: &Path, args: &[&str]) -> Served {
     let mut child = tether()
         .args(["bus", "serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tether_bus::store::Retention;
+use tether_bus::store::{Retention, SyncMode};
 
-use crate::args::BusCommand;
+use crate::args::{BusCommand, duration};
 use crate::{exit, output};
 
 pub fn run(command: BusCommand) -> u8 {
@@ -17,7 +17,41 @@ pub fn run(command: BusCommand) -> u8 {
             policy,
             max_age,
             max_bytes,
-        } => serve(&listen, data, policy, max_age, max_bytes),
+            sync,
+            http,
+        } => serve(
+            &listen,
+            data,
+            policy,
+            max_age,
+            max_bytes,
+            &sync,
+            http.as_deref(),
+        ),
+    }
+}
+
+/// An address flag, or `None` after saying what is wrong with it.
+fn address(flag: &str, value: &str) -> Option<SocketAddr> {
+    let parsed = value.parse().ok();
+    if parsed.is_none() {
+        output::error_hint(
+            format!("{flag} `{value}` is not an address"),
+            Some("an IP address and a port: 127.0.0.1:8443, 0.0.0.0:8443, [::1]:8443"),
+        );
+    }
+    parsed
+}
+
+/// `--sync`: `always` or a duration of more than zero.
+fn sync_mode(s: &str) -> Result<SyncMode, String> {
+    if s == "always" {
+        return Ok(SyncMode::Always);
+    }
+    match duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("--sync `{s}` is zero")),
+        Ok(d) => Ok(SyncMode::Every(d)),
+        Err(e) => Err(format!("--sync {e}")),
     }
 }
 
@@ -27,14 +61,26 @@ fn serve(
     policy: Option<PathBuf>,
     max_age: Duration,
     max_bytes: u64,
+    sync: &str,
+    http: Option<&str>,
 ) -> u8 {
     // Everything is checked before anything starts.
-    let addr: SocketAddr = match listen.parse() {
-        Ok(a) => a,
-        Err(_) => {
+    let Some(addr) = address("--listen", listen) else {
+        return exit::INVALID;
+    };
+    let http = match http {
+        None => None,
+        Some(h) => match address("--http", h) {
+            Some(a) => Some(a),
+            None => return exit::INVALID,
+        },
+    };
+    let sync = match sync_mode(sync) {
+        Ok(s) => s,
+        Err(e) => {
             output::error_hint(
-                format!("--listen `{listen}` is not an address"),
-                Some("an IP address and a port: 127.0.0.1:8443, 0.0.0.0:8443, [::1]:8443"),
+                e,
+                Some("`always` (fsync before every answer) or how often to fsync: 100ms, 1s"),
             );
             return exit::INVALID;
         }
@@ -57,6 +103,9 @@ fn serve(
     let mut options = tether_bus::Options::new(addr, data.clone());
     options.policy = policy;
     options.retention = Retention { max_age, max_bytes };
+    options.sync = sync;
+    options.http = http;
+    let drain = options.drain;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -92,6 +141,16 @@ fn serve(
             tether_bus_proto_major(),
             data.display()
         );
+        if let Some(h) = bound.http_addr() {
+            eprintln!("tether bus: /healthz, /readyz and /metrics on http://{h}");
+        }
+        if let SyncMode::Every(every) = sync {
+            output::warning(format!(
+                "--sync {}: writes are answered before they reach the disk; a crash of tether or \
+                 of this machine loses the publishes and acks of about the last {0}",
+                humantime::format_duration(every)
+            ));
+        }
         if open {
             output::warning(
                 "no --policy: every grant an instance requests is given (for development only)",
@@ -104,7 +163,13 @@ fn serve(
             }
         };
         match bound.run(stop).await {
-            Ok(()) => {
+            Ok(stopped) => {
+                if stopped.cut_off {
+                    output::warning(format!(
+                        "clients still connected {} after the stop signal were cut off",
+                        humantime::format_duration(drain)
+                    ));
+                }
                 eprintln!("tether bus: stopped");
                 exit::OK
             }
@@ -124,6 +189,9 @@ fn hint(e: &tether_bus::ServeError) -> Option<&'static str> {
     match e {
         tether_bus::ServeError::Bind { .. } => {
             Some("another process may hold the port: choose another with --listen")
+        }
+        tether_bus::ServeError::BindHttp { .. } => {
+            Some("another process may hold the port: choose another with --http")
         }
         tether_bus::ServeError::Store { .. } => Some(
             "another `tether bus serve` may be using this data folder: choose another with --data",
