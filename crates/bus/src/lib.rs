@@ -4,7 +4,8 @@
 //! - [`policy`]: the policy file, validated with positions, and the grant decision;
 //! - [`store`]: the [`store::Store`] trait and the embedded redb implementation;
 //! - [`server`]: the tonic `BusApi` server;
-//! - [`http`]: a small HTTP/1 server for `/healthz`, `/readyz` and `/metrics`.
+//! - [`http`]: a small HTTP/1 server for `/healthz`, `/readyz` and `/metrics`;
+//! - [`tls`]: the server's certificate and key, and [`tls::client_tls`] for clients.
 //!
 //! The bus sidecar (`tether sidecar`) lands here next, on the same protocol crate.
 
@@ -12,6 +13,7 @@ pub mod http;
 pub mod policy;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod topic;
 
 pub use server::{Bound, Metrics, Options, ServeError, Stopped, bind, serve};

@@ -37,8 +37,32 @@ use crate::topic;
 pub const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(30);
 /// The deliveries before a dead letter, for a subscription that names none.
 pub const DEFAULT_MAX_DELIVER: u32 = 5;
-/// The default listen address (`0.0.0.0:8443` as PID 1 in a container is for a later change).
+/// The listen address on a host: this machine only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// The listen address as PID 1 or in a container, where 127.0.0.1 is unreachable from outside.
+pub const DEFAULT_LISTEN_CONTAINER: &str = "0.0.0.0:8443";
+
+/// The files a container engine leaves at the root: Docker's, then Podman's.
+pub const CONTAINER_MARKERS: [&str; 2] = ["/.dockerenv", "/run/.containerenv"];
+
+/// [`DEFAULT_LISTEN_CONTAINER`] when this process is PID 1 or runs in a container (a file of
+/// [`CONTAINER_MARKERS`] exists), [`DEFAULT_LISTEN`] otherwise.
+pub fn default_listen() -> SocketAddr {
+    let in_container = CONTAINER_MARKERS
+        .iter()
+        .any(|m| std::path::Path::new(m).exists());
+    default_listen_for(std::process::id() == 1, in_container)
+}
+
+/// [`default_listen`], decided from what it looked at.
+pub fn default_listen_for(pid_1: bool, in_container: bool) -> SocketAddr {
+    let addr = if pid_1 || in_container {
+        DEFAULT_LISTEN_CONTAINER
+    } else {
+        DEFAULT_LISTEN
+    };
+    addr.parse().expect("a valid address")
+}
 
 /// How a bus is started.
 #[derive(Clone, Debug)]
@@ -46,6 +70,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`; `None`: nowhere.
     pub http: Option<SocketAddr>,
+    /// Serve gRPC over TLS with this identity ([`crate::tls::server`]); `None`: plaintext.
+    pub tls: Option<crate::tls::ServerTls>,
     pub data_dir: PathBuf,
     /// `None`: no policy file, every requested grant is given.
     pub policy: Option<Policy>,
@@ -65,6 +91,7 @@ impl Options {
         Self {
             listen,
             http: None,
+            tls: None,
             data_dir,
             policy: None,
             retention: Retention::default(),
@@ -151,7 +178,6 @@ impl Metrics {
 /// Where the bus is in its life, for `/readyz`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    Starting,
     Serving,
     Stopping,
 }
@@ -160,6 +186,7 @@ enum Phase {
 pub struct Bound {
     listener: TcpListener,
     http: Option<TcpListener>,
+    tls: Option<crate::tls::ServerTls>,
     service: Service<RedbStore>,
     stopping: watch::Sender<bool>,
     sweep_every: Duration,
@@ -195,6 +222,7 @@ pub async fn bind(options: Options) -> Result<Bound, ServeError> {
     Ok(Bound {
         listener,
         http,
+        tls: options.tls,
         service: Service {
             store: Arc::new(store),
             metrics: Arc::new(Metrics::default()),
@@ -234,13 +262,22 @@ impl Bound {
         let Bound {
             listener,
             http,
+            tls,
             service,
             stopping,
             sweep_every,
             drain,
             data_dir,
         } = self;
-        let (phase, phase_rx) = watch::channel(Phase::Starting);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            // Checked by tls::server already.
+            builder = builder
+                .tls_config(tls.config)
+                .map_err(|e| ServeError::Transport(format!("TLS: {e}")))?;
+        }
+        // The listeners are bound and the store open: connections are accepted from here on.
+        let (phase, phase_rx) = watch::channel(Phase::Serving);
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = http.map(|listener| {
             let routes = routes(
@@ -283,16 +320,8 @@ impl Bound {
                 Err(_) => std::future::pending().await,
             }
         };
-        // The listener is bound and the store open: connections are accepted from here on.
-        phase.send_if_modified(|p| {
-            let starting = *p == Phase::Starting;
-            if starting {
-                *p = Phase::Serving;
-            }
-            starting
-        });
         let store = service.store.clone();
-        let server = tonic::transport::Server::builder()
+        let server = builder
             .add_service(BusApiServer::new(service))
             .serve_with_incoming_shutdown(incoming, signal);
         let result = tokio::select! {
@@ -397,7 +426,6 @@ fn routes(
         "/healthz" => Reply::text(200, "ok\n"),
         "/readyz" => {
             let why = match *phase.borrow() {
-                Phase::Starting => Some("starting: the gRPC server is not serving yet".to_owned()),
                 Phase::Stopping => Some(
                     "stopping: the bus got its stop signal and is finishing the calls in flight"
                         .to_owned(),
@@ -919,18 +947,11 @@ mod tests {
         let store =
             Arc::new(RedbStore::open(dir.path(), Retention::default(), SyncMode::Always).unwrap());
         let metrics = Arc::new(Metrics::default());
-        let (phase, phase_rx) = watch::channel(Phase::Starting);
+        // The listeners are bound and the store open: connections are accepted from here on.
+        let (phase, phase_rx) = watch::channel(Phase::Serving);
         let routes = routes(phase_rx, store, metrics.clone(), dir.path().to_path_buf());
         let get = |path: &str| routes(&Method::GET, path);
         assert_eq!(get("/healthz"), Reply::text(200, "ok\n"));
-        assert_eq!(
-            get("/readyz"),
-            Reply::json(
-                503,
-                "{\"ready\":false,\"reason\":\"starting: the gRPC server is not serving yet\"}\n"
-            )
-        );
-        phase.send_replace(Phase::Serving);
         assert_eq!(get("/readyz"), Reply::json(200, "{\"ready\":true}\n"));
         phase.send_replace(Phase::Stopping);
         assert_eq!(
@@ -964,6 +985,16 @@ mod tests {
             m.body
         );
         assert_eq!(get("/other"), Reply::not_found("/other"));
+    }
+
+    #[test]
+    fn the_default_address_is_every_interface_only_as_pid_1_or_in_a_container() {
+        let host: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let all: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        assert_eq!(default_listen_for(false, false), host);
+        assert_eq!(default_listen_for(true, false), all);
+        assert_eq!(default_listen_for(false, true), all);
+        assert_eq!(default_listen_for(true, true), all);
     }
 
     #[test]

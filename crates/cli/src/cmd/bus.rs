@@ -19,16 +19,32 @@ pub fn run(command: BusCommand) -> u8 {
             max_bytes,
             sync,
             http,
-        } => serve(
-            &listen,
+            tls_cert,
+            tls_key,
+        } => serve(Flags {
+            listen,
             data,
             policy,
             max_age,
             max_bytes,
-            &sync,
-            http.as_deref(),
-        ),
+            sync,
+            http,
+            tls_cert,
+            tls_key,
+        }),
     }
+}
+
+struct Flags {
+    listen: Option<String>,
+    data: PathBuf,
+    policy: Option<PathBuf>,
+    max_age: Duration,
+    max_bytes: u64,
+    sync: String,
+    http: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// An address flag, or `None` after saying what is wrong with it.
@@ -55,27 +71,34 @@ fn sync_mode(s: &str) -> Result<SyncMode, String> {
     }
 }
 
-fn serve(
-    listen: &str,
-    data: PathBuf,
-    policy: Option<PathBuf>,
-    max_age: Duration,
-    max_bytes: u64,
-    sync: &str,
-    http: Option<&str>,
-) -> u8 {
+fn serve(flags: Flags) -> u8 {
+    let Flags {
+        listen,
+        data,
+        policy,
+        max_age,
+        max_bytes,
+        sync,
+        http,
+        tls_cert,
+        tls_key,
+    } = flags;
     // Everything is checked before anything starts.
-    let Some(addr) = address("--listen", listen) else {
-        return exit::INVALID;
+    let addr = match &listen {
+        None => tether_bus::server::default_listen(),
+        Some(listen) => match address("--listen", listen) {
+            Some(a) => a,
+            None => return exit::INVALID,
+        },
     };
-    let http = match http {
+    let http = match http.as_deref() {
         None => None,
         Some(h) => match address("--http", h) {
             Some(a) => Some(a),
             None => return exit::INVALID,
         },
     };
-    let sync = match sync_mode(sync) {
+    let sync = match sync_mode(&sync) {
         Ok(s) => s,
         Err(e) => {
             output::error_hint(
@@ -99,12 +122,31 @@ fn serve(
             }
         },
     };
+    let tls = match (&tls_cert, &tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => match tether_bus::tls::server(cert, key) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                output::error_hint(
+                    &e,
+                    Some("--tls-cert: the certificate chain, --tls-key: its private key, both PEM"),
+                );
+                return exit::INVALID;
+            }
+        },
+        _ => {
+            output::error("--tls-cert and --tls-key go together: give both, or neither");
+            return exit::INVALID;
+        }
+    };
+    let tls_on = tls.is_some();
     let open = policy.is_none();
     let mut options = tether_bus::Options::new(addr, data.clone());
     options.policy = policy;
     options.retention = Retention { max_age, max_bytes };
     options.sync = sync;
     options.http = http;
+    options.tls = tls;
     let drain = options.drain;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -136,9 +178,10 @@ fn serve(
             }
         };
         eprintln!(
-            "tether bus: listening on {} (tether.bus.v{}), data in {}",
+            "tether bus: listening on {} (tether.bus.v{}{}), data in {}",
             bound.local_addr(),
             tether_bus_proto_major(),
+            if tls_on { ", TLS" } else { "" },
             data.display()
         );
         if let Some(h) = bound.http_addr() {
