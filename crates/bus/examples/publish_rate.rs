@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run -p tether-bus --release --example publish_rate -- [--in-flight 64] [--count 20000]
-//!     [--size 1024] [--sync always|100ms] [--addr 127.0.0.1:8443]
+//!     [--size 1024] [--addr 127.0.0.1:8443]
 //! ```
 //!
 //! A measurement for a person to read, never a test assertion.
