@@ -3,15 +3,19 @@
 //! - [`topic`]: topics and NATS-style patterns (pure);
 //! - [`policy`]: the policy file, validated with positions, and the grant decision;
 //! - [`store`]: the [`store::Store`] trait and the embedded redb implementation;
-//! - [`server`]: the tonic `BusApi` server.
+//! - [`server`]: the tonic `BusApi` server;
+//! - [`http`]: a small HTTP/1 server for `/healthz`, `/readyz` and `/metrics`;
+//! - [`tls`]: the server's certificate and key, and [`tls::client_tls`] for clients.
 //!
 //! - [`sidecar`]: the bus sidecar (`tether sidecar`), the plugin's side of the bus.
 
 pub mod file_error;
+pub mod http;
 pub mod policy;
 pub mod server;
 pub mod sidecar;
 pub mod store;
+pub mod tls;
 pub mod topic;
 
-pub use server::{Bound, Options, ServeError, bind, serve};
+pub use server::{Bound, Metrics, Options, ServeError, Stopped, bind, serve};

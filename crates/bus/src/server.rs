@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use tether_bus_proto::PROTOCOL_MAJOR;
@@ -24,9 +25,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
+use crate::http::{Method, Reply};
 use crate::policy::{Action, Grant, Policy, TokenCheck};
 use crate::store::{
-    ConsumerConfig, NewMessage, RedbStore, Registration, Retention, Store, StoreError,
+    ConsumerConfig, NewMessage, RedbStore, Registration, Retention, Store, StoreError, StoreStats,
+    SyncMode,
 };
 use crate::topic;
 
@@ -34,13 +37,41 @@ use crate::topic;
 pub const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(30);
 /// The deliveries before a dead letter, for a subscription that names none.
 pub const DEFAULT_MAX_DELIVER: u32 = 5;
-/// The default listen address (`0.0.0.0:8443` as PID 1 in a container is for a later change).
+/// The listen address on a host: this machine only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// The listen address as PID 1 or in a container, where 127.0.0.1 is unreachable from outside.
+pub const DEFAULT_LISTEN_CONTAINER: &str = "0.0.0.0:8443";
+
+/// The files a container engine leaves at the root: Docker's, then Podman's.
+pub const CONTAINER_MARKERS: [&str; 2] = ["/.dockerenv", "/run/.containerenv"];
+
+/// [`DEFAULT_LISTEN_CONTAINER`] when this process is PID 1 or runs in a container (a file of
+/// [`CONTAINER_MARKERS`] exists), [`DEFAULT_LISTEN`] otherwise.
+pub fn default_listen() -> SocketAddr {
+    let in_container = CONTAINER_MARKERS
+        .iter()
+        .any(|m| std::path::Path::new(m).exists());
+    default_listen_for(std::process::id() == 1, in_container)
+}
+
+/// [`default_listen`], decided from what it looked at.
+pub fn default_listen_for(pid_1: bool, in_container: bool) -> SocketAddr {
+    let addr = if pid_1 || in_container {
+        DEFAULT_LISTEN_CONTAINER
+    } else {
+        DEFAULT_LISTEN
+    };
+    addr.parse().expect("a valid address")
+}
 
 /// How a bus is started.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub listen: SocketAddr,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`; `None`: nowhere.
+    pub http: Option<SocketAddr>,
+    /// Serve gRPC over TLS with this identity ([`crate::tls::server`]); `None`: plaintext.
+    pub tls: Option<crate::tls::ServerTls>,
     pub data_dir: PathBuf,
     /// `None`: no policy file, every requested grant is given.
     pub policy: Option<Policy>,
@@ -49,17 +80,25 @@ pub struct Options {
     pub max_in_flight: usize,
     /// How often retention by age runs over every topic.
     pub sweep_every: Duration,
+    /// When commits are made durable.
+    pub sync: SyncMode,
+    /// How long calls in flight and open connections get to finish after the stop signal.
+    pub drain: Duration,
 }
 
 impl Options {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
+            http: None,
+            tls: None,
             data_dir,
             policy: None,
             retention: Retention::default(),
             max_in_flight: 256,
             sweep_every: Duration::from_secs(60),
+            sync: SyncMode::Always,
+            drain: Duration::from_secs(10),
         }
     }
 }
@@ -72,8 +111,15 @@ pub enum ServeError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    /// The `--http` address cannot be bound.
+    BindHttp {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     /// The data folder's store cannot be opened.
     Store { dir: PathBuf, error: StoreError },
+    /// The store could not make its last writes durable when the bus stopped.
+    Sync { dir: PathBuf, error: StoreError },
     /// The gRPC server failed.
     Transport(String),
 }
@@ -82,6 +128,9 @@ impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            Self::BindHttp { addr, error } => {
+                write!(f, "cannot listen for HTTP on {addr}: {error}")
+            }
             Self::Store { dir, error } => {
                 write!(
                     f,
@@ -89,6 +138,11 @@ impl std::fmt::Display for ServeError {
                     dir.display()
                 )
             }
+            Self::Sync { dir, error } => write!(
+                f,
+                "cannot sync the bus's store in {} when stopping: {error}",
+                dir.display()
+            ),
             Self::Transport(e) => write!(f, "the gRPC server failed: {e}"),
         }
     }
@@ -96,34 +150,82 @@ impl std::fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
-/// A bus whose socket is bound and whose store is open, not yet serving.
+/// What the bus counted since it started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Publishes answered with a new sequence (duplicates by idempotency key excluded).
+    pub published: AtomicU64,
+    /// Deliveries sent to subscribers, redeliveries included.
+    pub delivered: AtomicU64,
+    /// Of them, deliveries of a message delivered before.
+    pub redelivered: AtomicU64,
+    /// Messages moved to their dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Deliveries acked (that were still pending).
+    pub acked: AtomicU64,
+    /// Deliveries nacked.
+    pub nacked: AtomicU64,
+    /// Subscription streams open now.
+    pub consumers: AtomicU64,
+}
+
+impl Metrics {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Where the bus is in its life, for `/readyz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    Stopping,
+}
+
+/// A bus whose sockets are bound and whose store is open, not yet serving.
 pub struct Bound {
     listener: TcpListener,
+    http: Option<TcpListener>,
+    tls: Option<crate::tls::ServerTls>,
     service: Service<RedbStore>,
     stopping: watch::Sender<bool>,
     sweep_every: Duration,
+    drain: Duration,
+    data_dir: PathBuf,
 }
 
 /// Opens the store and binds the listen address; nothing is served until [`Bound::run`].
 pub async fn bind(options: Options) -> Result<Bound, ServeError> {
-    let store = RedbStore::open(&options.data_dir, options.retention).map_err(|error| {
-        ServeError::Store {
-            dir: options.data_dir.clone(),
-            error,
-        }
-    })?;
+    let store =
+        RedbStore::open(&options.data_dir, options.retention, options.sync).map_err(|error| {
+            ServeError::Store {
+                dir: options.data_dir.clone(),
+                error,
+            }
+        })?;
     let listener = TcpListener::bind(options.listen)
         .await
         .map_err(|error| ServeError::Bind {
             addr: options.listen,
             error,
         })?;
+    let http = match options.http {
+        None => None,
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|error| ServeError::BindHttp { addr, error })?,
+        ),
+    };
     let (stopping, stopping_rx) = watch::channel(false);
     let (wake, _) = watch::channel(0u64);
     Ok(Bound {
         listener,
+        http,
+        tls: options.tls,
         service: Service {
             store: Arc::new(store),
+            metrics: Arc::new(Metrics::default()),
             policy: options.policy.map(Arc::new),
             wake: Arc::new(wake),
             stopping: stopping_rx,
@@ -131,6 +233,8 @@ pub async fn bind(options: Options) -> Result<Bound, ServeError> {
         },
         stopping,
         sweep_every: options.sweep_every,
+        drain: options.drain,
+        data_dir: options.data_dir,
     })
 }
 
@@ -141,15 +245,51 @@ impl Bound {
             .expect("a bound listener has an address")
     }
 
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, if anywhere.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     /// Serves until `shutdown` completes: then it stops accepting, ends the subscription
-    /// streams, lets calls in flight (publishes being committed) finish, and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    /// streams, lets calls in flight finish (for at most [`Options::drain`]), makes every write
+    /// durable, and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Stopped, ServeError> {
         let Bound {
             listener,
+            http,
+            tls,
             service,
             stopping,
             sweep_every,
+            drain,
+            data_dir,
         } = self;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            // Checked by tls::server already.
+            builder = builder
+                .tls_config(tls.config)
+                .map_err(|e| ServeError::Transport(format!("TLS: {e}")))?;
+        }
+        // The listeners are bound and the store open: connections are accepted from here on.
+        let (phase, phase_rx) = watch::channel(Phase::Serving);
+        let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = http.map(|listener| {
+            let routes = routes(
+                phase_rx,
+                service.store.clone(),
+                service.metrics.clone(),
+                data_dir.clone(),
+            );
+            tokio::spawn(crate::http::serve(listener, routes, async {
+                let _ = http_stopped.await;
+            }))
+        });
         let sweeper = {
             let store = service.store.clone();
             tokio::spawn(async move {
@@ -163,25 +303,60 @@ impl Bound {
             })
         };
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let signal = async move {
-            shutdown.await;
-            let _ = stopping.send(true);
+        let (signalled, signal_seen) = tokio::sync::oneshot::channel::<()>();
+        let signal = {
+            let phase = phase.clone();
+            async move {
+                shutdown.await;
+                phase.send_replace(Phase::Stopping);
+                let _ = stopping.send(true);
+                let _ = signalled.send(());
+            }
         };
-        let result = tonic::transport::Server::builder()
+        // A client that never closes its connection must not keep the bus from stopping.
+        let drain_bound = async move {
+            match signal_seen.await {
+                Ok(()) => tokio::time::sleep(drain).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let store = service.store.clone();
+        let server = builder
             .add_service(BusApiServer::new(service))
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await
-            .map_err(|e| ServeError::Transport(e.to_string()));
+            .serve_with_incoming_shutdown(incoming, signal);
+        let result = tokio::select! {
+            r = server => r
+                .map(|()| Stopped { cut_off: false })
+                .map_err(|e| ServeError::Transport(e.to_string())),
+            () = drain_bound => Ok(Stopped { cut_off: true }),
+        };
         sweeper.abort();
-        result
+        // Claims, releases and (with a periodic sync) everything else: on disk before we return.
+        let flushed = store.flush().await.map_err(|error| ServeError::Sync {
+            dir: data_dir,
+            error,
+        });
+        let _ = http_stop.send(());
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+        flushed.and(result)
     }
+}
+
+/// How the bus stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// Some clients still held connections when [`Options::drain`] ran out: they were cut off
+    /// (what they had been answered is committed; what was not answered may not be).
+    pub cut_off: bool,
 }
 
 /// Binds and serves until `shutdown`.
 pub async fn serve(
     options: Options,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+) -> Result<Stopped, ServeError> {
     bind(options).await?.run(shutdown).await
 }
 
@@ -239,8 +414,134 @@ fn check_name(what: &str, value: &str) -> Result<(), Status> {
     }
 }
 
+/// `/healthz`: 200 while the process serves. `/readyz`: 200 while the store takes writes and
+/// the gRPC listener accepts; 503 with a JSON reason otherwise. `/metrics`: Prometheus text.
+fn routes(
+    phase: watch::Receiver<Phase>,
+    store: Arc<RedbStore>,
+    metrics: Arc<Metrics>,
+    data_dir: PathBuf,
+) -> impl Fn(&Method, &str) -> Reply + Clone + Send + Sync + 'static {
+    move |_method: &Method, path: &str| match path {
+        "/healthz" => Reply::text(200, "ok\n"),
+        "/readyz" => {
+            let why = match *phase.borrow() {
+                Phase::Stopping => Some(
+                    "stopping: the bus got its stop signal and is finishing the calls in flight"
+                        .to_owned(),
+                ),
+                Phase::Serving => store.stats().problem(),
+            };
+            match why {
+                None => Reply::json(200, "{\"ready\":true}\n"),
+                Some(reason) => Reply::json(
+                    503,
+                    format!("{{\"ready\":false,\"reason\":{}}}\n", json_string(&reason)),
+                ),
+            }
+        }
+        "/metrics" => Reply {
+            status: 200,
+            content_type: crate::http::PROMETHEUS,
+            body: prometheus(&metrics, store.stats(), RedbStore::file_size(&data_dir)),
+        },
+        _ => Reply::not_found(path),
+    }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The metrics in the Prometheus text format.
+fn prometheus(m: &Metrics, store: &StoreStats, store_bytes: u64) -> String {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let rows: [(&str, &str, &str, u64); 10] = [
+        (
+            "tether_bus_messages_published_total",
+            "counter",
+            "Messages published (answered with a new sequence).",
+            get(&m.published),
+        ),
+        (
+            "tether_bus_messages_delivered_total",
+            "counter",
+            "Deliveries sent to subscribers, redeliveries included.",
+            get(&m.delivered),
+        ),
+        (
+            "tether_bus_redeliveries_total",
+            "counter",
+            "Deliveries of a message delivered before.",
+            get(&m.redelivered),
+        ),
+        (
+            "tether_bus_dead_letters_total",
+            "counter",
+            "Messages moved to their dead-letter topic.",
+            get(&m.dead_lettered),
+        ),
+        (
+            "tether_bus_acks_total",
+            "counter",
+            "Deliveries acked.",
+            get(&m.acked),
+        ),
+        (
+            "tether_bus_nacks_total",
+            "counter",
+            "Deliveries nacked.",
+            get(&m.nacked),
+        ),
+        (
+            "tether_bus_consumers",
+            "gauge",
+            "Subscription streams open.",
+            get(&m.consumers),
+        ),
+        (
+            "tether_bus_store_size_bytes",
+            "gauge",
+            "Bytes the store file takes.",
+            store_bytes,
+        ),
+        (
+            "tether_bus_store_commits_total",
+            "counter",
+            "Store transactions committed (each holds every write that was waiting).",
+            get(&store.commits),
+        ),
+        (
+            "tether_bus_store_syncs_total",
+            "counter",
+            "Durable commits (one fsync each).",
+            get(&store.syncs),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in rows {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    out
+}
+
 struct Service<S> {
     store: Arc<S>,
+    metrics: Arc<Metrics>,
     policy: Option<Arc<Policy>>,
     /// Bumped after every write that can make something deliverable.
     wake: Arc<watch::Sender<u64>>,
@@ -252,6 +553,7 @@ impl<S> Clone for Service<S> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
+            metrics: self.metrics.clone(),
             policy: self.policy.clone(),
             wake: self.wake.clone(),
             stopping: self.stopping.clone(),
@@ -423,6 +725,9 @@ impl<S: Store> BusApi for Service<S> {
             )
             .await
             .map_err(internal)?;
+        if !published.duplicate {
+            Metrics::add(&self.metrics.published, 1);
+        }
         self.wake();
         Ok(Response::new(PublishResponse {
             sequence: published.sequence,
@@ -484,6 +789,7 @@ impl<S: Store> BusApi for Service<S> {
             .ack(request.into_inner().delivery_ids)
             .await
             .map_err(internal)?;
+        Metrics::add(&self.metrics.acked, u64::from(acked));
         self.wake();
         Ok(Response::new(AckResponse { acked }))
     }
@@ -502,6 +808,7 @@ impl<S: Store> BusApi for Service<S> {
                 n.delivery_id
             )));
         }
+        Metrics::add(&self.metrics.nacked, 1);
         self.wake();
         Ok(Response::new(NackResponse {}))
     }
@@ -521,6 +828,15 @@ impl<S: Store> BusApi for Service<S> {
     }
 }
 
+/// Runs a closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 impl<S: Store> Service<S> {
     /// Feeds one subscription stream: claims what is deliverable, sends it, and waits for a
     /// publish, an ack, a nack, a release or the next deadline. Ends when the subscriber goes
@@ -534,6 +850,10 @@ impl<S: Store> Service<S> {
     ) {
         let mut wake = self.wake.subscribe();
         let mut stopping = self.stopping.clone();
+        Metrics::add(&self.metrics.consumers, 1);
+        let _open = OnDrop(|| {
+            self.metrics.consumers.fetch_sub(1, Ordering::Relaxed);
+        });
         loop {
             if *stopping.borrow() {
                 return;
@@ -556,6 +876,10 @@ impl<S: Store> Service<S> {
                 }
             };
             if claimed.dead_lettered > 0 {
+                Metrics::add(
+                    &self.metrics.dead_lettered,
+                    u64::from(claimed.dead_lettered),
+                );
                 self.wake();
             }
             let mut unsent = Vec::new();
@@ -565,6 +889,7 @@ impl<S: Store> Service<S> {
                     continue;
                 }
                 let id = d.id.clone();
+                let again = d.redelivered > 0;
                 let delivery = Delivery {
                     delivery_id: d.id,
                     topic: d.topic,
@@ -574,7 +899,18 @@ impl<S: Store> Service<S> {
                     redelivered: d.redelivered,
                     subscription: pattern.clone(),
                 };
+                // Counted before it can reach the subscriber, taken back if it does not.
+                let counters = [
+                    Some(&self.metrics.delivered),
+                    again.then_some(&self.metrics.redelivered),
+                ];
+                for c in counters.iter().flatten() {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
                 if tx.send(Ok(delivery)).await.is_err() {
+                    for c in counters.iter().flatten() {
+                        c.fetch_sub(1, Ordering::Relaxed);
+                    }
                     unsent.push(id);
                 }
             }
@@ -598,5 +934,71 @@ impl<S: Store> Service<S> {
                 () = tx.closed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_says_why_not_and_metrics_are_prometheus_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(RedbStore::open(dir.path(), Retention::default(), SyncMode::Always).unwrap());
+        let metrics = Arc::new(Metrics::default());
+        // The listeners are bound and the store open: connections are accepted from here on.
+        let (phase, phase_rx) = watch::channel(Phase::Serving);
+        let routes = routes(phase_rx, store, metrics.clone(), dir.path().to_path_buf());
+        let get = |path: &str| routes(&Method::GET, path);
+        assert_eq!(get("/healthz"), Reply::text(200, "ok\n"));
+        assert_eq!(get("/readyz"), Reply::json(200, "{\"ready\":true}\n"));
+        phase.send_replace(Phase::Stopping);
+        assert_eq!(
+            get("/readyz"),
+            Reply::json(
+                503,
+                "{\"ready\":false,\"reason\":\"stopping: the bus got its stop signal and is finishing the calls in flight\"}\n"
+            )
+        );
+        Metrics::add(&metrics.published, 3);
+        Metrics::add(&metrics.consumers, 2);
+        let m = get("/metrics");
+        assert_eq!((m.status, m.content_type), (200, crate::http::PROMETHEUS));
+        for line in [
+            "# TYPE tether_bus_messages_published_total counter\ntether_bus_messages_published_total 3\n",
+            "# TYPE tether_bus_consumers gauge\ntether_bus_consumers 2\n",
+            "tether_bus_messages_delivered_total 0\n",
+            "tether_bus_redeliveries_total 0\n",
+            "tether_bus_dead_letters_total 0\n",
+            "tether_bus_acks_total 0\n",
+            "tether_bus_nacks_total 0\n",
+        ] {
+            assert!(m.body.contains(line), "{line:?} not in:\n{}", m.body);
+        }
+        let size = RedbStore::file_size(dir.path());
+        assert!(size > 0);
+        assert!(
+            m.body
+                .contains(&format!("tether_bus_store_size_bytes {size}\n")),
+            "{}",
+            m.body
+        );
+        assert_eq!(get("/other"), Reply::not_found("/other"));
+    }
+
+    #[test]
+    fn the_default_address_is_every_interface_only_as_pid_1_or_in_a_container() {
+        let host: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let all: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        assert_eq!(default_listen_for(false, false), host);
+        assert_eq!(default_listen_for(true, false), all);
+        assert_eq!(default_listen_for(false, true), all);
+        assert_eq!(default_listen_for(true, true), all);
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a \"b\" \\ \n"), "\"a \\\"b\\\" \\\\ \\u000a\"");
     }
 }

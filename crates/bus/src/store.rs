@@ -12,19 +12,26 @@
 //! - after `max_deliver` deliveries without an ack a message goes to `dlq.<topic>` with the reason;
 //! - retention by age and by size per topic, enforced on every write (and by [`Store::sweep`]).
 //!
-//! Every write is one redb transaction committed with redb's default durability (fsync before
-//! `commit` returns), so a publish is answered only once it would survive a crash. Each publish is
-//! its own transaction today; group commit (concurrent publishes sharing one fsync) is a later
-//! optimisation behind the same trait.
+//! Durability (group commit): one committer thread owns the write transactions. It takes every
+//! write waiting, runs them in one redb transaction, commits once, then answers each, so
+//! concurrent publishes and acks share one fsync. In [`SyncMode::Always`] (the default) a
+//! publish, ack, nack or registration is answered only after the commit that holds it is durable;
+//! claims and releases are committed without an fsync of their own (losing one to a crash only
+//! means an unacked message is delivered again), and the next durable commit carries them. In
+//! [`SyncMode::Every`] no commit waits for the disk, and a durable commit happens at least that
+//! often.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
 use crate::policy::Grant;
 use crate::topic;
@@ -56,7 +63,8 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -143,7 +151,8 @@ pub const DEAD_LETTER_SEQUENCE: &str = "tether-dead-letter-sequence";
 /// The header a dead letter carries the consumer that gave up on it in.
 pub const DEAD_LETTER_CONSUMER: &str = "tether-dead-letter-consumer";
 
-/// The store behind the bus. Every method that writes returns once the write is durable.
+/// The store behind the bus. A method that writes returns once the write is committed, and in
+/// [`SyncMode::Always`] once it is durable (claims and releases excepted: see the module doc).
 pub trait Store: Send + Sync + 'static {
     fn register(&self, reg: Registration) -> impl Future<Output = Result<()>> + Send;
     fn deregister(&self, instance: String) -> impl Future<Output = Result<bool>> + Send;
@@ -180,6 +189,9 @@ pub trait Store: Send + Sync + 'static {
     -> impl Future<Output = Result<u32>> + Send;
     /// Applies retention by age to every topic; answers how many messages were dropped.
     fn sweep(&self, now_ms: u64) -> impl Future<Output = Result<u64>> + Send;
+    /// Makes every write answered so far durable (claims and releases, and everything in a
+    /// periodic [`SyncMode`]); the bus calls it when it stops.
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -281,16 +293,59 @@ fn parse_delivery_id(id: &str) -> Option<(&str, &str, u64)> {
     Some((consumer, topic, seq))
 }
 
+/// When the store makes its commits durable (fsync).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Before answering: a publish, ack, nack or registration is answered only once it is on
+    /// disk. Concurrent writes share one commit and so one fsync (group commit).
+    Always,
+    /// Commits are not made durable one by one; a durable sync happens at least this often. A
+    /// crash of tether or of the machine loses what was answered since the last sync.
+    Every(Duration),
+}
+
+/// What the committer did, for metrics and readiness.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Of them, durable ones (one fsync each).
+    pub syncs: AtomicU64,
+    /// The committer thread has stopped: nothing can be written.
+    pub stopped: AtomicBool,
+    /// Why the last commit failed, until one succeeds again.
+    pub failing: Mutex<Option<String>>,
+}
+
+impl StoreStats {
+    /// Why the store cannot take writes now, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Some("the store's committer has stopped".into());
+        }
+        self.failing
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(|e| format!("the store's last commit failed: {e}"))
+    }
+}
+
 /// The embedded store: one redb file in the data folder.
+///
+/// Reads run on tokio's blocking threads; every write goes to one committer thread (see
+/// [`SyncMode`]), which batches whatever is waiting into one transaction.
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
-    retention: Retention,
+    jobs: std::sync::mpsc::Sender<Job>,
+    stats: Arc<StoreStats>,
 }
 
 impl RedbStore {
-    /// Opens (or creates) `DIR/bus.redb`, creating the folder.
-    pub fn open(dir: &Path, retention: Retention) -> Result<Self> {
+    /// Opens (or creates) `DIR/bus.redb`, creating the folder, and starts the committer thread;
+    /// it stops, after a last sync, once every clone of the store is dropped.
+    pub fn open(dir: &Path, retention: Retention, sync: SyncMode) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
@@ -308,21 +363,26 @@ impl RedbStore {
             txn.open_table(PENDING)?;
         }
         txn.commit()?;
-        Ok(Self {
-            db: Arc::new(db),
+        let db = Arc::new(db);
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let stats = Arc::new(StoreStats::default());
+        let committer = Committer {
+            db: db.clone(),
             retention,
-        })
+            sync,
+            unsynced_since: None,
+            stats: stats.clone(),
+        };
+        std::thread::Builder::new()
+            .name("bus-committer".into())
+            .spawn(move || committer.run(rx))
+            .map_err(|e| StoreError(format!("cannot start the committer thread: {e}")))?;
+        Ok(Self { db, jobs, stats })
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Database, Retention) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let db = self.db.clone();
-        let retention = self.retention;
-        tokio::task::spawn_blocking(move || f(&db, retention))
-            .await
-            .map_err(|e| StoreError(format!("a store task failed: {e}")))?
+    /// Commits, syncs and whether the store can take writes.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
     }
 
     /// The bytes the store file takes on disk.
@@ -426,15 +486,15 @@ fn grant_of(r: &GrantRecord) -> Grant {
     }
 }
 
-fn claim_sync(
-    db: &Database,
+/// Claims inside `txn`; answers what was claimed and whether anything was written.
+fn claim_in(
+    txn: &WriteTransaction,
     retention: Retention,
     consumer: &str,
     holder: &str,
     now_ms: u64,
     max: usize,
-) -> Result<Claimed> {
-    let txn = db.begin_write()?;
+) -> Result<(Claimed, bool)> {
     let mut out = Claimed::default();
     let config: ConsumerRecord = {
         let consumers = txn.open_table(CONSUMERS)?;
@@ -531,7 +591,7 @@ fn claim_sync(
         record.idempotency_key.clear();
         record.time_ms = now_ms;
         append(
-            &txn,
+            txn,
             &topic::dead_letter_topic(&t),
             &record,
             retention,
@@ -595,71 +655,429 @@ fn claim_sync(
             }
         }
     }
-    if !out.deliveries.is_empty() || out.dead_lettered > 0 {
+    let wrote = !out.deliveries.is_empty() || out.dead_lettered > 0;
+    if wrote {
         out.next_wake_ms = Some(out.next_wake_ms.map_or(deadline, |w| w.min(deadline)));
-        txn.commit()?;
-    } else {
-        txn.abort()?;
     }
-    Ok(out)
+    Ok((out, wrote))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Group commit: one thread owns the write transactions
+// ------------------------------------------------------------------------------------------------
+
+/// One write, as the committer thread runs it.
+enum Op {
+    Register(Registration),
+    Deregister(String),
+    Publish(NewMessage, u64),
+    OpenConsumer(String, ConsumerConfig),
+    Claim {
+        consumer: String,
+        holder: String,
+        now_ms: u64,
+        max: usize,
+    },
+    Ack(Vec<String>),
+    Nack(String, u64),
+    Release(String, Vec<String>),
+    Sweep(u64),
+    /// Makes every earlier write durable.
+    Flush,
+}
+
+/// What a write answers.
+enum Done {
+    Unit,
+    Bool(bool),
+    Published(Published),
+    Claimed(Claimed),
+    Count(u32),
+    Dropped(u64),
+}
+
+/// What a write did to its transaction.
+#[derive(Clone, Copy, Default)]
+struct Effect {
+    /// It changed something: the transaction must be committed.
+    wrote: bool,
+    /// Its caller may only be answered once it is durable (in [`SyncMode::Always`]).
+    durable: bool,
+}
+
+impl Effect {
+    const NONE: Self = Self {
+        wrote: false,
+        durable: false,
+    };
+    fn durable(wrote: bool) -> Self {
+        Self {
+            wrote,
+            durable: wrote,
+        }
+    }
+    fn lazy(wrote: bool) -> Self {
+        Self {
+            wrote,
+            durable: false,
+        }
+    }
+}
+
+struct Job {
+    op: Op,
+    reply: tokio::sync::oneshot::Sender<Result<Done>>,
+}
+
+/// The most writes one transaction takes.
+const MAX_BATCH: usize = 1024;
+
+/// Applies one write to `txn`.
+fn apply(txn: &WriteTransaction, op: &Op, retention: Retention) -> Result<(Done, Effect)> {
+    match op {
+        Op::Register(reg) => {
+            let mut instances = txn.open_table(INSTANCES)?;
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let old = instances
+                .get(reg.instance.as_str())?
+                .map(|v| decode::<InstanceRecord>(v.value()))
+                .transpose()?;
+            if let Some(old) = old {
+                sessions.remove(old.session.as_str())?;
+            }
+            let record = InstanceRecord {
+                pool_type: reg.pool_type.clone(),
+                image: reg.image.clone(),
+                tags: reg.tags.clone(),
+                granted: reg.granted.iter().map(grant_record).collect(),
+                session: reg.session.clone(),
+            };
+            instances.insert(reg.instance.as_str(), record.encode_to_vec().as_slice())?;
+            sessions.insert(reg.session.as_str(), reg.instance.as_str())?;
+            Ok((Done::Unit, Effect::durable(true)))
+        }
+        Op::Deregister(instance) => {
+            let mut instances = txn.open_table(INSTANCES)?;
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let old = instances
+                .remove(instance.as_str())?
+                .map(|v| decode::<InstanceRecord>(v.value()))
+                .transpose()?;
+            let found = match old {
+                Some(old) => {
+                    sessions.remove(old.session.as_str())?;
+                    true
+                }
+                None => false,
+            };
+            Ok((Done::Bool(found), Effect::durable(found)))
+        }
+        Op::Publish(msg, now_ms) => {
+            if !msg.idempotency_key.is_empty() {
+                let idem = txn.open_table(IDEMPOTENCY)?;
+                if let Some(seq) = idem.get((msg.topic.as_str(), msg.idempotency_key.as_str()))? {
+                    let done = Published {
+                        sequence: seq.value(),
+                        duplicate: true,
+                    };
+                    return Ok((Done::Published(done), Effect::NONE));
+                }
+            }
+            let record = MessageRecord {
+                time_ms: *now_ms,
+                headers: msg.headers.clone(),
+                data: msg.data.clone(),
+                idempotency_key: msg.idempotency_key.clone(),
+            };
+            let sequence = append(txn, &msg.topic, &record, retention, *now_ms)?;
+            let done = Published {
+                sequence,
+                duplicate: false,
+            };
+            Ok((Done::Published(done), Effect::durable(true)))
+        }
+        Op::OpenConsumer(name, config) => {
+            let record = ConsumerRecord {
+                pattern: config.pattern.clone(),
+                ack_deadline_ms: config.ack_deadline.as_millis() as u64,
+                max_deliver: config.max_deliver,
+            }
+            .encode_to_vec();
+            let mut consumers = txn.open_table(CONSUMERS)?;
+            let same = consumers
+                .get(name.as_str())?
+                .is_some_and(|v| v.value() == record.as_slice());
+            if !same {
+                consumers.insert(name.as_str(), record.as_slice())?;
+            }
+            Ok((Done::Unit, Effect::durable(!same)))
+        }
+        Op::Claim {
+            consumer,
+            holder,
+            now_ms,
+            max,
+        } => {
+            let (claimed, wrote) = claim_in(txn, retention, consumer, holder, *now_ms, *max)?;
+            // A claim lost to a crash only means its messages are delivered again.
+            Ok((Done::Claimed(claimed), Effect::lazy(wrote)))
+        }
+        Op::Ack(ids) => {
+            let mut pending = txn.open_table(PENDING)?;
+            let mut acked = 0;
+            for id in ids {
+                if let Some(key) = parse_delivery_id(id)
+                    && pending.remove(key)?.is_some()
+                {
+                    acked += 1;
+                }
+            }
+            Ok((Done::Count(acked), Effect::durable(acked > 0)))
+        }
+        Op::Nack(id, available_at_ms) => {
+            let Some(key) = parse_delivery_id(id) else {
+                return Ok((Done::Bool(false), Effect::NONE));
+            };
+            let mut pending = txn.open_table(PENDING)?;
+            let p = pending
+                .get(key)?
+                .map(|v| decode::<PendingRecord>(v.value()))
+                .transpose()?;
+            let found = match p {
+                Some(mut p) => {
+                    p.available_at_ms = *available_at_ms;
+                    p.last = "nacked".into();
+                    // Given back: a later Release by the same holder leaves it (and its count)
+                    // alone.
+                    p.holder.clear();
+                    pending.insert(key, p.encode_to_vec().as_slice())?;
+                    true
+                }
+                None => false,
+            };
+            Ok((Done::Bool(found), Effect::durable(found)))
+        }
+        Op::Release(holder, ids) => {
+            let mut pending = txn.open_table(PENDING)?;
+            let mut changed: Vec<((String, String, u64), PendingRecord)> = Vec::new();
+            if ids.is_empty() {
+                for entry in pending.iter()? {
+                    let (k, v) = entry?;
+                    let p: PendingRecord = decode(v.value())?;
+                    if p.holder == *holder && p.available_at_ms > 0 {
+                        let (c, t, s) = k.value();
+                        changed.push(((c.to_owned(), t.to_owned(), s), p));
+                    }
+                }
+            } else {
+                for id in ids {
+                    let Some((c, t, s)) = parse_delivery_id(id) else {
+                        continue;
+                    };
+                    if let Some(v) = pending.get((c, t, s))? {
+                        let p: PendingRecord = decode(v.value())?;
+                        if p.holder == *holder {
+                            changed.push(((c.to_owned(), t.to_owned(), s), p));
+                        }
+                    }
+                }
+            }
+            let released = changed.len() as u32;
+            for ((c, t, s), mut p) in changed {
+                p.available_at_ms = 0;
+                p.deliveries = p.deliveries.saturating_sub(1);
+                p.holder.clear();
+                pending.insert((c.as_str(), t.as_str(), s), p.encode_to_vec().as_slice())?;
+            }
+            // A release lost to a crash only means its messages wait for their ack deadline.
+            Ok((Done::Count(released), Effect::lazy(released > 0)))
+        }
+        Op::Sweep(now_ms) => {
+            let names: Vec<String> = {
+                let topics = txn.open_table(TOPICS)?;
+                let mut v = Vec::new();
+                for e in topics.iter()? {
+                    v.push(e?.0.value().to_owned());
+                }
+                v
+            };
+            let mut topics = txn.open_table(TOPICS)?;
+            let mut dropped = 0;
+            for t in names {
+                let mut meta: TopicRecord = match topics.get(t.as_str())? {
+                    Some(v) => decode(v.value())?,
+                    None => continue,
+                };
+                let n = enforce(txn, &t, &mut meta, retention, *now_ms)?;
+                if n > 0 {
+                    topics.insert(t.as_str(), meta.encode_to_vec().as_slice())?;
+                    dropped += n;
+                }
+            }
+            Ok((Done::Dropped(dropped), Effect::lazy(dropped > 0)))
+        }
+        Op::Flush => Ok((
+            Done::Unit,
+            Effect {
+                wrote: false,
+                durable: true,
+            },
+        )),
+    }
+}
+
+/// The committer: takes every write waiting, runs them in one transaction, commits once, then
+/// answers each. One fsync serves the whole batch.
+struct Committer {
+    db: Arc<Database>,
+    retention: Retention,
+    sync: SyncMode,
+    /// Since when commits that are not durable yet exist.
+    unsynced_since: Option<Instant>,
+    stats: Arc<StoreStats>,
+}
+
+impl Committer {
+    fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            let first = match (self.sync, self.unsynced_since) {
+                (SyncMode::Every(every), Some(since)) => {
+                    match jobs.recv_timeout(every.saturating_sub(since.elapsed())) {
+                        Ok(job) => Some(job),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                _ => match jobs.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => break,
+                },
+            };
+            let mut batch: Vec<Job> = first.into_iter().collect();
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+        // Every handle is gone: make what was committed durable.
+        if self.unsynced_since.is_some()
+            && let Err(e) = self.commit(&[Op::Flush])
+        {
+            tracing::error!("the last sync of the bus's store failed: {e}");
+        }
+        self.stats.stopped.store(true, Ordering::Relaxed);
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|j| (j.op, j.reply)).unzip();
+        match self.commit(&ops) {
+            Ok(done) => {
+                for (reply, done) in replies.into_iter().zip(done) {
+                    let _ = reply.send(Ok(done));
+                }
+            }
+            Err(e) if ops.len() <= 1 => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(_) => {
+                // One write failed the batch: run each alone, so that only it fails.
+                for (op, reply) in ops.into_iter().zip(replies) {
+                    let answer = self
+                        .commit(std::slice::from_ref(&op))
+                        .map(|mut d| d.remove(0));
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+
+    /// Runs `ops` in one transaction and commits it: durably (one fsync) when a write asks for
+    /// it in [`SyncMode::Always`], when the sync interval has passed, or for a flush.
+    fn commit(&mut self, ops: &[Op]) -> Result<Vec<Done>> {
+        let mut txn = self.disk(self.db.begin_write())?;
+        let mut done = Vec::with_capacity(ops.len());
+        let mut effect = Effect::NONE;
+        let mut flush = false;
+        for op in ops {
+            let (d, e) = apply(&txn, op, self.retention)?;
+            done.push(d);
+            effect.wrote |= e.wrote;
+            effect.durable |= e.durable;
+            flush |= matches!(op, Op::Flush);
+        }
+        let durable = flush
+            || match self.sync {
+                SyncMode::Always => effect.durable,
+                SyncMode::Every(every) => self.unsynced_since.is_some_and(|s| s.elapsed() >= every),
+            };
+        if durable && (effect.wrote || self.unsynced_since.is_some()) {
+            self.disk(txn.commit())?;
+            self.unsynced_since = None;
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        } else if effect.wrote {
+            txn.set_durability(Durability::None)?;
+            self.disk(txn.commit())?;
+            self.unsynced_since.get_or_insert_with(Instant::now);
+        } else {
+            txn.abort()?;
+            return Ok(done);
+        }
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(done)
+    }
+
+    /// Notes whether a transaction could begin or commit: readiness reports a failing disk.
+    fn disk<T, E: Into<StoreError>>(&self, result: std::result::Result<T, E>) -> Result<T> {
+        let result = result.map_err(Into::into);
+        if let Ok(mut failing) = self.stats.failing.lock() {
+            *failing = result.as_ref().err().map(ToString::to_string);
+        }
+        result
+    }
+}
+
+impl RedbStore {
+    async fn write(&self, op: Op) -> Result<Done> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job { op, reply })
+            .map_err(|_| StoreError("the store's committer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError("the store's committer stopped before answering".into()))?
+    }
+}
+
+fn unexpected(what: &str) -> StoreError {
+    StoreError(format!(
+        "the committer answered a {what} with something else"
+    ))
 }
 
 impl Store for RedbStore {
     async fn register(&self, reg: Registration) -> Result<()> {
-        self.blocking(move |db, _| {
-            let txn = db.begin_write()?;
-            {
-                let mut instances = txn.open_table(INSTANCES)?;
-                let mut sessions = txn.open_table(SESSIONS)?;
-                let old = instances
-                    .get(reg.instance.as_str())?
-                    .map(|v| decode::<InstanceRecord>(v.value()))
-                    .transpose()?;
-                if let Some(old) = old {
-                    sessions.remove(old.session.as_str())?;
-                }
-                let record = InstanceRecord {
-                    pool_type: reg.pool_type,
-                    image: reg.image,
-                    tags: reg.tags,
-                    granted: reg.granted.iter().map(grant_record).collect(),
-                    session: reg.session.clone(),
-                };
-                instances.insert(reg.instance.as_str(), record.encode_to_vec().as_slice())?;
-                sessions.insert(reg.session.as_str(), reg.instance.as_str())?;
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
+        match self.write(Op::Register(reg)).await? {
+            Done::Unit => Ok(()),
+            _ => Err(unexpected("register")),
+        }
     }
 
     async fn deregister(&self, instance: String) -> Result<bool> {
-        self.blocking(move |db, _| {
-            let txn = db.begin_write()?;
-            let found = {
-                let mut instances = txn.open_table(INSTANCES)?;
-                let mut sessions = txn.open_table(SESSIONS)?;
-                let old = instances
-                    .remove(instance.as_str())?
-                    .map(|v| decode::<InstanceRecord>(v.value()))
-                    .transpose()?;
-                match old {
-                    Some(old) => {
-                        sessions.remove(old.session.as_str())?;
-                        true
-                    }
-                    None => false,
-                }
-            };
-            txn.commit()?;
-            Ok(found)
-        })
-        .await
+        match self.write(Op::Deregister(instance)).await? {
+            Done::Bool(found) => Ok(found),
+            _ => Err(unexpected("deregister")),
+        }
     }
 
     async fn session(&self, session: String) -> Result<Option<Registration>> {
-        self.blocking(move |db, _| {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
             let txn = db.begin_read()?;
             let sessions = txn.open_table(SESSIONS)?;
             let Some(instance) = sessions.get(session.as_str())? else {
@@ -681,60 +1099,21 @@ impl Store for RedbStore {
             }))
         })
         .await
+        .map_err(|e| StoreError(format!("a store task failed: {e}")))?
     }
 
     async fn publish(&self, msg: NewMessage, now_ms: u64) -> Result<Published> {
-        self.blocking(move |db, retention| {
-            let txn = db.begin_write()?;
-            if !msg.idempotency_key.is_empty() {
-                let idem = txn.open_table(IDEMPOTENCY)?;
-                if let Some(seq) = idem.get((msg.topic.as_str(), msg.idempotency_key.as_str()))? {
-                    return Ok(Published {
-                        sequence: seq.value(),
-                        duplicate: true,
-                    });
-                }
-            }
-            let record = MessageRecord {
-                time_ms: now_ms,
-                headers: msg.headers,
-                data: msg.data,
-                idempotency_key: msg.idempotency_key,
-            };
-            let sequence = append(&txn, &msg.topic, &record, retention, now_ms)?;
-            txn.commit()?;
-            Ok(Published {
-                sequence,
-                duplicate: false,
-            })
-        })
-        .await
+        match self.write(Op::Publish(msg, now_ms)).await? {
+            Done::Published(p) => Ok(p),
+            _ => Err(unexpected("publish")),
+        }
     }
 
     async fn open_consumer(&self, name: String, config: ConsumerConfig) -> Result<()> {
-        self.blocking(move |db, _| {
-            let record = ConsumerRecord {
-                pattern: config.pattern,
-                ack_deadline_ms: config.ack_deadline.as_millis() as u64,
-                max_deliver: config.max_deliver,
-            };
-            let txn = db.begin_write()?;
-            {
-                let mut consumers = txn.open_table(CONSUMERS)?;
-                let same = consumers
-                    .get(name.as_str())?
-                    .is_some_and(|v| v.value() == record.encode_to_vec().as_slice());
-                if same {
-                    drop(consumers);
-                    txn.abort()?;
-                    return Ok(());
-                }
-                consumers.insert(name.as_str(), record.encode_to_vec().as_slice())?;
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
+        match self.write(Op::OpenConsumer(name, config)).await? {
+            Done::Unit => Ok(()),
+            _ => Err(unexpected("consumer")),
+        }
     }
 
     async fn claim(
@@ -744,145 +1123,58 @@ impl Store for RedbStore {
         now_ms: u64,
         max: usize,
     ) -> Result<Claimed> {
-        self.blocking(move |db, retention| {
-            claim_sync(db, retention, &consumer, &holder, now_ms, max)
-        })
-        .await
+        let op = Op::Claim {
+            consumer,
+            holder,
+            now_ms,
+            max,
+        };
+        match self.write(op).await? {
+            Done::Claimed(c) => Ok(c),
+            _ => Err(unexpected("claim")),
+        }
     }
 
     async fn ack(&self, ids: Vec<String>) -> Result<u32> {
-        self.blocking(move |db, _| {
-            let txn = db.begin_write()?;
-            let mut acked = 0;
-            {
-                let mut pending = txn.open_table(PENDING)?;
-                for id in &ids {
-                    if let Some(key) = parse_delivery_id(id)
-                        && pending.remove(key)?.is_some()
-                    {
-                        acked += 1;
-                    }
-                }
-            }
-            txn.commit()?;
-            Ok(acked)
-        })
-        .await
+        match self.write(Op::Ack(ids)).await? {
+            Done::Count(n) => Ok(n),
+            _ => Err(unexpected("ack")),
+        }
     }
 
     async fn nack(&self, id: String, available_at_ms: u64) -> Result<bool> {
-        self.blocking(move |db, _| {
-            let Some(key) = parse_delivery_id(&id) else {
-                return Ok(false);
-            };
-            let txn = db.begin_write()?;
-            let found = {
-                let mut pending = txn.open_table(PENDING)?;
-                let p = pending
-                    .get(key)?
-                    .map(|v| decode::<PendingRecord>(v.value()))
-                    .transpose()?;
-                match p {
-                    Some(mut p) => {
-                        p.available_at_ms = available_at_ms;
-                        p.last = "nacked".into();
-                        // Given back: a later Release by the same holder leaves it (and its
-                        // count) alone.
-                        p.holder.clear();
-                        pending.insert(key, p.encode_to_vec().as_slice())?;
-                        true
-                    }
-                    None => false,
-                }
-            };
-            txn.commit()?;
-            Ok(found)
-        })
-        .await
+        match self.write(Op::Nack(id, available_at_ms)).await? {
+            Done::Bool(found) => Ok(found),
+            _ => Err(unexpected("nack")),
+        }
     }
 
     async fn release(&self, holder: String, ids: Vec<String>) -> Result<u32> {
-        self.blocking(move |db, _| {
-            let txn = db.begin_write()?;
-            let mut released = 0;
-            {
-                let mut pending = txn.open_table(PENDING)?;
-                let mut changed: Vec<((String, String, u64), PendingRecord)> = Vec::new();
-                if ids.is_empty() {
-                    for entry in pending.iter()? {
-                        let (k, v) = entry?;
-                        let p: PendingRecord = decode(v.value())?;
-                        if p.holder == holder && p.available_at_ms > 0 {
-                            let (c, t, s) = k.value();
-                            changed.push(((c.to_owned(), t.to_owned(), s), p));
-                        }
-                    }
-                } else {
-                    for id in &ids {
-                        let Some((c, t, s)) = parse_delivery_id(id) else {
-                            continue;
-                        };
-                        if let Some(v) = pending.get((c, t, s))? {
-                            let p: PendingRecord = decode(v.value())?;
-                            if p.holder == holder {
-                                changed.push(((c.to_owned(), t.to_owned(), s), p));
-                            }
-                        }
-                    }
-                }
-                for ((c, t, s), mut p) in changed {
-                    p.available_at_ms = 0;
-                    p.deliveries = p.deliveries.saturating_sub(1);
-                    p.holder.clear();
-                    pending.insert((c.as_str(), t.as_str(), s), p.encode_to_vec().as_slice())?;
-                    released += 1;
-                }
-            }
-            txn.commit()?;
-            Ok(released)
-        })
-        .await
+        match self.write(Op::Release(holder, ids)).await? {
+            Done::Count(n) => Ok(n),
+            _ => Err(unexpected("release")),
+        }
     }
 
     async fn sweep(&self, now_ms: u64) -> Result<u64> {
-        self.blocking(move |db, retention| {
-            let txn = db.begin_write()?;
-            let mut dropped = 0;
-            {
-                let names: Vec<String> = {
-                    let topics = txn.open_table(TOPICS)?;
-                    let mut v = Vec::new();
-                    for e in topics.iter()? {
-                        v.push(e?.0.value().to_owned());
-                    }
-                    v
-                };
-                let mut topics = txn.open_table(TOPICS)?;
-                for t in names {
-                    let mut meta: TopicRecord = match topics.get(t.as_str())? {
-                        Some(v) => decode(v.value())?,
-                        None => continue,
-                    };
-                    let n = enforce(&txn, &t, &mut meta, retention, now_ms)?;
-                    if n > 0 {
-                        topics.insert(t.as_str(), meta.encode_to_vec().as_slice())?;
-                        dropped += n;
-                    }
-                }
-            }
-            if dropped > 0 {
-                txn.commit()?;
-            } else {
-                txn.abort()?;
-            }
-            Ok(dropped)
-        })
-        .await
+        match self.write(Op::Sweep(now_ms)).await? {
+            Done::Dropped(n) => Ok(n),
+            _ => Err(unexpected("sweep")),
+        }
+    }
+
+    async fn flush(&self) -> Result<()> {
+        match self.write(Op::Flush).await? {
+            Done::Unit => Ok(()),
+            _ => Err(unexpected("flush")),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -895,5 +1187,87 @@ mod tests {
         );
         assert_eq!(parse_delivery_id("x y z"), None);
         assert_eq!(parse_delivery_id("1 y"), None);
+    }
+
+    fn msg(topic: &str, data: &str, key: &str) -> NewMessage {
+        NewMessage {
+            topic: topic.into(),
+            data: data.as_bytes().to_vec(),
+            headers: BTreeMap::new(),
+            idempotency_key: key.into(),
+        }
+    }
+
+    /// Whether they share a transaction or not, concurrent writes get what they would alone:
+    /// distinct sequences, one answer per idempotency key, and a failing write fails alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_answer_as_if_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), Retention::default(), SyncMode::Always).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = if i % 2 == 0 {
+                    format!("k{}", i / 4)
+                } else {
+                    String::new()
+                };
+                store.publish(msg("t.a", &format!("m{i}"), &key), 1).await
+            }));
+        }
+        let bad = tokio::spawn({
+            let store = store.clone();
+            async move { store.claim("nobody".into(), "h".into(), 1, 10).await }
+        });
+        let mut fresh = BTreeSet::new();
+        let mut duplicates = 0;
+        for t in tasks {
+            let p = t.await.unwrap().unwrap();
+            if p.duplicate {
+                duplicates += 1;
+            } else {
+                assert!(fresh.insert(p.sequence), "sequence {} twice", p.sequence);
+            }
+        }
+        // Keys k0..k49 each appear twice (i = 4n and 4n + 2).
+        assert_eq!(duplicates, 50);
+        assert_eq!(fresh, (1..=150).collect::<BTreeSet<u64>>());
+        assert_eq!(
+            bad.await.unwrap(),
+            Err(StoreError("no consumer `nobody`".into()))
+        );
+    }
+
+    /// With a periodic sync, writes are answered before any fsync, and a flush (as the bus does
+    /// when it stops) makes them durable: they are there after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_periodic_sync_keeps_what_was_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = SyncMode::Every(Duration::from_secs(3600));
+        {
+            let store = RedbStore::open(dir.path(), Retention::default(), every).unwrap();
+            for i in 0..10 {
+                store
+                    .publish(msg("t.a", &format!("m{i}"), ""), 1)
+                    .await
+                    .unwrap();
+            }
+            store.flush().await.unwrap();
+        }
+        // The committer closes the file once it saw the last handle go.
+        let mut tries = 0;
+        let store = loop {
+            match RedbStore::open(dir.path(), Retention::default(), SyncMode::Always) {
+                Ok(s) => break s,
+                Err(_) if tries < 2000 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("the store does not open again: {e}"),
+            }
+        };
+        let p = store.publish(msg("t.a", "after", ""), 1).await.unwrap();
+        assert_eq!(p.sequence, 11);
     }
 }

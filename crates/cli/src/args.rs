@@ -291,12 +291,13 @@ pub enum Command {
 pub enum BusCommand {
     /// Serve the Bus API (tether.bus.v1 over gRPC) on a durable store, with grants enforced
     #[command(
-        after_help = "Examples:\n  tether bus serve                                  127.0.0.1:8443, data in .tether/bus, no policy\n  tether bus serve --listen 0.0.0.0:8443 --data /var/lib/tether/bus --policy bus-policy.yaml\n\nWithout --policy every grant an instance requests is given: for development only. The policy\nfile names each pool type's and instance's grants ({topic, action: publish|subscribe}) and\noptionally a token_file; a bad one is reported with file, line and column, and nothing starts.\nThe default listen address is 127.0.0.1:8443 everywhere; pass --listen 0.0.0.0:8443 inside a\ncontainer (choosing it by itself as PID 1 is a later change).\n\nSignals: SIGTERM or SIGINT stops accepting calls, ends the subscription streams, lets\npublishes in flight commit, and exits 0.\n\nExit status: 0 after SIGTERM/SIGINT; 1 a bad flag or policy file, nothing started; 2 the\naddress or the data folder cannot be used, or the server failed."
+        after_help = "Examples:\n  tether bus serve                                  127.0.0.1:8443 (on a host), data in .tether/bus, no policy\n  tether bus serve --listen 0.0.0.0:8443 --data /var/lib/tether/bus --policy bus-policy.yaml\n  tether bus serve --tls-cert bus.crt --tls-key bus.key --http 127.0.0.1:9090 --sync 100ms\n\nWithout --policy every grant an instance requests is given: for development only. The policy\nfile names each pool type's and instance's grants ({topic, action: publish|subscribe}) and\noptionally a token_file; a bad one is reported with file, line and column, and nothing starts.\n\nThe default listen address is 0.0.0.0:8443 when tether runs as PID 1 or inside a container\n(/.dockerenv or /run/.containerenv exists), 127.0.0.1:8443 otherwise.\n\nSignals: SIGTERM or SIGINT stops accepting calls, ends the subscription streams, lets calls in\nflight finish (clients still connected after 10 s are cut off), makes every write durable,\nand exits 0.\n\nExit status: 0 after SIGTERM/SIGINT; 1 a bad flag, policy or TLS file, nothing started; 2 the\naddress or the data folder cannot be used, or the server failed."
     )]
     Serve {
-        /// The address to serve gRPC on
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
-        listen: String,
+        /// The address to serve gRPC on [default: 0.0.0.0:8443 as PID 1 or in a container,
+        /// 127.0.0.1:8443 otherwise]
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
         /// The folder of the store (created when missing)
         #[arg(long, value_name = "DIR", default_value = ".tether/bus")]
         data: PathBuf,
@@ -309,6 +310,24 @@ pub enum BusCommand {
         /// Retention per topic: the oldest messages are dropped past this many bytes
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
         max_bytes: u64,
+        /// When writes reach the disk. `always`: every publish, ack and nack is fsynced before
+        /// it is answered (concurrent ones share one fsync). A duration such as `100ms` or `1s`:
+        /// writes are answered before they are fsynced, and an fsync happens at least that
+        /// often, as in NATS JetStream's default; a crash of tether (kill -9, out of memory) or
+        /// of the machine then loses the publishes and acks answered in about the last DURATION
+        /// (lost acks mean redeliveries). A clean stop (SIGTERM) loses nothing
+        #[arg(long, value_name = "always|DURATION", default_value = "always")]
+        sync: String,
+        /// Serve /healthz, /readyz and /metrics (Prometheus) over plain HTTP on this address
+        /// [default: off]
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+        /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<PathBuf>,
     },
 }
 

@@ -80,7 +80,9 @@ pub fn of_init(outcome: &Outcome) -> u8 {
 pub fn of_bus(e: &tether_bus::ServeError) -> u8 {
     match e {
         tether_bus::ServeError::Bind { .. }
+        | tether_bus::ServeError::BindHttp { .. }
         | tether_bus::ServeError::Store { .. }
+        | tether_bus::ServeError::Sync { .. }
         | tether_bus::ServeError::Transport(_) => INTERNAL,
     }
 }

@@ -17,37 +17,50 @@ use tonic::{Request, Status, Streaming};
 
 pub struct Bus {
     pub addr: SocketAddr,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, when asked for.
+    pub http: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), tether_bus::ServeError>>>,
+    task: Option<tokio::task::JoinHandle<Result<tether_bus::Stopped, tether_bus::ServeError>>>,
 }
 
 impl Bus {
     pub async fn start(policy: Option<&str>, max_in_flight: usize) -> Bus {
+        Self::start_with(|options| {
+            options.policy = policy
+                .map(|text| tether_bus::policy::parse(text, 0, std::path::Path::new("/")).unwrap());
+            options.max_in_flight = max_in_flight;
+        })
+        .await
+    }
+
+    /// A bus on 127.0.0.1:0 in a new folder, with options changed by `change`.
+    pub async fn start_with(change: impl FnOnce(&mut tether_bus::Options)) -> Bus {
         let dir = tempfile::tempdir().unwrap();
         let mut options =
             tether_bus::Options::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
-        options.policy = policy
-            .map(|text| tether_bus::policy::parse(text, 0, std::path::Path::new("/")).unwrap());
-        options.max_in_flight = max_in_flight;
+        change(&mut options);
         let bound = tether_bus::bind(options).await.unwrap();
         let addr = bound.local_addr();
+        let http = bound.http_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(bound.run(async {
             let _ = stopped.await;
         }));
         Bus {
             addr,
+            http,
             dir,
             stop: Some(stop),
             task: Some(task),
         }
     }
 
-    /// Stops the bus and waits until `run` returned.
+    /// Stops the bus and waits until `run` returned, every client having let go in time.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        within(self.task.take().unwrap()).await.unwrap().unwrap();
+        let stopped = within(self.task.take().unwrap()).await.unwrap().unwrap();
+        assert_eq!(stopped, tether_bus::Stopped { cut_off: false });
     }
 }
 
@@ -172,4 +185,19 @@ pub async fn next(stream: &mut Streaming<Delivery>) -> Delivery {
         .await
         .expect("the stream failed")
         .expect("the stream ended")
+}
+
+/// `GET path` over HTTP/1.0: the status line, then the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    within(stream.read_to_string(&mut answer)).await.unwrap();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    format!("{status}\n{body}")
 }

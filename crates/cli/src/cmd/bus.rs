@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tether_bus::store::Retention;
+use tether_bus::store::{Retention, SyncMode};
 
-use crate::args::BusCommand;
+use crate::args::{BusCommand, duration};
 use crate::{exit, output};
 
 pub fn run(command: BusCommand) -> u8 {
@@ -17,24 +17,93 @@ pub fn run(command: BusCommand) -> u8 {
             policy,
             max_age,
             max_bytes,
-        } => serve(&listen, data, policy, max_age, max_bytes),
+            sync,
+            http,
+            tls_cert,
+            tls_key,
+        } => serve(Flags {
+            listen,
+            data,
+            policy,
+            max_age,
+            max_bytes,
+            sync,
+            http,
+            tls_cert,
+            tls_key,
+        }),
     }
 }
 
-fn serve(
-    listen: &str,
+struct Flags {
+    listen: Option<String>,
     data: PathBuf,
     policy: Option<PathBuf>,
     max_age: Duration,
     max_bytes: u64,
-) -> u8 {
+    sync: String,
+    http: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// An address flag, or `None` after saying what is wrong with it.
+fn address(flag: &str, value: &str) -> Option<SocketAddr> {
+    let parsed = value.parse().ok();
+    if parsed.is_none() {
+        output::error_hint(
+            format!("{flag} `{value}` is not an address"),
+            Some("an IP address and a port: 127.0.0.1:8443, 0.0.0.0:8443, [::1]:8443"),
+        );
+    }
+    parsed
+}
+
+/// `--sync`: `always` or a duration of more than zero.
+fn sync_mode(s: &str) -> Result<SyncMode, String> {
+    if s == "always" {
+        return Ok(SyncMode::Always);
+    }
+    match duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("--sync `{s}` is zero")),
+        Ok(d) => Ok(SyncMode::Every(d)),
+        Err(e) => Err(format!("--sync {e}")),
+    }
+}
+
+fn serve(flags: Flags) -> u8 {
+    let Flags {
+        listen,
+        data,
+        policy,
+        max_age,
+        max_bytes,
+        sync,
+        http,
+        tls_cert,
+        tls_key,
+    } = flags;
     // Everything is checked before anything starts.
-    let addr: SocketAddr = match listen.parse() {
-        Ok(a) => a,
-        Err(_) => {
+    let addr = match &listen {
+        None => tether_bus::server::default_listen(),
+        Some(listen) => match address("--listen", listen) {
+            Some(a) => a,
+            None => return exit::INVALID,
+        },
+    };
+    let http = match http.as_deref() {
+        None => None,
+        Some(h) => match address("--http", h) {
+            Some(a) => Some(a),
+            None => return exit::INVALID,
+        },
+    };
+    let sync = match sync_mode(&sync) {
+        Ok(s) => s,
+        Err(e) => {
             output::error_hint(
-                format!("--listen `{listen}` is not an address"),
-                Some("an IP address and a port: 127.0.0.1:8443, 0.0.0.0:8443, [::1]:8443"),
+                e,
+                Some("`always` (fsync before every answer) or how often to fsync: 100ms, 1s"),
             );
             return exit::INVALID;
         }
@@ -53,10 +122,32 @@ fn serve(
             }
         },
     };
+    let tls = match (&tls_cert, &tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => match tether_bus::tls::server(cert, key) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                output::error_hint(
+                    &e,
+                    Some("--tls-cert: the certificate chain, --tls-key: its private key, both PEM"),
+                );
+                return exit::INVALID;
+            }
+        },
+        _ => {
+            output::error("--tls-cert and --tls-key go together: give both, or neither");
+            return exit::INVALID;
+        }
+    };
+    let tls_on = tls.is_some();
     let open = policy.is_none();
     let mut options = tether_bus::Options::new(addr, data.clone());
     options.policy = policy;
     options.retention = Retention { max_age, max_bytes };
+    options.sync = sync;
+    options.http = http;
+    options.tls = tls;
+    let drain = options.drain;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,11 +178,22 @@ fn serve(
             }
         };
         eprintln!(
-            "tether bus: listening on {} (tether.bus.v{}), data in {}",
+            "tether bus: listening on {} (tether.bus.v{}{}), data in {}",
             bound.local_addr(),
             tether_bus_proto_major(),
+            if tls_on { ", TLS" } else { "" },
             data.display()
         );
+        if let Some(h) = bound.http_addr() {
+            eprintln!("tether bus: /healthz, /readyz and /metrics on http://{h}");
+        }
+        if let SyncMode::Every(every) = sync {
+            output::warning(format!(
+                "--sync {}: writes are answered before they reach the disk; a crash of tether or \
+                 of this machine loses the publishes and acks of about the last {0}",
+                humantime::format_duration(every)
+            ));
+        }
         if open {
             output::warning(
                 "no --policy: every grant an instance requests is given (for development only)",
@@ -104,7 +206,13 @@ fn serve(
             }
         };
         match bound.run(stop).await {
-            Ok(()) => {
+            Ok(stopped) => {
+                if stopped.cut_off {
+                    output::warning(format!(
+                        "clients still connected {} after the stop signal were cut off",
+                        humantime::format_duration(drain)
+                    ));
+                }
                 eprintln!("tether bus: stopped");
                 exit::OK
             }
@@ -125,9 +233,12 @@ fn hint(e: &tether_bus::ServeError) -> Option<&'static str> {
         tether_bus::ServeError::Bind { .. } => {
             Some("another process may hold the port: choose another with --listen")
         }
+        tether_bus::ServeError::BindHttp { .. } => {
+            Some("another process may hold the port: choose another with --http")
+        }
         tether_bus::ServeError::Store { .. } => Some(
             "another `tether bus serve` may be using this data folder: choose another with --data",
         ),
-        tether_bus::ServeError::Transport(_) => None,
+        tether_bus::ServeError::Sync { .. } | tether_bus::ServeError::Transport(_) => None,
     }
 }
