@@ -11,7 +11,25 @@ use std::time::{Duration, Instant};
 pub const HANG: Duration = Duration::from_secs(60);
 
 pub fn tether_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tether"))
+    PathBuf::from(option_env!("CARGO_BIN_EXE_tether").expect("the tether binary"))
+}
+
+/// The program and first arguments that run `tether init`: `tether init` in the cli's tests;
+/// the init-only `tether-init` when the same tests are built in crates/init-bin (which has
+/// that binary), so that both binaries pass every init test.
+pub fn init_argv() -> Vec<std::ffi::OsString> {
+    match option_env!("CARGO_BIN_EXE_tether-init") {
+        Some(init_only) => vec![init_only.into()],
+        None => vec![tether_bin().into(), "init".into()],
+    }
+}
+
+/// `tether init`, or `tether-init` (see [`init_argv`]), ready for its arguments.
+pub fn init_command() -> Command {
+    let argv = init_argv();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
 }
 
 /// A folder for one test, with the declaration in it. `$DIR` in the YAML becomes its path.
@@ -37,8 +55,8 @@ impl Bundle {
 
     /// `tether init -f tether.yaml ARGS…`
     pub fn start(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::new(tether_bin());
-        cmd.arg("init").arg("-f").arg(self.file()).args(args);
+        let mut cmd = init_command();
+        cmd.arg("-f").arg(self.file()).args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
