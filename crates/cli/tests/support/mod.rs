@@ -16,10 +16,13 @@ pub fn tether_bin() -> PathBuf {
 
 /// The program and first arguments that run `tether init`: `tether init` in the cli's tests;
 /// the init-only `tether-init` when the same tests are built in crates/init-bin (which has
-/// that binary), so that both binaries pass every init test.
+/// that binary), so that both binaries pass every init test. There `TETHER_INIT_BIN` names
+/// another build of it to test instead (`TETHER_INIT_BIN=$(scripts/static-init)`).
 pub fn init_argv() -> Vec<std::ffi::OsString> {
     match option_env!("CARGO_BIN_EXE_tether-init") {
-        Some(init_only) => vec![init_only.into()],
+        Some(init_only) => {
+            vec![std::env::var_os("TETHER_INIT_BIN").unwrap_or_else(|| init_only.into())]
+        }
         None => vec![tether_bin().into(), "init".into()],
     }
 }
