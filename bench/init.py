@@ -8,8 +8,12 @@ Measures, for each supervisor that can do the job:
   logs      throughput of daemon output through the supervisor, against a plain pipe (`cat`)
   size      size of the binary
 
+tether-init, the init-only binary (crates/init-bin), is measured beside them for memory, stop
+and size: with the same 10 daemons, and with one command (`tether-init -- sleep`) as tini and
+dumb-init run it.
+
 Run it through bench/init, which installs the peers and builds what this needs.
-Usage: init.py TETHER CRASHLOOP [--json]
+Usage: init.py TETHER CRASHLOOP TETHER_INIT [--json]
 """
 
 import ctypes
@@ -23,7 +27,7 @@ import sys
 import tempfile
 import time
 
-TETHER, CRASHLOOP = sys.argv[1], sys.argv[2]
+TETHER, CRASHLOOP, TETHER_INIT = sys.argv[1], sys.argv[2], sys.argv[3]
 AS_JSON = "--json" in sys.argv
 N = 10
 STOP_ROUNDS = 7
@@ -108,14 +112,14 @@ def wait_until(what, cond, limit=30.0):
 # ----- how each supervisor runs N daemons -----------------------------------------------
 
 
-def tether_bundle(daemons, extra=""):
+def tether_bundle(daemons, extra="", init=None):
     path = os.path.join(WORK, f"tether-{time.monotonic_ns()}.yaml")
     with open(path, "w") as f:
         f.write("version: 1\nproject: bench\ninit:\n  daemons:\n")
         for name, argv, more in daemons:
             f.write(f"    {name}:\n      command: {json.dumps(argv)}\n{more}")
         f.write(extra)
-    return [TETHER, "init", "-f", path]
+    return (init or [TETHER, "init"]) + ["-f", path]
 
 
 def supervisord_conf(programs, stdout="/dev/null"):
@@ -147,12 +151,16 @@ def s6_scandir(services):
 def sleepers():
     return {
         "tether init": tether_bundle([(f"d{i}", ["sleep", "1000"], "") for i in range(N)]),
+        "tether-init": tether_bundle([(f"d{i}", ["sleep", "1000"], "") for i in range(N)], init=[TETHER_INIT]),
         "supervisord": supervisord_conf([(f"d{i}", "sleep 1000", "") for i in range(N)]),
         "s6-svscan": s6_scandir([(f"d{i}", "exec sleep 1000") for i in range(N)]),
         # One child each: neither can supervise more.
         "tini": ["tini", "-s", "--", "sleep", "1000"],
         "dumb-init": ["dumb-init", "sleep", "1000"],
+        "tether-init --": [TETHER_INIT, "--", "sleep", "1000"],
     }
+
+ONE_CHILD = ("tini", "dumb-init", "tether-init --")
 
 
 def start_sleepers(argv, expect):
@@ -167,7 +175,7 @@ def start_sleepers(argv, expect):
 def memory_and_stop():
     memory, stop, left = {}, {}, {}
     for name, argv in sleepers().items():
-        expect = 1 if name in ("tini", "dumb-init") else N
+        expect = 1 if name in ONE_CHILD else N
         times = []
         left[name] = 0
         for round_ in range(STOP_ROUNDS):
@@ -250,6 +258,10 @@ def throughput():
     runs = {
         "plain pipe (cat)": (f"cat {data} | cat", True),
         "tether init": (tether_bundle([("app", ["cat", data], "      restart: { policy: never }\n")]), False),
+        "tether-init": (
+            tether_bundle([("app", ["cat", data], "      restart: { policy: never }\n")], init=[TETHER_INIT]),
+            False,
+        ),
         "supervisord": (
             supervisord_conf([("app", f"cat {data}", "autorestart=false\n")], stdout="/dev/stdout"),
             False,
@@ -264,7 +276,7 @@ def throughput():
 
 
 def sizes():
-    out = {"tether init": os.path.getsize(TETHER)}
+    out = {"tether init": os.path.getsize(TETHER), "tether-init": os.path.getsize(TETHER_INIT)}
     for name, paths in {
         "tini": ["/usr/bin/tini-static"],
         "dumb-init": ["/usr/bin/dumb-init"],
@@ -288,7 +300,7 @@ def main():
         return
     t = "tether init"
     print(f"tether init beside its peers, {N} daemons ({os.cpu_count()} cores)\n")
-    print("resident memory of the supervisor with 10 sleep daemons (tini and dumb-init: 1 child)")
+    print("resident memory of the supervisor with 10 sleep daemons (tini, dumb-init, tether-init --: 1 child)")
     for name, (kib, helpers) in memory.items():
         extra = f" (+{helpers} helper processes)" if helpers else ""
         print(f"  {name:<14} {kib / 1024:7.1f} MiB  {kib / memory[t][0]:6.1f}x tether{extra}")
@@ -303,17 +315,20 @@ def main():
     plain = logs["plain pipe (cat)"]
     for name, bps in logs.items():
         print(f"  {name:<16} {bps / 2**20:7.0f} MiB/s  {bps / plain:5.2f}x the plain pipe")
-    print("\nbinary size (tether: static, stripped; supervisord is Python)")
+    print("\nbinary size (tether, tether-init: static, stripped; supervisord is Python)")
     for name, b in size.items():
         print(f"  {name:<14} {b / 1024:9.0f} KiB")
-    print("\ntargets: memory < 4 MiB, SIGTERM to exit < 10 ms, crash to restart < 5 ms, logs >= 0.8x")
+    print("\ntargets: memory < 4 MiB, SIGTERM to exit < 10 ms, crash to restart < 5 ms, logs >= 0.8x;")
+    print("tether-init: size < 1.5 MiB, memory with 10 daemons < 3 MiB")
     ok = [
         memory[t][0] < 4096,
         stop[t] < 0.010,
         restarts[t] < 0.005,
         logs[t] >= 0.8 * plain,
     ]
-    print("  " + "  ".join(f"{n}: {'met' if o else 'MISSED'}" for n, o in zip(["memory", "stop", "restart", "logs"], ok)))
+    ok += [size["tether-init"] < 1.5 * 2**20, memory["tether-init"][0] < 3 * 1024]
+    names = ["memory", "stop", "restart", "logs", "tether-init size", "tether-init memory"]
+    print("  " + "  ".join(f"{n}: {'met' if o else 'MISSED'}" for n, o in zip(names, ok)))
 
 
 if __name__ == "__main__":

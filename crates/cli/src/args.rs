@@ -4,10 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// A duration as the declaration writes them: `500ms`, `30s`, `2m`.
-pub fn duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (use 500ms, 30s or 2m)"))
-}
+/// A duration as the declaration writes them: `500ms`, `30s`, `2m` (one parser for every
+/// command's durations and for `tether-init`'s `--grace`).
+pub use tether_init::command::duration;
 
 #[derive(Parser)]
 #[command(

@@ -1,13 +1,12 @@
 //! Every exit code tether returns, decided here and nowhere else (the README's tables).
 
-use tether_init::{FailureKind, Outcome, StartError};
 use tether_run::run::{Ended, Failure};
 
-pub const OK: u8 = 0;
-/// A declaration or usage error; nothing was started.
-pub const INVALID: u8 = 1;
-/// tether itself, or the engine, could not work.
-pub const INTERNAL: u8 = 2;
+// `tether init`'s codes are decided in tether-init, for both binaries that run it.
+pub use tether_init::exit::{
+    CANNOT_EXECUTE, INTERNAL, INVALID, NOT_FOUND, OK, signalled, truncate,
+};
+
 /// `tether wait`: something was not ready in time.
 pub const NOT_READY: u8 = 3;
 /// `tether run` and `up`: a sidecar could not be started or did not become ready.
@@ -18,23 +17,6 @@ pub const STARTUP_FAILED: u8 = 3;
 pub const DRAIN_TIMEOUT: u8 = 4;
 /// `tether ctl`: no tether init answers on the socket, or it ended before answering.
 pub const CTL_UNREACHABLE: u8 = tether_init::control::code::UNREACHABLE;
-/// `tether init`: a fatal step failed or timed out; no daemon was started.
-pub const STEP_FAILED: u8 = 122;
-/// `tether init`: a daemon gave up after `max_restarts`.
-pub const GAVE_UP: u8 = 123;
-/// A command exists but could not be executed (permissions, format), as in a shell.
-pub const CANNOT_EXECUTE: u8 = 126;
-/// A command was not found, as in a shell.
-pub const NOT_FOUND: u8 = 127;
-/// `128 + N`: ended by signal N, as in a shell.
-pub fn signalled(n: i32) -> u8 {
-    truncate(128 + n)
-}
-
-/// An exit code as the process can return it (the low byte, as the kernel keeps it).
-pub fn truncate(code: i32) -> u8 {
-    (code & 0xff) as u8
-}
 
 /// `tether run`: the workload's own code, else what stopped the run.
 pub fn of_run(r: &Result<Ended, Failure>) -> u8 {
@@ -58,23 +40,6 @@ pub fn of_failure(f: &Failure) -> u8 {
     }
 }
 
-/// `tether init`: how the bundle or the command ended.
-pub fn of_init(outcome: &Outcome) -> u8 {
-    match outcome {
-        Outcome::Clean => OK,
-        // 128+N when killed by signal N; a failure is never 0.
-        Outcome::Failed { exit, .. } => truncate(exit.code()).max(1),
-        Outcome::StepFailed { .. } => STEP_FAILED,
-        Outcome::GaveUp { .. } => GAVE_UP,
-        Outcome::CannotStart { error, .. } => match error {
-            StartError::NotFound => NOT_FOUND,
-            StartError::CannotExecute => CANNOT_EXECUTE,
-        },
-        Outcome::Internal { .. } => INTERNAL,
-        Outcome::Command(exit) => truncate(exit.code()),
-    }
-}
-
 /// `tether bus serve`: why the bus could not start or stopped.
 #[cfg(feature = "bus")]
 pub fn of_bus(e: &tether_bus::ServeError) -> u8 {
@@ -84,16 +49,6 @@ pub fn of_bus(e: &tether_bus::ServeError) -> u8 {
         | tether_bus::ServeError::Store { .. }
         | tether_bus::ServeError::Sync { .. }
         | tether_bus::ServeError::Transport(_) => INTERNAL,
-    }
-}
-
-/// `tether init`: why it could not begin.
-pub fn of_init_failure(f: &tether_init::Failure) -> u8 {
-    match f.kind {
-        FailureKind::Invalid => INVALID,
-        FailureKind::Internal => INTERNAL,
-        FailureKind::CannotExecute => CANNOT_EXECUTE,
-        FailureKind::NotFound => NOT_FOUND,
     }
 }
 
@@ -112,7 +67,6 @@ pub fn of_sidecar(r: &Result<tether_bus::sidecar::Ended, tether_bus::sidecar::Fa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tether_init::Exit;
 
     #[test]
     fn runs_end_with_the_documented_codes() {
@@ -145,60 +99,5 @@ mod tests {
             failure(cannot_run(false)),
         ];
         assert_eq!(codes, [0, 7, 4, 130, 143, 1, 2, 3, 127, 126]);
-    }
-
-    #[test]
-    fn outcomes_map_to_the_readme_table() {
-        let failed = |exit| Outcome::Failed {
-            name: "db".into(),
-            exit,
-        };
-        let outcomes = [
-            Outcome::Clean,
-            failed(Exit::Code(5)),
-            failed(Exit::Signal(9)),
-            failed(Exit::Code(0)),
-            Outcome::StepFailed {
-                step: "config".into(),
-            },
-            Outcome::GaveUp {
-                daemon: "db".into(),
-            },
-            Outcome::CannotStart {
-                name: "db".into(),
-                error: StartError::CannotExecute,
-            },
-            Outcome::CannotStart {
-                name: "db".into(),
-                error: StartError::NotFound,
-            },
-            Outcome::Internal {
-                why: "cannot read signals".into(),
-            },
-            Outcome::Command(Exit::Code(0)),
-            Outcome::Command(Exit::Code(3)),
-            Outcome::Command(Exit::Signal(15)),
-        ];
-        let codes: Vec<u8> = outcomes.iter().map(of_init).collect();
-        assert_eq!(codes, [0, 5, 137, 1, 122, 123, 126, 127, 2, 0, 3, 143]);
-    }
-
-    #[test]
-    fn failures_map_to_the_readme_table() {
-        let codes: Vec<u8> = [
-            FailureKind::Invalid,
-            FailureKind::Internal,
-            FailureKind::CannotExecute,
-            FailureKind::NotFound,
-        ]
-        .into_iter()
-        .map(|kind| {
-            of_init_failure(&tether_init::Failure {
-                kind,
-                message: String::new(),
-            })
-        })
-        .collect();
-        assert_eq!(codes, [1, 2, 126, 127]);
     }
 }

@@ -1,63 +1,32 @@
 //! Finding and loading the declaration, and planning a run from it, for every command.
 
-use std::path::{Path, PathBuf};
-
-use tether_spec::{LoadError, Loaded};
+use tether_spec::{LoadError, Loaded, Refused};
 
 use crate::args::FileArg;
 use crate::{exit, output};
 
 /// Loads the declaration, or prints why not and returns the exit code.
 pub fn load(file: &FileArg, json: bool) -> Result<Loaded, u8> {
-    let path = match &file.file {
-        Some(p) => p.clone(),
-        None => {
-            let cwd = std::env::current_dir().map_err(|e| {
-                output::error(format!("cannot read the current folder: {e}"));
-                exit::INTERNAL
-            })?;
-            match tether_spec::find(&cwd) {
-                Ok(p) => relative_to(&p, &cwd),
-                Err(e) => {
-                    let hint = format!(
-                        "create {}, or name one with -f FILE",
-                        tether_spec::FILE_NAME
-                    );
-                    output::error_hint(e, Some(&hint));
-                    return Err(exit::INVALID);
-                }
-            }
-        }
-    };
-    match tether_spec::load(&path) {
-        Ok(l) => Ok(l),
-        Err(LoadError::Invalid {
-            sources,
-            diagnostics,
-        }) => {
-            if json {
+    tether_spec::open(file.file.as_deref()).map_err(|refused| {
+        match &refused {
+            Refused::Load(LoadError::Invalid {
+                sources,
+                diagnostics,
+            }) if json => {
                 let list: Vec<_> = diagnostics.iter().map(|d| sources.to_json(d)).collect();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&list).unwrap_or_default()
                 );
-            } else {
-                eprint!("{}", sources.render_all(&diagnostics, output::color()));
             }
-            Err(exit::INVALID)
+            _ => eprint!("{}", refused.render(output::color())),
         }
-        Err(e @ (LoadError::Io { .. } | LoadError::NotFound { .. })) => {
-            output::error(e);
-            Err(exit::INVALID)
+        if refused.is_internal() {
+            exit::INTERNAL
+        } else {
+            exit::INVALID
         }
-    }
-}
-
-/// `p` relative to `base` when it is inside it, for shorter messages.
-fn relative_to(p: &Path, base: &Path) -> PathBuf {
-    p.strip_prefix(base)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|_| p.to_path_buf())
+    })
 }
 
 /// The declaration and its plan, or the exit code after saying why not. The workload is what

@@ -22,9 +22,6 @@ use args::{Cli, Command, FileArg};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Init { .. }) {
-        tether_init::block_signals_early();
-    }
     // Diagnostics for tether's developers: TETHER_LOG=debug (or any tracing filter).
     // `tether sidecar` is a daemon: its start-up steps and what it does are its log.
     #[cfg(feature = "sidecar")]
@@ -112,7 +109,7 @@ fn dispatch(command: Command) -> u8 {
             no_setsid,
             grace,
             command,
-        } => cmd::init::init(&file, only, no_setsid, grace, command),
+        } => cmd::init::init(file, only, no_setsid, grace, command),
         Command::Ctl {
             socket,
             json,

@@ -6,11 +6,15 @@
 //!
 //! Every decision is the pure core's (`core.rs`, `steps.rs`: event in, actions out);
 //! `supervisor.rs` is the event loop that feeds it and carries the actions out. The library
-//! prints nothing of its own accord and knows no exit code: it writes to the streams it is
-//! given and returns an [`Outcome`] or a [`Failure`]; the CLI maps them to numbers.
+//! prints nothing of its own accord: it writes to the streams it is given and returns an
+//! [`Outcome`] or a [`Failure`]. [`command`] is `tether init` as a command (arguments checked,
+//! declaration opened, exit code decided by [`exit`]), shared by `tether init` and the
+//! init-only binary `tether-init`, which only parse arguments and hand over their output.
 
+pub mod command;
 pub mod control;
 mod core;
+pub mod exit;
 mod health;
 mod logs;
 mod notify;

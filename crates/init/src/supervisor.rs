@@ -594,7 +594,7 @@ impl Supervisor {
         let watch = match check {
             Check::Log { pattern } => {
                 let (wtx, wrx) = oneshot::channel();
-                regex::Regex::new(pattern)
+                regex_lite::Regex::new(pattern)
                     .ok()
                     .map(|regex| (Arc::new(Mutex::new(Some(LogWatch { regex, tx: wtx }))), wrx))
             }

@@ -555,7 +555,7 @@ pub async fn probe_once<E: Engine>(
     engine: &E,
     c: &ContainerPlan,
     now: &Container,
-    pattern: Option<&regex::Regex>,
+    pattern: Option<&regex_lite::Regex>,
 ) -> Result<Probe, EngineError> {
     let r = &c.readiness;
     let port = r.port.unwrap_or(0);
@@ -594,7 +594,7 @@ async fn wait_ready<E: Engine>(
     let r = &c.readiness;
     let limit = r.timeout.0 + r.start_period.map(|d| d.0).unwrap_or_default();
     let pattern = match &r.pattern {
-        Some(p) => Some(regex::Regex::new(p).map_err(|e| LaunchError::Sidecar {
+        Some(p) => Some(regex_lite::Regex::new(p).map_err(|e| LaunchError::Sidecar {
             sidecar: c.sidecar.clone(),
             message: format!("readiness pattern: {e}"),
             logs: Vec::new(),
@@ -686,7 +686,7 @@ async fn wait_ready<E: Engine>(
 async fn matched(
     output: &mut tether_engine::Output,
     lines: &mut Lines,
-    pattern: &regex::Regex,
+    pattern: &regex_lite::Regex,
 ) -> Result<bool, EngineError> {
     use futures_util::StreamExt;
     while let Some(chunk) = output.next().await {

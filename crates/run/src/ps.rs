@@ -46,7 +46,7 @@ pub async fn list<E: Engine>(
                     .readiness
                     .pattern
                     .as_deref()
-                    .and_then(|p| regex::Regex::new(p).ok());
+                    .and_then(|p| regex_lite::Regex::new(p).ok());
                 crate::launch::probe_once(engine, s, c, pattern.as_ref())
                     .await
                     .ok()

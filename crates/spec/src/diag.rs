@@ -6,6 +6,24 @@ use std::fmt::Write as _;
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use serde::Serialize;
 
+/// The one error format of tether's binaries: `error: MESSAGE`, then `  = hint: HINT` when there
+/// is one, then any detail lines indented by two spaces.
+pub fn error_lines(message: &str, hint: Option<&str>, details: &[String]) -> String {
+    let mut out = format!("error: {message}\n");
+    if let Some(h) = hint {
+        let _ = writeln!(out, "  = hint: {h}");
+    }
+    for d in details {
+        let _ = writeln!(out, "  {d}");
+    }
+    out
+}
+
+/// Whether errors written to `stream` get colours: a terminal, and no `NO_COLOR`.
+pub fn color(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
 /// A position in a source file: byte offset, 1-based line and 1-based column (in characters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Point {
@@ -274,4 +292,22 @@ fn clamp(span: Span, text: &str) -> std::ops::Range<usize> {
             .unwrap_or(start);
     }
     start..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_one_line_then_its_hint_then_details() {
+        assert_eq!(error_lines("it broke", None, &[]), "error: it broke\n");
+        assert_eq!(
+            error_lines(
+                "sidecar db: exited",
+                Some("look at its logs"),
+                &["its last 1 lines:".into(), "| boom".into()]
+            ),
+            "error: sidecar db: exited\n  = hint: look at its logs\n  its last 1 lines:\n  | boom\n"
+        );
+    }
 }

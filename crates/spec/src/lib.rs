@@ -141,6 +141,60 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     load_texts(main, extra, &root)
 }
 
+/// The declaration a command works on: `file` when given (`-f FILE`), else [`FILE_NAME`] in the
+/// current folder or the nearest parent (named relative to the current folder), read and
+/// validated. What went wrong is for the binary to show ([`Refused::render`]).
+pub fn open(file: Option<&Path>) -> Result<Loaded, Refused> {
+    let path = match file {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let cwd = std::env::current_dir().map_err(Refused::NoFolder)?;
+            let found = find(&cwd).map_err(Refused::Load)?;
+            found
+                .strip_prefix(&cwd)
+                .map(Path::to_path_buf)
+                .unwrap_or(found)
+        }
+    };
+    load(&path).map_err(Refused::Load)
+}
+
+/// Why [`open`] found no declaration to work on.
+#[derive(Debug)]
+pub enum Refused {
+    /// The current folder cannot be read: tether itself cannot work.
+    NoFolder(std::io::Error),
+    Load(LoadError),
+}
+
+impl Refused {
+    /// What to tell the user: the error line (with a hint where one helps), or every
+    /// diagnostic of an invalid declaration with its source snippet, then the count.
+    pub fn render(&self, color: bool) -> String {
+        match self {
+            Self::NoFolder(e) => {
+                diag::error_lines(&format!("cannot read the current folder: {e}"), None, &[])
+            }
+            Self::Load(LoadError::Invalid {
+                sources,
+                diagnostics,
+            }) => sources.render_all(diagnostics, color),
+            Self::Load(e @ LoadError::NotFound { .. }) => diag::error_lines(
+                &e.to_string(),
+                Some(&format!("create {FILE_NAME}, or name one with -f FILE")),
+                &[],
+            ),
+            Self::Load(e) => diag::error_lines(&e.to_string(), None, &[]),
+        }
+    }
+
+    /// Whether tether itself could not work, rather than the declaration being missing or
+    /// wrong.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Self::NoFolder(_))
+    }
+}
+
 /// Validates a declaration given as text. `root` is the project folder (its name is the default
 /// project name). Sidecar files are named `.../NAME.yaml`; the sidecar is called NAME.
 pub fn load_texts(

@@ -680,7 +680,7 @@ fn sidecar_health(cx: &mut Ctx<'_>, node: &Node, parent: &Fields<'_>) -> Option<
 
 fn regex(cx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<String> {
     let s = cx.string(node, path)?;
-    match regex::Regex::new(&s) {
+    match regex_lite::Regex::new(&s) {
         Ok(_) => Some(s),
         Err(e) => {
             let text = e.to_string();

@@ -11,7 +11,32 @@ use std::time::{Duration, Instant};
 pub const HANG: Duration = Duration::from_secs(60);
 
 pub fn tether_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tether"))
+    // The cli's tests have it; crates/init-bin, which compiles this module too, does not.
+    match option_env!("CARGO_BIN_EXE_tether") {
+        Some(path) => PathBuf::from(path),
+        None => panic!("this build of the tests has no tether binary"),
+    }
+}
+
+/// The program and first arguments that run `tether init`: `tether init` in the cli's tests;
+/// the init-only `tether-init` when the same tests are built in crates/init-bin (which has
+/// that binary), so that both binaries pass every init test. There `TETHER_INIT_BIN` names
+/// another build of it to test instead (`TETHER_INIT_BIN=$(scripts/static-init)`).
+pub fn init_argv() -> Vec<std::ffi::OsString> {
+    match option_env!("CARGO_BIN_EXE_tether-init") {
+        Some(init_only) => {
+            vec![std::env::var_os("TETHER_INIT_BIN").unwrap_or_else(|| init_only.into())]
+        }
+        None => vec![tether_bin().into(), "init".into()],
+    }
+}
+
+/// `tether init`, or `tether-init` (see [`init_argv`]), ready for its arguments.
+pub fn init_command() -> Command {
+    let argv = init_argv();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
 }
 
 /// A folder for one test, with the declaration in it. `$DIR` in the YAML becomes its path.
@@ -38,8 +63,8 @@ impl Bundle {
     /// `tether init -f tether.yaml ARGS…`, its default control socket in this folder
     /// (`XDG_RUNTIME_DIR`), so that tests running side by side do not meet.
     pub fn start(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::new(tether_bin());
-        cmd.arg("init").arg("-f").arg(self.file()).args(args);
+        let mut cmd = init_command();
+        cmd.arg("-f").arg(self.file()).args(args);
         cmd.env("XDG_RUNTIME_DIR", self.dir.path());
         for (k, v) in env {
             cmd.env(k, v);
