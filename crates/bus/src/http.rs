@@ -73,11 +73,11 @@ impl Reply {
 
 /// Serves `routes` on `listener` until `shutdown` completes.
 ///
-/// Every request is answered by `routes(method, path)` (the path without its query); a HEAD is
-/// answered as a GET without its body. Methods other than GET and HEAD get 405.
+/// Every request is answered by `routes(method, path, query)` (the path without its query, and
+/// the query if any); a HEAD is answered as a GET without its body. Methods other than GET and HEAD get 405.
 pub async fn serve<R>(listener: TcpListener, routes: R, shutdown: impl Future<Output = ()>)
 where
-    R: Fn(&Method, &str) -> Reply + Clone + Send + Sync + 'static,
+    R: Fn(&Method, &str, Option<&str>) -> Reply + Clone + Send + Sync + 'static,
 {
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -112,11 +112,11 @@ where
 
 fn answer<R, B>(routes: &R, req: &Request<B>) -> Response<Full<Bytes>>
 where
-    R: Fn(&Method, &str) -> Reply,
+    R: Fn(&Method, &str, Option<&str>) -> Reply,
 {
     let method = req.method();
     let reply = if method == Method::GET || method == Method::HEAD {
-        routes(&Method::GET, req.uri().path())
+        routes(&Method::GET, req.uri().path(), req.uri().query())
     } else {
         Reply::method_not_allowed(method)
     };

@@ -421,8 +421,8 @@ fn routes(
     store: Arc<RedbStore>,
     metrics: Arc<Metrics>,
     data_dir: PathBuf,
-) -> impl Fn(&Method, &str) -> Reply + Clone + Send + Sync + 'static {
-    move |_method: &Method, path: &str| match path {
+) -> impl Fn(&Method, &str, Option<&str>) -> Reply + Clone + Send + Sync + 'static {
+    move |_method: &Method, path: &str, _query: Option<&str>| match path {
         "/healthz" => Reply::text(200, "ok\n"),
         "/readyz" => {
             let why = match *phase.borrow() {
@@ -950,7 +950,7 @@ mod tests {
         // The listeners are bound and the store open: connections are accepted from here on.
         let (phase, phase_rx) = watch::channel(Phase::Serving);
         let routes = routes(phase_rx, store, metrics.clone(), dir.path().to_path_buf());
-        let get = |path: &str| routes(&Method::GET, path);
+        let get = |path: &str| routes(&Method::GET, path, None);
         assert_eq!(get("/healthz"), Reply::text(200, "ok\n"));
         assert_eq!(get("/readyz"), Reply::json(200, "{\"ready\":true}\n"));
         phase.send_replace(Phase::Stopping);

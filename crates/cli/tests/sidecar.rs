@@ -1010,7 +1010,8 @@ async fn the_rust_sdk_exchanges_messages_through_real_sidecars_and_drains_on_sig
 async fn live_sidecars_ride_out_a_bus_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("bus");
-    let (mut bus1, addr) = bus(&data, &[]);
+    let (mut bus1, addr) = bus(&data, &["--http", "127.0.0.1:0"]);
+    let metrics = bus1.addr_after("/metrics on http://");
     let mut a = sidecar(
         dir.path(),
         addr,
@@ -1028,6 +1029,16 @@ async fn live_sidecars_ride_out_a_bus_restart() {
     let d = subscriber.delivery().await;
     assert_eq!(d.data, b"one");
     subscriber.ack(&d.delivery_id).await;
+    // The sidecar passes acks on in batches: kill the bus once this one is durable there (an
+    // ack still on its way would make "one" come again, as at-least-once allows).
+    let until = Instant::now() + HANG;
+    while !get(metrics, "/metrics")
+        .1
+        .contains("tether_bus_acks_total 1")
+    {
+        assert!(Instant::now() < until, "the ack never reached the bus");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     bus1.signal("-KILL");
     let _ = bus1.child.wait();
@@ -1058,4 +1069,97 @@ async fn live_sidecars_ride_out_a_bus_restart() {
     assert_eq!(accepted(&r), 3);
     let d = subscriber.delivery().await;
     assert_eq!((d.data.as_slice(), d.sequence), (&b"three"[..], 3));
+}
+
+/// A CA, and a certificate it signed for `localhost` and 127.0.0.1: (CA PEM, cert PEM, key PEM).
+fn ca_and_server() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_speaks_tls_to_the_bus_and_refuses_an_unknown_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server();
+    let (other_ca, _, _) = ca_and_server();
+    for (name, text) in [
+        ("ca.pem", &ca),
+        ("cert.pem", &cert),
+        ("key.pem", &key),
+        ("other-ca.pem", &other_ca),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let (_bus, addr) = bus(
+        &dir.path().join("bus"),
+        &["--tls-cert", &p("cert.pem"), "--tls-key", &p("key.pem")],
+    );
+    let url = format!("https://localhost:{}", addr.port());
+
+    // Trusting the bus's CA: connected over TLS, and a publish goes through.
+    let mut cmd = tether();
+    cmd.arg("sidecar")
+        .env_clear()
+        .env("INSTANCE_ID", "tls-1")
+        .env("POOL_TYPE", "TestPool")
+        .env(
+            "REQUESTED_GRANTS",
+            r#"[{"topic":"secure.>","action":"publish"}]"#,
+        )
+        .env("SIDECAR_BUS_API_URL", &url)
+        .env("SIDECAR_ADDR", "127.0.0.1:0")
+        .env("SIDECAR_HEALTH_ADDR", "127.0.0.1:0")
+        .env("SIDECAR_CONFIG", dir.path().join("tls.yaml"));
+    std::fs::write(
+        dir.path().join("tls.yaml"),
+        format!("data_dir: tls-data\nca_file: {}\n", p("ca.pem")),
+    )
+    .unwrap();
+    let mut s = Proc::spawn(cmd);
+    s.wait_for(&format!(
+        "step 1/8 (connect to the Bus API): connected to {url}"
+    ));
+    let plugin_addr = s.addr_after("plugins connect to ");
+    let mut plugin = Plugin::connect(plugin_addr, &[], "").await.unwrap();
+    s.wait_for("step 8/8");
+    let (r, _) = plugin.publish("secure.x", b"over tls").await;
+    assert_eq!(accepted(&r), 1);
+
+    // Trusting another CA: step 1 fails, naming the certificate problem.
+    std::fs::write(
+        dir.path().join("other.yaml"),
+        format!(
+            "data_dir: other-data\nca_file: {}\nconnect_timeout: 1s\n",
+            p("other-ca.pem")
+        ),
+    )
+    .unwrap();
+    let mut cmd = tether();
+    cmd.arg("sidecar")
+        .env_clear()
+        .env("INSTANCE_ID", "tls-2")
+        .env("POOL_TYPE", "TestPool")
+        .env("SIDECAR_BUS_API_URL", &url)
+        .env("SIDECAR_ADDR", "127.0.0.1:0")
+        .env("SIDECAR_HEALTH_ADDR", "127.0.0.1:0")
+        .env("SIDECAR_CONFIG", dir.path().join("other.yaml"));
+    let (code, said) = Proc::spawn(cmd).wait();
+    assert_eq!(code, Some(3), "{said}");
+    assert!(
+        said.contains(&format!(
+            "error: start-up step 1/8 (connect to the Bus API) failed: cannot reach the Bus API at {url} within 1s: "
+        )),
+        "{said}"
+    );
+    assert!(said.contains("invalid peer certificate"), "{said}");
 }

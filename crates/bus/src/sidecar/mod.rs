@@ -360,36 +360,16 @@ async fn deregister(link: &Link) {
 /// TLS to the Bus API: trusts `ca_file` (the system's roots are not consulted), and checks the
 /// certificate names `tls_server_name` or the URL's host.
 fn tls_config(config: &Config) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
-    let Some(authority) = config.bus_api_url.strip_prefix("https://") else {
+    if !config.bus_api_url.starts_with("https://") {
         return Ok(None);
-    };
+    }
     let Some(ca_file) = &config.settings.ca_file else {
         return Err(format!(
             "{} asks for TLS and the sidecar config names no ca_file to trust",
             config.bus_api_url
         ));
     };
-    let pem = std::fs::read(ca_file)
-        .map_err(|e| format!("cannot read the CA file {}: {e}", ca_file.display()))?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!(
-            "the CA file {} holds no PEM certificate",
-            ca_file.display()
-        ));
-    }
-    let host = authority
-        .rsplit_once(':')
-        .map_or(authority, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let name = config
-        .settings
-        .tls_server_name
-        .clone()
-        .unwrap_or_else(|| host.to_owned());
-    Ok(Some(
-        tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(pem))
-            .domain_name(name),
-    ))
+    crate::tls::client_tls(ca_file, config.settings.tls_server_name.as_deref())
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
