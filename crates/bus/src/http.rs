@@ -162,7 +162,7 @@ pub(crate) mod tests {
     async fn routes_answer_get_and_head_and_refuse_the_rest() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let routes = |_: &Method, path: &str| match path {
+        let routes = |_: &Method, path: &str, _: Option<&str>| match path {
             "/healthz" => Reply::text(200, "ok\n"),
             "/readyz" => Reply::json(503, "{\"ready\":false}"),
             _ => Reply::not_found(path),

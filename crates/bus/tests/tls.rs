@@ -2,27 +2,16 @@
 
 #![allow(clippy::print_stderr)]
 
+#[path = "support/certs.rs"]
+mod certs;
 mod support;
+
+use certs::ca_and_server;
 
 use support::*;
 use tether_bus_proto::v1::bus_api_client::BusApiClient;
 use tether_bus_proto::v1::{Action, RegisterRequest};
 use tonic::transport::Channel;
-
-/// A CA, and a certificate it signed for `localhost` and 127.0.0.1: (CA PEM, cert PEM, key PEM).
-fn ca_and_server() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trusting_the_ca_publishes_and_a_plaintext_one_fails() {

@@ -1071,20 +1071,9 @@ async fn live_sidecars_ride_out_a_bus_restart() {
     assert_eq!((d.data.as_slice(), d.sequence), (&b"three"[..], 3));
 }
 
-/// A CA, and a certificate it signed for `localhost` and 127.0.0.1: (CA PEM, cert PEM, key PEM).
-fn ca_and_server() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
-}
+#[path = "../../bus/tests/support/certs.rs"]
+mod certs;
+use certs::ca_and_server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_speaks_tls_to_the_bus_and_refuses_an_unknown_ca() {
