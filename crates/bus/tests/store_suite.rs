@@ -597,3 +597,5 @@ macro_rules! suite {
 }
 
 suite!(redb, RedbBackend::new());
+#[cfg(feature = "nats")]
+suite!(nats, NatsBackend::new());
