@@ -21,4 +21,4 @@ pub mod store;
 pub mod tls;
 pub mod topic;
 
-pub use server::{Bound, Metrics, Options, ServeError, Stopped, bind, serve};
+pub use server::{Backend, Bound, Metrics, Options, ServeError, Stopped, bind, serve};

@@ -169,7 +169,7 @@ impl NatsStore {
     /// the servers.
     pub async fn connect(options: &NatsOptions) -> Result<Self> {
         let servers = options.servers();
-        let failed = |what: String| StoreError(format!("{what} (NATS at {servers})"));
+        let failed = |what: String| StoreError(format!("NATS at {servers}: {what}"));
         if options.urls.is_empty() {
             return Err(StoreError("no NATS server named".into()));
         }
