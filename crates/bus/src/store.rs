@@ -1,8 +1,8 @@
 //! Where the bus keeps messages, consumers and the registry: the [`Store`] trait, and
 //! [`RedbStore`], the embedded implementation on one redb file.
 //!
-//! The trait is the seam for the NATS JetStream backend (issue 14): a topic maps to a subject, a
-//! consumer to a durable JetStream consumer, a queue group to a shared durable.
+//! The trait is the seam for the NATS JetStream backend, `crate::nats` (feature `nats`), whose
+//! module doc maps this model onto JetStream; `tests/store_suite.rs` holds both to one suite.
 //!
 //! Model:
 //! - one append-only log per topic, sequences 1, 2, … per topic;
