@@ -8,7 +8,7 @@
 //! # async fn example() -> std::io::Result<()> {
 //! use tether_bus::http::{Method, Reply, serve};
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:9090").await?;
-//! let routes = |method: &Method, path: &str| match (method, path) {
+//! let routes = |method: &Method, path: &str, _query: Option<&str>| match (method, path) {
 //!     (&Method::GET, "/healthz") => Reply::text(200, "ok\n"),
 //!     _ => Reply::not_found(path),
 //! };

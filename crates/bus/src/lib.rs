@@ -3,6 +3,7 @@
 //! - [`topic`]: topics and NATS-style patterns (pure);
 //! - [`policy`]: the policy file, validated with positions, and the grant decision;
 //! - [`store`]: the [`store::Store`] trait and the embedded redb implementation;
+//! - `nats` (feature `nats`): the store on NATS JetStream;
 //! - [`server`]: the tonic `BusApi` server;
 //! - [`http`]: a small HTTP/1 server for `/healthz`, `/readyz` and `/metrics`;
 //! - [`tls`]: the server's certificate and key, and [`tls::client_tls`] for clients.
@@ -11,6 +12,8 @@
 
 pub mod file_error;
 pub mod http;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod policy;
 pub mod server;
 pub mod sidecar;
@@ -18,4 +21,4 @@ pub mod store;
 pub mod tls;
 pub mod topic;
 
-pub use server::{Bound, Metrics, Options, ServeError, Stopped, bind, serve};
+pub use server::{Backend, Bound, Metrics, Options, ServeError, Stopped, bind, serve};

@@ -82,6 +82,8 @@ pub struct Options {
     pub sweep_every: Duration,
     /// When commits are made durable.
     pub sync: SyncMode,
+    /// Where messages and the registry are kept.
+    pub backend: Backend,
     /// How long calls in flight and open connections get to finish after the stop signal.
     pub drain: Duration,
 }
@@ -98,8 +100,110 @@ impl Options {
             max_in_flight: 256,
             sweep_every: Duration::from_secs(60),
             sync: SyncMode::Always,
+            backend: Backend::Embedded,
             drain: Duration::from_secs(10),
         }
+    }
+}
+
+/// Where the bus keeps its state.
+#[derive(Clone, Debug, Default)]
+pub enum Backend {
+    /// A redb file in [`Options::data_dir`], with [`Options::retention`] per topic and
+    /// [`Options::sync`].
+    #[default]
+    Embedded,
+    /// NATS JetStream ([`crate::nats`]); [`Options::retention`] applies to the stream, the data
+    /// folder and `sync` are not used, and the Bus API keeps no state of its own.
+    #[cfg(feature = "nats")]
+    Nats(Box<crate::nats::NatsOptions>),
+}
+
+/// The store a bus runs on: one of the backends.
+#[derive(Clone)]
+pub enum AnyStore {
+    Redb(RedbStore),
+    #[cfg(feature = "nats")]
+    Nats(crate::nats::NatsStore),
+}
+
+impl AnyStore {
+    /// Why the store cannot take writes now, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Self::Redb(s) => s.stats().problem(),
+            #[cfg(feature = "nats")]
+            Self::Nats(s) => s.problem(),
+        }
+    }
+
+    /// The embedded store's counters; none for NATS.
+    fn stats(&self) -> Option<&StoreStats> {
+        match self {
+            Self::Redb(s) => Some(s.stats()),
+            #[cfg(feature = "nats")]
+            Self::Nats(_) => None,
+        }
+    }
+}
+
+macro_rules! each_store {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Redb($s) => $e,
+            #[cfg(feature = "nats")]
+            AnyStore::Nats($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn register(&self, reg: Registration) -> crate::store::Result<()> {
+        each_store!(self, s => s.register(reg).await)
+    }
+    async fn deregister(&self, instance: String) -> crate::store::Result<bool> {
+        each_store!(self, s => s.deregister(instance).await)
+    }
+    async fn session(&self, session: String) -> crate::store::Result<Option<Registration>> {
+        each_store!(self, s => s.session(session).await)
+    }
+    async fn publish(
+        &self,
+        msg: NewMessage,
+        now_ms: u64,
+    ) -> crate::store::Result<crate::store::Published> {
+        each_store!(self, s => s.publish(msg, now_ms).await)
+    }
+    async fn open_consumer(
+        &self,
+        name: String,
+        config: ConsumerConfig,
+    ) -> crate::store::Result<()> {
+        each_store!(self, s => s.open_consumer(name, config).await)
+    }
+    async fn claim(
+        &self,
+        consumer: String,
+        holder: String,
+        now_ms: u64,
+        max: usize,
+    ) -> crate::store::Result<crate::store::Claimed> {
+        each_store!(self, s => s.claim(consumer, holder, now_ms, max).await)
+    }
+    async fn ack(&self, ids: Vec<String>) -> crate::store::Result<u32> {
+        each_store!(self, s => s.ack(ids).await)
+    }
+    async fn nack(&self, id: String, available_at_ms: u64) -> crate::store::Result<bool> {
+        each_store!(self, s => s.nack(id, available_at_ms).await)
+    }
+    async fn release(&self, holder: String, ids: Vec<String>) -> crate::store::Result<u32> {
+        each_store!(self, s => s.release(holder, ids).await)
+    }
+    async fn sweep(&self, now_ms: u64) -> crate::store::Result<u64> {
+        each_store!(self, s => s.sweep(now_ms).await)
+    }
+    async fn flush(&self) -> crate::store::Result<()> {
+        each_store!(self, s => s.flush().await)
     }
 }
 
@@ -118,6 +222,8 @@ pub enum ServeError {
     },
     /// The data folder's store cannot be opened.
     Store { dir: PathBuf, error: StoreError },
+    /// NATS cannot be reached or used (its message names the servers).
+    Nats(StoreError),
     /// The store could not make its last writes durable when the bus stopped.
     Sync { dir: PathBuf, error: StoreError },
     /// The gRPC server failed.
@@ -138,6 +244,7 @@ impl std::fmt::Display for ServeError {
                     dir.display()
                 )
             }
+            Self::Nats(error) => write!(f, "{}", error.0),
             Self::Sync { dir, error } => write!(
                 f,
                 "cannot sync the bus's store in {} when stopping: {error}",
@@ -187,7 +294,7 @@ pub struct Bound {
     listener: TcpListener,
     http: Option<TcpListener>,
     tls: Option<crate::tls::ServerTls>,
-    service: Service<RedbStore>,
+    service: Service<AnyStore>,
     stopping: watch::Sender<bool>,
     sweep_every: Duration,
     drain: Duration,
@@ -196,13 +303,26 @@ pub struct Bound {
 
 /// Opens the store and binds the listen address; nothing is served until [`Bound::run`].
 pub async fn bind(options: Options) -> Result<Bound, ServeError> {
-    let store =
-        RedbStore::open(&options.data_dir, options.retention, options.sync).map_err(|error| {
-            ServeError::Store {
-                dir: options.data_dir.clone(),
-                error,
-            }
-        })?;
+    let store = match &options.backend {
+        Backend::Embedded => AnyStore::Redb(
+            RedbStore::open(&options.data_dir, options.retention, options.sync).map_err(
+                |error| ServeError::Store {
+                    dir: options.data_dir.clone(),
+                    error,
+                },
+            )?,
+        ),
+        #[cfg(feature = "nats")]
+        Backend::Nats(nats) => {
+            let mut nats = nats.clone();
+            nats.retention = options.retention;
+            AnyStore::Nats(
+                crate::nats::NatsStore::connect(&nats)
+                    .await
+                    .map_err(ServeError::Nats)?,
+            )
+        }
+    };
     let listener = TcpListener::bind(options.listen)
         .await
         .map_err(|error| ServeError::Bind {
@@ -418,7 +538,7 @@ fn check_name(what: &str, value: &str) -> Result<(), Status> {
 /// the gRPC listener accepts; 503 with a JSON reason otherwise. `/metrics`: Prometheus text.
 fn routes(
     phase: watch::Receiver<Phase>,
-    store: Arc<RedbStore>,
+    store: Arc<AnyStore>,
     metrics: Arc<Metrics>,
     data_dir: PathBuf,
 ) -> impl Fn(&Method, &str, Option<&str>) -> Reply + Clone + Send + Sync + 'static {
@@ -430,7 +550,7 @@ fn routes(
                     "stopping: the bus got its stop signal and is finishing the calls in flight"
                         .to_owned(),
                 ),
-                Phase::Serving => store.stats().problem(),
+                Phase::Serving => store.problem(),
             };
             match why {
                 None => Reply::json(200, "{\"ready\":true}\n"),
@@ -443,7 +563,15 @@ fn routes(
         "/metrics" => Reply {
             status: 200,
             content_type: crate::http::PROMETHEUS,
-            body: prometheus(&metrics, store.stats(), RedbStore::file_size(&data_dir)),
+            body: prometheus(
+                &metrics,
+                store.stats().unwrap_or(&StoreStats::default()),
+                match &*store {
+                    AnyStore::Redb(_) => RedbStore::file_size(&data_dir),
+                    #[cfg(feature = "nats")]
+                    AnyStore::Nats(_) => 0,
+                },
+            ),
         },
         _ => Reply::not_found(path),
     }
@@ -944,8 +1072,9 @@ mod tests {
     #[test]
     fn readiness_says_why_not_and_metrics_are_prometheus_text() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(RedbStore::open(dir.path(), Retention::default(), SyncMode::Always).unwrap());
+        let store = Arc::new(AnyStore::Redb(
+            RedbStore::open(dir.path(), Retention::default(), SyncMode::Always).unwrap(),
+        ));
         let metrics = Arc::new(Metrics::default());
         // The listeners are bound and the store open: connections are accepted from here on.
         let (phase, phase_rx) = watch::channel(Phase::Serving);

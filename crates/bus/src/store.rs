@@ -1,8 +1,8 @@
 //! Where the bus keeps messages, consumers and the registry: the [`Store`] trait, and
 //! [`RedbStore`], the embedded implementation on one redb file.
 //!
-//! The trait is the seam for the NATS JetStream backend (issue 14): a topic maps to a subject, a
-//! consumer to a durable JetStream consumer, a queue group to a shared durable.
+//! The trait is the seam for the NATS JetStream backend, `crate::nats` (feature `nats`), whose
+//! module doc maps this model onto JetStream; `tests/store_suite.rs` holds both to one suite.
 //!
 //! Model:
 //! - one append-only log per topic, sequences 1, 2, … per topic;
@@ -231,25 +231,25 @@ struct MessageRecord {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct GrantRecord {
+pub(crate) struct GrantRecord {
     #[prost(string, tag = "1")]
-    topic: String,
+    pub(crate) topic: String,
     #[prost(bool, tag = "2")]
-    subscribe: bool,
+    pub(crate) subscribe: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct InstanceRecord {
+pub(crate) struct InstanceRecord {
     #[prost(string, tag = "1")]
-    pool_type: String,
+    pub(crate) pool_type: String,
     #[prost(string, tag = "2")]
-    image: String,
+    pub(crate) image: String,
     #[prost(string, repeated, tag = "3")]
-    tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     #[prost(message, repeated, tag = "4")]
-    granted: Vec<GrantRecord>,
+    pub(crate) granted: Vec<GrantRecord>,
     #[prost(string, tag = "5")]
-    session: String,
+    pub(crate) session: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -276,7 +276,7 @@ struct PendingRecord {
     last: String,
 }
 
-fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M> {
+pub(crate) fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M> {
     M::decode(bytes).map_err(|e| StoreError(format!("a record does not decode: {e}")))
 }
 
@@ -468,14 +468,14 @@ fn enforce(
     Ok(dropped)
 }
 
-fn grant_record(g: &Grant) -> GrantRecord {
+pub(crate) fn grant_record(g: &Grant) -> GrantRecord {
     GrantRecord {
         topic: g.topic.clone(),
         subscribe: g.action == crate::policy::Action::Subscribe,
     }
 }
 
-fn grant_of(r: &GrantRecord) -> Grant {
+pub(crate) fn grant_of(r: &GrantRecord) -> Grant {
     Grant {
         topic: r.topic.clone(),
         action: if r.subscribe {
@@ -484,6 +484,21 @@ fn grant_of(r: &GrantRecord) -> Grant {
             crate::policy::Action::Publish
         },
     }
+}
+
+/// Why a message went to its dead-letter topic, the same words on every backend.
+pub(crate) fn dead_letter_reason(
+    deliveries: u32,
+    max_deliver: u32,
+    nacked: bool,
+    ack_deadline_ms: u64,
+) -> String {
+    let last = if nacked {
+        "the last delivery was nacked".to_owned()
+    } else {
+        format!("the last delivery was not acked within its ack deadline of {ack_deadline_ms} ms")
+    };
+    format!("delivered {deliveries} times (max_deliver {max_deliver}) without an ack; {last}")
 }
 
 /// Claims inside `txn`; answers what was claimed and whether anything was written.
@@ -543,17 +558,11 @@ fn claim_in(
             let record: MessageRecord = decode(record.value())?;
             if p.deliveries >= config.max_deliver {
                 pending.remove((consumer, t.as_str(), seq))?;
-                let last = if p.last == "nacked" {
-                    "the last delivery was nacked".to_owned()
-                } else {
-                    format!(
-                        "the last delivery was not acked within its ack deadline of {} ms",
-                        config.ack_deadline_ms
-                    )
-                };
-                let reason = format!(
-                    "delivered {} times (max_deliver {}) without an ack; {last}",
-                    p.deliveries, config.max_deliver
+                let reason = dead_letter_reason(
+                    p.deliveries,
+                    config.max_deliver,
+                    p.last == "nacked",
+                    config.ack_deadline_ms,
                 );
                 dead.push((t, seq, record, reason));
                 continue;

@@ -57,6 +57,10 @@ pub enum RenderTarget {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; `bus serve`'s flags make it the largest"
+)]
 pub enum Command {
     /// Validate the declaration and report every problem with its file, line and column
     #[command(
@@ -290,7 +294,7 @@ pub enum Command {
 pub enum BusCommand {
     /// Serve the Bus API (tether.bus.v1 over gRPC) on a durable store, with grants enforced
     #[command(
-        after_help = "Examples:\n  tether bus serve                                  127.0.0.1:8443 (on a host), data in .tether/bus, no policy\n  tether bus serve --listen 0.0.0.0:8443 --data /var/lib/tether/bus --policy bus-policy.yaml\n  tether bus serve --tls-cert bus.crt --tls-key bus.key --http 127.0.0.1:9090 --sync 100ms\n\nWithout --policy every grant an instance requests is given: for development only. The policy\nfile names each pool type's and instance's grants ({topic, action: publish|subscribe}) and\noptionally a token_file; a bad one is reported with file, line and column, and nothing starts.\n\nThe default listen address is 0.0.0.0:8443 when tether runs as PID 1 or inside a container\n(/.dockerenv or /run/.containerenv exists), 127.0.0.1:8443 otherwise.\n\nSignals: SIGTERM or SIGINT stops accepting calls, ends the subscription streams, lets calls in\nflight finish (clients still connected after 10 s are cut off), makes every write durable,\nand exits 0.\n\nExit status: 0 after SIGTERM/SIGINT; 1 a bad flag, policy or TLS file, nothing started; 2 the\naddress or the data folder cannot be used, or the server failed."
+        after_help = "Examples:\n  tether bus serve                                  127.0.0.1:8443 (on a host), data in .tether/bus, no policy\n  tether bus serve --listen 0.0.0.0:8443 --data /var/lib/tether/bus --policy bus-policy.yaml\n  tether bus serve --tls-cert bus.crt --tls-key bus.key --http 127.0.0.1:9090 --sync 100ms\n  tether bus serve --backend nats --nats-url nats://h1:4222,nats://h2:4222 --replicas 3\n\nWithout --policy every grant an instance requests is given: for development only. The policy\nfile names each pool type's and instance's grants ({topic, action: publish|subscribe}) and\noptionally a token_file; a bad one is reported with file, line and column, and nothing starts.\n\nThe default listen address is 0.0.0.0:8443 when tether runs as PID 1 or inside a container\n(/.dockerenv or /run/.containerenv exists), 127.0.0.1:8443 otherwise.\n\nSignals: SIGTERM or SIGINT stops accepting calls, ends the subscription streams, lets calls in\nflight finish (clients still connected after 10 s are cut off), makes every write durable,\nand exits 0.\n\nWith --backend nats, topics are subjects of the stream TETHER (tether.msg.>), --max-age and\n--max-bytes limit the whole stream, and a server that cannot be reached or refuses the\ncredentials stops the start-up with an error naming the servers.\n\nExit status: 0 after SIGTERM/SIGINT; 1 a bad flag, policy or TLS file, nothing started; 2 the\naddress, the data folder or NATS cannot be used, or the server failed."
     )]
     Serve {
         /// The address to serve gRPC on [default: 0.0.0.0:8443 as PID 1 or in a container,
@@ -327,6 +331,24 @@ pub enum BusCommand {
         /// The private key (PEM) of --tls-cert
         #[arg(long, value_name = "FILE")]
         tls_key: Option<PathBuf>,
+        /// Where messages and the registry are kept: `embedded` (a redb file in --data) or
+        /// `nats` (NATS JetStream at --nats-url; the Bus API then keeps no state of its own and
+        /// several replicas can serve one bus)
+        #[arg(long, value_name = "embedded|nats", default_value = "embedded")]
+        backend: String,
+        /// The NATS servers, comma-separated (nats://h1:4222,nats://h2:4222); with --backend nats
+        #[arg(long, value_name = "URLS")]
+        nats_url: Option<String>,
+        /// How many copies of the stream and the registry the NATS cluster keeps
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        replicas: usize,
+        /// A NATS credentials file (a user JWT and its NKey seed, as nsc writes it); or set
+        /// NATS_USER and NATS_PASSWORD for a user and password
+        #[arg(long, value_name = "FILE")]
+        nats_creds: Option<PathBuf>,
+        /// A CA file (PEM) to check the NATS servers' certificates with; TLS is then required
+        #[arg(long, value_name = "FILE")]
+        nats_ca: Option<PathBuf>,
     },
 }
 

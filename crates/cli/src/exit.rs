@@ -47,6 +47,7 @@ pub fn of_bus(e: &tether_bus::ServeError) -> u8 {
         tether_bus::ServeError::Bind { .. }
         | tether_bus::ServeError::BindHttp { .. }
         | tether_bus::ServeError::Store { .. }
+        | tether_bus::ServeError::Nats(_)
         | tether_bus::ServeError::Sync { .. }
         | tether_bus::ServeError::Transport(_) => INTERNAL,
     }

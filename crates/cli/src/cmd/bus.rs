@@ -21,6 +21,11 @@ pub fn run(command: BusCommand) -> u8 {
             http,
             tls_cert,
             tls_key,
+            backend,
+            nats_url,
+            replicas,
+            nats_creds,
+            nats_ca,
         } => serve(Flags {
             listen,
             data,
@@ -31,6 +36,11 @@ pub fn run(command: BusCommand) -> u8 {
             http,
             tls_cert,
             tls_key,
+            backend,
+            nats_url,
+            replicas,
+            nats_creds,
+            nats_ca,
         }),
     }
 }
@@ -45,6 +55,100 @@ struct Flags {
     http: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    backend: String,
+    nats_url: Option<String>,
+    replicas: usize,
+    nats_creds: Option<PathBuf>,
+    nats_ca: Option<PathBuf>,
+}
+
+/// `--backend` and the NATS flags, checked together; the user and password come from
+/// `NATS_USER` and `NATS_PASSWORD` (never from argv, where `ps` would show them).
+fn backend(
+    flags: &Flags,
+    user: Option<String>,
+    password: Option<String>,
+) -> Result<tether_bus::Backend, (String, &'static str)> {
+    let nats_flag = [
+        (flags.nats_url.is_some(), "--nats-url"),
+        (flags.nats_creds.is_some(), "--nats-creds"),
+        (flags.nats_ca.is_some(), "--nats-ca"),
+        (flags.replicas != 1, "--replicas"),
+    ]
+    .into_iter()
+    .find_map(|(given, name)| given.then_some(name));
+    match flags.backend.as_str() {
+        "embedded" => match nats_flag {
+            Some(name) => Err((
+                format!("{name} is for --backend nats"),
+                "add --backend nats, or leave the NATS flags out for the embedded store",
+            )),
+            None => Ok(tether_bus::Backend::Embedded),
+        },
+        "nats" => {
+            let Some(urls) = &flags.nats_url else {
+                return Err((
+                    "--backend nats needs --nats-url".into(),
+                    "the NATS servers, comma-separated: --nats-url nats://h1:4222,nats://h2:4222",
+                ));
+            };
+            let urls: Vec<String> = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if urls.is_empty() {
+                return Err((
+                    "--nats-url names no server".into(),
+                    "the NATS servers, comma-separated: --nats-url nats://h1:4222,nats://h2:4222",
+                ));
+            }
+            if !(1..=5).contains(&flags.replicas) {
+                return Err((
+                    format!("--replicas {} is not 1 to 5", flags.replicas),
+                    "JetStream keeps 1 to 5 copies of a stream",
+                ));
+            }
+            let user = match (user, password) {
+                (None, None) => None,
+                (Some(u), Some(p)) => Some((u, p)),
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err((
+                        "NATS_USER and NATS_PASSWORD go together: set both, or neither".into(),
+                        "or use a credentials file: --nats-creds FILE",
+                    ));
+                }
+            };
+            if user.is_some() && flags.nats_creds.is_some() {
+                return Err((
+                    "--nats-creds and NATS_USER/NATS_PASSWORD are two credentials: give one".into(),
+                    "a credentials file (JWT and NKey) or a user and password, as the servers expect",
+                ));
+            }
+            #[cfg(feature = "nats")]
+            {
+                let mut nats = tether_bus::nats::NatsOptions::new(urls);
+                nats.replicas = flags.replicas;
+                nats.creds = flags.nats_creds.clone();
+                nats.ca = flags.nats_ca.clone();
+                nats.user = user;
+                Ok(tether_bus::Backend::Nats(Box::new(nats)))
+            }
+            #[cfg(not(feature = "nats"))]
+            {
+                let _ = (urls, user);
+                Err((
+                    "this tether was built without the NATS backend".into(),
+                    "build it with the cargo feature `nats`",
+                ))
+            }
+        }
+        other => Err((
+            format!("--backend `{other}` is not a backend"),
+            "`embedded` (a redb file in --data) or `nats` (NATS JetStream)",
+        )),
+    }
 }
 
 /// An address flag, or `None` after saying what is wrong with it.
@@ -72,6 +176,18 @@ fn sync_mode(s: &str) -> Result<SyncMode, String> {
 }
 
 fn serve(flags: Flags) -> u8 {
+    let backend = match backend(
+        &flags,
+        std::env::var("NATS_USER").ok(),
+        std::env::var("NATS_PASSWORD").ok(),
+    ) {
+        Ok(b) => b,
+        Err((e, hint)) => {
+            output::error_hint(e, Some(hint));
+            return exit::INVALID;
+        }
+    };
+    let on_nats = !matches!(backend, tether_bus::Backend::Embedded);
     let Flags {
         listen,
         data,
@@ -82,6 +198,7 @@ fn serve(flags: Flags) -> u8 {
         http,
         tls_cert,
         tls_key,
+        ..
     } = flags;
     // Everything is checked before anything starts.
     let addr = match &listen {
@@ -147,6 +264,7 @@ fn serve(flags: Flags) -> u8 {
     options.sync = sync;
     options.http = http;
     options.tls = tls;
+    options.backend = backend;
     let drain = options.drain;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -177,17 +295,21 @@ fn serve(flags: Flags) -> u8 {
                 return exit::INTERNAL;
             }
         };
+        let store = if on_nats {
+            "data in NATS JetStream".to_owned()
+        } else {
+            format!("data in {}", data.display())
+        };
         eprintln!(
-            "tether bus: listening on {} (tether.bus.v{}{}), data in {}",
+            "tether bus: listening on {} (tether.bus.v{}{}), {store}",
             bound.local_addr(),
             tether_bus_proto_major(),
             if tls_on { ", TLS" } else { "" },
-            data.display()
         );
         if let Some(h) = bound.http_addr() {
             eprintln!("tether bus: /healthz, /readyz and /metrics on http://{h}");
         }
-        if let SyncMode::Every(every) = sync {
+        if let (SyncMode::Every(every), false) = (sync, on_nats) {
             output::warning(format!(
                 "--sync {}: writes are answered before they reach the disk; a crash of tether or \
                  of this machine loses the publishes and acks of about the last {0}",
@@ -238,6 +360,10 @@ fn hint(e: &tether_bus::ServeError) -> Option<&'static str> {
         }
         tether_bus::ServeError::Store { .. } => Some(
             "another `tether bus serve` may be using this data folder: choose another with --data",
+        ),
+        tether_bus::ServeError::Nats(_) => Some(
+            "check --nats-url, the credentials (--nats-creds, or NATS_USER and NATS_PASSWORD), \
+             --nats-ca, and that the servers run with JetStream (nats-server -js)",
         ),
         tether_bus::ServeError::Sync { .. } | tether_bus::ServeError::Transport(_) => None,
     }
