@@ -422,7 +422,9 @@ impl Bound {
                 }
             })
         };
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = // No Nagle: a delivery or an answer waiting for the peer's delayed ACK costs up to
+            // 40 ms.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let (signalled, signal_seen) = tokio::sync::oneshot::channel::<()>();
         let signal = {
             let phase = phase.clone();

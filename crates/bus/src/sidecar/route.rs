@@ -233,7 +233,9 @@ impl Router {
         *self.0.accepted.lock().expect("accepted") = Some(tx);
         let service = PluginServiceServer::new(self.clone());
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming = // No Nagle: a delivery or an answer waiting for the peer's delayed ACK costs up to
+            // 40 ms.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming(incoming)
