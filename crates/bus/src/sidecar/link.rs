@@ -26,6 +26,8 @@ pub struct Link {
     register: Arc<RegisterRequest>,
     session: Arc<RwLock<String>>,
     reregistering: Arc<Mutex<()>>,
+    /// Set by Deregister: a call failing afterwards must not register the instance again.
+    closing: Arc<std::sync::atomic::AtomicBool>,
     url: Arc<str>,
 }
 
@@ -97,6 +99,7 @@ impl Link {
             register: Arc::new(register),
             session: Arc::new(RwLock::new(String::new())),
             reregistering: Arc::new(Mutex::new(())),
+            closing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             url: url.into(),
         })
     }
@@ -152,6 +155,7 @@ impl Link {
     async fn after<T>(&self, result: Result<T, Status>, session: &str) -> Result<T, Status> {
         if let Err(s) = &result
             && s.code() == tonic::Code::Unauthenticated
+            && !self.closing.load(std::sync::atomic::Ordering::SeqCst)
         {
             self.reregister(session).await;
         }
@@ -234,6 +238,8 @@ impl Link {
     }
 
     pub async fn deregister(&self, timeout: Duration) -> Result<(), Status> {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let (request, _) = self.request(DeregisterRequest {}, Some(timeout)).await;
         self.client.clone().deregister(request).await.map(|_| ())
     }

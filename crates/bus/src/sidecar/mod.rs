@@ -190,7 +190,11 @@ pub async fn run(
             step: Step::Register,
             cause: format!("the Bus API at {} refused: {}", link.url(), status_line(&s)),
         })?,
-        _ = signals.recv() => return Ok(Ended::Interrupted { during: Step::Register }),
+        _ = signals.recv() => {
+            // The bus may have committed the registration before the signal.
+            deregister(&link).await;
+            return Ok(Ended::Interrupted { during: Step::Register });
+        }
     };
     done(
         Step::Register,

@@ -102,6 +102,8 @@ struct State {
     routed_once: bool,
     /// The live session ended (the drain waits for it).
     ended: Arc<Notify>,
+    /// Sessions that ended and are still giving back what they held.
+    giving_back: usize,
 }
 
 struct Inner {
@@ -152,6 +154,43 @@ fn refused(code: &str, message: impl Into<String>) -> publish_result::Result {
     })
 }
 
+/// A failure the bus may not repeat: worth keeping the publish and trying again.
+fn transient(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unauthenticated
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted
+            | tonic::Code::Unknown
+    )
+}
+
+/// The proto's name of a status code: `PERMISSION_DENIED`.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 fn message(kind: sidecar_message::Kind) -> Result<SidecarMessage, Status> {
     Ok(SidecarMessage { kind: Some(kind) })
 }
@@ -179,6 +218,7 @@ impl Router {
                 accepted_once: false,
                 routed_once: false,
                 ended: Arc::new(Notify::new()),
+                giving_back: 0,
             }),
             permits,
             acks_pending: AtomicUsize::new(0),
@@ -282,14 +322,14 @@ impl Router {
         for s in &hello.subscriptions {
             topic::validate_pattern(&s.topic)
                 .map_err(|e| Status::invalid_argument(format!("subscription: {e}")))?;
-            if !s.group.is_empty()
-                && !s
-                    .group
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-            {
+            let group_ok = s.group.is_empty()
+                || (s.group.len() <= 128
+                    && s.group
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+            if !group_ok {
                 return Err(Status::invalid_argument(format!(
-                    "subscription to `{}`: group `{}` is not valid: letters, digits, `.`, `-` or `_`",
+                    "subscription to `{}`: group `{}` is not valid: 1 to 128 letters, digits, `.`, `-` or `_`",
                     s.topic, s.group
                 )));
             }
@@ -351,6 +391,8 @@ impl Router {
         } else {
             hello.client.clone()
         };
+        // Queued before the session is visible to the health loop: its first check follows.
+        let _ = tx.try_send(message(sidecar_message::Kind::Welcome(welcome)));
         let id = {
             let mut st = self.state();
             if st.readiness.draining {
@@ -377,7 +419,6 @@ impl Router {
             st.accepted_once = true;
             id
         };
-        let _ = tx.try_send(message(sidecar_message::Kind::Welcome(welcome)));
         tracing::info!(
             "plugin `{client}` connected (session {id}), subscribing to {}",
             if hello.subscriptions.is_empty() {
@@ -437,15 +478,21 @@ impl Router {
                     Some(plugin_message::Kind::Nack(n)) => {
                         if self.state().in_flight.remove(&n.delivery_id).is_some() {
                             tracing::debug!("nack of `{}`: {}", n.delivery_id, n.reason);
-                            let link = self.0.link.clone();
+                            // Counted with the acks: the drain waits for it to reach the bus.
+                            self.0.acks_pending.fetch_add(1, Ordering::SeqCst);
+                            let this = self.clone();
                             tokio::spawn(async move {
-                                if let Err(s) = link.nack(n.delivery_id.clone(), n.delay_ms).await {
+                                if let Err(s) =
+                                    this.0.link.nack(n.delivery_id.clone(), n.delay_ms).await
+                                {
                                     tracing::warn!(
                                         "cannot nack `{}` (delivered again after its ack deadline): {}",
                                         n.delivery_id,
                                         status_line(&s)
                                     );
                                 }
+                                this.0.acks_pending.fetch_sub(1, Ordering::SeqCst);
+                                this.0.acks_flushed.notify_waiters();
                             });
                         }
                     }
@@ -497,9 +544,11 @@ impl Router {
             for k in &held {
                 st.in_flight.remove(k);
             }
+            st.giving_back += 1;
             (held, st.ended.clone())
         };
         self.give_back(held, Duration::from_secs(10)).await;
+        self.state().giving_back -= 1;
         ended.notify_waiters();
     }
 
@@ -749,10 +798,23 @@ impl Router {
             p = self.0.permits.clone().acquire_owned() => p.ok(),
             _ = cancelled.changed() => None,
         };
-        let live = permit.is_some() && !*cancelled.borrow() && {
+        // A slot in the session's channel first, so that the check below and the send are one
+        // step under the lock: the drain takes `routing` and then queues Stop, and no delivery
+        // may follow the Stop.
+        let slot = match permit {
+            Some(_) => tokio::select! {
+                s = tx.reserve() => s.ok(),
+                _ = cancelled.changed() => None,
+            },
+            None => None,
+        };
+        if let (Some(permit), Some(slot)) = (permit, slot) {
             let mut st = self.state();
-            let ok = st.conn.as_ref().is_some_and(|c| c.id == conn);
-            if let Some(permit) = permit.filter(|_| ok) {
+            let live = st
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.id == conn && c.routing.is_some());
+            if live {
                 st.in_flight.insert(
                     id.clone(),
                     InFlight {
@@ -760,16 +822,9 @@ impl Router {
                         _permit: permit,
                     },
                 );
+                slot.send(message(sidecar_message::Kind::Delivery(delivery)));
+                return true;
             }
-            ok
-        };
-        if live
-            && tx
-                .send(message(sidecar_message::Kind::Delivery(delivery)))
-                .await
-                .is_ok()
-        {
-            return true;
         }
         self.state().in_flight.remove(&id);
         if let Err(s) = self.0.link.release(vec![id], Duration::from_secs(5)).await {
@@ -850,13 +905,19 @@ impl Router {
                         sequence: r.sequence,
                     });
                 }
-                Err(s) if s.code() == tonic::Code::PermissionDenied => {
-                    return refused("PERMISSION_DENIED", s.message());
-                }
-                Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                    return refused("INVALID_ARGUMENT", s.message());
-                }
+                // A refusal the bus would repeat is the plugin's to know, not the outbox's.
+                Err(s) if !transient(&s) => return refused(code_name(s.code()), s.message()),
                 Err(s) => {
+                    if self.state().readiness.draining {
+                        return refused(
+                            "UNAVAILABLE",
+                            format!(
+                                "the sidecar is stopping and the Bus API at {} cannot take the publish: {}",
+                                self.0.link.url(),
+                                status_line(&s)
+                            ),
+                        );
+                    }
                     tracing::debug!(
                         "the bus did not take a publish on `{}`, keeping it in the outbox: {}",
                         request.topic,
@@ -927,12 +988,7 @@ impl Router {
                         tracing::error!("cannot remove a forwarded publish from the outbox: {e}");
                     }
                 }
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
-                    ) =>
-                {
+                Err(s) if !transient(&s) => {
                     tracing::error!(
                         "the bus refused a publish on `{topic}` kept in the outbox; dropped: {}",
                         status_line(&s)
@@ -983,19 +1039,24 @@ impl Router {
             });
             (tx, ended)
         };
-        if let Some(tx) = tx {
-            let stop = Stop {
-                drain_timeout_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
-            };
-            let _ = tx.send(message(sidecar_message::Kind::Stop(stop))).await;
-            tracing::info!("sent stop to the plugin; waiting for its in-flight work");
-        }
-        // 3. In-flight work finished and acked, the session closed, the outbox forwarded.
+        // 3. In-flight work finished and acked, the session closed, the outbox forwarded. The
+        // Stop is sent inside the timed part: a plugin that stopped reading must not hold the
+        // drain beyond its timeout or a second signal.
         let settled = async {
+            if let Some(tx) = tx {
+                let stop = Stop {
+                    drain_timeout_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+                };
+                let _ = tx.send(message(sidecar_message::Kind::Stop(stop))).await;
+                tracing::info!("sent stop to the plugin; waiting for its in-flight work");
+            }
             loop {
                 let ended = ended.notified();
-                if self.state().conn.is_none() {
-                    break;
+                {
+                    let st = self.state();
+                    if st.conn.is_none() && st.giving_back == 0 {
+                        break;
+                    }
                 }
                 ended.await;
             }

@@ -398,7 +398,9 @@ class PluginServiceStub(object):
     fail them.
     4. Deliveries: the SDK calls on_message in order, one at a time by default. Returning acks
     (PluginAck); an error nacks (PluginNack, redelivered after delay_ms). A delivery neither
-    acked nor nacked when the session ends is released to the bus and delivered again.
+    acked nor nacked when the session ends is given back to the bus at once and delivered
+    again, counted as a delivery (so a message that keeps ending sessions reaches its
+    dead-letter topic); one that never reached the plugin is released uncounted.
     5. Publishes: PluginPublish carries a request_id the plugin chose; PublishResult echoes it.
     Accepted means durable (on the bus, or in the sidecar's outbox with sequence 0). Refused
     codes: PERMISSION_DENIED (outside the grants: names topic and action), INVALID_ARGUMENT
@@ -449,7 +451,9 @@ class PluginServiceServicer(object):
     fail them.
     4. Deliveries: the SDK calls on_message in order, one at a time by default. Returning acks
     (PluginAck); an error nacks (PluginNack, redelivered after delay_ms). A delivery neither
-    acked nor nacked when the session ends is released to the bus and delivered again.
+    acked nor nacked when the session ends is given back to the bus at once and delivered
+    again, counted as a delivery (so a message that keeps ending sessions reaches its
+    dead-letter topic); one that never reached the plugin is released uncounted.
     5. Publishes: PluginPublish carries a request_id the plugin chose; PublishResult echoes it.
     Accepted means durable (on the bus, or in the sidecar's outbox with sequence 0). Refused
     codes: PERMISSION_DENIED (outside the grants: names topic and action), INVALID_ARGUMENT
@@ -509,7 +513,9 @@ class PluginService(object):
     fail them.
     4. Deliveries: the SDK calls on_message in order, one at a time by default. Returning acks
     (PluginAck); an error nacks (PluginNack, redelivered after delay_ms). A delivery neither
-    acked nor nacked when the session ends is released to the bus and delivered again.
+    acked nor nacked when the session ends is given back to the bus at once and delivered
+    again, counted as a delivery (so a message that keeps ending sessions reaches its
+    dead-letter topic); one that never reached the plugin is released uncounted.
     5. Publishes: PluginPublish carries a request_id the plugin chose; PublishResult echoes it.
     Accepted means durable (on the bus, or in the sidecar's outbox with sequence 0). Refused
     codes: PERMISSION_DENIED (outside the grants: names topic and action), INVALID_ARGUMENT
