@@ -506,14 +506,22 @@ fn apply(root: &yaml::Node, base: &Path, s: &mut Settings, cx: &mut Ctx<'_>) {
             _ => {}
         }
     }
+    // Pointed at whichever of the two the file sets (the other is its default).
     if s.health_timeout > s.health_interval
         && let Some((k, _)) = fields
             .entries
             .iter()
             .find(|(k, _)| k.name == "health_timeout")
+            .or_else(|| {
+                fields
+                    .entries
+                    .iter()
+                    .find(|(k, _)| k.name == "health_interval")
+            })
     {
+        let path = k.name.clone();
         cx.error(
-            "health_timeout",
+            &path,
             k.span,
             format!(
                 "health_timeout ({}) is longer than health_interval ({})",
@@ -711,6 +719,28 @@ mod tests {
                 ),
                 format!("{name}:3:16: max_in_flight: 0 is out of range"),
             ]
+        );
+    }
+
+    #[test]
+    fn a_health_interval_shorter_than_the_default_timeout_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.yaml"), "health_interval: 2s\n").unwrap();
+        let e = from_env(
+            &env(&[
+                ("INSTANCE_ID", "a"),
+                ("POOL_TYPE", "P"),
+                ("SIDECAR_CONFIG", "s.yaml"),
+            ]),
+            dir.path(),
+        )
+        .unwrap_err();
+        let name = dir.path().join("s.yaml").display().to_string();
+        assert_eq!(
+            e.file.unwrap().lines(),
+            vec![format!(
+                "{name}:1:1: health_interval: health_timeout (5s) is longer than health_interval (2s)"
+            )]
         );
     }
 
