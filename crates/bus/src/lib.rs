@@ -22,3 +22,18 @@ pub mod tls;
 pub mod topic;
 
 pub use server::{Backend, Bound, Metrics, Options, ServeError, Stopped, bind, serve};
+
+/// An error and its sources on one line, each part once (transport errors repeat their
+/// source's text).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}

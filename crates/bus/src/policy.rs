@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use tether_bus_proto::v1;
 use tether_spec::diag::{Diagnostic, FileId, Sources, Span};
 use tether_spec::yaml::{self, Node, Typed, Value};
 
@@ -41,11 +42,55 @@ impl Action {
     }
 }
 
+impl Action {
+    /// From the protocol's enum value; `None` for unspecified or unknown.
+    pub fn from_proto(value: i32) -> Option<Self> {
+        match v1::Action::try_from(value).ok()? {
+            v1::Action::Publish => Some(Self::Publish),
+            v1::Action::Subscribe => Some(Self::Subscribe),
+            v1::Action::Unspecified => None,
+        }
+    }
+
+    pub fn to_proto(self) -> v1::Action {
+        match self {
+            Self::Publish => v1::Action::Publish,
+            Self::Subscribe => v1::Action::Subscribe,
+        }
+    }
+}
+
+/// An instance id, pool type or queue group's name: 1 to 128 letters, digits, `.`, `-`, `_`.
+pub fn valid_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 /// `action` on the topics `topic` (a valid pattern) matches.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Grant {
     pub topic: String,
     pub action: Action,
+}
+
+impl Grant {
+    pub fn to_proto(&self) -> v1::Grant {
+        v1::Grant {
+            topic: self.topic.clone(),
+            action: self.action.to_proto() as i32,
+        }
+    }
+
+    /// `None` when the action is unspecified or unknown.
+    pub fn from_proto(g: &v1::Grant) -> Option<Self> {
+        Some(Self {
+            topic: g.topic.clone(),
+            action: Action::from_proto(g.action)?,
+        })
+    }
 }
 
 /// What the policy says about one pool type or one instance.

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use tether_bus_proto::PROTOCOL_MAJOR;
 use tether_bus_proto::v1::bus_api_server::{BusApi, BusApiServer};
 use tether_bus_proto::v1::{
-    self, AckRequest, AckResponse, Delivery, DeregisterRequest, DeregisterResponse, NackRequest,
+    AckRequest, AckResponse, Delivery, DeregisterRequest, DeregisterResponse, NackRequest,
     NackResponse, PublishRequest, PublishResponse, RefusedGrant, RegisterRequest, RegisterResponse,
     ReleaseRequest, ReleaseResponse, SubscribeRequest,
 };
@@ -502,32 +502,9 @@ fn internal(e: StoreError) -> Status {
     Status::internal(e.to_string())
 }
 
-fn action_of(a: i32) -> Option<Action> {
-    match v1::Action::try_from(a).ok()? {
-        v1::Action::Publish => Some(Action::Publish),
-        v1::Action::Subscribe => Some(Action::Subscribe),
-        v1::Action::Unspecified => None,
-    }
-}
-
-fn proto_grant(g: &Grant) -> v1::Grant {
-    v1::Grant {
-        topic: g.topic.clone(),
-        action: match g.action {
-            Action::Publish => v1::Action::Publish,
-            Action::Subscribe => v1::Action::Subscribe,
-        } as i32,
-    }
-}
-
-/// An instance id, pool type or group name: letters, digits, `.`, `-`, `_`.
+/// An instance id, pool type or group name ([`crate::policy::valid_name`]).
 fn check_name(what: &str, value: &str) -> Result<(), Status> {
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
+    if crate::policy::valid_name(value) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
@@ -755,7 +732,10 @@ impl<S: Store> BusApi for Service<S> {
         let mut requested = Vec::new();
         let mut refused = Vec::new();
         for g in &r.requested_grants {
-            let reason = match (action_of(g.action), topic::validate_pattern(&g.topic)) {
+            let reason = match (
+                Action::from_proto(g.action),
+                topic::validate_pattern(&g.topic),
+            ) {
                 (None, _) => Some("the action is neither publish nor subscribe".to_owned()),
                 (_, Err(e)) => Some(e.to_string()),
                 (Some(action), Ok(())) => {
@@ -791,7 +771,7 @@ impl<S: Store> BusApi for Service<S> {
                 }
                 let (granted, denied) = policy.decide(&r.instance_id, &r.pool_type, &requested);
                 refused.extend(denied.into_iter().map(|d| RefusedGrant {
-                    grant: Some(proto_grant(&d.grant)),
+                    grant: Some(d.grant.to_proto()),
                     reason: d.reason,
                 }));
                 granted
@@ -809,7 +789,7 @@ impl<S: Store> BusApi for Service<S> {
         let answer = RegisterResponse {
             protocol_major: PROTOCOL_MAJOR,
             session,
-            granted: reg.granted.iter().map(proto_grant).collect(),
+            granted: reg.granted.iter().map(Grant::to_proto).collect(),
             refused,
         };
         self.store.register(reg).await.map_err(internal)?;

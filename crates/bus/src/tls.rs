@@ -110,7 +110,7 @@ pub fn server(cert_file: &Path, key_file: &Path) -> Result<ServerTls, TlsError> 
             reason: format!(
                 "it does not go with the certificate {}: {}",
                 cert_file.display(),
-                error_chain(&e)
+                crate::error_chain(&e)
             ),
         });
     }
@@ -130,17 +130,6 @@ pub fn client_tls(ca_file: &Path, domain: Option<&str>) -> Result<ClientTlsConfi
         Some(d) => config.domain_name(d),
         None => config,
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

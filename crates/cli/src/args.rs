@@ -296,60 +296,65 @@ pub enum BusCommand {
     #[command(
         after_help = "Examples:\n  tether bus serve                                  127.0.0.1:8443 (on a host), data in .tether/bus, no policy\n  tether bus serve --listen 0.0.0.0:8443 --data /var/lib/tether/bus --policy bus-policy.yaml\n  tether bus serve --tls-cert bus.crt --tls-key bus.key --http 127.0.0.1:9090 --sync 100ms\n  tether bus serve --backend nats --nats-url nats://h1:4222,nats://h2:4222 --replicas 3\n\nWithout --policy every grant an instance requests is given: for development only. The policy\nfile names each pool type's and instance's grants ({topic, action: publish|subscribe}) and\noptionally a token_file; a bad one is reported with file, line and column, and nothing starts.\n\nThe default listen address is 0.0.0.0:8443 when tether runs as PID 1 or inside a container\n(/.dockerenv or /run/.containerenv exists), 127.0.0.1:8443 otherwise.\n\nSignals: SIGTERM or SIGINT stops accepting calls, ends the subscription streams, lets calls in\nflight finish (clients still connected after 10 s are cut off), makes every write durable,\nand exits 0.\n\nWith --backend nats, topics are subjects of the stream TETHER (tether.msg.>), --max-age and\n--max-bytes limit the whole stream, and a server that cannot be reached or refuses the\ncredentials stops the start-up with an error naming the servers.\n\nExit status: 0 after SIGTERM/SIGINT; 1 a bad flag, policy or TLS file, nothing started; 2 the\naddress, the data folder or NATS cannot be used, or the server failed."
     )]
-    Serve {
-        /// The address to serve gRPC on [default: 0.0.0.0:8443 as PID 1 or in a container,
-        /// 127.0.0.1:8443 otherwise]
-        #[arg(long, value_name = "ADDR")]
-        listen: Option<String>,
-        /// The folder of the store (created when missing)
-        #[arg(long, value_name = "DIR", default_value = ".tether/bus")]
-        data: PathBuf,
-        /// The policy file: which grants each pool type and instance may have
-        #[arg(long, value_name = "FILE")]
-        policy: Option<PathBuf>,
-        /// Retention per topic: messages older than this are dropped
-        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration)]
-        max_age: std::time::Duration,
-        /// Retention per topic: the oldest messages are dropped past this many bytes
-        #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
-        max_bytes: u64,
-        /// When writes reach the disk. `always`: every publish, ack and nack is fsynced before
-        /// it is answered (concurrent ones share one fsync). A duration such as `100ms` or `1s`:
-        /// writes are answered before they are fsynced, and an fsync happens at least that
-        /// often, as in NATS JetStream's default; a crash of tether (kill -9, out of memory) or
-        /// of the machine then loses the publishes and acks answered in about the last DURATION
-        /// (lost acks mean redeliveries). A clean stop (SIGTERM) loses nothing
-        #[arg(long, value_name = "always|DURATION", default_value = "always")]
-        sync: String,
-        /// Serve /healthz, /readyz and /metrics (Prometheus) over plain HTTP on this address
-        /// [default: off]
-        #[arg(long, value_name = "ADDR")]
-        http: Option<String>,
-        /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key
-        #[arg(long, value_name = "FILE")]
-        tls_cert: Option<PathBuf>,
-        /// The private key (PEM) of --tls-cert
-        #[arg(long, value_name = "FILE")]
-        tls_key: Option<PathBuf>,
-        /// Where messages and the registry are kept: `embedded` (a redb file in --data) or
-        /// `nats` (NATS JetStream at --nats-url; the Bus API then keeps no state of its own and
-        /// several replicas can serve one bus)
-        #[arg(long, value_name = "embedded|nats", default_value = "embedded")]
-        backend: String,
-        /// The NATS servers, comma-separated (nats://h1:4222,nats://h2:4222); with --backend nats
-        #[arg(long, value_name = "URLS")]
-        nats_url: Option<String>,
-        /// How many copies of the stream and the registry the NATS cluster keeps
-        #[arg(long, value_name = "N", default_value_t = 1)]
-        replicas: usize,
-        /// A NATS credentials file (a user JWT and its NKey seed, as nsc writes it); or set
-        /// NATS_USER and NATS_PASSWORD for a user and password
-        #[arg(long, value_name = "FILE")]
-        nats_creds: Option<PathBuf>,
-        /// A CA file (PEM) to check the NATS servers' certificates with; TLS is then required
-        #[arg(long, value_name = "FILE")]
-        nats_ca: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
+}
+
+/// `tether bus serve`'s flags.
+#[cfg(feature = "bus")]
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The address to serve gRPC on [default: 0.0.0.0:8443 as PID 1 or in a container,
+    /// 127.0.0.1:8443 otherwise]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The folder of the store (created when missing)
+    #[arg(long, value_name = "DIR", default_value = ".tether/bus")]
+    pub data: PathBuf,
+    /// The policy file: which grants each pool type and instance may have
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Retention per topic: messages older than this are dropped
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration)]
+    pub max_age: std::time::Duration,
+    /// Retention per topic: the oldest messages are dropped past this many bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub max_bytes: u64,
+    /// When writes reach the disk. `always`: every publish, ack and nack is fsynced before
+    /// it is answered (concurrent ones share one fsync). A duration such as `100ms` or `1s`:
+    /// writes are answered before they are fsynced, and an fsync happens at least that
+    /// often, as in NATS JetStream's default; a crash of tether (kill -9, out of memory) or
+    /// of the machine then loses the publishes and acks answered in about the last DURATION
+    /// (lost acks mean redeliveries). A clean stop (SIGTERM) loses nothing
+    #[arg(long, value_name = "always|DURATION", default_value = "always")]
+    pub sync: String,
+    /// Serve /healthz, /readyz and /metrics (Prometheus) over plain HTTP on this address
+    /// [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Where messages and the registry are kept: `embedded` (a redb file in --data) or
+    /// `nats` (NATS JetStream at --nats-url; the Bus API then keeps no state of its own and
+    /// several replicas can serve one bus)
+    #[arg(long, value_name = "embedded|nats", default_value = "embedded")]
+    pub backend: String,
+    /// The NATS servers, comma-separated (nats://h1:4222,nats://h2:4222); with --backend nats
+    #[arg(long, value_name = "URLS")]
+    pub nats_url: Option<String>,
+    /// How many copies of the stream and the registry the NATS cluster keeps
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub replicas: usize,
+    /// A NATS credentials file (a user JWT and its NKey seed, as nsc writes it); or set
+    /// NATS_USER and NATS_PASSWORD for a user and password
+    #[arg(long, value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// A CA file (PEM) to check the NATS servers' certificates with; TLS is then required
+    #[arg(long, value_name = "FILE")]
+    pub nats_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

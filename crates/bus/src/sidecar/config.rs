@@ -12,7 +12,7 @@ use tether_spec::diag::{Diagnostic, Sources};
 use tether_spec::yaml;
 
 use crate::file_error::FileError;
-use crate::policy::{Action, Grant};
+use crate::policy::{Action, Grant, valid_name};
 use crate::topic;
 
 /// Where the sidecar dials the Bus API when `SIDECAR_BUS_API_URL` is not set.
@@ -261,13 +261,6 @@ pub fn from_env(vars: &BTreeMap<String, String>, cwd: &Path) -> Result<Config, C
         health_addr,
         settings,
     })
-}
-
-fn valid_name(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
 /// `[{"topic": "...", "action": "publish"}]`, each checked.

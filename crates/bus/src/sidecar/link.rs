@@ -31,20 +31,6 @@ pub struct Link {
     url: Arc<str>,
 }
 
-/// The error chain of a transport failure, on one line.
-pub fn cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
 /// A status as one line: its code and message.
 pub fn status_line(s: &Status) -> String {
     let message = s.message();
@@ -65,7 +51,12 @@ impl Link {
         register: RegisterRequest,
     ) -> Result<Self, String> {
         let mut endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| format!("`{url}` is not a usable address: {}", cause(&e)))?
+            .map_err(|e| {
+                format!(
+                    "`{url}` is not a usable address: {}",
+                    crate::error_chain(&e)
+                )
+            })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
@@ -73,7 +64,7 @@ impl Link {
         if let Some(tls) = tls {
             endpoint = endpoint
                 .tls_config(tls)
-                .map_err(|e| format!("TLS to {url}: {}", cause(&e)))?;
+                .map_err(|e| format!("TLS to {url}: {}", crate::error_chain(&e)))?;
         }
         let started = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -86,10 +77,13 @@ impl Link {
                         return Err(format!(
                             "cannot reach the Bus API at {url} within {}s: {}",
                             deadline.as_secs(),
-                            cause(&e)
+                            crate::error_chain(&e)
                         ));
                     }
-                    tracing::debug!("the Bus API at {url} does not answer yet: {}", cause(&e));
+                    tracing::debug!(
+                        "the Bus API at {url} does not answer yet: {}",
+                        crate::error_chain(&e)
+                    );
                     tokio::time::sleep(backoff.next().min(deadline - waited)).await;
                 }
             }

@@ -22,14 +22,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tether_bus_proto::v1::{self, RegisterRequest};
+use tether_bus_proto::v1::RegisterRequest;
 use tokio::sync::mpsc;
 
 pub use config::Config;
 use link::{Link, status_line};
 use route::{Accepted, Router};
 
-use crate::policy::{Action, Grant};
+use crate::policy::Grant;
 
 /// The start-up steps, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,28 +109,6 @@ fn done(step: Step, started: Instant, detail: impl fmt::Display) {
     );
 }
 
-fn proto_grant(g: &Grant) -> v1::Grant {
-    v1::Grant {
-        topic: g.topic.clone(),
-        action: match g.action {
-            Action::Publish => v1::Action::Publish,
-            Action::Subscribe => v1::Action::Subscribe,
-        } as i32,
-    }
-}
-
-fn grant_of(g: &v1::Grant) -> Option<Grant> {
-    let action = match v1::Action::try_from(g.action).ok()? {
-        v1::Action::Publish => Action::Publish,
-        v1::Action::Subscribe => Action::Subscribe,
-        v1::Action::Unspecified => return None,
-    };
-    Some(Grant {
-        topic: g.topic.clone(),
-        action,
-    })
-}
-
 fn words(grants: &[Grant]) -> String {
     if grants.is_empty() {
         return "none".into();
@@ -164,7 +142,11 @@ pub async fn run(
         pool_type: config.pool_type.clone(),
         image: config.image.clone(),
         tags: config.tags.clone(),
-        requested_grants: config.requested_grants.iter().map(proto_grant).collect(),
+        requested_grants: config
+            .requested_grants
+            .iter()
+            .map(Grant::to_proto)
+            .collect(),
         token: config.settings.token.as_ref().map(|t| t.0.clone()),
     };
     let tls = tls_config(&config).map_err(|cause| Fatal {
@@ -207,9 +189,13 @@ pub async fn run(
 
     // 3. Recover grants: what the bus gave, and each refusal by name.
     let started = Instant::now();
-    let granted: Vec<Grant> = answer.granted.iter().filter_map(grant_of).collect();
+    let granted: Vec<Grant> = answer
+        .granted
+        .iter()
+        .filter_map(Grant::from_proto)
+        .collect();
     for r in &answer.refused {
-        let what = r.grant.as_ref().and_then(grant_of).map_or_else(
+        let what = r.grant.as_ref().and_then(Grant::from_proto).map_or_else(
             || "a grant".to_owned(),
             |g| format!("{} {}", g.action.word(), g.topic),
         );

@@ -322,11 +322,7 @@ impl Router {
         for s in &hello.subscriptions {
             topic::validate_pattern(&s.topic)
                 .map_err(|e| Status::invalid_argument(format!("subscription: {e}")))?;
-            let group_ok = s.group.is_empty()
-                || (s.group.len() <= 128
-                    && s.group
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+            let group_ok = s.group.is_empty() || crate::policy::valid_name(&s.group);
             if !group_ok {
                 return Err(Status::invalid_argument(format!(
                     "subscription to `{}`: group `{}` is not valid: 1 to 128 letters, digits, `.`, `-` or `_`",
@@ -384,7 +380,7 @@ impl Router {
         let welcome = Welcome {
             protocol_major: tether_bus_proto::PROTOCOL_MAJOR,
             instance_id: self.0.config.instance_id.clone(),
-            granted: self.0.granted.iter().map(super::proto_grant).collect(),
+            granted: self.0.granted.iter().map(Grant::to_proto).collect(),
         };
         let client = if hello.client.is_empty() {
             "unnamed".to_owned()

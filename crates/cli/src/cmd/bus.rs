@@ -1,71 +1,22 @@
 //! `tether bus serve`: the Bus API server, until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use tether_bus::store::{Retention, SyncMode};
 
-use crate::args::{BusCommand, duration};
+use crate::args::{BusCommand, ServeArgs, duration};
 use crate::{exit, output};
 
 pub fn run(command: BusCommand) -> u8 {
     match command {
-        BusCommand::Serve {
-            listen,
-            data,
-            policy,
-            max_age,
-            max_bytes,
-            sync,
-            http,
-            tls_cert,
-            tls_key,
-            backend,
-            nats_url,
-            replicas,
-            nats_creds,
-            nats_ca,
-        } => serve(Flags {
-            listen,
-            data,
-            policy,
-            max_age,
-            max_bytes,
-            sync,
-            http,
-            tls_cert,
-            tls_key,
-            backend,
-            nats_url,
-            replicas,
-            nats_creds,
-            nats_ca,
-        }),
+        BusCommand::Serve(flags) => serve(flags),
     }
-}
-
-struct Flags {
-    listen: Option<String>,
-    data: PathBuf,
-    policy: Option<PathBuf>,
-    max_age: Duration,
-    max_bytes: u64,
-    sync: String,
-    http: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    backend: String,
-    nats_url: Option<String>,
-    replicas: usize,
-    nats_creds: Option<PathBuf>,
-    nats_ca: Option<PathBuf>,
 }
 
 /// `--backend` and the NATS flags, checked together; the user and password come from
 /// `NATS_USER` and `NATS_PASSWORD` (never from argv, where `ps` would show them).
 fn backend(
-    flags: &Flags,
+    flags: &ServeArgs,
     user: Option<String>,
     password: Option<String>,
 ) -> Result<tether_bus::Backend, (String, &'static str)> {
@@ -175,7 +126,7 @@ fn sync_mode(s: &str) -> Result<SyncMode, String> {
     }
 }
 
-fn serve(flags: Flags) -> u8 {
+fn serve(flags: ServeArgs) -> u8 {
     let backend = match backend(
         &flags,
         std::env::var("NATS_USER").ok(),
@@ -188,7 +139,7 @@ fn serve(flags: Flags) -> u8 {
         }
     };
     let on_nats = !matches!(backend, tether_bus::Backend::Embedded);
-    let Flags {
+    let ServeArgs {
         listen,
         data,
         policy,
