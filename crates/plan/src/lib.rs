@@ -79,8 +79,7 @@ pub fn lifecycle_of(labels: &BTreeMap<String, String>) -> Option<Lifecycle> {
         .find(|l| l.as_str() == value)
 }
 
-/// Where secrets appear inside a sidecar: one file per secret, on a tmpfs.
-pub const SECRETS_DIR: &str = "/run/secrets";
+pub use tether_spec::model::SECRETS_DIR;
 /// Where the MCP server list is mounted in a workload container.
 pub const MCP_CONFIG_TARGET: &str = "/run/tether/mcp.json";
 /// Stands for the MCP file's path on the host, which the launcher fills in once written.
@@ -121,12 +120,13 @@ pub fn env_stem(prefix: &str, sidecar: &str) -> String {
 }
 
 /// The SHA-256 of the sidecar's canonical form. The engine's image ID is added by the launcher so a
-/// rebuilt tag is noticed. Descriptions, where the sidecar was written, and secret values (which
-/// never enter the model) do not count.
+/// rebuilt tag is noticed. Descriptions, where the sidecar was written, `replicas` (a cluster's
+/// count: `tether run` starts one whatever it says) and secret values (which never enter the
+/// model) do not count.
 pub fn config_hash(project: &str, sidecar: &Sidecar, image_id: Option<&str>) -> String {
     let mut value = serde_json::to_value(sidecar).expect("a sidecar serialises");
     if let serde_json::Value::Object(map) = &mut value {
-        for ignored in ["description", "origin", "disable"] {
+        for ignored in ["description", "origin", "disable", "replicas"] {
             map.remove(ignored);
         }
         map.insert("project".into(), project.into());

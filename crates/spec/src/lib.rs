@@ -4,6 +4,7 @@
 //!
 //! Pure: the only I/O is reading the declaration files.
 
+pub mod bus;
 pub mod check;
 pub mod diag;
 pub mod emit;

@@ -98,6 +98,10 @@ pub struct Sidecar {
     pub description: Option<String>,
     pub disable: bool,
     pub lifecycle: Lifecycle,
+    /// How many copies of a shared sidecar a cluster runs (`tether render`); `tether run` starts
+    /// one. Left out of the serialised form when 1.
+    #[serde(skip_serializing_if = "is_one")]
+    pub replicas: u32,
     pub interface: Interface,
     pub aliases: Vec<String>,
     pub readiness: Readiness,
@@ -111,6 +115,13 @@ pub struct Sidecar {
     pub networks: Vec<String>,
     pub resources: Resources,
 }
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// Where secrets appear inside a sidecar: one file per secret, on a tmpfs.
+pub const SECRETS_DIR: &str = "/run/secrets";
 
 /// A sidecar's own health endpoint: `live` answers 2xx while it should not be restarted, `ready`
 /// while it serves. Unlike `readiness` (the gate before the workload starts), it is checked for

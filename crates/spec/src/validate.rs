@@ -23,6 +23,7 @@ pub const SIDECAR_FIELDS: &[&str] = &[
     "description",
     "disable",
     "lifecycle",
+    "replicas",
     "interface",
     "aliases",
     "readiness",
@@ -264,6 +265,7 @@ pub fn sidecar(
                 Lifecycle::Session
             }
         });
+    let replicas = replicas(cx, &f, lifecycle);
     let interface = cx
         .require(
             &f,
@@ -291,6 +293,9 @@ pub fn sidecar(
         )
     });
 
+    if let (Some(replicas), Some(secrets), Some(env)) = (replicas, &secrets, &env) {
+        bus_serve(cx, &f, replicas, secrets, env);
+    }
     at.disable = disable;
     // A `volume` or `none` sidecar answers to no name; one whose kind is unknown still answers
     // to its aliases (they are an error of their own if it turns out not to be network-facing).
@@ -313,6 +318,7 @@ pub fn sidecar(
             description,
             disable: disable?,
             lifecycle: lifecycle?,
+            replicas: replicas?,
             interface: interface.whole?,
             aliases: aliases_ok.then_some(aliases)?,
             readiness: readiness?,
@@ -326,6 +332,140 @@ pub fn sidecar(
     })();
     at.sidecar = cx.ensure(before, &path, name_span, built);
     at
+}
+
+/// `replicas`: how many copies of a shared sidecar a cluster runs. A session sidecar runs once
+/// per run, beside its workload (in its Pod on a cluster), so it has none.
+fn replicas(cx: &mut Ctx<'_>, f: &Fields<'_>, lifecycle: Option<Lifecycle>) -> Option<u32> {
+    let Some(node) = f.get("replicas") else {
+        return Some(1);
+    };
+    let path = f.at("replicas");
+    let n = cx.int_in(node, &path, 1, 1000)? as u32;
+    if lifecycle == Some(Lifecycle::Session) {
+        let span = f.key("replicas").map(|k| k.span).unwrap_or(node.span);
+        cx.error(&path, span, "`replicas` applies to a `shared` sidecar only")
+            .with_label("this sidecar is `lifecycle: session`")
+            .with_hint("a session sidecar runs once per run, beside its workload (in the workload's Pod on a cluster); make it `lifecycle: shared` to run several behind one name, or leave `replicas` out");
+        return None;
+    }
+    Some(n)
+}
+
+/// A sidecar that runs `tether bus serve`: several replicas need the NATS backend, the files it
+/// is given under the secrets folder must be declared secrets, and a NATS password is one.
+fn bus_serve(
+    cx: &mut Ctx<'_>,
+    f: &Fields<'_>,
+    replicas: u32,
+    secrets: &[Secret],
+    env: &std::collections::BTreeMap<String, String>,
+) {
+    // Each word with the field and node it was written in: the entrypoint's, then the command's.
+    let mut words: Vec<(String, &str, Span)> = Vec::new();
+    for field in ["entrypoint", "command"] {
+        if let Some(Node {
+            value: Value::Seq(items),
+            ..
+        }) = f.get(field)
+        {
+            for item in items {
+                if let Value::Scalar(s) = &item.value {
+                    words.push((s.text.clone(), field, item.span));
+                }
+            }
+        }
+    }
+    let texts: Vec<String> = words.iter().map(|(w, _, _)| w.clone()).collect();
+    let Some(start) = crate::bus::serve_args(&texts) else {
+        return;
+    };
+    let args = &texts[start..];
+    let backend = crate::bus::flag(args, "--backend");
+    if replicas > 1
+        && backend.map(|(_, v)| v) != Some("nats")
+        && let Some(node) = f.get("replicas")
+    {
+        let d = cx
+            .error(
+                &f.at("replicas"),
+                node.span,
+                format!("{replicas} replicas of `tether bus serve` need `--backend nats`"),
+            )
+            .with_label("each replica would have a store of its own")
+            .with_hint("with the embedded store (the default backend) every replica keeps its own messages, registry and grants, so plugins connected to different replicas would not see each other's messages; add `--backend nats --nats-url nats://HOST:4222` to `command` (the NATS servers are yours), or leave `replicas` out");
+        match backend {
+            Some((i, _)) => {
+                d.with_also(words[start + i].2, "not `nats`");
+            }
+            None => {
+                if let Some(k) = f.key("command").or(f.key("entrypoint")) {
+                    d.with_also(k.span, "no `--backend nats` here");
+                }
+            }
+        }
+    }
+    // The name of an undeclared secret that `path` names.
+    let undeclared = |path: &str| -> Option<String> {
+        let name = path.strip_prefix(SECRETS_DIR)?.strip_prefix('/')?;
+        (!secrets.iter().any(|s| s.name == name)).then(|| name.to_owned())
+    };
+    for flag in [
+        "--nats-creds",
+        "--nats-ca",
+        "--policy",
+        "--tls-cert",
+        "--tls-key",
+    ] {
+        if let Some((i, value)) = crate::bus::flag(args, flag)
+            && let Some(name) = undeclared(value)
+        {
+            let (_, field, span) = words[start + i];
+            cx.error(
+                &f.at(field),
+                span,
+                format!("{flag} {value}: no secret `{name}` is declared, so nothing puts a file there"),
+            )
+            .with_hint(format!(
+                "add `secrets: [{{ name: {name}, from: file:PATH }}]` (or `from: env:VAR`) to this sidecar"
+            ));
+        }
+    }
+    let Some(Node {
+        value: Value::Map(entries),
+        ..
+    }) = f.get("env")
+    else {
+        return;
+    };
+    for (key, node) in entries {
+        let var = key.name.as_str();
+        let path = join(&f.at("env"), var);
+        if var == "NATS_PASSWORD" {
+            // Without the source line: it holds the password, which an error never repeats.
+            let line = key.span.start.line;
+            let d = cx
+                .error(
+                    &path,
+                    key.span,
+                    format!("line {line}: a NATS password written in the declaration, where `docker inspect` shows it too"),
+                )
+                .with_hint("declare it as a secret, `secrets: [{ name: nats-password, from: env:NATS_PASSWORD }]`, and set `NATS_PASSWORD_FILE: /run/secrets/nats-password` instead");
+            d.span = None;
+        } else if matches!(var, "NATS_USER_FILE" | "NATS_PASSWORD_FILE")
+            && let Some(value) = env.get(var)
+            && let Some(name) = undeclared(value)
+        {
+            cx.error(
+                &path,
+                node.span,
+                format!("{var} {value}: no secret `{name}` is declared, so nothing puts a file there"),
+            )
+            .with_hint(format!(
+                "add `secrets: [{{ name: {name}, from: env:VAR }}]` (or `from: file:PATH`) to this sidecar"
+            ));
+        }
+    }
 }
 
 /// An interface as far as it is valid: its kind and mcp name are known even when, say, its port
