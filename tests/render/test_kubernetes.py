@@ -93,3 +93,72 @@ def test_the_bus_sidecar_starts_on_its_own_readiness_and_is_checked_on_its_healt
     assert sidecar_env["SIDECAR_BUS_API_URL"] == "bus-api:8443"
     services = [d["metadata"]["name"] for d in docs if d["kind"] == "Service"]
     assert services == ["bus-api"]
+
+
+def test_a_nats_bus_api_is_a_deployment_of_its_replicas_behind_one_service() -> None:
+    docs = [d for d in yaml.safe_load_all(render(REPO / "examples" / "plugin-bus-nats" / "tether.yaml")) if d]
+    bus_api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "plugin-bus-nats-bus-api")
+    assert bus_api["spec"]["replicas"] == 2
+    pod = bus_api["spec"]["template"]["spec"]
+    # Spread over nodes where the cluster can, and taken away one at a time.
+    [spread] = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"]["matchLabels"] == bus_api["spec"]["selector"]["matchLabels"]
+    [budget] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": bus_api["spec"]["selector"]}
+    # One Service in front; the bus sidecars name it.
+    [service] = [d for d in docs if d["kind"] == "Service"]
+    assert service["metadata"]["name"] == "bus-api"
+    assert service["spec"]["selector"] == bus_api["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == 8443
+    workload = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "plugin-bus-nats")
+    [bus] = workload["spec"]["template"]["spec"]["initContainers"]
+    assert {e["name"]: e["value"] for e in bus["env"]}["SIDECAR_BUS_API_URL"] == "bus-api:8443"
+    # Probed on the bus's --http endpoints: /readyz gates the start and takes a replica out of
+    # the Service while NATS refuses writes or it is stopping; /healthz restarts it.
+    [api] = pod["containers"]
+    assert api["args"][api["args"].index("--http") + 1] == "0.0.0.0:8080"
+    assert api["startupProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
+    assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
+    assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
+    # The NATS user, password and CA: files from the Secret, named by path, never by value.
+    env = {e["name"]: e for e in api["env"]}
+    assert env["NATS_USER_FILE"] == {"name": "NATS_USER_FILE", "value": "/run/secrets/nats-user"}
+    assert env["NATS_PASSWORD_FILE"] == {"name": "NATS_PASSWORD_FILE", "value": "/run/secrets/nats-password"}
+    assert "NATS_PASSWORD" not in env and "NATS_USER" not in env
+    assert api["args"][api["args"].index("--nats-ca") + 1] == "/run/secrets/nats-ca.pem"
+    [mount] = api["volumeMounts"]
+    assert mount["mountPath"] == "/run/secrets" and mount["readOnly"] is True
+    [volume] = pod["volumes"]
+    assert volume["name"] == mount["name"]
+    assert volume["secret"]["secretName"] == "plugin-bus-nats-secrets"
+    assert {i["path"] for i in volume["secret"]["items"]} == {"nats-user", "nats-password", "nats-ca.pem"}
+    [secret] = [d for d in docs if d["kind"] == "Secret"]
+    assert secret["stringData"] == {
+        "bus-api-nats-user": "",
+        "bus-api-nats-password": "",
+        "bus-api-nats-ca.pem": "",
+    }
+
+
+def test_secret_values_reach_the_secret_only_when_asked(tmp_path: Path) -> None:
+    example = REPO / "examples" / "plugin-bus-nats" / "tether.yaml"
+    out = tmp_path / "k8s.yaml"
+    env = dict(os.environ, NATS_USER="bus", NATS_PASSWORD="s3cret-pw")
+    # The CA file is read beside the declaration: render a copy of the example with one.
+    copy = tmp_path / "tether.yaml"
+    copy.write_text(example.read_text())
+    (tmp_path / "nats-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    subprocess.run(
+        [str(TETHER), "render", "kubernetes", "--allow-lossy", "--include-secret-values", "-f", str(copy), "-o", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text = out.read_text()
+    [secret] = [d for d in yaml.safe_load_all(text) if d and d["kind"] == "Secret"]
+    assert secret["stringData"]["bus-api-nats-password"] == "s3cret-pw"
+    # Only in the Secret: nowhere in a Pod's spec.
+    assert text.count("s3cret-pw") == 1

@@ -343,6 +343,19 @@ fn sidecar(
             json!({ "resources": { "reservations": { "devices": [Value::Object(device)] } } }),
         );
     }
+    // Several containers of one service: each answers to the service's names on the network
+    // (Compose names them itself, and no host port is published, so none collide).
+    let replicas = decl.sidecars[&c.sidecar].replicas;
+    if replicas > 1 {
+        match s.get_mut("deploy") {
+            Some(Value::Object(deploy)) => {
+                deploy.insert("replicas".into(), replicas.into());
+            }
+            _ => {
+                s.insert("deploy".into(), json!({ "replicas": replicas }));
+            }
+        }
+    }
 
     // Readiness: a healthcheck when the image itself can run the check.
     let r = &c.readiness;

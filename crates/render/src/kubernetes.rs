@@ -1,7 +1,8 @@
 //! The declaration as Kubernetes manifests: the workload's Deployment with session sidecars as
 //! native sidecars (init containers that keep running, with a startup probe from their
 //! readiness, so the workload starts only once they are ready), shared sidecars as their own
-//! Deployment and Service, secrets as a Secret mounted as files.
+//! Deployment (of `replicas` Pods, spread over nodes, with a disruption budget when several) and
+//! Service, secrets as a Secret mounted as files.
 
 use std::path::Path;
 
@@ -131,12 +132,24 @@ pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, Ren
         if !volumes.is_empty() {
             pod_spec["volumes"] = Value::Array(volumes);
         }
+        let replicated = decl_s.replicas > 1;
+        if replicated {
+            // Replicas are there to outlive a node: spread them over nodes where the cluster
+            // can (a preference, so that a one-node cluster still runs them all).
+            pod_spec["topologySpreadConstraints"] = json!([{
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": { "matchLabels": selector },
+            }]);
+        }
+        let name = format!("{project}-{}", c.sidecar);
         docs.push(json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": metadata(&format!("{project}-{}", c.sidecar), &project, Some(&c.sidecar)),
+            "metadata": metadata(&name, &project, Some(&c.sidecar)),
             "spec": {
-                "replicas": 1,
+                "replicas": decl_s.replicas,
                 "selector": { "matchLabels": selector },
                 "template": {
                     "metadata": { "labels": pod_labels(&project, Some(&c.sidecar)) },
@@ -164,6 +177,15 @@ pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, Ren
                     }
                 }));
             }
+        }
+        if replicated {
+            // A node drain or an upgrade takes one replica away at a time.
+            docs.push(json!({
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": metadata(&name, &project, Some(&c.sidecar)),
+                "spec": { "maxUnavailable": 1, "selector": { "matchLabels": selector } },
+            }));
         }
     }
 
