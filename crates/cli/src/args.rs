@@ -349,7 +349,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub replicas: usize,
     /// A NATS credentials file (a user JWT and its NKey seed, as nsc writes it); or set
-    /// NATS_USER and NATS_PASSWORD for a user and password
+    /// NATS_USER and NATS_PASSWORD (or NATS_USER_FILE and NATS_PASSWORD_FILE, files that hold
+    /// them) for a user and password
     #[arg(long, value_name = "FILE")]
     pub nats_creds: Option<PathBuf>,
     /// A CA file (PEM) to check the NATS servers' certificates with; TLS is then required

@@ -20,7 +20,14 @@ const HANG: Duration = Duration::from_secs(60);
 
 fn tether() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tether"));
-    c.env_remove("NATS_USER").env_remove("NATS_PASSWORD");
+    for var in [
+        "NATS_USER",
+        "NATS_PASSWORD",
+        "NATS_USER_FILE",
+        "NATS_PASSWORD_FILE",
+    ] {
+        c.env_remove(var);
+    }
     c
 }
 
@@ -85,7 +92,7 @@ impl Drop for NatsServer {
 fn nats_flags_are_checked_before_anything_starts() {
     /// Flags, environment, the first line of stderr.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 7] = [
         (
             &["--nats-url", "nats://127.0.0.1:1"],
             &[],
@@ -117,6 +124,19 @@ fn nats_flags_are_checked_before_anything_starts() {
             ],
             &[],
             "error: --replicas 7 is not 1 to 5",
+        ),
+        (
+            &["--backend", "nats", "--nats-url", "nats://127.0.0.1:1"],
+            &[
+                ("NATS_USER", "u"),
+                ("NATS_PASSWORD_FILE", "/no/such/nats-password"),
+            ],
+            "error: NATS_PASSWORD_FILE: cannot read /no/such/nats-password: entity not found",
+        ),
+        (
+            &["--backend", "nats", "--nats-url", "nats://127.0.0.1:1"],
+            &[("NATS_USER", "u"), ("NATS_USER_FILE", "/no/such/nats-user")],
+            "error: NATS_USER and NATS_USER_FILE are both set: give one",
         ),
     ];
     for (args, env, first) in cases {
@@ -184,6 +204,49 @@ fn a_wrong_or_missing_credential_stops_the_start_up_naming_the_server() {
         stderr.starts_with("error: cannot use the NATS credentials file /no/such.creds: "),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_user_and_password_may_come_from_files_as_secrets_are_mounted() {
+    let Some(nats) = NatsServer::start(&["--user", "bus", "--pass", "right-password"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (user, password) = (
+        dir.path().join("nats-user"),
+        dir.path().join("nats-password"),
+    );
+    // As `printf '%s\n'` or an editor writes them: the trailing newline is not part of it.
+    std::fs::write(&user, "bus\n").unwrap();
+    std::fs::write(&password, "right-password\n").unwrap();
+    let served = serve(
+        &nats,
+        &[
+            ("NATS_USER_FILE", user.to_str().unwrap()),
+            ("NATS_PASSWORD_FILE", password.to_str().unwrap()),
+        ],
+    );
+    drop(served);
+    // A wrong one in the file is refused by the server, as from the environment.
+    std::fs::write(&password, "wrong-password").unwrap();
+    let out = tether()
+        .args([
+            "bus",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "nats",
+        ])
+        .args(["--nats-url", &nats.url])
+        .env("NATS_USER_FILE", &user)
+        .env("NATS_PASSWORD_FILE", &password)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("authorization violation"), "{stderr}");
+    assert!(!stderr.contains("wrong-password"), "{stderr}");
 }
 
 /// A running `tether bus serve` and the address it listens on.

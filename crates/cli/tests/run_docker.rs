@@ -9,6 +9,7 @@ use support::*;
 
 engine_tests![
     a_workload_container_reaches_a_shared_sidecar_by_name_and_the_next_run_reuses_it,
+    a_shared_sidecar_with_replicas_is_one_container_here_and_tether_says_so,
     a_host_process_reaches_the_sidecar_through_the_injected_env,
     a_shared_namespace_workload_reaches_its_sidecar_on_loopback,
     every_readiness_mode_gates_the_workload,
@@ -204,6 +205,33 @@ fn a_workload_container_reaches_a_shared_sidecar_by_name_and_the_next_run_reuses
         "{err}"
     );
     assert_ne!(p.id("web"), first);
+}
+
+fn a_shared_sidecar_with_replicas_is_one_container_here_and_tether_says_so() {
+    let Some(img) = busybox_image() else { return };
+    let p = Project::new("replicas", &web(img, "\n    replicas: 3"));
+    let (code, out, err) = p.run(&fetch_web(img)[1..]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hello from the sidecar\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "tether: web: runs as one container here; its `replicas: 3` is for `tether render`\n"
+        ),
+        "{err}"
+    );
+    assert_eq!(p.containers(), [format!("tether-{}-web", p.name)]);
+    // The count is a cluster's: changing it does not recreate the container here.
+    p.write(&web(img, "\n    replicas: 2"));
+    let (code, _, err) = p.run(&["true"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("tether: web: reused (running, same configuration)\n"),
+        "{err}"
+    );
+    assert_eq!(p.containers(), [format!("tether-{}-web", p.name)]);
 }
 
 fn a_host_process_reaches_the_sidecar_through_the_injected_env() {

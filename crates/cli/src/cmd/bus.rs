@@ -14,7 +14,8 @@ pub fn run(command: BusCommand) -> u8 {
 }
 
 /// `--backend` and the NATS flags, checked together; the user and password come from
-/// `NATS_USER` and `NATS_PASSWORD` (never from argv, where `ps` would show them).
+/// `NATS_USER` and `NATS_PASSWORD`, or the files `NATS_USER_FILE` and `NATS_PASSWORD_FILE` name
+/// (never from argv, where `ps` would show them).
 fn backend(
     flags: &ServeArgs,
     user: Option<String>,
@@ -126,12 +127,45 @@ fn sync_mode(s: &str) -> Result<SyncMode, String> {
     }
 }
 
+/// `NAME`, or the contents of the file `NAME_FILE` names (a secret mounted as a file, so that
+/// the value is in no container's environment); a trailing newline is not part of it. An error
+/// names the variables and the file, never the value.
+fn env_or_file(name: &str) -> Result<Option<String>, (String, &'static str)> {
+    let file_var = format!("{name}_FILE");
+    match (std::env::var(name).ok(), std::env::var_os(&file_var)) {
+        (Some(_), Some(_)) => Err((
+            format!("{name} and {file_var} are both set: give one"),
+            "the value itself, or (better, for a secret) the file that holds it",
+        )),
+        (value, None) => Ok(value),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(
+                text.strip_suffix('\n')
+                    .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                    .unwrap_or(&text)
+                    .to_owned(),
+            )),
+            Err(e) => Err((
+                format!(
+                    "{file_var}: cannot read {}: {}",
+                    std::path::Path::new(&path).display(),
+                    e.kind()
+                ),
+                "the file that holds the value, e.g. a secret under /run/secrets/",
+            )),
+        },
+    }
+}
+
 fn serve(flags: ServeArgs) -> u8 {
-    let backend = match backend(
-        &flags,
-        std::env::var("NATS_USER").ok(),
-        std::env::var("NATS_PASSWORD").ok(),
-    ) {
+    // Read only for NATS: the embedded store has no use for them.
+    let credential = if flags.backend == "nats" {
+        env_or_file("NATS_USER").and_then(|user| Ok((user, env_or_file("NATS_PASSWORD")?)))
+    } else {
+        Ok((None, None))
+    };
+    let credential = credential.and_then(|(user, password)| backend(&flags, user, password));
+    let backend = match credential {
         Ok(b) => b,
         Err((e, hint)) => {
             output::error_hint(e, Some(hint));

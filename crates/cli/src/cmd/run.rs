@@ -19,6 +19,7 @@ pub fn run(
         Err(code) => return code,
     };
     p.pull = pull;
+    one_replica_here(&loaded.declaration);
     let ended = runtime().block_on(async {
         if p.sidecars.is_empty() {
             return Ok(tether_run::run::passthrough(&p).await);
@@ -45,6 +46,7 @@ pub fn up(file: &FileArg, names: Vec<String>, print_env: bool, json: bool, pull:
         Err(code) => return code,
     };
     p.pull = pull;
+    one_replica_here(&loaded.declaration);
     on_engine(|e| async move {
         let progress = Progress::new(json);
         let up = tether_run::run::up(
@@ -71,6 +73,17 @@ pub fn up(file: &FileArg, names: Vec<String>, print_env: bool, json: bool, pull:
             }
         }
     })
+}
+
+/// `replicas` is a cluster's count: on this machine a shared sidecar is one container, reused
+/// across runs. Says so for each sidecar that asks for more.
+fn one_replica_here(decl: &tether_spec::model::Declaration) {
+    for s in decl.enabled_sidecars().filter(|s| s.replicas > 1) {
+        eprintln!(
+            "tether: {}: runs as one container here; its `replicas: {}` is for `tether render`",
+            s.name, s.replicas
+        );
+    }
 }
 
 /// `tether __foreground -- ARGV`: returns only when ARGV could not be run.
