@@ -293,8 +293,10 @@ pub fn sidecar(
         )
     });
 
-    if let (Some(replicas), Some(secrets), Some(env)) = (replicas, &secrets, &env) {
-        bus_serve(cx, &f, replicas, secrets, env);
+    if let (Some(replicas), Some(secrets), Some(env), Some(health)) =
+        (replicas, &secrets, &env, &health)
+    {
+        bus_serve(cx, &f, replicas, secrets, env, health.as_ref());
     }
     at.disable = disable;
     // A `volume` or `none` sidecar answers to no name; one whose kind is unknown still answers
@@ -360,6 +362,7 @@ fn bus_serve(
     replicas: u32,
     secrets: &[Secret],
     env: &std::collections::BTreeMap<String, String>,
+    health: Option<&SidecarHealth>,
 ) {
     // Each word with the field and node it was written in: the entrypoint's, then the command's.
     let mut words: Vec<(String, &str, Span)> = Vec::new();
@@ -403,6 +406,39 @@ fn bus_serve(
                     d.with_also(k.span, "no `--backend nats` here");
                 }
             }
+        }
+    }
+    // The health endpoint is the bus's `--http` listener: /healthz and /readyz.
+    if let Some(h) = health {
+        let http = crate::bus::flag(args, "--http");
+        let port = http.and_then(|(_, a)| a.rsplit_once(':')?.1.parse::<u16>().ok());
+        let at = f.get("health").map(|n| match &n.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == "port")
+                .map_or(n.span, |(_, v)| v.span),
+            _ => n.span,
+        });
+        match (http, port, at) {
+            (None, _, Some(span)) => {
+                cx.error(
+                    &f.at("health"),
+                    span,
+                    "`tether bus serve` serves /healthz and /readyz only with `--http ADDR`",
+                )
+                .with_label("nothing would answer here")
+                .with_hint(format!("add `--http, \"0.0.0.0:{}\"` to `command`", h.port));
+            }
+            (Some((i, addr)), Some(p), Some(span)) if p != h.port => {
+                cx.error(
+                    &join(&f.at("health"), "port"),
+                    span,
+                    format!("{} is not the port of the bus's `--http {addr}`", h.port),
+                )
+                .with_also(words[start + i].2, "the bus serves its health here")
+                .with_hint(format!("`health: {{ port: {p} }}`"));
+            }
+            _ => {}
         }
     }
     // The name of an undeclared secret that `path` names.
