@@ -19,13 +19,37 @@
 //! | registry and sessions | a key-value bucket (`TETHER_REGISTRY`, history 1): `instance.<hex>` holds the registration, `session.<hex>` the instance |
 //! | sweep | nothing: the server applies the limits |
 //!
-//! What a replica keeps in memory, and what follows when the delivery is handled by another one:
-//! the deliveries it handed out (by consumer and sequence, with the holder and the deadline: a
-//! holder's in-flight limit, a Release of all of a holder's deliveries, and `ack`'s count of
-//! deliveries that were still pending), the releases of a delivery (so that the next delivery
-//! is not counted) and whether its last delivery was nacked (the dead letter's reason). An ack
-//! or nack of a delivery another replica handed out is sent to the server all the same and
-//! counted as pending; a release there only counts once more toward `max_deliver`.
+//! Several replicas serve one bus: a sidecar uses one and moves to another when it fails
+//! (`crate::sidecar` `link`). The session is in the bucket, so any replica knows it, and the
+//! delivery id is the ack subject, so a delivery handed out by one replica is acked, nacked or
+//! released through any other: `+ACK` and `-NAK` go to the server, which ignores one for a
+//! message that is not pending any more (a `-NAK` through the id of an older delivery of a
+//! message delivered again since gives the newer delivery back: a duplicate of work nobody
+//! acked). No answered
+//! publish is lost (it is in the stream), no ack is lost (the sidecar repeats it on the next
+//! replica; a repeated `+ACK` is answered), and what was delivered and never acked comes again
+//! after its ack deadline at the latest.
+//!
+//! What a replica keeps in memory, and what follows when another replica handles the delivery
+//! (each harmless: a count, a delay or a word, never a lost or doubled acked message):
+//! - the deliveries it handed out (by consumer and sequence, with the holder and the deadline):
+//!   - a holder's in-flight limit counts only this replica's: after a move, a holder may hold up
+//!     to twice `max_in_flight` until the first replica's deliveries are acked or their ack
+//!     deadline passes;
+//!   - a Release without ids (the session's "everything I hold", and Deregister's) gives back
+//!     only what this replica handed out; what a failed replica handed out and nobody acked
+//!     comes again after its ack deadline, counted once toward `max_deliver`. So the sidecar
+//!     names the deliveries it holds (a Release with ids works on any replica: an id this
+//!     replica holds for another holder is refused, one it does not hold is sent to the server);
+//!   - `ack`'s count is of deliveries it did not see acked: an ack repeated through another
+//!     replica is counted again (`tether_bus_acks_total`; the Bus API answers it all the same);
+//! - the releases of a delivery, so that the next delivery is not counted: a release through
+//!   one replica and the next delivery through another counts once toward `max_deliver`;
+//! - whether its last delivery was nacked, for the dead letter's reason: a nack through one
+//!   replica and the dead letter through another gives the ack deadline as the reason;
+//! - the acked ones (the last 100,000), to answer a second ack or nack without the server: a nack
+//!   of a delivery acked through another replica is answered as if it were pending (the server
+//!   ignores it) instead of `NOT_FOUND`.
 //!
 //! User headers are kept as given, but a name starting with `Nats-` (which JetStream would obey)
 //! is stored as `Tether-Raw-Nats-...` and given back as it was.
@@ -706,24 +730,32 @@ impl Store for NatsStore {
     async fn release(&self, holder: String, ids: Vec<String>) -> Result<u32> {
         let send: Vec<String> = {
             let mut local = self.local();
-            let keys: Vec<Key> = if ids.is_empty() {
+            let keys: Vec<(Key, String)> = if ids.is_empty() {
                 local
                     .held
                     .iter()
                     .filter(|(_, h)| h.holder == holder)
-                    .map(|(k, _)| k.clone())
+                    .map(|(k, h)| (k.clone(), h.id.clone()))
                     .collect()
             } else {
-                ids.iter()
-                    .filter_map(|id| parse_delivery_id(id))
-                    .filter(|k| local.held.get(k).is_some_and(|h| h.holder == holder))
+                ids.into_iter()
+                    .filter_map(|id| {
+                        let key = parse_delivery_id(&id)?;
+                        let mine = match local.held.get(&key) {
+                            Some(h) => h.holder == holder,
+                            // Handed out by another replica (or by this one before it
+                            // restarted): the server knows whether it is still pending.
+                            None => !local.done.contains(&key) && !local.nacked.contains(&key),
+                        };
+                        mine.then_some((key, id))
+                    })
                     .collect()
             };
             keys.into_iter()
-                .filter_map(|k| {
-                    let held = local.held.remove(&k)?;
+                .map(|(k, id)| {
+                    local.held.remove(&k);
                     *local.released.entry(k).or_default() += 1;
-                    Some(held.id)
+                    id
                 })
                 .collect()
         };

@@ -599,3 +599,60 @@ macro_rules! suite {
 suite!(redb, RedbBackend::new());
 #[cfg(feature = "nats")]
 suite!(nats, NatsBackend::new());
+
+/// Two Bus API replicas on one NATS (a sidecar moved from one to the other): a delivery handed
+/// out by one is acked, released or nacked through the other, since its id is the JetStream ack
+/// subject; an ack repeated through the other (its first answer lost with a replica) is answered
+/// at once; a release through the replica that claims next is not counted.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_replicas_take_each_others_deliveries() {
+    use tether_bus::nats::{NatsOptions, NatsStore};
+    let Some(backend) = NatsBackend::new().await else {
+        return;
+    };
+    within(async {
+        let options = NatsOptions::new(vec![backend.server.url.clone()]);
+        let a = NatsStore::connect(&options).await.unwrap();
+        let b = NatsStore::connect(&options).await.unwrap();
+        let c = "instance:i:t";
+        for s in [&a, &b] {
+            s.open_consumer(c.into(), config("t", 60_000, 5))
+                .await
+                .unwrap();
+        }
+        for i in 0..4 {
+            publish(&a, "t", &format!("m{i}")).await;
+        }
+        let (d, _) = claim_until(&a, c, "h", 4, |g, _| g.len() >= 4).await;
+        assert_eq!(datas(&d), ["m0", "m1", "m2", "m3"]);
+        assert_eq!(b.ack(vec![d[0].id.clone()]).await.unwrap(), 1);
+        assert_eq!(a.ack(vec![d[1].id.clone()]).await.unwrap(), 1);
+        b.ack(vec![d[1].id.clone()]).await.unwrap();
+        assert_eq!(
+            b.release("h".into(), vec![d[2].id.clone()]).await.unwrap(),
+            1
+        );
+        let (again, _) = claim_until(&b, c, "h", 10, |g, _| !g.is_empty()).await;
+        assert_eq!(
+            (datas(&again), again[0].redelivered),
+            (vec!["m2".into()], 0)
+        );
+        assert!(b.nack(d[3].id.clone(), now_ms()).await.unwrap());
+        let (last, _) = claim_until(&b, c, "h", 10, |g, _| !g.is_empty()).await;
+        assert_eq!((datas(&last), last[0].redelivered), (vec!["m3".into()], 1));
+        assert_eq!(
+            a.ack(vec![again[0].id.clone(), last[0].id.clone()])
+                .await
+                .unwrap(),
+            2
+        );
+        // Nothing acked comes again, through either.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for s in [&a, &b] {
+            let after = claim(s, c, "h2", 10).await;
+            assert!(after.deliveries.is_empty(), "{after:?}");
+        }
+    })
+    .await;
+}

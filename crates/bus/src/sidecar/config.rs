@@ -31,8 +31,10 @@ pub struct Config {
     pub image: String,
     pub requested_grants: Vec<Grant>,
     pub tags: Vec<String>,
-    /// `http://host:port`, or `https://` when a CA file is given.
-    pub bus_api_url: String,
+    /// The Bus API's addresses, in the order given, each `http://HOST:PORT`, or all
+    /// `https://` when the URL says so or a CA file is given. A name may resolve to several
+    /// replicas: the sidecar resolves it when it connects ([`super::link`]).
+    pub bus_api_urls: Vec<String>,
     /// The plugin's listener.
     pub addr: SocketAddr,
     pub health_addr: SocketAddr,
@@ -155,6 +157,8 @@ const INSTANCE_ALLOWED: &str =
 const POOL_ALLOWED: &str = "1 to 128 letters, digits, `.`, `-` or `_`: SignalPool";
 const GRANTS_ALLOWED: &str = "a JSON array of {\"topic\": PATTERN, \"action\": \"publish\" or \"subscribe\"}: [{\"topic\":\"signals.>\",\"action\":\"publish\"}]";
 const ADDR_ALLOWED: &str = "an IP address and a port: 127.0.0.1:9191";
+const URL_ALLOWED: &str = "HOST:PORT, or http://HOST:PORT, or https://HOST:PORT: bus-api:8443";
+const URLS_ALLOWED: &str = "a comma-separated list of HOST:PORT, http://HOST:PORT or https://HOST:PORT, one scheme for all: bus-api-1:8443,bus-api-2:8443";
 
 /// Reads the configuration from environment variables (`vars`) and the file `SIDECAR_CONFIG`
 /// names, relative to `cwd`.
@@ -217,14 +221,10 @@ pub fn from_env(vars: &BTreeMap<String, String>, cwd: &Path) -> Result<Config, C
     let health_addr = addr("SIDECAR_HEALTH_ADDR", DEFAULT_HEALTH_ADDR);
 
     let url = get("SIDECAR_BUS_API_URL").unwrap_or(DEFAULT_BUS_API_URL);
-    let bus_target = match parse_target(url) {
+    let bus_targets = match parse_targets(url) {
         Ok(t) => Some(t),
-        Err(message) => {
-            err(
-                "SIDECAR_BUS_API_URL",
-                message,
-                "HOST:PORT, or http://HOST:PORT, or https://HOST:PORT: bus-api:8443",
-            );
+        Err((message, allowed)) => {
+            err("SIDECAR_BUS_API_URL", message, allowed);
             None
         }
     };
@@ -248,15 +248,22 @@ pub fn from_env(vars: &BTreeMap<String, String>, cwd: &Path) -> Result<Config, C
             file: file_error,
         });
     }
-    let (scheme, authority) = bus_target.expect("checked above");
-    let tls = scheme == "https" || settings.ca_file.is_some();
+    let (scheme, authorities) = bus_targets.expect("checked above");
+    let scheme = if scheme == "https" || settings.ca_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     Ok(Config {
         instance_id,
         pool_type,
         image,
         requested_grants,
         tags,
-        bus_api_url: format!("{}://{authority}", if tls { "https" } else { "http" }),
+        bus_api_urls: authorities
+            .iter()
+            .map(|a| format!("{scheme}://{a}"))
+            .collect(),
         addr: listen,
         health_addr,
         settings,
@@ -312,7 +319,46 @@ pub fn parse_addr(v: &str) -> Option<SocketAddr> {
     v.parse().ok()
 }
 
-/// `(scheme, host:port)` of the Bus API's address.
+/// `(scheme, [host:port, ...])` of `SIDECAR_BUS_API_URL`: one address, or a comma-separated
+/// list of them with one scheme. An error is the message and what is allowed: a single
+/// address's messages are those of [`parse_target`].
+fn parse_targets(value: &str) -> Result<(&'static str, Vec<String>), (String, &'static str)> {
+    if !value.contains(',') {
+        return parse_target(value)
+            .map(|(scheme, a)| (scheme, vec![a]))
+            .map_err(|m| (m, URL_ALLOWED));
+    }
+    let mut scheme = None;
+    let mut out = Vec::new();
+    for (i, item) in value.split(',').map(str::trim).enumerate() {
+        let n = i + 1;
+        if item.is_empty() {
+            return Err((
+                format!("`{value}` has an empty address (number {n})"),
+                URLS_ALLOWED,
+            ));
+        }
+        let (s, authority) = parse_target(item)
+            .map_err(|m| (format!("`{value}`: address {n}: {m}"), URLS_ALLOWED))?;
+        match scheme {
+            Some(first) if first != s => {
+                return Err((
+                    format!(
+                        "`{value}` mixes the schemes {first} and {s} (address {n}): one scheme for all"
+                    ),
+                    URLS_ALLOWED,
+                ));
+            }
+            _ => scheme = Some(s),
+        }
+        if !out.contains(&authority) {
+            out.push(authority);
+        }
+    }
+    Ok((scheme.unwrap_or("http"), out))
+}
+
+/// `(scheme, host:port)` of one Bus API address.
 fn parse_target(url: &str) -> Result<(&'static str, String), String> {
     let (scheme, rest) = match url.split_once("://") {
         None => ("http", url),
@@ -563,7 +609,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.instance_id, "oms-1");
         assert_eq!(c.pool_type, "OMSPool");
-        assert_eq!(c.bus_api_url, "http://bus-api:8443");
+        assert_eq!(c.bus_api_urls, ["http://bus-api:8443"]);
         assert_eq!(c.addr, "127.0.0.1:9191".parse().unwrap());
         assert_eq!(c.health_addr, "0.0.0.0:9192".parse().unwrap());
         assert!(c.requested_grants.is_empty());
@@ -605,7 +651,7 @@ mod tests {
             ]
         );
         assert_eq!(c.tags, vec!["eu", "fast"]);
-        assert_eq!(c.bus_api_url, "https://bus.internal:9443");
+        assert_eq!(c.bus_api_urls, ["https://bus.internal:9443"]);
         assert_eq!(c.addr, "127.0.0.1:7000".parse().unwrap());
         assert_eq!(c.health_addr, "127.0.0.1:7001".parse().unwrap());
     }
@@ -626,6 +672,71 @@ mod tests {
                 format!("SIDECAR_ADDR `9191` is not an address ({ADDR_ALLOWED})"),
                 "SIDECAR_BUS_API_URL `grpc://bus:1` has the scheme `grpc` (HOST:PORT, or http://HOST:PORT, or https://HOST:PORT: bus-api:8443)".to_owned(),
             ]
+        );
+    }
+
+    #[test]
+    fn the_bus_api_may_be_a_list_of_addresses_with_one_scheme() {
+        let base = [("INSTANCE_ID", "a"), ("POOL_TYPE", "P")];
+        let urls = |value: &str| {
+            let mut e = base.to_vec();
+            e.push(("SIDECAR_BUS_API_URL", value));
+            from_env(&env(&e), Path::new("/")).map(|c| c.bus_api_urls)
+        };
+        assert_eq!(
+            urls("bus-api-1:8443,bus-api-2:8443").unwrap(),
+            ["http://bus-api-1:8443", "http://bus-api-2:8443"]
+        );
+        assert_eq!(
+            urls(" https://a:1/ , https://b:2,https://a:1").unwrap(),
+            ["https://a:1", "https://b:2"],
+            "spaces, a trailing slash and a repeated address"
+        );
+        assert_eq!(
+            urls("http://127.0.0.1:1,127.0.0.1:2").unwrap(),
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"],
+            "HOST:PORT is http://"
+        );
+
+        let one = |value: &str| {
+            let mut e = base.to_vec();
+            e.push(("SIDECAR_BUS_API_URL", value));
+            errors(&e)
+        };
+        let allowed = format!("({URLS_ALLOWED})");
+        for (value, message) in [
+            (
+                "http://a:1,https://b:2",
+                "`http://a:1,https://b:2` mixes the schemes http and https (address 2): one scheme for all",
+            ),
+            (
+                "https://a:1,b:2",
+                "`https://a:1,b:2` mixes the schemes https and http (address 2): one scheme for all",
+            ),
+            ("a:1,,b:2", "`a:1,,b:2` has an empty address (number 2)"),
+            ("a:1,", "`a:1,` has an empty address (number 2)"),
+            ("a:1,b", "`a:1,b`: address 2: `b` has no port"),
+            (
+                "grpc://a:1,a:2",
+                "`grpc://a:1,a:2`: address 1: `grpc://a:1` has the scheme `grpc`",
+            ),
+            (
+                "a:1,b:99999",
+                "`a:1,b:99999`: address 2: `b:99999` is not HOST:PORT",
+            ),
+        ] {
+            assert_eq!(
+                one(value),
+                vec![format!("SIDECAR_BUS_API_URL {message} {allowed}")],
+                "{value}"
+            );
+        }
+        // One address keeps its messages and what it allows.
+        assert_eq!(
+            one("bus"),
+            vec![format!(
+                "SIDECAR_BUS_API_URL `bus` has no port ({URL_ALLOWED})"
+            )]
         );
     }
 

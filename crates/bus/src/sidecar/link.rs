@@ -1,8 +1,20 @@
-//! The sidecar's side of the Bus API: one channel, the session Register answered with, and the
-//! calls that carry it. A call answered `UNAUTHENTICATED` (the bus no longer knows the session)
-//! registers again; transport failures are the caller's to retry.
+//! The sidecar's side of the Bus API: the replica in use, the session Register answered with,
+//! and the calls that carry it.
+//!
+//! `SIDECAR_BUS_API_URL` names one address or several, and a name may resolve to several
+//! replicas (a headless Service, a Compose service with replicas): each resolved address is a
+//! replica. The sidecar uses one at a time (sticky: one subscription stream per consumer, its
+//! deliveries and acks on one connection). A call that finds the replica gone (unavailable, a
+//! transport error, no answer in time) moves to the next one that answers, resolving the names
+//! again, and is made once more there: every call may be repeated (a publish carries its
+//! idempotency key, an ack or a nack repeated is harmless). With the NATS backend every replica
+//! knows the session and can ack any delivery; a replica that does not know the session answers
+//! `UNAUTHENTICATED`, and the sidecar registers again. Subscriptions are opened again by the
+//! router when their stream breaks, on whichever replica is in use then.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tether_bus_proto::v1::bus_api_client::BusApiClient;
@@ -12,24 +24,61 @@ use tether_bus_proto::v1::{
 };
 use tether_bus_proto::{PROTOCOL_MAJOR, SESSION_HEADER, with_major};
 use tokio::sync::{Mutex, RwLock};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
 use super::backoff::Backoff;
 
 /// How long one call may take before it counts as failed (subscriptions excepted).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long dialing one replica may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach the Bus API: its addresses as configured and the TLS to speak.
+#[derive(Clone)]
+pub struct Dialer {
+    /// `http://HOST:PORT` or `https://HOST:PORT`, one scheme for all.
+    pub urls: Vec<String>,
+    /// TLS trusting the CA file, for `https://`.
+    pub tls: Option<ClientTlsConfig>,
+    /// The name the certificates must carry [default: each address's host, also when it
+    /// resolved to IP addresses].
+    pub tls_server_name: Option<String>,
+}
+
+/// One replica: an address a configured one resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Replica {
+    /// What the logs name: the configured URL, and the IP address when its host is a name.
+    label: String,
+    /// `scheme://IP:PORT`: what is dialed.
+    uri: String,
+    /// The configured host, the TLS server name unless one is configured.
+    host: String,
+}
+
+/// The replica in use and a client on it.
+struct Current {
+    client: BusApiClient<Channel>,
+    replica: Replica,
+    /// Counts the moves: a caller that saw a failure on an older one does not move again.
+    generation: u64,
+}
+
+struct Shared {
+    dialer: Dialer,
+    current: std::sync::RwLock<Current>,
+    /// One move at a time.
+    moving: Mutex<()>,
+    register: RegisterRequest,
+    session: RwLock<String>,
+    reregistering: Mutex<()>,
+    /// Set by Deregister: a call failing afterwards must not register the instance again.
+    closing: AtomicBool,
+}
 
 #[derive(Clone)]
-pub struct Link {
-    client: BusApiClient<Channel>,
-    register: Arc<RegisterRequest>,
-    session: Arc<RwLock<String>>,
-    reregistering: Arc<Mutex<()>>,
-    /// Set by Deregister: a call failing afterwards must not register the instance again.
-    closing: Arc<std::sync::atomic::AtomicBool>,
-    url: Arc<str>,
-}
+pub struct Link(Arc<Shared>);
 
 /// A status as one line: its code and message.
 pub fn status_line(s: &Status) -> String {
@@ -42,199 +91,364 @@ pub fn status_line(s: &Status) -> String {
     }
 }
 
-impl Link {
-    /// Step 1: dials `url` until it answers or `deadline` passes, backing off between tries.
-    pub async fn connect(
-        url: &str,
-        tls: Option<tonic::transport::ClientTlsConfig>,
-        deadline: Duration,
-        register: RegisterRequest,
-    ) -> Result<Self, String> {
-        let mut endpoint = Endpoint::from_shared(url.to_owned())
+/// Whether a call's failure says the replica is gone or unusable (rather than the call being
+/// refused): the next replica is tried.
+fn replica_failed(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+    )
+}
+
+impl Dialer {
+    /// Every replica the configured addresses name now, in their order; and what could not be
+    /// resolved, by address.
+    async fn resolve(&self) -> (Vec<Replica>, Vec<String>) {
+        let mut replicas: Vec<Replica> = Vec::new();
+        let mut failures = Vec::new();
+        for url in &self.urls {
+            let (scheme, authority) = url.split_once("://").unwrap_or(("http", url));
+            let Some((host, port)) = authority.rsplit_once(':') else {
+                failures.push(format!("{url}: no port"));
+                continue;
+            };
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let addrs: Vec<SocketAddr> = match (bare.parse::<IpAddr>(), port.parse::<u16>()) {
+                (_, Err(_)) => {
+                    failures.push(format!("{url}: `{port}` is not a port"));
+                    continue;
+                }
+                (Ok(ip), Ok(port)) => vec![SocketAddr::new(ip, port)],
+                (Err(_), Ok(port)) => match tokio::net::lookup_host((bare, port)).await {
+                    Ok(found) => found.collect(),
+                    Err(e) => {
+                        failures.push(format!("{url}: cannot resolve `{bare}`: {e}"));
+                        continue;
+                    }
+                },
+            };
+            let literal = bare.parse::<IpAddr>().is_ok();
+            for addr in addrs {
+                let uri = format!("{scheme}://{addr}");
+                if replicas.iter().any(|r| r.uri == uri) {
+                    continue;
+                }
+                replicas.push(Replica {
+                    label: if literal {
+                        url.clone()
+                    } else {
+                        format!("{url} ({addr})")
+                    },
+                    uri,
+                    host: bare.to_owned(),
+                });
+            }
+        }
+        (replicas, failures)
+    }
+
+    /// Dials one replica, for at most `timeout`.
+    async fn dial(&self, replica: &Replica, timeout: Duration) -> Result<Channel, String> {
+        let mut endpoint = Endpoint::from_shared(replica.uri.clone())
             .map_err(|e| {
                 format!(
-                    "`{url}` is not a usable address: {}",
+                    "`{}` is not a usable address: {}",
+                    replica.uri,
                     crate::error_chain(&e)
                 )
             })?
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(timeout.min(DIAL_TIMEOUT))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20));
-        if let Some(tls) = tls {
+        if let Some(tls) = &self.tls {
+            let name = self.tls_server_name.as_deref().unwrap_or(&replica.host);
             endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| format!("TLS to {url}: {}", crate::error_chain(&e)))?;
+                .tls_config(tls.clone().domain_name(name))
+                .map_err(|e| format!("TLS to {}: {}", replica.label, crate::error_chain(&e)))?;
         }
+        let connect = endpoint.connect();
+        match tokio::time::timeout(timeout.max(Duration::from_millis(100)), connect).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(crate::error_chain(&e)),
+            Err(_) => Err(format!("no connection within {}ms", timeout.as_millis())),
+        }
+    }
+}
+
+impl Link {
+    /// Step 1: resolves the addresses and dials each replica in turn until one answers or
+    /// `deadline` passes, backing off between rounds and resolving again for each.
+    pub async fn connect(
+        dialer: Dialer,
+        deadline: Duration,
+        register: RegisterRequest,
+    ) -> Result<Self, String> {
         let started = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let channel = loop {
-            match endpoint.connect().await {
-                Ok(c) => break c,
-                Err(e) => {
-                    let waited = started.elapsed();
-                    if waited >= deadline {
-                        return Err(format!(
-                            "cannot reach the Bus API at {url} within {}s: {}",
-                            deadline.as_secs(),
-                            crate::error_chain(&e)
-                        ));
-                    }
-                    tracing::debug!(
-                        "the Bus API at {url} does not answer yet: {}",
-                        crate::error_chain(&e)
-                    );
-                    tokio::time::sleep(backoff.next().min(deadline - waited)).await;
+        let (channel, replica) = 'dialed: loop {
+            let (replicas, mut failures) = dialer.resolve().await;
+            let single = replicas.len() == 1 && failures.is_empty();
+            for r in &replicas {
+                let left = deadline.saturating_sub(started.elapsed());
+                match dialer.dial(r, left).await {
+                    Ok(c) => break 'dialed (c, r.clone()),
+                    Err(e) if single => failures.push(e),
+                    Err(e) => failures.push(format!("{}: {e}", r.label)),
                 }
             }
+            let waited = started.elapsed();
+            if waited >= deadline {
+                return Err(format!(
+                    "cannot reach the Bus API at {} within {}s: {}",
+                    dialer.urls.join(","),
+                    deadline.as_secs(),
+                    failures.join("; ")
+                ));
+            }
+            tracing::debug!("the Bus API does not answer yet: {}", failures.join("; "));
+            tokio::time::sleep(backoff.next().min(deadline - waited)).await;
         };
-        Ok(Self {
-            client: BusApiClient::new(channel),
-            register: Arc::new(register),
-            session: Arc::new(RwLock::new(String::new())),
-            reregistering: Arc::new(Mutex::new(())),
-            closing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            url: url.into(),
-        })
+        Ok(Self(Arc::new(Shared {
+            dialer,
+            current: std::sync::RwLock::new(Current {
+                client: BusApiClient::new(channel),
+                replica,
+                generation: 0,
+            }),
+            moving: Mutex::new(()),
+            register,
+            session: RwLock::new(String::new()),
+            reregistering: Mutex::new(()),
+            closing: AtomicBool::new(false),
+        })))
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The replica in use, as the logs name it.
+    pub fn url(&self) -> String {
+        self.current().1.label
     }
 
-    async fn request<T>(&self, message: T, timeout: Option<Duration>) -> (Request<T>, String) {
-        let session = self.session.read().await.clone();
-        let mut request = with_major(Request::new(message));
-        if let Ok(v) = session.parse() {
-            request.metadata_mut().insert(SESSION_HEADER, v);
+    /// The client on the replica in use, the replica, and the generation.
+    fn current(&self) -> (BusApiClient<Channel>, Replica, u64) {
+        let c = self
+            .0
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (c.client.clone(), c.replica.clone(), c.generation)
+    }
+
+    /// The replica of `generation` failed (`why`): moves to the next replica that answers,
+    /// trying the failed one last. Answers whether a call should be made again: the replica in
+    /// use is not the failed one's connection any more.
+    async fn moved_on(&self, generation: u64, why: &Status) -> bool {
+        let _one = self.0.moving.lock().await;
+        let (_, failed, now) = self.current();
+        if now != generation {
+            return true;
         }
-        if let Some(t) = timeout {
-            request.set_timeout(t);
+        let (mut replicas, unresolved) = self.0.dialer.resolve().await;
+        // The ones after the failed one first, then from the start, the failed one last.
+        if let Some(i) = replicas.iter().position(|r| r.uri == failed.uri) {
+            replicas.rotate_left(i + 1);
         }
-        (request, session)
+        let mut failures = unresolved;
+        for r in &replicas {
+            match self.0.dialer.dial(r, DIAL_TIMEOUT).await {
+                Ok(channel) => {
+                    let mut c = self
+                        .0
+                        .current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    c.client = BusApiClient::new(channel);
+                    c.generation += 1;
+                    if c.replica != *r {
+                        tracing::info!(
+                            "using the Bus API at {} (the one at {} failed: {})",
+                            r.label,
+                            failed.label,
+                            status_line(why)
+                        );
+                        c.replica = r.clone();
+                    }
+                    return true;
+                }
+                Err(e) => failures.push(format!("{}: {e}", r.label)),
+            }
+        }
+        tracing::debug!("no Bus API replica answers: {}", failures.join("; "));
+        false
+    }
+
+    /// Makes a call on the replica in use (`f` sends `message` with `client`) and, when the
+    /// replica failed, once more on the next one. Answers the session the last try carried.
+    async fn attempt<T, R, F, Fut>(
+        &self,
+        message: T,
+        timeout: Option<Duration>,
+        with_session: bool,
+        f: F,
+    ) -> (Result<R, Status>, String)
+    where
+        T: Clone,
+        F: Fn(BusApiClient<Channel>, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<R, Status>>,
+    {
+        let mut moved = false;
+        loop {
+            let (client, _, generation) = self.current();
+            let session = if with_session {
+                self.0.session.read().await.clone()
+            } else {
+                String::new()
+            };
+            let mut request = with_major(Request::new(message.clone()));
+            if with_session && let Ok(v) = session.parse() {
+                request.metadata_mut().insert(SESSION_HEADER, v);
+            }
+            if let Some(t) = timeout {
+                request.set_timeout(t);
+            }
+            let result = f(client, request).await;
+            match &result {
+                Err(s) if !moved && replica_failed(s) && self.moved_on(generation, s).await => {
+                    moved = true;
+                }
+                _ => return (result, session),
+            }
+        }
+    }
+
+    /// [`Self::attempt`] for a session; `UNAUTHENTICATED` (the bus forgot it) registers again.
+    async fn call<T, R, F, Fut>(
+        &self,
+        message: T,
+        timeout: Option<Duration>,
+        f: F,
+    ) -> Result<R, Status>
+    where
+        T: Clone,
+        F: Fn(BusApiClient<Channel>, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<R, Status>>,
+    {
+        let (result, session) = self.attempt(message, timeout, true, f).await;
+        if let Err(s) = &result
+            && s.code() == tonic::Code::Unauthenticated
+            && !self.0.closing.load(Ordering::SeqCst)
+        {
+            self.reregister(&session).await;
+        }
+        result
     }
 
     /// Step 2, and again whenever the bus forgot the session.
     pub async fn register(&self) -> Result<RegisterResponse, Status> {
-        let mut request = with_major(Request::new((*self.register).clone()));
-        request.set_timeout(CALL_TIMEOUT);
-        let answer = self.client.clone().register(request).await?.into_inner();
+        let (answer, _) = self
+            .attempt(
+                self.0.register.clone(),
+                Some(CALL_TIMEOUT),
+                false,
+                |mut c, r| async move { c.register(r).await },
+            )
+            .await;
+        let answer = answer?.into_inner();
         if answer.protocol_major != 0 && answer.protocol_major != PROTOCOL_MAJOR {
             return Err(Status::failed_precondition(format!(
                 "the Bus API speaks tether.bus.v{} and this sidecar tether.bus.v{PROTOCOL_MAJOR}",
                 answer.protocol_major
             )));
         }
-        *self.session.write().await = answer.session.clone();
+        *self.0.session.write().await = answer.session.clone();
         Ok(answer)
     }
 
     /// Registers again after `UNAUTHENTICATED`, once for all callers that saw the same session
     /// fail.
     async fn reregister(&self, failed: &str) {
-        let _one = self.reregistering.lock().await;
-        if *self.session.read().await != failed {
+        let _one = self.0.reregistering.lock().await;
+        if *self.0.session.read().await != failed {
             return;
         }
         match self.register().await {
-            Ok(_) => tracing::info!("registered again with the Bus API at {}", self.url),
+            Ok(_) => tracing::info!("registered again with the Bus API at {}", self.url()),
             Err(s) => tracing::warn!(
                 "cannot register again with the Bus API at {}: {}",
-                self.url,
+                self.url(),
                 status_line(&s)
             ),
         }
     }
 
-    async fn after<T>(&self, result: Result<T, Status>, session: &str) -> Result<T, Status> {
-        if let Err(s) = &result
-            && s.code() == tonic::Code::Unauthenticated
-            && !self.closing.load(std::sync::atomic::Ordering::SeqCst)
-        {
-            self.reregister(session).await;
-        }
-        result
-    }
-
     pub async fn publish(&self, message: PublishRequest) -> Result<PublishResponse, Status> {
-        let (request, session) = self.request(message, Some(CALL_TIMEOUT)).await;
-        let result = self
-            .client
-            .clone()
-            .publish(request)
-            .await
-            .map(tonic::Response::into_inner);
-        self.after(result, &session).await
+        self.call(message, Some(CALL_TIMEOUT), |mut c, r| async move {
+            c.publish(r).await.map(tonic::Response::into_inner)
+        })
+        .await
     }
 
     pub async fn subscribe(
         &self,
         subscription: Subscription,
     ) -> Result<Streaming<Delivery>, Status> {
-        let (request, session) = self
-            .request(
-                SubscribeRequest {
-                    subscription: Some(subscription),
-                },
-                None,
-            )
-            .await;
-        let result = self
-            .client
-            .clone()
-            .subscribe(request)
-            .await
-            .map(tonic::Response::into_inner);
-        self.after(result, &session).await
+        let message = SubscribeRequest {
+            subscription: Some(subscription),
+        };
+        self.call(message, None, |mut c, r| async move {
+            c.subscribe(r).await.map(tonic::Response::into_inner)
+        })
+        .await
     }
 
     pub async fn ack(&self, delivery_ids: Vec<String>) -> Result<u32, Status> {
-        let (request, session) = self
-            .request(AckRequest { delivery_ids }, Some(CALL_TIMEOUT))
-            .await;
-        let result = self
-            .client
-            .clone()
-            .ack(request)
-            .await
-            .map(|r| r.into_inner().acked);
-        self.after(result, &session).await
+        self.call(
+            AckRequest { delivery_ids },
+            Some(CALL_TIMEOUT),
+            |mut c, r| async move { c.ack(r).await.map(|r| r.into_inner().acked) },
+        )
+        .await
     }
 
     pub async fn nack(&self, delivery_id: String, delay_ms: u32) -> Result<(), Status> {
-        let (request, session) = self
-            .request(
-                NackRequest {
-                    delivery_id,
-                    delay_ms,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await;
-        let result = self.client.clone().nack(request).await.map(|_| ());
-        self.after(result, &session).await
+        let message = NackRequest {
+            delivery_id,
+            delay_ms,
+        };
+        self.call(message, Some(CALL_TIMEOUT), |mut c, r| async move {
+            c.nack(r).await.map(|_| ())
+        })
+        .await
     }
 
-    /// Gives deliveries back at once; none named: every delivery this session holds.
+    /// Gives deliveries back at once; none named: every delivery this session holds on the
+    /// replica in use (another replica's holdings are not its to know).
     pub async fn release(
         &self,
         delivery_ids: Vec<String>,
         timeout: Duration,
     ) -> Result<u32, Status> {
-        let (request, _) = self
-            .request(ReleaseRequest { delivery_ids }, Some(timeout))
+        let (result, _) = self
+            .attempt(
+                ReleaseRequest { delivery_ids },
+                Some(timeout),
+                true,
+                |mut c, r| async move { c.release(r).await.map(|r| r.into_inner().released) },
+            )
             .await;
-        self.client
-            .clone()
-            .release(request)
-            .await
-            .map(|r| r.into_inner().released)
+        result
     }
 
     pub async fn deregister(&self, timeout: Duration) -> Result<(), Status> {
-        self.closing
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let (request, _) = self.request(DeregisterRequest {}, Some(timeout)).await;
-        self.client.clone().deregister(request).await.map(|_| ())
+        self.0.closing.store(true, Ordering::SeqCst);
+        let (result, _) = self
+            .attempt(
+                DeregisterRequest {},
+                Some(timeout),
+                true,
+                |mut c, r| async move { c.deregister(r).await.map(|_| ()) },
+            )
+            .await;
+        result
     }
 }

@@ -149,12 +149,12 @@ pub async fn run(
             .collect(),
         token: config.settings.token.as_ref().map(|t| t.0.clone()),
     };
-    let tls = tls_config(&config).map_err(|cause| Fatal {
+    let dialer = dialer(&config).map_err(|cause| Fatal {
         step: Step::Connect,
         cause,
     })?;
     let link = tokio::select! {
-        r = Link::connect(&config.bus_api_url, tls, config.settings.connect_timeout, register) => {
+        r = Link::connect(dialer, config.settings.connect_timeout, register) => {
             r.map_err(|cause| Fatal { step: Step::Connect, cause })?
         }
         _ = signals.recv() => return Ok(Ended::Interrupted { during: Step::Connect }),
@@ -347,19 +347,25 @@ async fn deregister(link: &Link) {
     }
 }
 
-/// TLS to the Bus API: trusts `ca_file` (the system's roots are not consulted), and checks the
-/// certificate names `tls_server_name` or the URL's host.
-fn tls_config(config: &Config) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
-    if !config.bus_api_url.starts_with("https://") {
-        return Ok(None);
-    }
-    let Some(ca_file) = &config.settings.ca_file else {
-        return Err(format!(
-            "{} asks for TLS and the sidecar config names no ca_file to trust",
-            config.bus_api_url
-        ));
+/// How to reach the Bus API: its addresses and, for `https://`, TLS that trusts `ca_file` (the
+/// system's roots are not consulted) and checks the certificate names `tls_server_name` or the
+/// address's host (the configured name, also when it resolved to IP addresses).
+fn dialer(config: &Config) -> Result<link::Dialer, String> {
+    let urls = config.bus_api_urls.clone();
+    let tls = if urls.iter().any(|u| u.starts_with("https://")) {
+        let Some(ca_file) = &config.settings.ca_file else {
+            return Err(format!(
+                "{} asks for TLS and the sidecar config names no ca_file to trust",
+                urls.join(",")
+            ));
+        };
+        Some(crate::tls::client_tls(ca_file, None).map_err(|e| e.to_string())?)
+    } else {
+        None
     };
-    crate::tls::client_tls(ca_file, config.settings.tls_server_name.as_deref())
-        .map(Some)
-        .map_err(|e| e.to_string())
+    Ok(link::Dialer {
+        urls,
+        tls,
+        tls_server_name: config.settings.tls_server_name.clone(),
+    })
 }

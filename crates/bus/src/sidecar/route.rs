@@ -104,6 +104,8 @@ struct State {
     ended: Arc<Notify>,
     /// Sessions that ended and are still giving back what they held.
     giving_back: usize,
+    /// Routing tasks still running (each gives back what it received and did not hand over).
+    routes: usize,
 }
 
 struct Inner {
@@ -219,6 +221,7 @@ impl Router {
                 routed_once: false,
                 ended: Arc::new(Notify::new()),
                 giving_back: 0,
+                routes: 0,
             }),
             permits,
             acks_pending: AtomicUsize::new(0),
@@ -687,7 +690,16 @@ impl Router {
                 let this = self.clone();
                 let tx = tx.clone();
                 let cancelled = cancelled.clone();
-                tokio::spawn(async move { this.route(conn, sub, tx, cancelled).await });
+                this.state().routes += 1;
+                tokio::spawn(async move {
+                    this.clone().route(conn, sub, tx, cancelled).await;
+                    let ended = {
+                        let mut st = this.state();
+                        st.routes -= 1;
+                        st.ended.clone()
+                    };
+                    ended.notify_waiters();
+                });
             }
             let detail = if names.is_empty() {
                 "no subscriptions; publishes only".to_owned()
@@ -751,7 +763,10 @@ impl Router {
             loop {
                 let next = tokio::select! {
                     m = stream.message() => m,
-                    _ = cancelled.changed() => return,
+                    _ = cancelled.changed() => {
+                        self.release_unread(&mut stream).await;
+                        return;
+                    }
                 };
                 let delivery = match next {
                     Ok(Some(d)) => d,
@@ -770,6 +785,7 @@ impl Router {
                 };
                 backoff.reset();
                 if !self.hand_over(conn, delivery, &tx, &mut cancelled).await {
+                    self.release_unread(&mut stream).await;
                     return;
                 }
             }
@@ -777,6 +793,28 @@ impl Router {
                 () = tokio::time::sleep(backoff.next()) => {}
                 _ = cancelled.changed() => return,
             }
+        }
+    }
+
+    /// Routing ended: deliveries that reached this sidecar and were not read yet are released
+    /// by name (uncounted), so that any replica, not only the one that sent them, gives them
+    /// back. What is still on its way is the drain's to release.
+    async fn release_unread(&self, stream: &mut Streaming<Delivery>) {
+        let mut ids = Vec::new();
+        // A zero timeout polls once: what arrived already, without waiting for more.
+        while let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::ZERO, stream.message()).await {
+            ids.push(d.delivery_id);
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let n = ids.len();
+        match self.0.link.release(ids, Duration::from_secs(5)).await {
+            Ok(_) => tracing::debug!("released {n} deliveries received and not handed over"),
+            Err(s) => tracing::debug!(
+                "cannot release {n} deliveries received and not handed over (delivered again after their ack deadline): {}",
+                status_line(&s)
+            ),
         }
     }
 
@@ -1050,7 +1088,7 @@ impl Router {
                 let ended = ended.notified();
                 {
                     let st = self.state();
-                    if st.conn.is_none() && st.giving_back == 0 {
+                    if st.conn.is_none() && st.giving_back == 0 && st.routes == 0 {
                         break;
                     }
                 }
@@ -1092,7 +1130,11 @@ impl Router {
         };
         let held: Vec<String> = self.state().in_flight.drain().map(|(k, _)| k).collect();
         self.give_back(held, grace).await;
-        // What reached this sidecar and never the plugin.
+        // The deliveries it knows were given back by name (nacked from the plugin's hands,
+        // released by routing as it ended, see `release_unread`), on whichever replica is in
+        // use. What the replica in use sent and this sidecar never read (still in transit) only
+        // the replica knows: released by the session, without ids. A replica that failed
+        // earlier takes its share with it: redelivered after the ack deadline.
         match self.0.link.release(Vec::new(), grace).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("released {n} deliveries that never reached the plugin"),
