@@ -10,7 +10,7 @@
 //! | idempotency key | `Nats-Msg-Id` = `TOPIC:KEY` (a key is scoped to its topic as in the embedded store), deduplicated within the stream's duplicate window: 2 minutes, or `max_age` if shorter (the embedded store remembers a key as long as its message is kept) |
 //! | retention | the stream's limits: `max_age`, and `max_bytes` for the whole stream, oldest dropped first (JetStream 2.9 has no per-subject byte limit; the embedded store limits each topic) |
 //! | consumer `instance:I:P` or `group:G:P` | a durable pull consumer filtered on `P`'s subject, explicit ack, ack wait = the ack deadline, deliver all; a queue group's holders share its one durable |
-//! | claim | a no-wait fetch of up to `max` minus what the holder holds; `next_wake_ms` tells the caller to claim again within [`POLL`], since a publish through another replica wakes no one here |
+//! | claim | a no-wait fetch of up to `max` minus what the holder holds, after arming the wake-up below; `next_wake_ms` is the earliest ack deadline of this replica's deliveries, end of a nack's delay or [`NatsOptions::poll`] ([`POLL`], 5 s: a safety net) |
 //! | delivery id | the message's ack subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<seq>...`): any replica can ack, nack or release it |
 //! | ack | `+ACK`, confirmed by the server before the answer |
 //! | nack with a delay | `-NAK {"delay": ns}`, confirmed; the next delivery is counted |
@@ -51,18 +51,42 @@
 //!   of a delivery acked through another replica is answered as if it were pending (the server
 //!   ignores it) instead of `NOT_FOUND`.
 //!
+//! Wake-up across replicas: a publish through another replica (or by anything writing to the
+//! stream) must wake this replica's waiting subscriptions. Before each claim's fetch the store
+//! arms a core-NATS subscription on `PREFIX.>` that the server ends after one message
+//! (`UNSUB sid 1`); the message bumps the Bus API's wake-up ([`Store::wake_with`]), every idle
+//! subscription claims, and the claim that finds nothing arms it again. Core subscribers see a
+//! JetStream publish as any other, and the SUB goes out before the fetch on the one connection,
+//! so nothing published after the fetch is missed. The cost is one message per idle period per
+//! replica (not every message to every replica, as an always-on subscription would cost: the
+//! payload included, since core NATS cannot leave it out), and nothing at all while idle:
+//! before, each subscription polled NATS every 100 ms. The core subscriber may hear of a message
+//! before the stream has stored it, so a claim of a matching consumer that found nothing within
+//! [`SETTLE`] of the wake-up tries again shortly (10 ms, then doubling). What no publish
+//! announces is left to the poll ([`POLL`], 5 s, and the Bus API claims at least that often
+//! anyway): a delivery handed out by another replica whose ack deadline passed, a nack or a
+//! release through another replica, what was published while this replica was disconnected
+//! (it also bumps the wake-up when it connects again).
+//! Not chosen: a pull with `expires` (JetStream's own long poll) hands the message to whoever
+//! waits, so the waiting pull would have to be the claim itself, holding a request open at the
+//! server per subscription per replica and not returning for an ack, a release or a shutdown;
+//! a headers-only ordered consumer per replica costs a server-side consumer and each message's
+//! headers on every replica.
+//!
 //! User headers are kept as given, but a name starting with `Nats-` (which JetStream would obey)
 //! is stored as `Tether-Raw-Nats-...` and given back as it was.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use prost::Message as _;
+use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 
 use crate::store::{
@@ -72,8 +96,13 @@ use crate::store::{
 };
 use crate::topic;
 
-/// How soon a claim that found nothing should be tried again.
-pub const POLL: Duration = Duration::from_millis(100);
+/// How soon a claim that found nothing is tried again when nothing woke the bus before: a
+/// safety net (see the module doc), [`NatsOptions::poll`]'s default.
+pub const POLL: Duration = Duration::from_secs(5);
+/// How long after a wake-up through NATS a claim of a matching consumer that found nothing
+/// tries again (soon, then later): the core subscription may see a publish before the stream
+/// has stored it.
+const SETTLE: Duration = Duration::from_millis(200);
 /// JetStream's default duplicate window, used unless `max_age` is shorter.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How many acked or dead-lettered deliveries a replica remembers, to answer a second ack.
@@ -101,6 +130,9 @@ pub struct NatsOptions {
     pub prefix: String,
     /// The registry's key-value bucket.
     pub bucket: String,
+    /// How soon a claim that found nothing asks to be made again if nothing wakes the bus
+    /// first: [`POLL`]. A publish anywhere wakes it through NATS; this is the safety net.
+    pub poll: Duration,
 }
 
 impl NatsOptions {
@@ -115,6 +147,7 @@ impl NatsOptions {
             stream: "TETHER".into(),
             prefix: "tether.msg".into(),
             bucket: "TETHER_REGISTRY".into(),
+            poll: POLL,
         }
     }
 
@@ -149,6 +182,8 @@ struct Local {
     done_order: VecDeque<Key>,
     released: HashMap<Key, u32>,
     nacked: HashSet<Key>,
+    /// Deliveries nacked here with a delay: when each is deliverable again.
+    due: HashMap<Key, u64>,
 }
 
 impl Local {
@@ -156,6 +191,7 @@ impl Local {
         self.held.remove(&key);
         self.released.remove(&key);
         self.nacked.remove(&key);
+        self.due.remove(&key);
         if self.done.insert(key.clone()) {
             self.done_order.push_back(key);
             while self.done_order.len() > REMEMBER_DONE {
@@ -181,6 +217,22 @@ struct Inner {
     prefix: String,
     consumers: tokio::sync::Mutex<HashMap<String, Arc<Opened>>>,
     local: Mutex<Local>,
+    poll: Duration,
+    /// The bus's wake-up, once it is given ([`Store::wake_with`]).
+    wake: Arc<OnceLock<Arc<watch::Sender<u64>>>>,
+    /// Whether a one-message subscription on the stream's subjects is waiting ([`NatsStore::arm`]).
+    armed: Arc<AtomicBool>,
+    /// The topic of the last publish that woke the bus through NATS, and when.
+    woken_by: Arc<Mutex<Option<(String, u64)>>>,
+    /// Dropped with the store: ends the task of an armed subscription.
+    gone: watch::Sender<()>,
+}
+
+/// Bumps the bus's wake-up, if it was given.
+fn bump(wake: &OnceLock<Arc<watch::Sender<u64>>>) {
+    if let Some(w) = wake.get() {
+        w.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 fn nats_err(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -197,11 +249,19 @@ impl NatsStore {
         if options.urls.is_empty() {
             return Err(StoreError("no NATS server named".into()));
         }
+        let wake: Arc<OnceLock<Arc<watch::Sender<u64>>>> = Arc::default();
+        let woken = wake.clone();
         let mut connect = async_nats::ConnectOptions::new()
             .name("tether bus")
             .connection_timeout(Duration::from_secs(5))
-            .event_callback(|event| async move {
-                tracing::info!("NATS: {event}");
+            .event_callback(move |event| {
+                // Back after a disconnection: what was published meanwhile woke no one.
+                if matches!(event, async_nats::Event::Connected) {
+                    bump(&woken);
+                }
+                async move {
+                    tracing::info!("NATS: {event}");
+                }
             });
         if let Some(creds) = &options.creds {
             connect = connect.credentials_file(creds).await.map_err(|e| {
@@ -291,8 +351,77 @@ impl NatsStore {
                 prefix: options.prefix.clone(),
                 consumers: tokio::sync::Mutex::new(HashMap::new()),
                 local: Mutex::new(Local::default()),
+                poll: options.poll,
+                wake,
+                armed: Arc::default(),
+                woken_by: Arc::default(),
+                gone: watch::channel(()).0,
             }),
         })
+    }
+
+    /// When a claim of a consumer on `pattern` that found nothing should try again because a
+    /// publish to a matching topic woke the bus through NATS less than [`SETTLE`] ago: the
+    /// message may not have been stored when the claim looked. Sooner at first, then less often.
+    fn settling(&self, pattern: &str, now_ms: u64) -> Option<u64> {
+        let woken_by = self
+            .inner
+            .woken_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (topic, at) = woken_by.as_ref()?;
+        let since = now_ms.saturating_sub(*at);
+        (since < SETTLE.as_millis() as u64 && topic::matches(pattern, topic))
+            .then(|| now_ms + since.max(10))
+    }
+
+    /// Makes sure a publish to the stream's subjects from now on wakes the bus: unless one is
+    /// waiting already, subscribes (core NATS) to `PREFIX.>` for one message, which bumps the
+    /// wake-up and disarms. Called by a claim before its fetch: the client sends the SUB before
+    /// the fetch's request on the one connection, and the server handles them in that order, so
+    /// a message the fetch does not see is seen by the subscription.
+    async fn arm(&self) {
+        let inner = &self.inner;
+        if inner.armed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let subscribed = inner.client.subscribe(format!("{}.>", inner.prefix)).await;
+        let mut sub = match subscribed {
+            Ok(sub) => sub,
+            Err(e) => {
+                // The poll is the safety net; the next claim tries again.
+                tracing::warn!("NATS: cannot subscribe to wake up on publishes: {e}");
+                inner.armed.store(false, Ordering::SeqCst);
+                return;
+            }
+        };
+        // The server stops after one: a burst costs each idle replica one message, not all.
+        let _ = sub.unsubscribe_after(1).await;
+        let (armed, wake, woken_by, mut gone) = (
+            inner.armed.clone(),
+            inner.wake.clone(),
+            inner.woken_by.clone(),
+            inner.gone.subscribe(),
+        );
+        let prefix = format!("{}.", inner.prefix);
+        tokio::spawn(async move {
+            let message = tokio::select! {
+                m = sub.next() => m,
+                _ = gone.changed() => return,
+            };
+            if let Some(topic) = message
+                .as_ref()
+                .and_then(|m| m.subject.as_str().strip_prefix(&prefix))
+            {
+                *woken_by
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((topic.to_owned(), crate::server::now_ms()));
+            }
+            // Disarmed before the bump: the claim the bump causes arms again.
+            armed.store(false, Ordering::SeqCst);
+            bump(&wake);
+        });
     }
 
     /// Whether the connection to NATS is up, for readiness.
@@ -586,18 +715,27 @@ impl Store for NatsStore {
         max: usize,
     ) -> Result<Claimed> {
         let opened = self.opened(&consumer).await?;
-        let poll_at = now_ms + POLL.as_millis() as u64;
+        let poll_at = now_ms + self.inner.poll.as_millis() as u64;
         let (held, earliest) = {
-            let local = self.local();
+            let mut local = self.local();
+            local.due.retain(|_, at| *at > now_ms);
             let mine = local.held.iter().filter(|((d, _), h)| {
                 *d == opened.durable && h.holder == holder && h.deadline_ms > now_ms
             });
-            mine.fold((0usize, None::<u64>), |(n, e), (_, h)| {
+            let (held, earliest) = mine.fold((0usize, None::<u64>), |(n, e), (_, h)| {
                 (
                     n + 1,
                     Some(e.map_or(h.deadline_ms, |e| e.min(h.deadline_ms))),
                 )
-            })
+            });
+            // A nack's delay ends with no publish to wake anyone.
+            let due = local
+                .due
+                .iter()
+                .filter(|((d, _), _)| *d == opened.durable)
+                .map(|(_, at)| *at)
+                .min();
+            (held, earliest.into_iter().chain(due).min())
         };
         let mut out = Claimed {
             next_wake_ms: Some(earliest.map_or(poll_at, |e| e.min(poll_at))),
@@ -607,6 +745,7 @@ impl Store for NatsStore {
         if room == 0 {
             return Ok(out);
         }
+        self.arm().await;
         let mut batch = opened
             .handle
             .fetch()
@@ -654,6 +793,7 @@ impl Store for NatsStore {
             {
                 let mut local = self.local();
                 local.nacked.remove(&key);
+                local.due.remove(&key);
                 local.held.insert(
                     key,
                     Held {
@@ -674,6 +814,8 @@ impl Store for NatsStore {
         }
         if !out.deliveries.is_empty() {
             out.next_wake_ms = out.next_wake_ms.map(|w| w.min(deadline_ms));
+        } else if let Some(again) = self.settling(&opened.config.pattern, now_ms) {
+            out.next_wake_ms = out.next_wake_ms.map(|w| w.min(again));
         }
         Ok(out)
     }
@@ -715,12 +857,13 @@ impl Store for NatsStore {
                 return Ok(false);
             }
             local.held.remove(&key);
-            local.nacked.insert(key);
+            local.nacked.insert(key.clone());
         }
         let delay = available_at_ms.saturating_sub(crate::server::now_ms());
         let body = if delay == 0 {
             "-NAK".to_owned()
         } else {
+            self.local().due.insert(key, available_at_ms);
             format!("-NAK {{\"delay\":{}}}", u128::from(delay) * 1_000_000)
         };
         self.confirm(&id, body).await?;
@@ -777,6 +920,10 @@ impl Store for NatsStore {
             .flush()
             .await
             .map_err(|e| nats_err("cannot flush", e))
+    }
+
+    fn wake_with(&self, wake: Arc<watch::Sender<u64>>) {
+        let _ = self.inner.wake.set(wake);
     }
 }
 

@@ -205,6 +205,9 @@ impl Store for AnyStore {
     async fn flush(&self) -> crate::store::Result<()> {
         each_store!(self, s => s.flush().await)
     }
+    fn wake_with(&self, wake: Arc<watch::Sender<u64>>) {
+        each_store!(self, s => s.wake_with(wake))
+    }
 }
 
 /// Why the bus could not start or stopped with an error.
@@ -338,7 +341,8 @@ pub async fn bind(options: Options) -> Result<Bound, ServeError> {
         ),
     };
     let (stopping, stopping_rx) = watch::channel(false);
-    let (wake, _) = watch::channel(0u64);
+    let wake = Arc::new(watch::channel(0u64).0);
+    store.wake_with(wake.clone());
     Ok(Bound {
         listener,
         http,
@@ -347,7 +351,7 @@ pub async fn bind(options: Options) -> Result<Bound, ServeError> {
             store: Arc::new(store),
             metrics: Arc::new(Metrics::default()),
             policy: options.policy.map(Arc::new),
-            wake: Arc::new(wake),
+            wake,
             stopping: stopping_rx,
             max_in_flight: options.max_in_flight.max(1),
         },

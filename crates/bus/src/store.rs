@@ -192,6 +192,10 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every write answered so far durable (claims and releases, and everything in a
     /// periodic [`SyncMode`]); the bus calls it when it stops.
     fn flush(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Takes the bus's wake-up signal, for a store that others write to as well (NATS: a
+    /// publish through another replica) to bump when they do; a store that only this process
+    /// writes has nothing to add to the bumps of the Bus API's own calls.
+    fn wake_with(&self, _wake: Arc<tokio::sync::watch::Sender<u64>>) {}
 }
 
 // ------------------------------------------------------------------------------------------------

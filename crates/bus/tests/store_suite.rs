@@ -656,3 +656,56 @@ async fn nats_replicas_take_each_others_deliveries() {
     })
     .await;
 }
+
+/// A publish through replica B wakes replica A through NATS itself: A's safety-net poll is an
+/// hour long and nothing of A's runs between the claims, so A's wake-up signal can only be
+/// bumped by what A hears from NATS (before, A learnt of B's publish only from its 100 ms poll,
+/// and its wake-up signal was never bumped). Each round A's next claim finds B's message; a
+/// publish to a topic A's consumer does not match wakes A too (one signal for the bus) but
+/// gives it nothing.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_publish_through_one_replica_wakes_the_others() {
+    use std::sync::Arc;
+    use tether_bus::nats::{NatsOptions, NatsStore};
+    let Some(backend) = NatsBackend::new().await else {
+        return;
+    };
+    within(async {
+        let mut options = NatsOptions::new(vec![backend.server.url.clone()]);
+        options.poll = Duration::from_secs(3600);
+        let a = NatsStore::connect(&options).await.unwrap();
+        let b = NatsStore::connect(&options).await.unwrap();
+        let (wake, mut woken) = tokio::sync::watch::channel(0u64);
+        a.wake_with(Arc::new(wake));
+        let c = "group:g:t.*";
+        a.open_consumer(c.into(), config("t.*", 60_000, 5))
+            .await
+            .unwrap();
+        for round in 0..5 {
+            // Nothing to take: A would claim again in an hour if nothing woke it (after the
+            // first round, a little sooner too: the last wake-up matched, see `SETTLE`).
+            let idle = claim(&a, c, "h", 10).await;
+            assert!(idle.deliveries.is_empty(), "{idle:?}");
+            if round == 0 {
+                let wake_at = idle.next_wake_ms.expect("a time to claim again");
+                assert!(wake_at > now_ms() + 1_800_000, "{idle:?}");
+            }
+            woken.borrow_and_update();
+            let data = format!("m{round}");
+            publish(&b, "t.x", &data).await;
+            // Bumped by NATS (within's 60 s stop a hang).
+            woken.changed().await.unwrap();
+            let (got, _) = claim_until(&a, c, "h", 10, |g, _| !g.is_empty()).await;
+            assert_eq!(datas(&got), [data]);
+            assert_eq!(a.ack(ids(&got)).await.unwrap(), 1);
+        }
+        claim(&a, c, "h", 10).await;
+        woken.borrow_and_update();
+        publish(&b, "other", "not for A's consumer").await;
+        woken.changed().await.unwrap();
+        let after = claim(&a, c, "h", 10).await;
+        assert!(after.deliveries.is_empty(), "{after:?}");
+    })
+    .await;
+}
