@@ -66,7 +66,10 @@
 //! announces is left to the poll ([`POLL`], 5 s, and the Bus API claims at least that often
 //! anyway): a delivery handed out by another replica whose ack deadline passed, a nack or a
 //! release through another replica, what was published while this replica was disconnected
-//! (it also bumps the wake-up when it connects again).
+//! (it also bumps the wake-up when it connects again). One of them matters after a failure:
+//! a sidecar that moves here subscribes again, and what the failed replica had fetched for it
+//! comes back within one ack deadline; so for one ack deadline after a Subscribe, its consumer
+//! claims every [`FRESH_POLL`] (100 ms) when idle.
 //! Not chosen: a pull with `expires` (JetStream's own long poll) hands the message to whoever
 //! waits, so the waiting pull would have to be the claim itself, holding a request open at the
 //! server per subscription per replica and not returning for an ack, a release or a shutdown;
@@ -103,6 +106,10 @@ pub const POLL: Duration = Duration::from_secs(5);
 /// tries again (soon, then later): the core subscription may see a publish before the stream
 /// has stored it.
 const SETTLE: Duration = Duration::from_millis(200);
+/// How often a consumer subscribed here less than one ack deadline ago claims when idle: what a
+/// failed replica handed out comes back from the server within that time, announced by no
+/// publish.
+const FRESH_POLL: Duration = Duration::from_millis(100);
 /// JetStream's default duplicate window, used unless `max_age` is shorter.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How many acked or dead-lettered deliveries a replica remembers, to answer a second ack.
@@ -184,6 +191,8 @@ struct Local {
     nacked: HashSet<Key>,
     /// Deliveries nacked here with a delay: when each is deliverable again.
     due: HashMap<Key, u64>,
+    /// Durables subscribed here lately: until when they claim every [`FRESH_POLL`].
+    fresh: HashMap<String, u64>,
 }
 
 impl Local {
@@ -232,6 +241,40 @@ struct Inner {
 fn bump(wake: &OnceLock<Arc<watch::Sender<u64>>>) {
     if let Some(w) = wake.get() {
         w.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// What a failed connection says: a refused credential and a failed TLS handshake in words
+/// that name the flag to look at (a password is never part of it: the client library does not
+/// repeat it).
+fn connect_problem(e: &async_nats::ConnectError, options: &NatsOptions) -> String {
+    use async_nats::ConnectErrorKind as Kind;
+    let source =
+        std::error::Error::source(e).map_or_else(|| e.kind().to_string(), |s| s.to_string());
+    // The handshake's failure comes as an I/O error of kind InvalidData holding rustls's error.
+    let handshake = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData && io.get_ref().is_some());
+    match e.kind() {
+        Kind::AuthorizationViolation => match (&options.creds, &options.user) {
+            (Some(creds), _) => format!(
+                "the server refused the credentials file {} ({source})",
+                creds.display()
+            ),
+            (None, Some((user, _))) => format!(
+                "the server refused the user `{user}` and its password (NATS_USER, NATS_PASSWORD) ({source})"
+            ),
+            (None, None) => format!(
+                "the server refused a connection without a credential ({source}): give --nats-creds, or NATS_USER and NATS_PASSWORD"
+            ),
+        },
+        Kind::Tls | Kind::Io if e.kind() == Kind::Tls || handshake => match &options.ca {
+            Some(ca) => format!("TLS failed with the CA file {}: {source}", ca.display()),
+            None => format!(
+                "TLS failed: {source} (--nats-ca names the CA that signed the servers' certificates)"
+            ),
+        },
+        _ => format!("cannot connect: {e}"),
     }
 }
 
@@ -286,7 +329,7 @@ impl NatsStore {
         let client = connect
             .connect(options.urls.as_slice())
             .await
-            .map_err(|e| failed(format!("cannot connect: {e}")))?;
+            .map_err(|e| failed(connect_problem(&e, options)))?;
         let js = jetstream::new(client.clone());
         let retention = options.retention;
         let stream_config = stream::Config {
@@ -671,6 +714,8 @@ impl Store for NatsStore {
 
     async fn open_consumer(&self, name: String, config: ConsumerConfig) -> Result<()> {
         let durable = durable_name(&name);
+        let until = crate::server::now_ms() + config.ack_deadline.as_millis() as u64;
+        self.local().fresh.insert(durable.clone(), until);
         let mut consumers = self.inner.consumers.lock().await;
         if consumers.get(&name).is_some_and(|o| o.config == config) {
             return Ok(());
@@ -715,10 +760,15 @@ impl Store for NatsStore {
         max: usize,
     ) -> Result<Claimed> {
         let opened = self.opened(&consumer).await?;
-        let poll_at = now_ms + self.inner.poll.as_millis() as u64;
-        let (held, earliest) = {
+        let (poll_at, held, earliest) = {
             let mut local = self.local();
             local.due.retain(|_, at| *at > now_ms);
+            local.fresh.retain(|_, until| *until > now_ms);
+            let poll = if local.fresh.contains_key(&opened.durable) {
+                FRESH_POLL.min(self.inner.poll)
+            } else {
+                self.inner.poll
+            };
             let mine = local.held.iter().filter(|((d, _), h)| {
                 *d == opened.durable && h.holder == holder && h.deadline_ms > now_ms
             });
@@ -735,7 +785,11 @@ impl Store for NatsStore {
                 .filter(|((d, _), _)| *d == opened.durable)
                 .map(|(_, at)| *at)
                 .min();
-            (held, earliest.into_iter().chain(due).min())
+            (
+                now_ms + poll.as_millis() as u64,
+                held,
+                earliest.into_iter().chain(due).min(),
+            )
         };
         let mut out = Claimed {
             next_wake_ms: Some(earliest.map_or(poll_at, |e| e.min(poll_at))),

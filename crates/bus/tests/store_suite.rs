@@ -679,9 +679,16 @@ async fn nats_a_publish_through_one_replica_wakes_the_others() {
         let (wake, mut woken) = tokio::sync::watch::channel(0u64);
         a.wake_with(Arc::new(wake));
         let c = "group:g:t.*";
-        a.open_consumer(c.into(), config("t.*", 60_000, 5))
+        a.open_consumer(c.into(), config("t.*", 2_000, 5))
             .await
             .unwrap();
+        // For one ack deadline after a subscribe, an idle claim asks to be made again in 100 ms
+        // (see `FRESH_POLL`); after it, in an hour.
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while claim(&a, c, "h", 10).await.next_wake_ms < Some(now_ms() + 1_800_000) {
+            assert!(std::time::Instant::now() < until, "still polling often");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         for round in 0..5 {
             // Nothing to take: A would claim again in an hour if nothing woke it (after the
             // first round, a little sooner too: the last wake-up matched, see `SETTLE`).

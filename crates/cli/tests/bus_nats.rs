@@ -8,6 +8,9 @@
 #[path = "support/sidecar.rs"]
 mod sidecar_support;
 
+#[path = "../../bus/tests/support/certs.rs"]
+mod certs;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -184,7 +187,7 @@ fn a_wrong_or_missing_credential_stops_the_start_up_naming_the_server() {
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         let first = stderr.lines().next().unwrap();
         assert!(
-            first.starts_with(&format!("error: NATS at {}: cannot connect: ", nats.url))
+            first.starts_with(&format!("error: NATS at {}: the server refused ", nats.url))
                 && first.contains("authorization violation"),
             "{stderr}"
         );
@@ -255,6 +258,120 @@ fn the_user_and_password_may_come_from_files_as_secrets_are_mounted() {
     assert!(!stderr.contains("wrong-password"), "{stderr}");
 }
 
+/// A nats-server whose config file requires TLS (a certificate for 127.0.0.1 signed by a CA of
+/// the test's) and a user and password: `tether bus serve` given the CA and the right password
+/// serves (a publish comes back through a subscription); a wrong password, no credential or no
+/// CA stop the start-up with one line naming the server and what was wrong, never the password.
+#[test]
+fn a_secured_nats_with_tls_and_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certs::ca_and_server();
+    let (other_ca, _, _) = certs::ca_and_server();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (ca, other_ca) = (file("ca.pem", &ca), file("other-ca.pem", &other_ca));
+    let config = file(
+        "nats.conf",
+        &format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n\
+             authorization {{\n  user: bus\n  password: \"right-password\"\n}}\n",
+            file("server.pem", &cert),
+            file("server.key", &key)
+        ),
+    );
+    let Some(nats) = NatsServer::start(&["-c", &config]) else {
+        return;
+    };
+    let url = nats.url.replace("nats://", "tls://");
+    let right = [("NATS_USER", "bus"), ("NATS_PASSWORD", "right-password")];
+
+    let served = serve_at(&url, &["--nats-ca", &ca], &right);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut api, session) = register(served.addr, "secured").await;
+        let seq = publish(&mut api, &session, "over tls").await;
+        let mut stream = api
+            .subscribe(req(
+                SubscribeRequest {
+                    subscription: Some(Subscription {
+                        topic: "jobs.*".into(),
+                        ..Default::default()
+                    }),
+                },
+                &session,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let d = tokio::time::timeout(HANG, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((d.sequence, d.data.as_slice()), (seq, &b"over tls"[..]));
+    });
+    drop(served);
+
+    let refused = |args: &[&str], env: &[(&str, &str)]| {
+        let out = tether()
+            .args([
+                "bus",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--backend",
+                "nats",
+            ])
+            .args(["--nats-url", &url])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(!stderr.contains("listening on"), "{stderr}");
+        assert!(!stderr.contains("password\n") && !stderr.contains("-password"));
+        stderr.lines().next().unwrap().to_owned()
+    };
+    let named = format!("error: NATS at {url}: ");
+    let wrong = [("NATS_USER", "bus"), ("NATS_PASSWORD", "wrong-password")];
+    /// Flags, environment, what the first line says after the server's name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
+        (
+            &["--nats-ca", &ca],
+            &wrong,
+            "the server refused the user `bus` and its password (NATS_USER, NATS_PASSWORD) (nats: authorization violation)",
+        ),
+        (
+            &["--nats-ca", &ca],
+            &[],
+            "the server refused a connection without a credential (nats: authorization violation): give --nats-creds, or NATS_USER and NATS_PASSWORD",
+        ),
+        (
+            &[],
+            &right,
+            "TLS failed: invalid peer certificate: UnknownIssuer (--nats-ca names the CA that signed the servers' certificates)",
+        ),
+        (
+            &["--nats-ca", &other_ca],
+            &right,
+            &format!("TLS failed with the CA file {other_ca}: invalid peer certificate: "),
+        ),
+    ];
+    for (args, env, said) in cases {
+        let first = refused(args, env);
+        assert!(first.starts_with(&format!("{named}{said}")), "{first}");
+    }
+}
+
 /// A running `tether bus serve` and the address it listens on.
 struct Served {
     child: Child,
@@ -268,8 +385,13 @@ impl Drop for Served {
     }
 }
 
-#[allow(clippy::zombie_processes, reason = "Drop kills and waits for it")]
 fn serve(nats: &NatsServer, env: &[(&str, &str)]) -> Served {
+    serve_at(&nats.url, &[], env)
+}
+
+/// `tether bus serve --backend nats --nats-url URL ARGS...` once it says it listens.
+#[allow(clippy::zombie_processes, reason = "Drop kills and waits for it")]
+fn serve_at(url: &str, args: &[&str], env: &[(&str, &str)]) -> Served {
     let mut child = tether()
         .args([
             "bus",
@@ -279,7 +401,8 @@ fn serve(nats: &NatsServer, env: &[(&str, &str)]) -> Served {
             "--backend",
             "nats",
         ])
-        .args(["--nats-url", &nats.url])
+        .args(["--nats-url", url])
+        .args(args)
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
