@@ -8,9 +8,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -99,37 +96,109 @@ pub fn parse_url(url: &str) -> Result<Url<'_>, String> {
     })
 }
 
-/// Sends one HTTP/1.1 request and returns the status code.
+/// The most a request's or an answer's head may take (request line or status line, headers).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Sends one HTTP/1.1 request and returns the status code (informational 1xx answers are
+/// skipped). One request per connection: it says `connection: close`, reads the answer's head,
+/// drains a little of the body so the server sees a polite client, and hangs up.
 pub async fn request(url: &str, method: &str, body: Option<Vec<u8>>) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let u = parse_url(url)?;
     let addr = resolve(u.host, u.port).await?;
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("{}: {}", u.authority, plain(&e)))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(u.path)
-        .header("host", u.authority)
-        .header("user-agent", concat!("tether/", env!("CARGO_PKG_VERSION")));
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
+    let mut head = format!(
+        "{method} {} HTTP/1.1\r\nhost: {}\r\nuser-agent: tether/{}\r\nconnection: close\r\n",
+        u.path,
+        u.authority,
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(b) = &body {
+        head.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            b.len()
+        ));
     }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| format!("{url}: {e}"))?;
-    let res = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = res.status().as_u16();
-    // Drain a little of the body so the server sees a polite client, then hang up.
-    let _ = tokio::time::timeout(Duration::from_millis(200), res.into_body().collect()).await;
-    conn.abort();
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend(body.unwrap_or_default());
+    let mut stream = tokio::io::BufReader::new(stream);
+    let failed = |e: std::io::Error| format!("{url}: {}", plain(&e));
+    stream.get_mut().write_all(&out).await.map_err(failed)?;
+    let status = loop {
+        let head = read_head(&mut stream)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| format!("{url}: connection closed before message completed"))?;
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut answer = httparse::Response::new(&mut headers);
+        match answer.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => unreachable!("read_head ends at the empty line"),
+            Err(e) => return Err(format!("{url}: bad answer: {e}")),
+        }
+        let code = answer.code.unwrap_or_default();
+        // 100 Continue and the like come before the answer; 101 is the answer.
+        if !(100..200).contains(&code) || code == 101 {
+            break code;
+        }
+    };
+    let mut sink = [0u8; 8192];
+    let drain = async {
+        let mut left = MAX_HEAD;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
     Ok(status)
+}
+
+/// Reads one message head, through the empty line that ends it: `None` at a clean end of the
+/// stream before any byte of it; an error (`InvalidData`) past [`MAX_HEAD`] bytes, or when the
+/// stream ends inside it.
+pub async fn read_head<R>(r: &mut R) -> std::io::Result<Option<Vec<u8>>>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut head = Vec::new();
+    loop {
+        let before = head.len();
+        let n = (&mut *r)
+            .take((MAX_HEAD + 1 - before) as u64)
+            .read_until(b'\n', &mut head)
+            .await?;
+        if n == 0 {
+            if head.iter().all(|b| b.is_ascii_whitespace()) {
+                return Ok(None);
+            }
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before message completed",
+            ));
+        }
+        if head.len() > MAX_HEAD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "message head too large",
+            ));
+        }
+        let line = &head[before..];
+        // Empty lines before a request line are allowed (RFC 9112, 2.2).
+        if line == b"\r\n" || line == b"\n" {
+            if head[..before].iter().all(|b| b.is_ascii_whitespace()) {
+                head.clear();
+                continue;
+            }
+            return Ok(Some(head));
+        }
+    }
 }
 
 /// An I/O error without the "(os error N)" tail.
@@ -384,5 +453,66 @@ mod tests {
         // The listener is gone: nothing accepts on that port now.
         let refused = tcp("127.0.0.1", port).await.unwrap_err();
         assert_eq!(refused, format!("127.0.0.1:{port}: Connection refused"));
+    }
+
+    /// A server that reads one request, writes `answer` and ends its side, then hands over the
+    /// request it read.
+    async fn one_answer(answer: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = tokio::io::BufReader::new(s);
+            let head = read_head(&mut s).await.unwrap().unwrap();
+            let head = String::from_utf8(head).unwrap();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.parse().unwrap());
+            let mut body = vec![0; length];
+            s.read_exact(&mut body).await.unwrap();
+            s.get_mut().write_all(answer.as_bytes()).await.unwrap();
+            s.get_mut().shutdown().await.unwrap();
+            // The client hangs up once it has the answer.
+            let mut rest = Vec::new();
+            let _ = s.read_until(0, &mut rest).await;
+            head + &String::from_utf8(body).unwrap()
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn a_request_says_what_it_carries_and_skips_100_continue() {
+        let (url, server) = one_answer(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await;
+        assert_eq!(request(&url, "POST", Some(b"{}".to_vec())).await, Ok(202));
+        let authority = url.trim_start_matches("http://").trim_end_matches("/hook");
+        assert_eq!(
+            server.await.unwrap(),
+            format!(
+                "POST /hook HTTP/1.1\r\nhost: {authority}\r\nuser-agent: tether/{}\r\nconnection: close\r\n\
+                 content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_or_not_http_is_an_error_naming_the_url() {
+        let (url, server) = one_answer("HTTP/1.1 200 OK\r\ncontent-le").await;
+        assert_eq!(
+            http(&url).await,
+            Err(format!("{url}: connection closed before message completed"))
+        );
+        server.await.unwrap();
+        let (url, server) = one_answer("SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+        assert_eq!(
+            http(&url).await,
+            Err(format!("{url}: bad answer: invalid HTTP version"))
+        );
+        server.await.unwrap();
     }
 }
