@@ -317,7 +317,9 @@ async fn respond(
         405 => "Method Not Allowed",
         409 => "Conflict",
         431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
+        503 => "Service Unavailable",
+        // The reason phrase is optional (RFC 9112 4): none rather than a wrong one.
+        _ => "",
     };
     let text = body.map(|b| b.to_string() + "\n").unwrap_or_default();
     let version = if head.version == 0 { "1.0" } else { "1.1" };
