@@ -2,13 +2,18 @@
 //! images built `FROM scratch` by its `build-images` (a static tether, the Rust SDK's example
 //! plugin built static): nothing is pulled.
 //!
-//! A bus client in the test, on the Bus API's port published on 127.0.0.1, publishes an order
-//! and subscribes to the signals; the plugin, which has no network of its own and is told of
-//! nothing but its bus sidecar on 127.0.0.1:9191, turns the order into a signal. Once under
-//! `tether run`, once from the Compose file `tether render compose` writes, under docker-compose.
+//! A bus client in the test, on the Bus API's port published on 127.0.0.1, registers as pool
+//! OMSPool with that pool's token (the example's policy asks every pool for one), publishes an
+//! order and subscribes to the signals; the plugin, which has no network of its own and is told
+//! of nothing but its bus sidecar on 127.0.0.1:9191, turns the order into a signal. From the
+//! plugin's position (its sidecar's network namespace, its user, no secret) a Register with the
+//! Bus API is refused: UNAUTHENTICATED as pool SignalPool without the token, no grant as any
+//! other pool. Once under `tether run`, once from the Compose file `tether render compose`
+//! writes, under docker-compose.
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -51,9 +56,11 @@ impl Example {
             volume: format!("bt-{id}-data"),
         };
         let example = repo().join("examples/plugin-bus");
+        // The tokens as build-images writes them for a developer, here in the test's folder.
         let built = Command::new(example.join("build-images"))
             .env("TETHER_IMAGE", &e.tether_image)
             .env("PLUGIN_IMAGE", &e.plugin_image)
+            .env("PLUGIN_BUS_TOKENS", e.dir.path())
             .output()
             .unwrap();
         assert!(
@@ -61,6 +68,20 @@ impl Example {
             "{}",
             String::from_utf8_lossy(&built.stderr)
         );
+        for pool in ["signal-pool", "oms-pool"] {
+            let token = e.token(pool);
+            assert_eq!(token.len(), 64, "32 random bytes in hex: {pool}");
+            let mode = std::fs::metadata(e.dir.path().join(format!("{pool}.token")))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{pool}.token");
+        }
+        assert_ne!(e.token("signal-pool"), e.token("oms-pool"));
+        // The example's own policy and sidecar config, beside the declaration as in the example.
+        for file in ["policy.yaml", "sidecar.yaml"] {
+            std::fs::copy(example.join(file), e.dir.path().join(file)).unwrap();
+        }
         // The example as written, with the test's names.
         let text = std::fs::read_to_string(example.join("tether.yaml"))
             .unwrap()
@@ -75,6 +96,118 @@ impl Example {
 
     fn file(&self) -> PathBuf {
         self.dir.path().join("tether.yaml")
+    }
+
+    /// The token build-images wrote for `pool` (`signal-pool`, `oms-pool`).
+    fn token(&self, pool: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{pool}.token"))).unwrap()
+    }
+
+    /// Neither token appears in what the engine shows of the project's containers (their
+    /// configuration, env, command, labels) nor in what they logged.
+    fn assert_no_token_shown(&self) {
+        for c in self.containers() {
+            let logs = docker(&["logs", &c]);
+            let shown = format!(
+                "{}{}{}",
+                text(&docker(&["inspect", &c])),
+                text(&logs),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+            for pool in ["signal-pool", "oms-pool"] {
+                assert!(
+                    !shown.contains(&self.token(pool)),
+                    "the {pool} token is shown by {c}"
+                );
+            }
+        }
+    }
+
+    /// A Register with the Bus API from the plugin's position: the network namespace of the bus
+    /// sidecar `sidecar` (a container id), the plugin's user, no secret. A `tether sidecar` sends
+    /// it, as pool `pool`, with no token (a plugin that skipped its sidecar has none): its
+    /// start-up ends at register (step 2) or at recovering the grants (step 3). Its exit code and
+    /// stderr.
+    fn register_from_the_plugins_position(&self, sidecar: &str, pool: &str) -> (i32, String) {
+        let name = format!("{}-intruder", self.project);
+        let mut run = Command::new("docker");
+        run.args([
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            &format!("--network=container:{sidecar}"),
+            "--user=10001:10001",
+            "-e",
+            "INSTANCE_ID=intruder",
+            "-e",
+            &format!("POOL_TYPE={pool}"),
+            "-e",
+            r#"REQUESTED_GRANTS=[{"topic": "orders.>", "action": "publish"}, {"topic": "signals.>", "action": "subscribe"}]"#,
+            "-e",
+            "SIDECAR_BUS_API_URL=bus-api:8443",
+            // Beside the real sidecar's ports in the same namespace.
+            "-e",
+            "SIDECAR_ADDR=127.0.0.1:9291",
+            "-e",
+            "SIDECAR_HEALTH_ADDR=127.0.0.1:9292",
+            &self.tether_image,
+            "sidecar",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        let mut child = run.spawn().unwrap();
+        // Refused, it ends in moments; let in, it would wait minutes for a plugin.
+        let deadline = std::time::Instant::now() + ROUND_TRIP;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = docker(&["rm", "-f", &name]);
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "a Register from the plugin's position as pool {pool} was not refused:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let err = read_all(child.stderr.take().unwrap());
+        (status.code().unwrap_or(-1), err)
+    }
+
+    /// Both refusals of [`Self::register_from_the_plugins_position`], exactly.
+    fn assert_the_plugin_cannot_use_the_bus_directly(&self, sidecar: &str) {
+        // The one error line, its address part (`(IP:PORT)` the name resolved to) aside.
+        let refusal = |pool: &str| -> (String, String) {
+            let (code, err) = self.register_from_the_plugins_position(sidecar, pool);
+            assert_eq!(code, 3, "{err}");
+            let line = err
+                .lines()
+                .find(|l| l.starts_with("error: "))
+                .unwrap_or_else(|| panic!("no error line: {err}"));
+            let (step, rest) = line
+                .split_once(" failed: the Bus API at http://bus-api:8443 (")
+                .unwrap_or_else(|| panic!("{err}"));
+            let (_, cause) = rest.split_once(") ").unwrap_or_else(|| panic!("{err}"));
+            (step.to_owned(), cause.to_owned())
+        };
+        assert_eq!(
+            refusal("SignalPool"),
+            (
+                "error: start-up step 2/8 (register)".to_owned(),
+                "refused: the policy asks pool `SignalPool` for a token and the Register carries none (Unauthenticated)".to_owned()
+            )
+        );
+        // Any other pool, one the policy does not name, registers and is given nothing.
+        let (code, err) = self.register_from_the_plugins_position(sidecar, "Intruder");
+        assert_eq!(code, 3, "{err}");
+        let why = "the policy names neither pool type `Intruder` nor instance `intruder`";
+        assert!(
+            err.contains(&format!("error: start-up step 3/8 (recover grants) failed: the bus gave none of the 2 requested grants: {why}; {why}\n")),
+            "{err}"
+        );
     }
 
     fn tether(&self, sub: &str) -> Command {
@@ -140,7 +273,8 @@ struct Checker {
 }
 
 impl Checker {
-    async fn connect(addr: &str) -> Checker {
+    /// Registers as instance `checker` of pool OMSPool, with that pool's `token`.
+    async fn connect(addr: &str, token: &str) -> Checker {
         let url = format!("http://{addr}");
         let deadline = tokio::time::Instant::now() + ROUND_TRIP;
         let mut api = loop {
@@ -164,7 +298,8 @@ impl Checker {
                 RegisterRequest {
                     protocol_major: 1,
                     instance_id: "checker".into(),
-                    pool_type: "Checker".into(),
+                    pool_type: "OMSPool".into(),
+                    token: Some(token.into()),
                     requested_grants: vec![
                         grant("orders.>", Action::Publish),
                         grant("signals.>", Action::Subscribe),
@@ -291,7 +426,7 @@ fn the_plugin_bus_example_runs_under_tether_run() {
     let addr = published(&text(&docker(&["port", &bus_api, "8443"])));
 
     let rt = runtime();
-    let mut checker = rt.block_on(Checker::connect(&addr));
+    let mut checker = rt.block_on(Checker::connect(&addr, &e.token("oms-pool")));
     let order = rt.block_on(checker.publish_order("eod", "buy 100 ACME"));
 
     let plugin = format!("{}-plugin", e.project);
@@ -336,6 +471,41 @@ fn the_plugin_bus_example_runs_under_tether_run() {
             .unwrap()
             .contains(&"SIDECAR_ADDR=127.0.0.1:9191".into())
     );
+    // No secret reaches the plugin: nothing is mounted in it (the sidecar's /run/secrets is
+    // its own mount namespace's); the Bus API and the sidecar have theirs as files.
+    assert_eq!(p["Mounts"], serde_json::json!([]), "{p}");
+    let secrets_of = |container: &str| -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&text(&docker(&["inspect", container]))).unwrap();
+        let mut targets: Vec<String> = v[0]["Mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["Destination"].as_str())
+            .filter(|d| d.starts_with("/run/secrets/"))
+            .map(str::to_owned)
+            .collect();
+        targets.sort();
+        targets
+    };
+    assert_eq!(
+        secrets_of(&bus_api),
+        [
+            "/run/secrets/oms-pool.token",
+            "/run/secrets/policy.yaml",
+            "/run/secrets/signal-pool.token"
+        ]
+    );
+    assert_eq!(
+        secrets_of(sidecar.trim()),
+        [
+            "/run/secrets/sidecar.yaml",
+            "/run/secrets/signal-pool.token"
+        ]
+    );
+    e.assert_no_token_shown();
+    // From where the plugin is, the Bus API refuses it.
+    e.assert_the_plugin_cannot_use_the_bus_directly(sidecar.trim());
     // What the plugin is served on is loopback in that namespace: nothing else on the project
     // network can act as the plugin; the sidecar's health port is open to probes.
     let network = format!("tether-{}", e.project);
@@ -405,10 +575,22 @@ fn the_plugin_bus_example_runs_from_its_rendered_compose_file() {
         let port = compose(&file, &over, project, &["port", "bus-api", "8443"]);
         let addr = published(&text(&port));
         let rt = runtime();
-        let mut checker = rt.block_on(Checker::connect(&addr));
+        let mut checker = rt.block_on(Checker::connect(&addr, &e.token("oms-pool")));
         let order = rt.block_on(checker.publish_order("eod", "buy 100 ACME"));
         let signal = rt.block_on(checker.next_signal());
         assert_signal_of_order(&signal, order);
+        // The plugin's container has no secret; from its place the Bus API refuses it.
+        let plugin = text(&compose(&file, &over, project, &["ps", "-q", "workload"]));
+        let mounts = text(&docker(&[
+            "inspect",
+            "-f",
+            "{{json .Mounts}}",
+            plugin.trim(),
+        ]));
+        assert_eq!(mounts.trim(), "[]");
+        e.assert_no_token_shown();
+        let sidecar = text(&compose(&file, &over, project, &["ps", "-q", "bus"]));
+        e.assert_the_plugin_cannot_use_the_bus_directly(sidecar.trim());
     });
     let logs = compose(&file, &over, project, &["logs", "--no-color"]);
     let down = compose(&file, &over, project, &["down", "-v", "--timeout", "20"]);

@@ -16,6 +16,18 @@ pub fn serve_args(words: &[String]) -> Option<usize> {
     runs_tether.then_some(at + 2)
 }
 
+/// Whether the words run `tether sidecar`: `sidecar` first (an image whose entrypoint is
+/// tether), or right after a program named `tether`.
+pub fn runs_sidecar(words: &[String]) -> bool {
+    match words.iter().position(|w| w == "sidecar") {
+        Some(0) => true,
+        Some(at) => std::path::Path::new(&words[at - 1])
+            .file_name()
+            .is_some_and(|n| n == "tether"),
+        None => false,
+    }
+}
+
 /// The value of `--name VALUE` or `--name=VALUE` (the last one given, as clap takes it), with
 /// the index of the word that holds it.
 pub fn flag<'a>(args: &'a [String], name: &str) -> Option<(usize, &'a str)> {
@@ -64,6 +76,14 @@ mod tests {
         assert_eq!(serve_args(&words("tether sidecar")), None);
         // Another program's `bus serve` is not tether's.
         assert_eq!(serve_args(&words("dbus bus serve")), None);
+    }
+
+    #[test]
+    fn tether_sidecar_is_found_after_tether_or_first() {
+        assert!(runs_sidecar(&words("sidecar")));
+        assert!(runs_sidecar(&words("/bin/tether sidecar")));
+        assert!(!runs_sidecar(&words("bus serve")));
+        assert!(!runs_sidecar(&words("envoy sidecar")));
     }
 
     #[test]

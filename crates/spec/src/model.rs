@@ -251,8 +251,12 @@ impl SecretSource {
         match self {
             Self::Env(var) => std::env::var(var)
                 .map_err(|_| format!("the variable {var} is not set on this host")),
-            Self::File(path) => std::fs::read_to_string(std::path::Path::new(root).join(path))
-                .map_err(|e| format!("cannot read {path}: {}", e.kind())),
+            Self::File(path) => {
+                // The path as read, so that a relative one says which folder it was taken in.
+                let full = std::path::Path::new(root).join(path);
+                std::fs::read_to_string(&full)
+                    .map_err(|e| format!("cannot read {}: {}", full.display(), e.kind()))
+            }
         }
     }
 }
@@ -620,5 +624,19 @@ mod tests {
         assert_eq!(Signal::parse("HUP").map(|s| s.number), Some(1));
         assert_eq!(Signal::parse("SIGFOO"), None);
         assert_eq!(Signal::parse("99"), None);
+    }
+
+    #[test]
+    fn a_secret_file_that_cannot_be_read_is_named_with_its_folder() {
+        let from = SecretSource::File("signal-pool.token".into());
+        assert_eq!(
+            from.read("/nonexistent/example"),
+            Err("cannot read /nonexistent/example/signal-pool.token: entity not found".into())
+        );
+        let from = SecretSource::Env("TETHER_TEST_NO_SUCH_VARIABLE".into());
+        assert_eq!(
+            from.read("/"),
+            Err("the variable TETHER_TEST_NO_SUCH_VARIABLE is not set on this host".into())
+        );
     }
 }

@@ -355,7 +355,9 @@ fn replicas(cx: &mut Ctx<'_>, f: &Fields<'_>, lifecycle: Option<Lifecycle>) -> O
 }
 
 /// A sidecar that runs `tether bus serve`: several replicas need the NATS backend, the files it
-/// is given under the secrets folder must be declared secrets, and a NATS password is one.
+/// is given under the secrets folder must be declared secrets, and a NATS password is one. One
+/// that runs `tether sidecar`: its `SIDECAR_CONFIG` under the secrets folder (where its token
+/// file is too) must be a declared secret.
 fn bus_serve(
     cx: &mut Ctx<'_>,
     f: &Fields<'_>,
@@ -380,6 +382,41 @@ fn bus_serve(
         }
     }
     let texts: Vec<String> = words.iter().map(|(w, _, _)| w.clone()).collect();
+    // The name of an undeclared secret that `path` names.
+    let undeclared = |path: &str| -> Option<String> {
+        let name = path.strip_prefix(SECRETS_DIR)?.strip_prefix('/')?;
+        (!secrets.iter().any(|s| s.name == name)).then(|| name.to_owned())
+    };
+    // An env variable naming a file under the secrets folder that no secret puts there.
+    // `first` and `other`: the secret sources the hint offers.
+    let undeclared_file = |cx: &mut Ctx<'_>, var: &str, first: &str, other: &str| {
+        let Some(value) = env.get(var) else { return };
+        let Some(name) = undeclared(value) else {
+            return;
+        };
+        let Some(Node {
+            value: Value::Map(entries),
+            ..
+        }) = f.get("env")
+        else {
+            return;
+        };
+        let Some((_, node)) = entries.iter().find(|(k, _)| k.name == var) else {
+            return;
+        };
+        cx.error(
+            &join(&f.at("env"), var),
+            node.span,
+            format!("{var} {value}: no secret `{name}` is declared, so nothing puts a file there"),
+        )
+        .with_hint(format!(
+            "add `secrets: [{{ name: {name}, from: {first} }}]` (or `from: {other}`) to this sidecar"
+        ));
+    };
+    if crate::bus::runs_sidecar(&texts) {
+        undeclared_file(cx, "SIDECAR_CONFIG", "file:PATH", "env:VAR");
+        return;
+    }
     let Some(start) = crate::bus::serve_args(&texts) else {
         return;
     };
@@ -441,11 +478,6 @@ fn bus_serve(
             _ => {}
         }
     }
-    // The name of an undeclared secret that `path` names.
-    let undeclared = |path: &str| -> Option<String> {
-        let name = path.strip_prefix(SECRETS_DIR)?.strip_prefix('/')?;
-        (!secrets.iter().any(|s| s.name == name)).then(|| name.to_owned())
-    };
     for flag in [
         "--nats-creds",
         "--nats-ca",
@@ -474,7 +506,7 @@ fn bus_serve(
     else {
         return;
     };
-    for (key, node) in entries {
+    for (key, _) in entries {
         let var = key.name.as_str();
         let path = join(&f.at("env"), var);
         if var == "NATS_PASSWORD" {
@@ -488,18 +520,8 @@ fn bus_serve(
                 )
                 .with_hint("declare it as a secret, `secrets: [{ name: nats-password, from: env:NATS_PASSWORD }]`, and set `NATS_PASSWORD_FILE: /run/secrets/nats-password` instead");
             d.span = None;
-        } else if matches!(var, "NATS_USER_FILE" | "NATS_PASSWORD_FILE")
-            && let Some(value) = env.get(var)
-            && let Some(name) = undeclared(value)
-        {
-            cx.error(
-                &path,
-                node.span,
-                format!("{var} {value}: no secret `{name}` is declared, so nothing puts a file there"),
-            )
-            .with_hint(format!(
-                "add `secrets: [{{ name: {name}, from: env:VAR }}]` (or `from: file:PATH`) to this sidecar"
-            ));
+        } else if matches!(var, "NATS_USER_FILE" | "NATS_PASSWORD_FILE") {
+            undeclared_file(cx, var, "env:VAR", "file:PATH");
         }
     }
 }
