@@ -17,7 +17,10 @@
 //! concurrent publishes and acks share one fsync. In [`SyncMode::Always`] (the default) a
 //! publish, ack, nack or registration is answered only after the commit that holds it is durable;
 //! claims and releases are committed without an fsync of their own (losing one to a crash only
-//! means an unacked message is delivered again), and the next durable commit carries them. In
+//! means an unacked message is delivered again), and the next durable commit carries them. An
+//! ack asks for no fsync of its own either: its answer waits for the next durable commit (the
+//! next publish's), at most 2 ms, and only then is one made for it; so a stream of
+//! messages costs one fsync per batch of publishes, not one more per batch of acks. In
 //! [`SyncMode::Every`] no commit waits for the disk, and a durable commit happens at least that
 //! often.
 
@@ -401,6 +404,8 @@ impl RedbStore {
             unsynced_since: None,
             stats: stats.clone(),
             summaries: Summaries::new(),
+            deferred: Vec::new(),
+            deferred_since: None,
         };
         std::thread::Builder::new()
             .name("bus-committer".into())
@@ -818,30 +823,44 @@ struct Effect {
     wrote: bool,
     /// Its caller may only be answered once it is durable (in [`SyncMode::Always`]).
     durable: bool,
+    /// Its caller may only be answered once it is durable, but it need not be made durable at
+    /// once: it may wait for the next durable commit (in [`SyncMode::Always`]).
+    defer: bool,
 }
 
 impl Effect {
     const NONE: Self = Self {
         wrote: false,
         durable: false,
+        defer: false,
     };
     fn durable(wrote: bool) -> Self {
         Self {
             wrote,
             durable: wrote,
+            defer: false,
         }
     }
     fn lazy(wrote: bool) -> Self {
         Self {
             wrote,
             durable: false,
+            defer: false,
+        }
+    }
+    fn deferred(wrote: bool) -> Self {
+        Self {
+            wrote,
+            durable: false,
+            defer: true,
         }
     }
 }
 
 struct Job {
     op: Op,
-    reply: tokio::sync::oneshot::Sender<Result<Done>>,
+    /// None for the committer's own flush.
+    reply: Option<Reply>,
 }
 
 /// The most writes one transaction takes.
@@ -961,7 +980,7 @@ fn apply(
                     }
                 }
             }
-            Ok((Done::Count(acked), Effect::durable(acked > 0)))
+            Ok((Done::Count(acked), Effect::deferred(acked > 0)))
         }
         Op::Nack(id, available_at_ms) => {
             let Some(key) = parse_delivery_id(id) else {
@@ -1060,6 +1079,7 @@ fn apply(
             Effect {
                 wrote: false,
                 durable: true,
+                defer: false,
             },
         )),
     }
@@ -1076,21 +1096,40 @@ struct Committer {
     stats: Arc<StoreStats>,
     /// What the committed transactions left pending, per consumer.
     summaries: Summaries,
+    /// Answers committed but not durable yet, for writes that may wait for the next durable
+    /// commit (acks in [`SyncMode::Always`]), and since when the oldest waits.
+    deferred: Vec<(Reply, Done)>,
+    deferred_since: Option<Instant>,
 }
+
+type Reply = tokio::sync::oneshot::Sender<Result<Done>>;
+
+/// How long an ack may wait, in [`SyncMode::Always`], for a durable commit to share (the next
+/// publish's); after that it gets one of its own.
+const DEFER_AT_MOST: Duration = Duration::from_millis(2);
 
 impl Committer {
     fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
         use std::sync::mpsc::RecvTimeoutError;
         loop {
-            let first = match (self.sync, self.unsynced_since) {
-                (SyncMode::Every(every), Some(since)) => {
-                    match jobs.recv_timeout(every.saturating_sub(since.elapsed())) {
-                        Ok(job) => Some(job),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                _ => match jobs.recv() {
+            // The next durable commit due without a write asking for it: the periodic sync,
+            // or deferred answers that waited long enough.
+            let periodic = match (self.sync, self.unsynced_since) {
+                (SyncMode::Every(every), Some(since)) => Some(since + every),
+                _ => None,
+            };
+            let deferred = self.deferred_since.map(|since| since + DEFER_AT_MOST);
+            let due = match (periodic, deferred) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match due {
+                Some(at) => match jobs.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(job) => Some(job),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match jobs.recv() {
                     Ok(job) => Some(job),
                     Err(_) => break,
                 },
@@ -1102,45 +1141,90 @@ impl Committer {
                     Err(_) => break,
                 }
             }
+            if batch.is_empty()
+                && self
+                    .deferred_since
+                    .is_some_and(|s| s.elapsed() >= DEFER_AT_MOST)
+            {
+                batch.push(Job {
+                    op: Op::Flush,
+                    reply: None,
+                });
+            }
             self.run_batch(batch);
         }
         // Every handle is gone: make what was committed durable.
-        if self.unsynced_since.is_some()
-            && let Err(e) = self.commit(&[Op::Flush])
-        {
-            tracing::error!("the last sync of the bus's store failed: {e}");
+        if self.unsynced_since.is_some() {
+            match self.commit(&[Op::Flush]) {
+                Ok(_) => self.answer_deferred(None),
+                Err(e) => {
+                    tracing::error!("the last sync of the bus's store failed: {e}");
+                    self.answer_deferred(Some(&e));
+                }
+            }
         }
         self.stats.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Answers every deferred write: its result once durable, or the error of the commit that
+    /// was to make it so.
+    fn answer_deferred(&mut self, failed: Option<&StoreError>) {
+        self.deferred_since = None;
+        for (reply, done) in self.deferred.drain(..) {
+            let _ = reply.send(match failed {
+                None => Ok(done),
+                Some(e) => Err(e.clone()),
+            });
+        }
     }
 
     fn run_batch(&mut self, batch: Vec<Job>) {
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|j| (j.op, j.reply)).unzip();
         match self.commit(&ops) {
-            Ok(done) => {
-                for (reply, done) in replies.into_iter().zip(done) {
-                    let _ = reply.send(Ok(done));
-                }
-            }
+            Ok(committed) => self.answer(replies, committed),
             Err(e) if ops.len() <= 1 => {
-                for reply in replies {
+                for reply in replies.into_iter().flatten() {
                     let _ = reply.send(Err(e.clone()));
+                }
+                // A failed flush leaves what waited for it unanswered by a sync: say so.
+                if matches!(ops.first(), Some(Op::Flush)) {
+                    self.answer_deferred(Some(&e));
                 }
             }
             Err(_) => {
                 // One write failed the batch: run each alone, so that only it fails.
                 for (op, reply) in ops.into_iter().zip(replies) {
-                    let answer = self
-                        .commit(std::slice::from_ref(&op))
-                        .map(|mut d| d.remove(0));
-                    let _ = reply.send(answer);
+                    match self.commit(std::slice::from_ref(&op)) {
+                        Ok(committed) => self.answer(vec![reply], committed),
+                        Err(e) => {
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Runs `ops` in one transaction and commits it: durably (one fsync) when a write asks for
-    /// it in [`SyncMode::Always`], when the sync interval has passed, or for a flush.
-    fn commit(&mut self, ops: &[Op]) -> Result<Vec<Done>> {
+    /// Answers the writes of a committed transaction: at once, or (for a write that asked to be
+    /// durable and may wait) once a durable commit holds it, which may be this one.
+    fn answer(&mut self, replies: Vec<Option<Reply>>, committed: Committed) {
+        for (reply, (done, defer)) in replies.into_iter().zip(committed.done) {
+            let Some(reply) = reply else { continue };
+            if defer && !committed.durable {
+                self.deferred_since.get_or_insert_with(Instant::now);
+                self.deferred.push((reply, done));
+            } else {
+                let _ = reply.send(Ok(done));
+            }
+        }
+        if committed.durable {
+            self.answer_deferred(None);
+        }
+    }
+
+    fn commit(&mut self, ops: &[Op]) -> Result<Committed> {
         let done = self.try_commit(ops);
         if done.is_err() {
             // What the failed transaction would have left is not what the file holds.
@@ -1149,14 +1233,23 @@ impl Committer {
         done
     }
 
-    fn try_commit(&mut self, ops: &[Op]) -> Result<Vec<Done>> {
+    /// Runs `ops` in one transaction and commits it: durably (one fsync) when a write asks for
+    /// it in [`SyncMode::Always`], when the sync interval has passed, or for a flush.
+    fn try_commit(&mut self, ops: &[Op]) -> Result<Committed> {
         let mut txn = self.disk(self.db.begin_write())?;
         let mut done = Vec::with_capacity(ops.len());
         let mut effect = Effect::NONE;
         let mut flush = false;
         for op in ops {
             let (d, e) = apply(&txn, op, self.retention, &mut self.summaries)?;
-            done.push(d);
+            // In SyncMode::Always an ack is durable before it is answered, but it need not
+            // have a sync of its own: it waits (at most DEFER_AT_MOST) for the next durable
+            // commit. An ack that found nothing to remove waits too while commits are unsynced:
+            // its first try may be among them.
+            let defer = self.sync == SyncMode::Always
+                && e.defer
+                && (e.wrote || self.unsynced_since.is_some());
+            done.push((d, defer));
             effect.wrote |= e.wrote;
             effect.durable |= e.durable;
             flush |= matches!(op, Op::Flush);
@@ -1176,10 +1269,16 @@ impl Committer {
             self.unsynced_since.get_or_insert_with(Instant::now);
         } else {
             txn.abort()?;
-            return Ok(done);
+            return Ok(Committed {
+                done,
+                durable: self.unsynced_since.is_none(),
+            });
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(done)
+        Ok(Committed {
+            done,
+            durable: self.unsynced_since.is_none(),
+        })
     }
 
     /// Notes whether a transaction could begin or commit: readiness reports a failing disk.
@@ -1192,11 +1291,21 @@ impl Committer {
     }
 }
 
+/// A committed transaction: each write's answer and whether it may have to wait, and whether
+/// everything committed so far is durable.
+struct Committed {
+    done: Vec<(Done, bool)>,
+    durable: bool,
+}
+
 impl RedbStore {
     async fn write(&self, op: Op) -> Result<Done> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Job { op, reply })
+            .send(Job {
+                op,
+                reply: Some(reply),
+            })
             .map_err(|_| StoreError("the store's committer has stopped".into()))?;
         answer
             .await
