@@ -1141,10 +1141,11 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            if batch.is_empty()
-                && self
-                    .deferred_since
-                    .is_some_and(|s| s.elapsed() >= DEFER_AT_MOST)
+            // Deferred answers that waited long enough: this batch is made durable (a flush
+            // makes the whole transaction so), whatever else it holds.
+            if self
+                .deferred_since
+                .is_some_and(|s| s.elapsed() >= DEFER_AT_MOST)
             {
                 batch.push(Job {
                     op: Op::Flush,
