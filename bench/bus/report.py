@@ -25,13 +25,14 @@ floor = load("floor.json")
 with open(os.path.join(WORK, "nats-version")) as f:
     nats_version = f.read().strip().split()[-1]
 systems = {}
-for name in ["tether-periodic", "tether-always", "jetstream"]:
+for name in ["tether-periodic", "tether-always", "tether-nats", "jetstream"]:
     if os.path.isdir(os.path.join(WORK, name)):
         systems[name] = load(name, "result.json")
 
 labels = {
     "tether-periodic": f"tether --sync {PERIOD}",
     "tether-always": "tether --sync always" if SYNC else "tether (fsync each)",
+    "tether-nats": "tether --backend nats",
     "jetstream": f"JetStream {nats_version}",
 }
 
@@ -74,6 +75,13 @@ def server(field):
     return lambda s: (s["memory"].get("bus") or s["memory"]["server"])[field]
 
 
+def cpu_per_1000(s):
+    """CPU time (ms) the watched processes (bus, sidecars, nats-server) used per 1,000 messages
+    delivered in the saturation phase; the driver's own (the plugins, the NATS client) is not in it."""
+    used = sum(m.get("cpu_sat_s", 0) for m in s["memory"].values())
+    return used * 1e6 / max(s["saturation"]["received"], 1)
+
+
 rows = [
     (f"{rate['target_per_s']:,} msg/s for {rate['secs']} s, end to end p50", lambda s: s["rate"]["p50_ms"], ms),
     ("  p99", lambda s: s["rate"]["p99_ms"], ms),
@@ -82,9 +90,11 @@ rows = [
     ("  publish acknowledged, p99", lambda s: s["rate"]["ack_p99_ms"], ms),
     (f"saturation ({sat['inflight']} in flight, {sat['secs']} s), published/s", lambda s: s["saturation"]["published_per_s"], lambda x: f"{x:,.0f}"),
     ("  delivered/s, end to end", lambda s: s["saturation"]["delivered_per_s"], lambda x: f"{x:,.0f}"),
+    ("CPU per 1,000 messages at saturation, servers and sidecars", cpu_per_1000, lambda x: f"{x:.0f} ms"),
     ("resident, bus or nats-server, at 1,000 msg/s", server("rss_at_rate_kib"), mib),
     ("  of it anonymous (not the binary's pages)", server("anon_at_rate_kib"), mib),
     ("  peak (VmHWM), after saturation", server("hwm_kib"), mib),
+    ("  nats-server behind tether's Bus API, peak", lambda s: s["memory"].get("nats_server", {}).get("hwm_kib"), maybe_mib),
     ("resident, one sidecar (the larger), at 1,000 msg/s", sidecar("rss_at_rate_kib"), maybe_mib),
     ("  of it anonymous (not the binary's pages)", sidecar("anon_at_rate_kib"), maybe_mib),
     ("  peak (VmHWM), after saturation", sidecar("hwm_kib"), maybe_mib),
