@@ -25,13 +25,14 @@ floor = load("floor.json")
 with open(os.path.join(WORK, "nats-version")) as f:
     nats_version = f.read().strip().split()[-1]
 systems = {}
-for name in ["tether-periodic", "tether-always", "jetstream"]:
+for name in ["tether-periodic", "tether-always", "tether-nats", "jetstream"]:
     if os.path.isdir(os.path.join(WORK, name)):
         systems[name] = load(name, "result.json")
 
 labels = {
     "tether-periodic": f"tether --sync {PERIOD}",
     "tether-always": "tether --sync always" if SYNC else "tether (fsync each)",
+    "tether-nats": "tether --backend nats",
     "jetstream": f"JetStream {nats_version}",
 }
 
@@ -74,6 +75,40 @@ def server(field):
     return lambda s: (s["memory"].get("bus") or s["memory"]["server"])[field]
 
 
+def metrics(name):
+    """The bus's Prometheus counters at the end of a tether run (metrics.txt), by name."""
+    path = os.path.join(WORK, name, "metrics.txt")
+    if not os.path.exists(path):
+        return {}
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if line and not line.startswith("#"):
+                key, _, value = line.strip().rpartition(" ")
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    pass
+    return out
+
+
+def syncs_per_1000(name):
+    """fsyncs of the bus's store per 1,000 messages published, over the whole run."""
+    m = metrics(name)
+    published = m.get("tether_bus_messages_published_total")
+    syncs = m.get("tether_bus_store_syncs_total")
+    if not published or syncs is None:
+        return None
+    return syncs * 1000 / published
+
+
+def cpu_per_1000(s):
+    """CPU time (ms) the watched processes (bus, sidecars, nats-server) used per 1,000 messages
+    delivered in the saturation phase; the driver's own (the plugins, the NATS client) is not in it."""
+    used = sum(m.get("cpu_sat_s", 0) for m in s["memory"].values())
+    return used * 1e6 / max(s["saturation"]["received"], 1)
+
+
 rows = [
     (f"{rate['target_per_s']:,} msg/s for {rate['secs']} s, end to end p50", lambda s: s["rate"]["p50_ms"], ms),
     ("  p99", lambda s: s["rate"]["p99_ms"], ms),
@@ -82,9 +117,12 @@ rows = [
     ("  publish acknowledged, p99", lambda s: s["rate"]["ack_p99_ms"], ms),
     (f"saturation ({sat['inflight']} in flight, {sat['secs']} s), published/s", lambda s: s["saturation"]["published_per_s"], lambda x: f"{x:,.0f}"),
     ("  delivered/s, end to end", lambda s: s["saturation"]["delivered_per_s"], lambda x: f"{x:,.0f}"),
+    ("CPU per 1,000 messages at saturation, servers and sidecars", cpu_per_1000, lambda x: f"{x:.0f} ms"),
+    ("fsyncs of the bus's store per 1,000 messages (whole run)", None, lambda x: "-" if x is None else f"{x:.0f}"),
     ("resident, bus or nats-server, at 1,000 msg/s", server("rss_at_rate_kib"), mib),
     ("  of it anonymous (not the binary's pages)", server("anon_at_rate_kib"), mib),
     ("  peak (VmHWM), after saturation", server("hwm_kib"), mib),
+    ("  nats-server behind tether's Bus API, peak", lambda s: s["memory"].get("nats_server", {}).get("hwm_kib"), maybe_mib),
     ("resident, one sidecar (the larger), at 1,000 msg/s", sidecar("rss_at_rate_kib"), maybe_mib),
     ("  of it anonymous (not the binary's pages)", sidecar("anon_at_rate_kib"), maybe_mib),
     ("  peak (VmHWM), after saturation", sidecar("hwm_kib"), maybe_mib),
@@ -99,6 +137,11 @@ width = max(len(r[0]) for r in rows) + 2
 col = 24
 print(" " * width + "".join(f"{labels[n]:>{col}}" for n in names))
 for title, get, fmt in rows:
+    if get is None:
+        # Per system by name, not from its figures: the bus's own counters.
+        cells = [f"{fmt(syncs_per_1000(n) if n.startswith('tether-') and n != 'tether-nats' else None):>{col}}" for n in names]
+        print(f"{title:<{width}}" + "".join(cells))
+        continue
     base = get(js)
     cells = []
     for n in names:

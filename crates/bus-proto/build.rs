@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let descriptors = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
+        // prost's codec with smaller buffers (crate::Codec).
+        .codec_path("crate::Codec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

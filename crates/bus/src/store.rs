@@ -17,7 +17,10 @@
 //! concurrent publishes and acks share one fsync. In [`SyncMode::Always`] (the default) a
 //! publish, ack, nack or registration is answered only after the commit that holds it is durable;
 //! claims and releases are committed without an fsync of their own (losing one to a crash only
-//! means an unacked message is delivered again), and the next durable commit carries them. In
+//! means an unacked message is delivered again), and the next durable commit carries them. An
+//! ack asks for no fsync of its own either: its answer waits for the next durable commit (the
+//! next publish's), at most 2 ms, and only then is one made for it; so a stream of
+//! messages costs one fsync per batch of publishes, not one more per batch of acks. In
 //! [`SyncMode::Every`] no commit waits for the disk, and a durable commit happens at least that
 //! often.
 
@@ -205,6 +208,10 @@ pub trait Store: Send + Sync + 'static {
 /// The name of the store's file inside the data folder.
 pub const FILE_NAME: &str = "bus.redb";
 
+/// The memory redb may keep pages of the file in (its default is 1 GiB). What the bus reads
+/// back is mostly what it wrote moments ago, and the B-trees' upper levels: a few MiB serve that.
+const CACHE_BYTES: usize = 32 << 20;
+
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const IDEMPOTENCY: TableDefinition<(&str, &str), u64> = TableDefinition::new("idempotency");
@@ -230,6 +237,16 @@ struct MessageRecord {
     headers: BTreeMap<String, String>,
     #[prost(bytes = "vec", tag = "3")]
     data: Vec<u8>,
+    #[prost(string, tag = "4")]
+    idempotency_key: String,
+}
+
+/// The fields of a [`MessageRecord`] retention looks at: decoding it skips the data and
+/// headers instead of copying them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct MessageHead {
+    #[prost(uint64, tag = "1")]
+    time_ms: u64,
     #[prost(string, tag = "4")]
     idempotency_key: String,
 }
@@ -344,6 +361,18 @@ pub struct RedbStore {
     db: Arc<Database>,
     jobs: std::sync::mpsc::Sender<Job>,
     stats: Arc<StoreStats>,
+    sessions: Arc<Mutex<SessionCache>>,
+}
+
+/// The registrations sessions were found to belong to, so that a Bus API call does not read
+/// the store to learn who calls. This process is the only writer of the file, so its own
+/// register and deregister are the only changes: each clears the cache once committed, and
+/// bumps `generation`, so that a lookup that read the store before the change does not put
+/// what it read back.
+#[derive(Default)]
+struct SessionCache {
+    generation: u64,
+    known: std::collections::HashMap<String, Registration>,
 }
 
 impl RedbStore {
@@ -353,7 +382,9 @@ impl RedbStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write()?;
         {
@@ -376,12 +407,27 @@ impl RedbStore {
             sync,
             unsynced_since: None,
             stats: stats.clone(),
+            summaries: Summaries::new(),
+            deferred: Vec::new(),
+            deferred_since: None,
         };
         std::thread::Builder::new()
             .name("bus-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(|e| StoreError(format!("cannot start the committer thread: {e}")))?;
-        Ok(Self { db, jobs, stats })
+        Ok(Self {
+            db,
+            jobs,
+            stats,
+            sessions: Arc::default(),
+        })
+    }
+
+    /// Forgets every cached session (after a register or deregister, committed or not).
+    fn sessions_changed(&self) {
+        let mut cache = self.sessions.lock().expect("session cache");
+        cache.generation += 1;
+        cache.known.clear();
     }
 
     /// Commits, syncs and whether the store can take writes.
@@ -448,7 +494,7 @@ fn enforce(
                     Some((
                         seq,
                         v.value().len() as u64,
-                        decode::<MessageRecord>(v.value())?,
+                        decode::<MessageHead>(v.value())?,
                     ))
                 }
                 None => None,
@@ -505,10 +551,56 @@ pub(crate) fn dead_letter_reason(
     format!("delivered {deliveries} times (max_deliver {max_deliver}) without an ack; {last}")
 }
 
+/// What the committer knows of one consumer's pending entries without reading them, so that a
+/// claim reads them only when one may be due: kept up to date by every write that changes
+/// them, dropped (the next claim reads them all again) when in doubt.
+#[derive(Clone, Debug, Default)]
+struct Summary {
+    /// No pending entry becomes deliverable before this (ms since the epoch); a lower bound.
+    earliest: u64,
+    /// Pending entries per holder (released and nacked ones have none).
+    held: std::collections::HashMap<String, usize>,
+}
+
+impl Summary {
+    fn hold(&mut self, holder: &str, available_at_ms: u64) {
+        self.earliest = self.earliest.min(available_at_ms);
+        if !holder.is_empty() {
+            *self.held.entry(holder.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// An entry of `holder` left (acked) or was given back; false when the summary did not
+    /// count it (then it is no longer to be trusted).
+    fn unhold(&mut self, holder: &str) -> bool {
+        if holder.is_empty() {
+            return true;
+        }
+        match self.held.get_mut(holder) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.held.remove(holder);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The committer's [`Summary`] of each consumer it has claimed for.
+type Summaries = std::collections::HashMap<String, Summary>;
+
 /// Claims inside `txn`; answers what was claimed and whether anything was written.
+///
+/// The pending entries are read only when `summary` is missing or says one may be due; the
+/// summary is then made afresh, and kept up to date otherwise.
 fn claim_in(
     txn: &WriteTransaction,
     retention: Retention,
+    summaries: &mut Summaries,
     consumer: &str,
     holder: &str,
     now_ms: u64,
@@ -522,33 +614,48 @@ fn claim_in(
         };
         decode(v.value())?
     };
+    let deadline = now_ms + config.ack_deadline_ms;
     // Due redeliveries first, and the holder's claims still running.
     let mut held = 0usize;
     let mut due: Vec<(String, u64, PendingRecord)> = Vec::new();
-    {
-        let pending = txn.open_table(PENDING)?;
-        for entry in pending.range((consumer, "", 0u64)..)? {
-            let (k, v) = entry?;
-            let (c, t, seq) = k.value();
-            if c != consumer {
-                break;
+    let mut summary = match summaries.remove(consumer) {
+        Some(known) if now_ms < known.earliest => {
+            held = known.held.get(holder).copied().unwrap_or(0);
+            if known.earliest != u64::MAX {
+                out.next_wake_ms = Some(known.earliest);
             }
-            let p: PendingRecord = decode(v.value())?;
-            if p.available_at_ms <= now_ms {
-                due.push((t.to_owned(), seq, p));
-            } else {
-                if p.holder == holder {
-                    held += 1;
-                }
-                out.next_wake_ms = Some(
-                    out.next_wake_ms
-                        .map_or(p.available_at_ms, |w| w.min(p.available_at_ms)),
-                );
-            }
+            known
         }
-    }
+        _ => {
+            let mut fresh = Summary {
+                earliest: u64::MAX,
+                held: std::collections::HashMap::new(),
+            };
+            let pending = txn.open_table(PENDING)?;
+            for entry in pending.range((consumer, "", 0u64)..)? {
+                let (k, v) = entry?;
+                let (c, t, seq) = k.value();
+                if c != consumer {
+                    break;
+                }
+                let p: PendingRecord = decode(v.value())?;
+                if p.available_at_ms <= now_ms {
+                    due.push((t.to_owned(), seq, p));
+                } else {
+                    if p.holder == holder {
+                        held += 1;
+                    }
+                    fresh.hold(&p.holder, p.available_at_ms);
+                    out.next_wake_ms = Some(
+                        out.next_wake_ms
+                            .map_or(p.available_at_ms, |w| w.min(p.available_at_ms)),
+                    );
+                }
+            }
+            fresh
+        }
+    };
     let mut room = max.saturating_sub(held);
-    let deadline = now_ms + config.ack_deadline_ms;
     let mut dead: Vec<(String, u64, MessageRecord, String)> = Vec::new();
     {
         let mut pending = txn.open_table(PENDING)?;
@@ -573,9 +680,11 @@ fn claim_in(
             }
             if room == 0 {
                 out.next_wake_ms = Some(now_ms);
+                summary.hold(&p.holder, p.available_at_ms);
                 continue;
             }
             room -= 1;
+            summary.hold(holder, deadline);
             let redelivered = p.deliveries;
             p.deliveries += 1;
             p.available_at_ms = deadline;
@@ -652,6 +761,7 @@ fn claim_in(
                     last: String::new(),
                 };
                 pending.insert((consumer, t.as_str(), seq), p.encode_to_vec().as_slice())?;
+                summary.hold(holder, deadline);
                 out.deliveries.push(Delivered {
                     id: delivery_id(consumer, &t, seq),
                     topic: t.clone(),
@@ -672,6 +782,7 @@ fn claim_in(
     if wrote {
         out.next_wake_ms = Some(out.next_wake_ms.map_or(deadline, |w| w.min(deadline)));
     }
+    summaries.insert(consumer.to_owned(), summary);
     Ok((out, wrote))
 }
 
@@ -716,37 +827,56 @@ struct Effect {
     wrote: bool,
     /// Its caller may only be answered once it is durable (in [`SyncMode::Always`]).
     durable: bool,
+    /// Its caller may only be answered once it is durable, but it need not be made durable at
+    /// once: it may wait for the next durable commit (in [`SyncMode::Always`]).
+    defer: bool,
 }
 
 impl Effect {
     const NONE: Self = Self {
         wrote: false,
         durable: false,
+        defer: false,
     };
     fn durable(wrote: bool) -> Self {
         Self {
             wrote,
             durable: wrote,
+            defer: false,
         }
     }
     fn lazy(wrote: bool) -> Self {
         Self {
             wrote,
             durable: false,
+            defer: false,
+        }
+    }
+    fn deferred(wrote: bool) -> Self {
+        Self {
+            wrote,
+            durable: false,
+            defer: true,
         }
     }
 }
 
 struct Job {
     op: Op,
-    reply: tokio::sync::oneshot::Sender<Result<Done>>,
+    /// None for the committer's own flush.
+    reply: Option<Reply>,
 }
 
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 1024;
 
 /// Applies one write to `txn`.
-fn apply(txn: &WriteTransaction, op: &Op, retention: Retention) -> Result<(Done, Effect)> {
+fn apply(
+    txn: &WriteTransaction,
+    op: &Op,
+    retention: Retention,
+    summaries: &mut Summaries,
+) -> Result<(Done, Effect)> {
     match op {
         Op::Register(reg) => {
             let mut instances = txn.open_table(INSTANCES)?;
@@ -831,7 +961,8 @@ fn apply(txn: &WriteTransaction, op: &Op, retention: Retention) -> Result<(Done,
             now_ms,
             max,
         } => {
-            let (claimed, wrote) = claim_in(txn, retention, consumer, holder, *now_ms, *max)?;
+            let (claimed, wrote) =
+                claim_in(txn, retention, summaries, consumer, holder, *now_ms, *max)?;
             // A claim lost to a crash only means its messages are delivered again.
             Ok((Done::Claimed(claimed), Effect::lazy(wrote)))
         }
@@ -839,13 +970,21 @@ fn apply(txn: &WriteTransaction, op: &Op, retention: Retention) -> Result<(Done,
             let mut pending = txn.open_table(PENDING)?;
             let mut acked = 0;
             for id in ids {
-                if let Some(key) = parse_delivery_id(id)
-                    && pending.remove(key)?.is_some()
-                {
-                    acked += 1;
+                let Some(key) = parse_delivery_id(id) else {
+                    continue;
+                };
+                let Some(old) = pending.remove(key)? else {
+                    continue;
+                };
+                acked += 1;
+                if let Some(summary) = summaries.get_mut(key.0) {
+                    let p: PendingRecord = decode(old.value())?;
+                    if !summary.unhold(&p.holder) {
+                        summaries.remove(key.0);
+                    }
                 }
             }
-            Ok((Done::Count(acked), Effect::durable(acked > 0)))
+            Ok((Done::Count(acked), Effect::deferred(acked > 0)))
         }
         Op::Nack(id, available_at_ms) => {
             let Some(key) = parse_delivery_id(id) else {
@@ -858,6 +997,13 @@ fn apply(txn: &WriteTransaction, op: &Op, retention: Retention) -> Result<(Done,
                 .transpose()?;
             let found = match p {
                 Some(mut p) => {
+                    if let Some(summary) = summaries.get_mut(key.0) {
+                        if summary.unhold(&p.holder) {
+                            summary.earliest = summary.earliest.min(*available_at_ms);
+                        } else {
+                            summaries.remove(key.0);
+                        }
+                    }
                     p.available_at_ms = *available_at_ms;
                     p.last = "nacked".into();
                     // Given back: a later Release by the same holder leaves it (and its count)
@@ -871,6 +1017,9 @@ fn apply(txn: &WriteTransaction, op: &Op, retention: Retention) -> Result<(Done,
             Ok((Done::Bool(found), Effect::durable(found)))
         }
         Op::Release(holder, ids) => {
+            // Released entries are deliverable at once: every consumer's pending entries are
+            // read again at its next claim.
+            summaries.clear();
             let mut pending = txn.open_table(PENDING)?;
             let mut changed: Vec<((String, String, u64), PendingRecord)> = Vec::new();
             if ids.is_empty() {
@@ -934,6 +1083,7 @@ fn apply(txn: &WriteTransaction, op: &Op, retention: Retention) -> Result<(Done,
             Effect {
                 wrote: false,
                 durable: true,
+                defer: false,
             },
         )),
     }
@@ -948,21 +1098,42 @@ struct Committer {
     /// Since when commits that are not durable yet exist.
     unsynced_since: Option<Instant>,
     stats: Arc<StoreStats>,
+    /// What the committed transactions left pending, per consumer.
+    summaries: Summaries,
+    /// Answers committed but not durable yet, for writes that may wait for the next durable
+    /// commit (acks in [`SyncMode::Always`]), and since when the oldest waits.
+    deferred: Vec<(Reply, Done)>,
+    deferred_since: Option<Instant>,
 }
+
+type Reply = tokio::sync::oneshot::Sender<Result<Done>>;
+
+/// How long an ack may wait, in [`SyncMode::Always`], for a durable commit to share (the next
+/// publish's); after that it gets one of its own.
+const DEFER_AT_MOST: Duration = Duration::from_millis(2);
 
 impl Committer {
     fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
         use std::sync::mpsc::RecvTimeoutError;
         loop {
-            let first = match (self.sync, self.unsynced_since) {
-                (SyncMode::Every(every), Some(since)) => {
-                    match jobs.recv_timeout(every.saturating_sub(since.elapsed())) {
-                        Ok(job) => Some(job),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                _ => match jobs.recv() {
+            // The next durable commit due without a write asking for it: the periodic sync,
+            // or deferred answers that waited long enough.
+            let periodic = match (self.sync, self.unsynced_since) {
+                (SyncMode::Every(every), Some(since)) => Some(since + every),
+                _ => None,
+            };
+            let deferred = self.deferred_since.map(|since| since + DEFER_AT_MOST);
+            let due = match (periodic, deferred) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match due {
+                Some(at) => match jobs.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(job) => Some(job),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match jobs.recv() {
                     Ok(job) => Some(job),
                     Err(_) => break,
                 },
@@ -974,52 +1145,116 @@ impl Committer {
                     Err(_) => break,
                 }
             }
+            // Deferred answers that waited long enough: this batch is made durable (a flush
+            // makes the whole transaction so), whatever else it holds.
+            if self
+                .deferred_since
+                .is_some_and(|s| s.elapsed() >= DEFER_AT_MOST)
+            {
+                batch.push(Job {
+                    op: Op::Flush,
+                    reply: None,
+                });
+            }
             self.run_batch(batch);
         }
         // Every handle is gone: make what was committed durable.
-        if self.unsynced_since.is_some()
-            && let Err(e) = self.commit(&[Op::Flush])
-        {
-            tracing::error!("the last sync of the bus's store failed: {e}");
+        if self.unsynced_since.is_some() {
+            match self.commit(&[Op::Flush]) {
+                Ok(_) => self.answer_deferred(None),
+                Err(e) => {
+                    tracing::error!("the last sync of the bus's store failed: {e}");
+                    self.answer_deferred(Some(&e));
+                }
+            }
         }
         self.stats.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Answers every deferred write: its result once durable, or the error of the commit that
+    /// was to make it so.
+    fn answer_deferred(&mut self, failed: Option<&StoreError>) {
+        self.deferred_since = None;
+        for (reply, done) in self.deferred.drain(..) {
+            let _ = reply.send(match failed {
+                None => Ok(done),
+                Some(e) => Err(e.clone()),
+            });
+        }
     }
 
     fn run_batch(&mut self, batch: Vec<Job>) {
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|j| (j.op, j.reply)).unzip();
         match self.commit(&ops) {
-            Ok(done) => {
-                for (reply, done) in replies.into_iter().zip(done) {
-                    let _ = reply.send(Ok(done));
-                }
-            }
+            Ok(committed) => self.answer(replies, committed),
             Err(e) if ops.len() <= 1 => {
-                for reply in replies {
+                for reply in replies.into_iter().flatten() {
                     let _ = reply.send(Err(e.clone()));
+                }
+                // A failed flush leaves what waited for it unanswered by a sync: say so.
+                if matches!(ops.first(), Some(Op::Flush)) {
+                    self.answer_deferred(Some(&e));
                 }
             }
             Err(_) => {
                 // One write failed the batch: run each alone, so that only it fails.
                 for (op, reply) in ops.into_iter().zip(replies) {
-                    let answer = self
-                        .commit(std::slice::from_ref(&op))
-                        .map(|mut d| d.remove(0));
-                    let _ = reply.send(answer);
+                    match self.commit(std::slice::from_ref(&op)) {
+                        Ok(committed) => self.answer(vec![reply], committed),
+                        Err(e) => {
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
                 }
             }
         }
     }
 
+    /// Answers the writes of a committed transaction: at once, or (for a write that asked to be
+    /// durable and may wait) once a durable commit holds it, which may be this one.
+    fn answer(&mut self, replies: Vec<Option<Reply>>, committed: Committed) {
+        for (reply, (done, defer)) in replies.into_iter().zip(committed.done) {
+            let Some(reply) = reply else { continue };
+            if defer && !committed.durable {
+                self.deferred_since.get_or_insert_with(Instant::now);
+                self.deferred.push((reply, done));
+            } else {
+                let _ = reply.send(Ok(done));
+            }
+        }
+        if committed.durable {
+            self.answer_deferred(None);
+        }
+    }
+
+    fn commit(&mut self, ops: &[Op]) -> Result<Committed> {
+        let done = self.try_commit(ops);
+        if done.is_err() {
+            // What the failed transaction would have left is not what the file holds.
+            self.summaries.clear();
+        }
+        done
+    }
+
     /// Runs `ops` in one transaction and commits it: durably (one fsync) when a write asks for
     /// it in [`SyncMode::Always`], when the sync interval has passed, or for a flush.
-    fn commit(&mut self, ops: &[Op]) -> Result<Vec<Done>> {
+    fn try_commit(&mut self, ops: &[Op]) -> Result<Committed> {
         let mut txn = self.disk(self.db.begin_write())?;
         let mut done = Vec::with_capacity(ops.len());
         let mut effect = Effect::NONE;
         let mut flush = false;
         for op in ops {
-            let (d, e) = apply(&txn, op, self.retention)?;
-            done.push(d);
+            let (d, e) = apply(&txn, op, self.retention, &mut self.summaries)?;
+            // In SyncMode::Always an ack is durable before it is answered, but it need not
+            // have a sync of its own: it waits (at most DEFER_AT_MOST) for the next durable
+            // commit. An ack that found nothing to remove waits too while commits are unsynced:
+            // its first try may be among them.
+            let defer = self.sync == SyncMode::Always
+                && e.defer
+                && (e.wrote || self.unsynced_since.is_some());
+            done.push((d, defer));
             effect.wrote |= e.wrote;
             effect.durable |= e.durable;
             flush |= matches!(op, Op::Flush);
@@ -1039,10 +1274,16 @@ impl Committer {
             self.unsynced_since.get_or_insert_with(Instant::now);
         } else {
             txn.abort()?;
-            return Ok(done);
+            return Ok(Committed {
+                done,
+                durable: self.unsynced_since.is_none(),
+            });
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(done)
+        Ok(Committed {
+            done,
+            durable: self.unsynced_since.is_none(),
+        })
     }
 
     /// Notes whether a transaction could begin or commit: readiness reports a failing disk.
@@ -1055,11 +1296,21 @@ impl Committer {
     }
 }
 
+/// A committed transaction: each write's answer and whether it may have to wait, and whether
+/// everything committed so far is durable.
+struct Committed {
+    done: Vec<(Done, bool)>,
+    durable: bool,
+}
+
 impl RedbStore {
     async fn write(&self, op: Op) -> Result<Done> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Job { op, reply })
+            .send(Job {
+                op,
+                reply: Some(reply),
+            })
             .map_err(|_| StoreError("the store's committer has stopped".into()))?;
         answer
             .await
@@ -1075,22 +1326,34 @@ fn unexpected(what: &str) -> StoreError {
 
 impl Store for RedbStore {
     async fn register(&self, reg: Registration) -> Result<()> {
-        match self.write(Op::Register(reg)).await? {
+        let done = self.write(Op::Register(reg)).await;
+        self.sessions_changed();
+        match done? {
             Done::Unit => Ok(()),
             _ => Err(unexpected("register")),
         }
     }
 
     async fn deregister(&self, instance: String) -> Result<bool> {
-        match self.write(Op::Deregister(instance)).await? {
+        let done = self.write(Op::Deregister(instance)).await;
+        self.sessions_changed();
+        match done? {
             Done::Bool(found) => Ok(found),
             _ => Err(unexpected("deregister")),
         }
     }
 
     async fn session(&self, session: String) -> Result<Option<Registration>> {
+        let generation = {
+            let cache = self.sessions.lock().expect("session cache");
+            if let Some(reg) = cache.known.get(&session) {
+                return Ok(Some(reg.clone()));
+            }
+            cache.generation
+        };
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
+        let key = session.clone();
+        let found = tokio::task::spawn_blocking(move || -> Result<Option<Registration>> {
             let txn = db.begin_read()?;
             let sessions = txn.open_table(SESSIONS)?;
             let Some(instance) = sessions.get(session.as_str())? else {
@@ -1112,7 +1375,14 @@ impl Store for RedbStore {
             }))
         })
         .await
-        .map_err(|e| StoreError(format!("a store task failed: {e}")))?
+        .map_err(|e| StoreError(format!("a store task failed: {e}")))??;
+        if let Some(reg) = &found {
+            let mut cache = self.sessions.lock().expect("session cache");
+            if cache.generation == generation {
+                cache.known.insert(key, reg.clone());
+            }
+        }
+        Ok(found)
     }
 
     async fn publish(&self, msg: NewMessage, now_ms: u64) -> Result<Published> {

@@ -23,6 +23,9 @@
 //! - **memory**: for each `--watch NAME=PID`, VmRSS at the end of the rate phase (the steady
 //!   state), and VmRSS and VmHWM (the peak) at the end; beside each VmRSS its RssAnon, the part
 //!   that is not the binary's (shared) file pages.
+//! - **CPU**: for each `--watch NAME=PID`, the CPU time (user + system) it used in the rate phase
+//!   and in the saturation phase: unlike throughput on a shared machine, the CPU a message costs
+//!   hardly depends on what else runs.
 //!
 //! tether: two plugins through the `tether-plugin` SDK, each on its own `tether sidecar`; the
 //! subscriber acks each message by returning `Ok`. JetStream: two `async-nats` connections, a
@@ -69,6 +72,23 @@ fn resident(pid: u32) -> (u64, u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"), field("RssAnon:"))
+}
+
+/// The CPU time a process has used so far (user + system), in seconds, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command (in parentheses, which may hold spaces): utime is the 14th
+    // field of the line, stime the 15th, in clock ticks (100 a second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 // ------------------------------------------------------------------------------------------
@@ -245,6 +265,7 @@ where
     rec.wait_for(WARM, i + warm.acked, Duration::from_secs(10))
         .await;
     eprintln!("  warm: {} messages through", rec.count(WARM));
+    let cpu_start: Vec<f64> = cfg.watch.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
 
     // Rate.
     let rate = paced(
@@ -265,6 +286,7 @@ where
     );
     // Resident memory in the steady state at the rate, before saturation raises the peaks.
     let at_rate: Vec<(u64, u64, u64)> = cfg.watch.iter().map(|(_, pid)| resident(*pid)).collect();
+    let cpu_rate: Vec<f64> = cfg.watch.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Saturation.
@@ -302,6 +324,7 @@ where
     }
     let published_end = rec.now();
     let sat_got = rec.wait_for(SAT, sat.acked, Duration::from_secs(15)).await;
+    let cpu_end: Vec<f64> = cfg.watch.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
     eprintln!(
         "  saturation: {sent} published, {} acknowledged, {sat_got} delivered",
         sat.acked
@@ -311,11 +334,13 @@ where
         .watch
         .iter()
         .zip(at_rate)
-        .map(|((name, pid), (rate_rss, _, rate_anon))| {
+        .enumerate()
+        .map(|(i, ((name, pid), (rate_rss, _, rate_anon)))| {
             let (rss, hwm, anon) = resident(*pid);
             let figures = json!({
                 "rss_at_rate_kib": rate_rss, "anon_at_rate_kib": rate_anon,
                 "rss_kib": rss, "anon_kib": anon, "hwm_kib": hwm,
+                "cpu_rate_s": cpu_rate[i] - cpu_start[i], "cpu_sat_s": cpu_end[i] - cpu_rate[i],
             });
             (name.clone(), figures)
         })

@@ -61,7 +61,11 @@ impl Outbox {
         std::fs::create_dir_all(dir)
             .map_err(|e| OutboxError::Store(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("outbox.redb");
-        let db = Database::create(&path)
+        // It is read only to forward what waits in it, oldest first: a small cache serves that
+        // (redb's default is 1 GiB).
+        let db = Database::builder()
+            .set_cache_size(1 << 20)
+            .create(&path)
             .map_err(|e| OutboxError::Store(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(store)?;
         txn.open_table(ENTRIES).map_err(store)?;

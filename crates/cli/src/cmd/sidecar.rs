@@ -24,8 +24,9 @@ pub fn run() -> u8 {
             return exit::INVALID;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the sidecar relays messages between two sockets, and one thread does that
+    // with less memory (one malloc arena, no work stealing) and no wake-ups across threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
