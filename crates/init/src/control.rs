@@ -198,10 +198,16 @@ pub(crate) fn bind(path: &Path) -> Result<Bound, BindError> {
 pub(crate) fn serve(bound: Bound, handle: Handle) {
     tokio::spawn(async move {
         let bound = bound;
+        let mut errors = crate::health::AcceptErrors::default();
         loop {
-            let Ok((stream, _)) = bound.listener.accept().await else {
-                continue;
+            let stream = match bound.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    errors.failed(&e, "the control socket").await;
+                    continue;
+                }
             };
+            errors.accepted();
             let handle = handle.clone();
             tokio::spawn(async move { handle.connection(stream).await });
         }

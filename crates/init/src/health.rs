@@ -2,12 +2,14 @@
 //! snapshot; and, with `health.control: true`, the control operations as JSON over HTTP
 //! (`POST /control`, served by [`crate::control`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::timeout;
 
 use crate::control::Handle;
 
@@ -82,58 +84,180 @@ impl Snapshot {
     }
 }
 
+/// How long a client has to send a request's head, and again its body: a connection that sends
+/// nothing, or too slowly, is closed then.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a kept-alive connection may wait for its next request before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; one more is answered 503 (when that fits the socket at once)
+/// and closed, so idle clients cannot take every file descriptor of PID 1.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The pause after accept() failed for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM), so
+/// that a listener out of file descriptors waits instead of spinning.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The listener's limits: [`HEAD_TIMEOUT`], [`IDLE_TIMEOUT`] and [`MAX_CONNECTIONS`] unless a
+/// test says otherwise.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub head: Duration,
+    pub idle: Duration,
+    pub connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            head: HEAD_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+            connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
 /// Binds now (so a taken port is reported before anything starts) and serves in the background.
 /// `control`: the control operations are served on `/control` too.
 pub async fn serve(listen: &str, shared: Shared, control: Option<Handle>) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(connection(stream, shared.clone(), control.clone()));
-        }
-    });
+    tokio::spawn(accept(listener, shared, control, Limits::default()));
     Ok(())
+}
+
+/// Accepts connections for ever, each served on a task of its own while a slot is free.
+async fn accept(listener: TcpListener, shared: Shared, control: Option<Handle>, limits: Limits) {
+    let slots = Arc::new(Semaphore::new(limits.connections));
+    let mut errors = AcceptErrors::default();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                errors.failed(&e, "the health listener").await;
+                continue;
+            }
+        };
+        errors.accepted();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Not read: the answer goes out at once if it fits, and the socket is closed.
+            let _ = stream.try_write(BUSY);
+            continue;
+        };
+        let (shared, control) = (shared.clone(), control.clone());
+        tokio::spawn(async move {
+            connection(stream, shared, control, limits).await;
+            drop(slot);
+        });
+    }
+}
+
+/// The answer to a connection over [`MAX_CONNECTIONS`].
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 33\r\nconnection: close\r\n\r\n{\"error\":\"too many connections\"}\n";
+
+/// What a listener does after accept() failed: at once again when only that connection was
+/// lost; else after [`ACCEPT_PAUSE`], saying so once until a connection is accepted again.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptErrors {
+    said: bool,
+}
+
+/// The decision of [`AcceptErrors::after`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct AfterError {
+    pub pause: Option<Duration>,
+    pub say: bool,
+}
+
+impl AcceptErrors {
+    pub(crate) fn accepted(&mut self) {
+        self.said = false;
+    }
+
+    pub(crate) fn after(&mut self, e: &std::io::Error) -> AfterError {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+        if matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted) {
+            return AfterError {
+                pause: None,
+                say: false,
+            };
+        }
+        AfterError {
+            pause: Some(ACCEPT_PAUSE),
+            say: !std::mem::replace(&mut self.said, true),
+        }
+    }
+
+    /// [`Self::after`], carried out.
+    pub(crate) async fn failed(&mut self, e: &std::io::Error, what: &str) {
+        let after = self.after(e);
+        if after.say {
+            tracing::warn!(
+                "{what}: cannot accept a connection: {}; trying again every {} ms",
+                tether_probe::plain(e),
+                ACCEPT_PAUSE.as_millis()
+            );
+        }
+        if let Some(pause) = after.pause {
+            tokio::time::sleep(pause).await;
+        }
+    }
 }
 
 /// The largest request body `/control` reads.
 const MAX_BODY: usize = 64 * 1024;
 
 /// One HTTP/1 connection: requests in turn, while the client keeps it open (HTTP/1.1 unless
-/// `connection: close`; HTTP/1.0 with `connection: keep-alive`).
-async fn connection(stream: TcpStream, shared: Shared, control: Option<Handle>) {
+/// `connection: close`; HTTP/1.0 with `connection: keep-alive`), each head within
+/// `limits.head` and each next request begun within `limits.idle`.
+async fn connection(stream: TcpStream, shared: Shared, control: Option<Handle>, limits: Limits) {
     let mut stream = BufReader::new(stream);
+    let mut first = true;
     loop {
-        let head = match tether_probe::read_head(&mut stream).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return,
-            Err(e) => {
+        // A kept-alive connection waits for the first byte of its next request.
+        if !std::mem::take(&mut first) {
+            match timeout(limits.idle, stream.fill_buf()).await {
+                Ok(Ok(bytes)) if !bytes.is_empty() => {}
+                _ => return,
+            }
+        }
+        let head = match timeout(limits.head, tether_probe::read_head(&mut stream)).await {
+            Err(_) | Ok(Ok(None)) => return,
+            Ok(Ok(Some(head))) => head,
+            Ok(Err(e)) => {
                 let status = if e.kind() == std::io::ErrorKind::InvalidData {
                     431
                 } else {
                     400
                 };
-                let _ = respond(&mut stream, &Head::bad(), status, None).await;
+                let _ = send(&mut stream, &Head::bad(), status, None, limits).await;
                 return;
             }
         };
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         let Ok(httparse::Status::Complete(_)) = req.parse(&head) else {
-            let _ = respond(&mut stream, &Head::bad(), 400, None).await;
+            let _ = send(&mut stream, &Head::bad(), 400, None, limits).await;
             return;
         };
-        let Some(head) = Head::of(&req) else {
-            let _ = respond(&mut stream, &Head::bad(), 400, None).await;
-            return;
+        let head = match Head::of(&req) {
+            Ok(head) => head,
+            Err((status, why)) => {
+                let _ = send(
+                    &mut stream,
+                    &Head::bad(),
+                    status,
+                    Some(json!({"error": why})),
+                    limits,
+                )
+                .await;
+                return;
+            }
         };
         let (status, body) = if head.path == "/control" || head.path.starts_with("/control/") {
-            match read_body(&mut stream, &head).await {
-                Ok(body) => control_answer(&head.method, &body, control.as_ref()).await,
-                Err(e) => {
-                    let why = json!({"error": format!("cannot read the request: {e}")});
-                    let _ = respond(&mut stream, &head.closing(), 400, Some(why)).await;
+            match timeout(limits.head, read_body(&mut stream, &head)).await {
+                Err(_) => return,
+                Ok(Ok(body)) => control_answer(&head.method, &body, control.as_ref()).await,
+                Ok(Err((status, why))) => {
+                    let why = json!({"error": format!("cannot read the request: {why}")});
+                    let _ = send(&mut stream, &head.closing(), status, Some(why), limits).await;
                     return;
                 }
             }
@@ -142,14 +266,24 @@ async fn connection(stream: TcpStream, shared: Shared, control: Option<Handle>) 
         };
         // An unread body would be taken for the next request.
         let head = if head.body { head.closing() } else { head };
-        if respond(&mut stream, &head, status, Some(body))
-            .await
-            .is_err()
-            || !head.keep_alive
-        {
+        if !send(&mut stream, &head, status, Some(body), limits).await || !head.keep_alive {
             return;
         }
     }
+}
+
+/// [`respond`] within `limits.head`: whether the answer went out.
+async fn send(
+    stream: &mut BufReader<TcpStream>,
+    head: &Head,
+    status: u16,
+    body: Option<Value>,
+    limits: Limits,
+) -> bool {
+    matches!(
+        timeout(limits.head, respond(stream, head, status, body)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// What a request said that its answer depends on.
@@ -168,8 +302,9 @@ struct Head {
 }
 
 impl Head {
-    /// `None`: a `content-length` that is not a number.
-    fn of(req: &httparse::Request) -> Option<Head> {
+    /// `Err`: the status and the reason a request is refused (and its connection closed) for
+    /// how it says where its body ends (RFC 9112 6.1 and 6.3).
+    fn of(req: &httparse::Request) -> Result<Head, (u16, &'static str)> {
         let target = req.path.unwrap_or("/");
         let target = match target.strip_prefix("http://") {
             Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
@@ -177,26 +312,45 @@ impl Head {
         };
         let path = target.split('?').next().unwrap_or_default().to_owned();
         let version = req.version.unwrap_or(1);
-        let has = |name: &str, token: &str| {
-            req.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case(name)
-                    && String::from_utf8_lossy(h.value)
-                        .split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
-        };
-        let value = |name: &str| {
+        // Each comma-separated value of every header `name`.
+        let tokens = |name: &str| -> Vec<String> {
             req.headers
                 .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .flat_map(|h| {
+                    String::from_utf8_lossy(h.value)
+                        .split(',')
+                        .map(|t| t.trim().to_ascii_lowercase())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
         };
-        let chunked = has("transfer-encoding", "chunked");
-        let length = match value("content-length") {
-            Some(v) => Some(v.parse::<usize>().ok()?),
-            None => None,
-        };
-        Some(Head {
+        let has = |name: &str, token: &str| tokens(name).iter().any(|t| t == token);
+        // `content-length: 5, 5` (or twice the same) is one length; two different ones are not.
+        let mut length = None;
+        for v in tokens("content-length") {
+            let n = v
+                .parse::<usize>()
+                .map_err(|_| (400, "content-length is not a number"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err((400, "two different content-length values"));
+            }
+            length = Some(n);
+        }
+        let codings = tokens("transfer-encoding");
+        let chunked = !codings.is_empty();
+        if chunked && length.is_some() {
+            return Err((400, "both content-length and transfer-encoding"));
+        }
+        match codings.iter().position(|c| c == "chunked") {
+            _ if !chunked => {}
+            Some(i) if i + 1 == codings.len() && codings.len() == 1 => {}
+            Some(i) if i + 1 == codings.len() => {
+                return Err((501, "transfer-encoding other than chunked"));
+            }
+            _ => return Err((400, "transfer-encoding whose last coding is not chunked")),
+        }
+        Ok(Head {
             method: req.method.unwrap_or_default().to_owned(),
             path,
             version,
@@ -205,7 +359,7 @@ impl Head {
             } else {
                 !has("connection", "close")
             },
-            body: chunked || length.is_some_and(|n| n > 0) || value("transfer-encoding").is_some(),
+            body: chunked || length.is_some_and(|n| n > 0),
             length,
             chunked,
             expects_continue: has("expect", "100-continue"),
@@ -234,26 +388,33 @@ impl Head {
     }
 }
 
-/// Reads a request's body, `content-length` or chunked, up to [`MAX_BODY`].
-async fn read_body(stream: &mut BufReader<TcpStream>, head: &Head) -> std::io::Result<Vec<u8>> {
-    let too_large = || invalid("length limit exceeded");
+/// Reads a request's body, `content-length` or chunked, up to [`MAX_BODY`]; `100 Continue`
+/// first when the client waits for it and the length is not already over the limit. `Err`:
+/// the status to answer (413 over the limit, 400 unreadable) and why.
+async fn read_body(
+    stream: &mut BufReader<TcpStream>,
+    head: &Head,
+) -> Result<Vec<u8>, (u16, String)> {
+    let too_large = || (413, format!("the body is over {MAX_BODY} bytes"));
+    let unreadable = |e: std::io::Error| (400, tether_probe::plain(&e));
     if !head.body {
         return Ok(Vec::new());
+    }
+    if head.length.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
     }
     if head.expects_continue {
         let version = if head.version == 0 { "1.0" } else { "1.1" };
         let line = format!("HTTP/{version} 100 Continue\r\n\r\n");
-        stream.get_mut().write_all(line.as_bytes()).await?;
+        stream
+            .get_mut()
+            .write_all(line.as_bytes())
+            .await
+            .map_err(unreadable)?;
     }
-    if !head.chunked {
-        let Some(n) = head.length else {
-            return Err(invalid("unsupported transfer-encoding"));
-        };
-        if n > MAX_BODY {
-            return Err(too_large());
-        }
+    if let (false, Some(n)) = (head.chunked, head.length) {
         let mut body = vec![0; n];
-        stream.read_exact(&mut body).await?;
+        stream.read_exact(&mut body).await.map_err(unreadable)?;
         return Ok(body);
     }
     let mut body = Vec::new();
@@ -263,12 +424,10 @@ async fn read_body(stream: &mut BufReader<TcpStream>, head: &Head) -> std::io::R
         (&mut *stream)
             .take(1024)
             .read_until(b'\n', &mut line)
-            .await?;
-        let size = match httparse::parse_chunk_size(&line) {
-            Ok(httparse::Status::Complete((_, size))) => size,
-            _ => {
-                return Err(invalid("bad chunk size"));
-            }
+            .await
+            .map_err(unreadable)?;
+        let Ok(httparse::Status::Complete((_, size))) = httparse::parse_chunk_size(&line) else {
+            return Err((400, "bad chunk size".into()));
         };
         if size == 0 {
             // Trailers, through the empty line.
@@ -277,7 +436,8 @@ async fn read_body(stream: &mut BufReader<TcpStream>, head: &Head) -> std::io::R
                 (&mut *stream)
                     .take(8192)
                     .read_until(b'\n', &mut line)
-                    .await?;
+                    .await
+                    .map_err(unreadable)?;
                 if line.is_empty() || line == b"\r\n" || line == b"\n" {
                     return Ok(body);
                 }
@@ -288,18 +448,16 @@ async fn read_body(stream: &mut BufReader<TcpStream>, head: &Head) -> std::io::R
         }
         let at = body.len();
         body.resize(at + size as usize, 0);
-        stream.read_exact(&mut body[at..]).await?;
+        stream
+            .read_exact(&mut body[at..])
+            .await
+            .map_err(unreadable)?;
         let mut end = [0u8; 2];
-        stream.read_exact(&mut end).await?;
+        stream.read_exact(&mut end).await.map_err(unreadable)?;
         if &end != b"\r\n" {
-            return Err(invalid("bad chunk end"));
+            return Err((400, "bad chunk end".into()));
         }
     }
-}
-
-/// A request this listener cannot read, and why.
-fn invalid(why: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, why)
 }
 
 /// Writes one answer: JSON (none for HEAD), with `content-length` and `date`.
@@ -316,7 +474,9 @@ async fn respond(
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
+        413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         // The reason phrase is optional (RFC 9112 4): none rather than a wrong one.
         _ => "",
@@ -403,6 +563,11 @@ mod tests {
 
     /// A health listener on a free port with one daemon `db`, running; control over HTTP on.
     async fn listener() -> std::net::SocketAddr {
+        listener_with(Limits::default()).await
+    }
+
+    /// The same, with these limits.
+    async fn listener_with(limits: Limits) -> std::net::SocketAddr {
         let snapshot = Snapshot {
             phase: "running",
             daemons: vec![DaemonStatus {
@@ -429,12 +594,7 @@ mod tests {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (s, _) = listener.accept().await.unwrap();
-                tokio::spawn(connection(s, snapshots.clone(), Some(control.clone())));
-            }
-        });
+        tokio::spawn(accept(listener, snapshots, Some(control), limits));
         addr
     }
 
@@ -459,11 +619,18 @@ mod tests {
         BufReader::new(TcpStream::connect(addr).await.unwrap())
     }
 
-    /// Whether the server hung up: the next read finds the end of the stream.
+    /// Whether the server hung up: the next read finds the end of the stream (or a reset, when
+    /// it closed before reading what was sent). A server that never does fails the test after
+    /// a minute.
     async fn closed(s: &mut BufReader<TcpStream>) -> bool {
         let mut rest = Vec::new();
-        s.read_to_end(&mut rest).await.unwrap();
-        rest.is_empty()
+        let read = tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut rest))
+            .await
+            .expect("the server did not close the connection within a minute");
+        match read {
+            Ok(_) => rest.is_empty(),
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 
     #[tokio::test]
@@ -551,26 +718,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_over_the_limit_or_a_bad_request_is_400_and_the_end() {
+    async fn a_body_over_the_limit_is_413_before_100_continue_and_a_bad_request_400() {
         let addr = listener().await;
         let mut s = connect(addr).await;
         let over = MAX_BODY + 1;
         s.get_mut()
             .write_all(
-                format!("POST /control HTTP/1.1\r\ncontent-length: {over}\r\n\r\n").as_bytes(),
+                format!("POST /control HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: {over}\r\n\r\n").as_bytes(),
             )
             .await
             .unwrap();
+        // The refusal, not `100 Continue`, is the first answer.
         let (head, body) = read_answer(&mut s, false).await;
-        assert!(head.starts_with("http/1.1 400 bad request\r\n"), "{head}");
+        assert!(
+            head.starts_with("http/1.1 413 content too large\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("connection: close\r\n"), "{head}");
         assert_eq!(
             body,
-            "{\"error\":\"cannot read the request: length limit exceeded\"}\n"
+            "{\"error\":\"cannot read the request: the body is over 65536 bytes\"}\n"
         );
         assert!(closed(&mut s).await);
-        for bad in [
-            "GET /healthz\r\n\r\n",
-            "GET /healthz HTTP/1.1\r\ncontent-length: ten\r\n\r\n",
+        let chunked = "transfer-encoding: chunked";
+        for (bad, why) in [
+            ("GET /healthz\r\n\r\n", None),
+            (
+                "GET /healthz HTTP/1.1\r\ncontent-length: ten\r\n\r\n",
+                Some("content-length is not a number"),
+            ),
+            // RFC 9112 6.1: a request smuggled past one reader of its length and not another.
+            (
+                &format!("POST /control HTTP/1.1\r\ncontent-length: 5\r\n{chunked}\r\n\r\n"),
+                Some("both content-length and transfer-encoding"),
+            ),
+            (
+                &format!("POST /control HTTP/1.1\r\n{chunked}\r\ncontent-length: 0\r\n\r\n"),
+                Some("both content-length and transfer-encoding"),
+            ),
+            (
+                "POST /control HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+                Some("two different content-length values"),
+            ),
+            (
+                "POST /control HTTP/1.1\r\ncontent-length: 5, 6\r\n\r\n",
+                Some("two different content-length values"),
+            ),
+            (
+                "POST /control HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                Some("transfer-encoding whose last coding is not chunked"),
+            ),
         ] {
             let mut s = connect(addr).await;
             s.get_mut().write_all(bad.as_bytes()).await.unwrap();
@@ -579,8 +776,129 @@ mod tests {
                 head.starts_with("http/1.1 400 bad request\r\n"),
                 "{bad:?}: {head}"
             );
-            assert_eq!(body, "");
-            assert!(closed(&mut s).await);
+            assert!(head.contains("connection: close\r\n"), "{bad:?}: {head}");
+            match why {
+                Some(why) => assert_eq!(body, format!("{{\"error\":\"{why}\"}}\n"), "{bad:?}"),
+                None => assert_eq!(body, "", "{bad:?}"),
+            }
+            assert!(closed(&mut s).await, "{bad:?}");
         }
+        // The same length twice is one length.
+        let mut s = connect(addr).await;
+        s.get_mut()
+            .write_all(
+                b"GET /healthz HTTP/1.1\r\ncontent-length: 0, 0\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let (head, _) = read_answer(&mut s, false).await;
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    }
+
+    /// Limits for a test: heads and idle waits of 200 ms, two connections.
+    fn short() -> Limits {
+        Limits {
+            head: Duration::from_millis(200),
+            idle: Duration::from_millis(200),
+            connections: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_nothing_or_too_slowly_or_idles_is_closed() {
+        let addr = listener_with(short()).await;
+        // Nothing at all.
+        let mut s = connect(addr).await;
+        assert!(closed(&mut s).await);
+        // Half a head (slowloris).
+        let mut s = connect(addr).await;
+        s.get_mut()
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        assert!(closed(&mut s).await);
+        // Half a body.
+        let mut s = connect(addr).await;
+        s.get_mut()
+            .write_all(b"POST /control HTTP/1.1\r\ncontent-length: 20\r\n\r\n{\"op\"")
+            .await
+            .unwrap();
+        assert!(closed(&mut s).await);
+        // An answered request, then nothing on the kept-alive connection: closed when idle.
+        let addr = listener_with(Limits {
+            head: Duration::from_secs(600),
+            ..short()
+        })
+        .await;
+        let mut s = connect(addr).await;
+        s.get_mut()
+            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = read_answer(&mut s, false).await;
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        assert!(closed(&mut s).await);
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_limit_is_503_and_a_freed_slot_serves_again() {
+        let addr = listener_with(Limits {
+            head: Duration::from_secs(600),
+            ..short()
+        })
+        .await;
+        // Two connections that send nothing hold both slots (accepted in this order).
+        let one = connect(addr).await;
+        let _two = connect(addr).await;
+        let mut third = connect(addr).await;
+        let (head, body) = read_answer(&mut third, false).await;
+        assert!(
+            head.starts_with("http/1.1 503 service unavailable\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("connection: close\r\n"), "{head}");
+        assert_eq!(body, "{\"error\":\"too many connections\"}\n");
+        assert!(closed(&mut third).await);
+        // Once one of them hangs up, its slot serves the next client.
+        drop(one);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut s = connect(addr).await;
+            s.get_mut()
+                .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+                .await
+                .unwrap();
+            let (head, _) = read_answer(&mut s, false).await;
+            if head.starts_with("http/1.1 200 ok\r\n") {
+                break;
+            }
+            assert!(head.starts_with("http/1.1 503 "), "{head}");
+            assert!(Instant::now() < deadline, "the freed slot never served");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn accept_pauses_after_a_lack_of_descriptors_and_says_so_once() {
+        let emfile = || std::io::Error::from_raw_os_error(24);
+        let pause = Some(ACCEPT_PAUSE);
+        let mut errors = AcceptErrors::default();
+        assert_eq!(errors.after(&emfile()), AfterError { pause, say: true });
+        assert_eq!(errors.after(&emfile()), AfterError { pause, say: false });
+        let enfile = std::io::Error::from_raw_os_error(23);
+        assert_eq!(errors.after(&enfile), AfterError { pause, say: false });
+        // A peer that gave up before accept() costs nothing: no pause, nothing said.
+        let aborted = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(
+            errors.after(&aborted),
+            AfterError {
+                pause: None,
+                say: false
+            }
+        );
+        // Said again after a connection came through.
+        errors.accepted();
+        assert_eq!(errors.after(&emfile()), AfterError { pause, say: true });
     }
 }

@@ -8,10 +8,13 @@ use crate::model::Duration;
 use crate::values;
 use crate::yaml::{Key, Node, Typed, Value};
 
-/// Collects diagnostics for one file.
+/// Collects diagnostics for one file, and where it holds a secret.
 pub struct Ctx<'d> {
     pub file: FileId,
     pub diags: &'d mut Vec<Diagnostic>,
+    /// Where a secret value is written in this file: the caller blanks these in the source
+    /// every snippet is shown from ([`crate::diag::Sources::blank`]).
+    pub secrets: Vec<Span>,
 }
 
 /// `a.b` + `c` = `a.b.c`.
@@ -108,7 +111,20 @@ impl<'n> Fields<'n> {
     }
 }
 
-impl Ctx<'_> {
+impl<'d> Ctx<'d> {
+    pub fn new(file: FileId, diags: &'d mut Vec<Diagnostic>) -> Self {
+        Self {
+            file,
+            diags,
+            secrets: Vec::new(),
+        }
+    }
+
+    /// A secret value is written at `span`: no snippet of this file will show it.
+    pub fn secret(&mut self, span: Span) {
+        self.secrets.push(span);
+    }
+
     pub fn error(&mut self, path: &str, span: Span, message: impl Into<String>) -> &mut Diagnostic {
         let mut d = Diagnostic::new(message).at(span).in_file(self.file);
         if !path.is_empty() {
@@ -486,6 +502,9 @@ impl Ctx<'_> {
         let mut out = BTreeMap::new();
         for (k, v) in entries {
             let p = join(path, &k.name);
+            if values::names_a_secret(&k.name) {
+                self.secret(v.span);
+            }
             if let Err(e) = values::check_env_name(&k.name) {
                 self.error(&p, k.span, e);
                 continue;

@@ -197,6 +197,35 @@ impl Sources {
         self.files.get(id)
     }
 
+    /// Blanks what file `id` holds at `span`, a secret: every byte but line ends becomes `*`, so
+    /// no snippet rendered from here shows it, and offsets and line numbers stay where they
+    /// were (columns too, for ASCII).
+    pub fn blank(&mut self, id: FileId, span: Span) {
+        let Some(file) = self.files.get_mut(id) else {
+            return;
+        };
+        let text = &mut file.text;
+        let mut start = span.start.offset.min(text.len());
+        let mut end = span.end.offset.min(text.len()).max(start);
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        let stars: String = text.as_bytes()[start..end]
+            .iter()
+            .map(|&b| {
+                if matches!(b, b'\n' | b'\r') {
+                    b as char
+                } else {
+                    '*'
+                }
+            })
+            .collect();
+        text.replace_range(start..end, &stars);
+    }
+
     /// Renders one diagnostic the way a compiler would: headline, `--> file:line:col`, the source
     /// line with a caret, then `hint:` lines.
     pub fn render(&self, d: &Diagnostic, color: bool) -> String {

@@ -226,19 +226,16 @@ pub fn load_texts(
     let mut sidecars: Vec<SidecarAt> = Vec::new();
     let mut top = Top::default();
     if let Some(tree) = &main_tree {
-        let mut cx = Ctx {
-            file: main_id,
-            diags: &mut diags,
-        };
+        let mut cx = Ctx::new(main_id, &mut diags);
         top = top_level(&mut cx, tree, &main.name, &mut sidecars);
+        for span in cx.secrets {
+            sources.blank(main_id, span);
+        }
     }
 
     for file in &sidecar_files {
         let id = sources.add(&file.name, &file.text);
-        let mut cx = Ctx {
-            file: id,
-            diags: &mut diags,
-        };
+        let mut cx = Ctx::new(id, &mut diags);
         let name = Path::new(&file.name)
             .file_stem()
             .and_then(|s| s.to_str())
@@ -276,6 +273,9 @@ pub fn load_texts(
             Ok(tree) => validate::sidecar(&mut cx, &name, tree, at, origin),
             Err(()) => SidecarAt::unread(&name, at, id),
         });
+        for span in cx.secrets {
+            sources.blank(id, span);
+        }
     }
 
     cross_check(&mut diags, &sidecars, &top);

@@ -510,16 +510,14 @@ fn bus_serve(
         let var = key.name.as_str();
         let path = join(&f.at("env"), var);
         if var == "NATS_PASSWORD" {
-            // Without the source line: it holds the password, which an error never repeats.
-            let line = key.span.start.line;
-            let d = cx
-                .error(
-                    &path,
-                    key.span,
-                    format!("line {line}: a NATS password written in the declaration, where `docker inspect` shows it too"),
-                )
-                .with_hint("declare it as a secret, `secrets: [{ name: nats-password, from: env:NATS_PASSWORD }]`, and set `NATS_PASSWORD_FILE: /run/secrets/nats-password` instead");
-            d.span = None;
+            // Its value is blanked in every snippet (`Ctx::env`): an error never repeats it.
+            cx.error(
+                &path,
+                key.span,
+                "a NATS password written in the declaration, where `docker inspect` shows it too",
+            )
+            .with_label("its value is not shown")
+            .with_hint("declare it as a secret, `secrets: [{ name: nats-password, from: env:NATS_PASSWORD }]`, and set `NATS_PASSWORD_FILE: /run/secrets/nats-password` instead");
         } else if matches!(var, "NATS_USER_FILE" | "NATS_PASSWORD_FILE") {
             undeclared_file(cx, var, "env:VAR", "file:PATH");
         }
@@ -945,7 +943,9 @@ fn secrets(cx: &mut Ctx<'_>, f: &Fields<'_>) -> Option<Vec<Secret>> {
                 } else if let Some(p) = v.strip_prefix("file:").filter(|p| !p.is_empty()) {
                     Some(SecretSource::File(p.to_owned()))
                 } else {
-                    cx.error(&s.at("from"), n.span, format!("`{v}` is not a secret source"))
+                    // It may be the secret itself: neither the message nor the snippet shows it.
+                    cx.secret(n.span);
+                    cx.error(&s.at("from"), n.span, "not a secret source (the value written is not shown: it may be the secret)")
                         .with_label("expected `env:VAR` or `file:PATH`")
                         .with_hint("secret values are never written in the declaration; name where to read them");
                     None

@@ -178,6 +178,29 @@ pub fn check_env_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Whether an environment variable's name says its value is a secret (`NATS_PASSWORD`,
+/// `API_TOKEN`, `aws_secret_access_key`): such a value is never shown in an error's snippet.
+/// A name ending in `_FILE`, `_PATH` or `_DIR` holds where a secret is, not the secret.
+pub fn names_a_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    let where_it_is = ["_FILE", "_PATH", "_DIR"]
+        .iter()
+        .any(|s| upper.ends_with(s));
+    !where_it_is
+        && [
+            "PASSWORD",
+            "PASSWD",
+            "SECRET",
+            "TOKEN",
+            "API_KEY",
+            "APIKEY",
+            "PRIVATE_KEY",
+            "CREDENTIAL",
+        ]
+        .iter()
+        .any(|w| upper.contains(w))
+}
+
 /// A Docker volume or network name.
 pub fn check_engine_name(name: &str) -> Result<(), String> {
     let ok = name
@@ -267,6 +290,30 @@ pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_is_named_by_its_variable_not_where_it_is() {
+        for secret in [
+            "NATS_PASSWORD",
+            "db_passwd",
+            "API_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "OPENAI_API_KEY",
+            "GIT_CREDENTIALS",
+        ] {
+            assert!(names_a_secret(secret), "{secret}");
+        }
+        for not in [
+            "NATS_PASSWORD_FILE",
+            "TOKEN_PATH",
+            "SECRETS_DIR",
+            "NATS_USER",
+            "PATH",
+            "KEYBOARD",
+        ] {
+            assert!(!names_a_secret(not), "{not}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -106,3 +106,82 @@ fn a_sidecar_file_that_does_not_parse_still_declares_its_name() {
     };
     insta::assert_snapshot!(render("tether.yaml", main, vec![cache, vpn]));
 }
+
+/// A secret written in the declaration (a NATS password or any `*PASSWORD*`, `*TOKEN*`,
+/// `*SECRET*` variable in `env`, a value given as a secret's `from`) appears nowhere in the
+/// rendered errors: not in their messages, not in the snippet of any error that shows its line
+/// (as the caret of another error on the same line, or a line between two carets); its place
+/// is blanked with `*`, one per byte.
+#[test]
+fn a_secret_written_inline_is_in_no_snippet_of_the_report() {
+    let secrets = [
+        "hunter2-flow",
+        "pässwörd-flow",
+        "hunter2-block",
+        "tok-123456",
+        "s3cr3t-inline",
+    ];
+    let flow = "version: 1
+sidecars:
+  flow:
+    image: tether:local
+    command: [bus, serve, --backend, nats, --nats-url, \"nats://nats:4222\"]
+    lifecycle: shared
+    interface: { kind: port, port: 8443 }
+    env: { NATS_USER_FILE: /run/secrets/nats-user, NATS_PASSWORD: hunter2-flow, DB_PASSWORD: \"pässwörd-flow\", X: [1] }
+  block:
+    image: tether:local
+    command: [bus, serve]
+    env:
+      NATS_PASSWORD: hunter2-block
+      API_TOKEN: [tok-123456]
+      NATS_USER_FILE: /run/secrets/nats-user
+    lifecycle: shared
+    replicas: 2
+    interface: { kind: port, port: 8443 }
+  web:
+    image: nginx
+    lifecycle: shared
+    interface: { kind: port, port: 80 }
+    secrets:
+      - { name: pw, from: \"s3cr3t-inline\" }
+";
+    let out = render("tether.yaml", flow, Vec::new());
+    for s in secrets {
+        assert!(!out.contains(s), "{s} is in the errors:\n{out}");
+    }
+    // The lines are still shown, blanked: the other errors on them keep their carets.
+    assert!(
+        out.contains(&format!(
+            "NATS_PASSWORD: ************, DB_PASSWORD: {}, X: [1]",
+            "*".repeat("\"pässwörd-flow\"".len())
+        )),
+        "{out}"
+    );
+    assert!(out.contains("NATS_PASSWORD: *************\n"), "{out}");
+    assert!(out.contains("API_TOKEN: ************\n"), "{out}");
+    assert!(out.contains("{ name: pw, from: ***************"), "{out}");
+    // Each of those errors is reported.
+    for expected in [
+        "error: sidecars.flow.env.NATS_USER_FILE: NATS_USER_FILE /run/secrets/nats-user: no secret `nats-user` is declared",
+        "error: sidecars.flow.env.X: expected a string, number or boolean",
+        "error: sidecars.flow.env.NATS_PASSWORD: a NATS password written in the declaration",
+        "error: sidecars.block.env.NATS_PASSWORD: a NATS password written in the declaration",
+        "error: sidecars.block.env.API_TOKEN: expected a string, number or boolean",
+        "error: sidecars.block.replicas: 2 replicas of `tether bus serve` need `--backend nats`",
+        "error: sidecars.web.secrets[0].from: not a secret source",
+    ] {
+        assert!(out.contains(expected), "no {expected:?} in:\n{out}");
+    }
+    // The same file as a sidecar file of its own.
+    let file = SourceText {
+        name: ".tether/sidecars/bus.yaml".into(),
+        text: "image: tether:local\ncommand: [bus, serve]\nlifecycle: shared\ninterface: { kind: port, port: 8443 }\nenv: { NATS_PASSWORD: hunter2-flow, NATS_USER_FILE: /run/secrets/u }\n".into(),
+    };
+    let out = render("tether.yaml", "version: 1\n", vec![file]);
+    assert!(!out.contains("hunter2-flow"), "{out}");
+    assert!(
+        out.contains("NATS_PASSWORD: ************, NATS_USER_FILE"),
+        "{out}"
+    );
+}

@@ -425,15 +425,7 @@ pub fn load_settings(path: &Path, settings: &mut Settings) -> Result<(), FileErr
     let mut diags = Vec::new();
     match yaml::parse(&text) {
         Err(d) => diags.push(d.in_file(file)),
-        Ok(root) => apply(
-            &root,
-            &base,
-            settings,
-            &mut Ctx {
-                file,
-                diags: &mut diags,
-            },
-        ),
+        Ok(root) => apply(&root, &base, settings, &mut Ctx::new(file, &mut diags)),
     }
     // In the order of the file, as a reader goes.
     diags.sort_by_key(|d| d.span.map(|s| (s.start.line, s.start.column)));
