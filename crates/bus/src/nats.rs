@@ -126,6 +126,9 @@ pub struct NatsOptions {
     pub creds: Option<PathBuf>,
     /// A user and password.
     pub user: Option<(String, String)>,
+    /// Where the user and password came from, as an error names them: `NATS_USER,
+    /// NATS_PASSWORD` (the default), or the `_FILE` variables.
+    pub user_from: String,
     /// A CA file (PEM) to check the servers' certificates with; TLS is then required.
     pub ca: Option<PathBuf>,
     /// How many copies of the stream and the bucket the cluster keeps.
@@ -148,6 +151,7 @@ impl NatsOptions {
             urls,
             creds: None,
             user: None,
+            user_from: "NATS_USER, NATS_PASSWORD".into(),
             ca: None,
             replicas: 1,
             retention: Retention::default(),
@@ -175,7 +179,8 @@ struct Opened {
 /// A delivery this replica handed out.
 struct Held {
     holder: String,
-    id: String,
+    /// Its ack subject.
+    subject: String,
     deadline_ms: u64,
 }
 
@@ -212,6 +217,57 @@ impl Local {
     }
 }
 
+/// What a nack or a release changed about one delivery, to put back when the server did not
+/// confirm it.
+struct Undo {
+    held: Option<Held>,
+    released: Option<u32>,
+    nacked: bool,
+    due: Option<u64>,
+}
+
+impl Undo {
+    /// Takes the delivery out of `held`, remembering it and the rest.
+    fn take(local: &mut Local, key: &Key) -> Self {
+        Self {
+            held: local.held.remove(key),
+            released: local.released.get(key).copied(),
+            nacked: local.nacked.contains(key),
+            due: local.due.get(key).copied(),
+        }
+    }
+
+    /// Puts back what was, unless something newer (an ack, another claim) changed it since.
+    fn restore(self, local: &mut Local, key: Key) {
+        if local.done.contains(&key) || local.held.contains_key(&key) {
+            return;
+        }
+        match self.released {
+            Some(n) => local.released.insert(key.clone(), n),
+            None => local.released.remove(&key),
+        };
+        if !self.nacked {
+            local.nacked.remove(&key);
+        }
+        match self.due {
+            Some(at) => local.due.insert(key.clone(), at),
+            None => local.due.remove(&key),
+        };
+        if let Some(h) = self.held {
+            local.held.insert(key, h);
+        }
+    }
+}
+
+/// A delivery id of this store, taken apart ([`NatsStore::delivery`]).
+struct DeliveryId<'a> {
+    /// The ack subject.
+    subject: &'a str,
+    /// The consumer's name.
+    consumer: &'a str,
+    key: Key,
+}
+
 /// The store on NATS JetStream. Cheap to clone.
 #[derive(Clone)]
 pub struct NatsStore {
@@ -222,6 +278,7 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: stream::Stream,
+    stream_name: String,
     registry: kv::Store,
     prefix: String,
     consumers: tokio::sync::Mutex<HashMap<String, Arc<Opened>>>,
@@ -262,7 +319,8 @@ fn connect_problem(e: &async_nats::ConnectError, options: &NatsOptions) -> Strin
                 creds.display()
             ),
             (None, Some((user, _))) => format!(
-                "the server refused the user `{user}` and its password (NATS_USER, NATS_PASSWORD) ({source})"
+                "the server refused the user `{user}` and its password ({}) ({source})",
+                options.user_from
             ),
             (None, None) => format!(
                 "the server refused a connection without a credential ({source}): give --nats-creds, or NATS_USER and NATS_PASSWORD"
@@ -278,8 +336,22 @@ fn connect_problem(e: &async_nats::ConnectError, options: &NatsOptions) -> Strin
     }
 }
 
-fn nats_err(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError(format!("NATS: {what}: {e}"))
+/// Whether a NATS error says the server could not be reached or did not answer in time (a
+/// request timed out, nobody answers the subject, the connection broke, JetStream answered 503),
+/// rather than refusing the call: by the names of the client library's error kinds, anywhere in
+/// the error's chain as `Debug` shows it.
+fn transient_error(e: &impl std::fmt::Debug) -> bool {
+    let text = format!("{e:?}");
+    [
+        "TimedOut",
+        "NoResponders",
+        "BrokenPipe",
+        "Disconnected",
+        "ConnectionClosed",
+        "code: 503",
+    ]
+    .iter()
+    .any(|k| text.contains(k))
 }
 
 impl NatsStore {
@@ -288,9 +360,9 @@ impl NatsStore {
     /// the servers.
     pub async fn connect(options: &NatsOptions) -> Result<Self> {
         let servers = options.servers();
-        let failed = |what: String| StoreError(format!("NATS at {servers}: {what}"));
+        let failed = |what: String| StoreError::new(format!("NATS at {servers}: {what}"));
         if options.urls.is_empty() {
-            return Err(StoreError("no NATS server named".into()));
+            return Err(StoreError::new("no NATS server named"));
         }
         let wake: Arc<OnceLock<Arc<watch::Sender<u64>>>> = Arc::default();
         let woken = wake.clone();
@@ -308,7 +380,7 @@ impl NatsStore {
             });
         if let Some(creds) = &options.creds {
             connect = connect.credentials_file(creds).await.map_err(|e| {
-                StoreError(format!(
+                StoreError::new(format!(
                     "cannot use the NATS credentials file {}: {e}",
                     creds.display()
                 ))
@@ -319,7 +391,7 @@ impl NatsStore {
         }
         if let Some(ca) = &options.ca {
             std::fs::metadata(ca).map_err(|e| {
-                StoreError(format!(
+                StoreError::new(format!(
                     "cannot read the NATS CA file {}: {e}",
                     ca.display()
                 ))
@@ -390,6 +462,7 @@ impl NatsStore {
                 client,
                 js,
                 stream,
+                stream_name: options.stream.clone(),
                 registry,
                 prefix: options.prefix.clone(),
                 consumers: tokio::sync::Mutex::new(HashMap::new()),
@@ -475,6 +548,23 @@ impl NatsStore {
         }
     }
 
+    /// A delivery id this store handed out, taken apart; `None` for anything else.
+    fn delivery<'a>(&self, id: &'a str) -> Option<DeliveryId<'a>> {
+        parse_delivery_id(id, &self.inner.stream_name)
+    }
+
+    /// A NATS failure as the store's error: transient (the Bus API answers `UNAVAILABLE`, and the
+    /// sidecar moves to another replica or keeps its publish in the outbox) while the connection
+    /// is not up or when the error says the server did not answer ([`transient_error`]).
+    fn fail(&self, what: &str, e: impl std::fmt::Display + std::fmt::Debug) -> StoreError {
+        let message = format!("NATS: {what}: {e}");
+        if self.problem().is_some() || transient_error(&e) {
+            StoreError::unavailable(message)
+        } else {
+            StoreError::new(message)
+        }
+    }
+
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
         self.inner
             .local
@@ -500,7 +590,7 @@ impl NatsStore {
             .request(id.to_owned(), body.into())
             .await
             .map(|_| ())
-            .map_err(|e| nats_err("the server did not confirm an ack", e))
+            .map_err(|e| self.fail("the server did not confirm an ack", e))
     }
 
     async fn opened(&self, consumer: &str) -> Result<Arc<Opened>> {
@@ -510,7 +600,7 @@ impl NatsStore {
             .await
             .get(consumer)
             .cloned()
-            .ok_or_else(|| StoreError(format!("no consumer `{consumer}`")))
+            .ok_or_else(|| StoreError::new(format!("no consumer `{consumer}`")))
     }
 
     async fn publish_raw(
@@ -524,9 +614,9 @@ impl NatsStore {
             .js
             .publish_with_headers(subject, headers, data.into())
             .await
-            .map_err(|e| nats_err("cannot publish", e))?
+            .map_err(|e| self.fail("cannot publish", e))?
             .await
-            .map_err(|e| nats_err("the publish was not acknowledged", e))?;
+            .map_err(|e| self.fail("the publish was not acknowledged", e))?;
         Ok(Published {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
@@ -557,20 +647,36 @@ pub fn durable_name(name: &str) -> String {
     format!("{readable}_{hash:016x}")
 }
 
-/// The consumer and stream sequence an ack subject names:
+/// The stream, the durable consumer and the stream sequence an ack subject names:
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>`, or the v2 form with
 /// a domain and an account hash after `ACK`.
-pub fn parse_delivery_id(id: &str) -> Option<(String, u64)> {
-    let t: Vec<&str> = id.split('.').collect();
+fn parse_ack_subject(subject: &str) -> Option<(&str, &str, u64)> {
+    let t: Vec<&str> = subject.split('.').collect();
     if t.len() < 9 || t[0] != "$JS" || t[1] != "ACK" {
         return None;
     }
-    let (consumer, seq) = if t.len() == 9 {
-        (t[3], t[5])
+    let (stream, consumer, seq) = if t.len() == 9 {
+        (t[2], t[3], t[5])
     } else {
-        (t[5], t[7])
+        (t[4], t[5], t[7])
     };
-    Some((consumer.to_owned(), seq.parse().ok()?))
+    Some((stream, consumer, seq.parse().ok()?))
+}
+
+/// A delivery id: `<ack subject> <consumer name>`, when the ack subject is of `stream` and of
+/// the durable consumer that name gives ([`durable_name`]); anything else (another stream's or
+/// another account's ack subject, a name that does not match) is not a delivery of this store.
+fn parse_delivery_id<'a>(id: &'a str, stream: &str) -> Option<DeliveryId<'a>> {
+    let (subject, consumer) = id.split_once(' ')?;
+    let (of, durable, seq) = parse_ack_subject(subject)?;
+    if of != stream || durable != durable_name(consumer) {
+        return None;
+    }
+    Some(DeliveryId {
+        subject,
+        consumer,
+        key: (durable.to_owned(), seq),
+    })
 }
 
 fn hex(s: &str) -> String {
@@ -586,9 +692,9 @@ fn headers_to_nats(headers: &BTreeMap<String, String>) -> Result<HeaderMap> {
             k.clone()
         };
         let name = async_nats::HeaderName::from_str(&name)
-            .map_err(|e| StoreError(format!("header `{k}` cannot be sent to NATS: {e}")))?;
+            .map_err(|e| StoreError::new(format!("header `{k}` cannot be sent to NATS: {e}")))?;
         let value = async_nats::HeaderValue::from_str(v).map_err(|e| {
-            StoreError(format!(
+            StoreError::new(format!(
                 "the value of header `{k}` cannot be sent to NATS: {e}"
             ))
         })?;
@@ -627,12 +733,12 @@ impl Store for NatsStore {
     async fn register(&self, reg: Registration) -> Result<()> {
         let kv = &self.inner.registry;
         let key = instance_key(&reg.instance);
-        if let Some(old) = kv.get(&key).await.map_err(|e| nats_err("registry", e))? {
+        if let Some(old) = kv.get(&key).await.map_err(|e| self.fail("registry", e))? {
             let old: InstanceRecord = crate::store::decode(&old)?;
             if old.session != reg.session {
                 kv.delete(session_key(&old.session))
                     .await
-                    .map_err(|e| nats_err("registry", e))?;
+                    .map_err(|e| self.fail("registry", e))?;
             }
         }
         let record = InstanceRecord {
@@ -644,27 +750,29 @@ impl Store for NatsStore {
         };
         kv.put(&key, record.encode_to_vec().into())
             .await
-            .map_err(|e| nats_err("registry", e))?;
+            .map_err(|e| self.fail("registry", e))?;
         kv.put(
             session_key(&reg.session),
             reg.instance.clone().into_bytes().into(),
         )
         .await
-        .map_err(|e| nats_err("registry", e))?;
+        .map_err(|e| self.fail("registry", e))?;
         Ok(())
     }
 
     async fn deregister(&self, instance: String) -> Result<bool> {
         let kv = &self.inner.registry;
         let key = instance_key(&instance);
-        let Some(old) = kv.get(&key).await.map_err(|e| nats_err("registry", e))? else {
+        let Some(old) = kv.get(&key).await.map_err(|e| self.fail("registry", e))? else {
             return Ok(false);
         };
         let old: InstanceRecord = crate::store::decode(&old)?;
         kv.delete(session_key(&old.session))
             .await
-            .map_err(|e| nats_err("registry", e))?;
-        kv.delete(&key).await.map_err(|e| nats_err("registry", e))?;
+            .map_err(|e| self.fail("registry", e))?;
+        kv.delete(&key)
+            .await
+            .map_err(|e| self.fail("registry", e))?;
         Ok(true)
     }
 
@@ -673,7 +781,7 @@ impl Store for NatsStore {
         let Some(instance) = kv
             .get(session_key(&session))
             .await
-            .map_err(|e| nats_err("registry", e))?
+            .map_err(|e| self.fail("registry", e))?
         else {
             return Ok(None);
         };
@@ -681,7 +789,7 @@ impl Store for NatsStore {
         let Some(record) = kv
             .get(instance_key(&instance))
             .await
-            .map_err(|e| nats_err("registry", e))?
+            .map_err(|e| self.fail("registry", e))?
         else {
             return Ok(None);
         };
@@ -739,7 +847,7 @@ impl Store for NatsStore {
                 ..Default::default()
             })
             .await
-            .map_err(|e| nats_err(&format!("cannot create the consumer `{name}`"), e))?;
+            .map_err(|e| self.fail(&format!("cannot create the consumer `{name}`"), e))?;
         consumers.insert(
             name.clone(),
             Arc::new(Opened {
@@ -806,15 +914,15 @@ impl Store for NatsStore {
             .max_messages(room)
             .messages()
             .await
-            .map_err(|e| nats_err("cannot fetch", e))?;
+            .map_err(|e| self.fail("cannot fetch", e))?;
         let deadline_ms = now_ms + opened.config.ack_deadline.as_millis() as u64;
         while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| nats_err("cannot fetch", e))?;
+            let m = m.map_err(|e| self.fail("cannot fetch", e))?;
             let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else {
                 continue;
             };
             let (seq, delivered) = {
-                let info = m.info().map_err(|e| nats_err("a delivery", e))?;
+                let info = m.info().map_err(|e| self.fail("a delivery", e))?;
                 (info.stream_sequence, info.delivered.max(1) as u32)
             };
             let key: Key = (opened.durable.clone(), seq);
@@ -852,13 +960,13 @@ impl Store for NatsStore {
                     key,
                     Held {
                         holder: holder.clone(),
-                        id: reply.clone(),
+                        subject: reply.clone(),
                         deadline_ms,
                     },
                 );
             }
             out.deliveries.push(Delivered {
-                id: reply,
+                id: format!("{reply} {}", opened.name),
                 topic,
                 data: m.payload.to_vec(),
                 headers,
@@ -875,90 +983,123 @@ impl Store for NatsStore {
     }
 
     async fn ack(&self, ids: Vec<String>) -> Result<u32> {
-        let mut send = Vec::new();
+        let mut send: Vec<(Key, String)> = Vec::new();
         {
-            let mut local = self.local();
-            for id in ids {
-                let Some(key) = parse_delivery_id(&id) else {
+            let local = self.local();
+            for id in &ids {
+                let Some(d) = self.delivery(id) else {
                     continue;
                 };
-                if local.done.contains(&key) {
+                if local.done.contains(&d.key) || send.iter().any(|(k, _)| *k == d.key) {
                     continue;
                 }
-                local.finish(key);
-                send.push(id);
+                send.push((d.key, d.subject.to_owned()));
             }
         }
-        let acked = send.len() as u32;
+        // Done only once the server confirmed: an ack that failed is sent again when repeated.
         let mut tasks = tokio::task::JoinSet::new();
-        for id in send {
+        for (key, subject) in send {
             let this = self.clone();
-            tasks.spawn(async move { this.confirm(&id, "+ACK".into()).await });
+            tasks.spawn(async move { (key, this.confirm(&subject, "+ACK".into()).await) });
         }
+        let (mut acked, mut failed) = (0, None);
         while let Some(r) = tasks.join_next().await {
-            r.map_err(|e| StoreError(format!("an ack task failed: {e}")))??;
+            match r {
+                Ok((key, Ok(()))) => {
+                    self.local().finish(key);
+                    acked += 1;
+                }
+                Ok((_, Err(e))) => {
+                    failed.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert(StoreError::new(format!("an ack task failed: {e}")));
+                }
+            }
         }
-        Ok(acked)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(acked),
+        }
     }
 
     async fn nack(&self, id: String, available_at_ms: u64) -> Result<bool> {
-        let Some(key) = parse_delivery_id(&id) else {
+        let Some(d) = self.delivery(&id) else {
             return Ok(false);
         };
-        {
+        let delay = available_at_ms.saturating_sub(crate::server::now_ms());
+        // Noted before the server is told (a claim may meet the next delivery at once), and
+        // undone if it did not confirm.
+        let before = {
             let mut local = self.local();
-            if local.done.contains(&key) {
+            if local.done.contains(&d.key) {
                 return Ok(false);
             }
-            local.held.remove(&key);
-            local.nacked.insert(key.clone());
-        }
-        let delay = available_at_ms.saturating_sub(crate::server::now_ms());
+            let before = Undo::take(&mut local, &d.key);
+            local.nacked.insert(d.key.clone());
+            if delay > 0 {
+                local.due.insert(d.key.clone(), available_at_ms);
+            }
+            before
+        };
         let body = if delay == 0 {
             "-NAK".to_owned()
         } else {
-            self.local().due.insert(key, available_at_ms);
             format!("-NAK {{\"delay\":{}}}", u128::from(delay) * 1_000_000)
         };
-        self.confirm(&id, body).await?;
+        if let Err(e) = self.confirm(d.subject, body).await {
+            before.restore(&mut self.local(), d.key);
+            return Err(e);
+        }
         Ok(true)
     }
 
     async fn release(&self, holder: String, ids: Vec<String>) -> Result<u32> {
-        let send: Vec<String> = {
+        let send: Vec<(Key, String, Undo)> = {
             let mut local = self.local();
             let keys: Vec<(Key, String)> = if ids.is_empty() {
                 local
                     .held
                     .iter()
                     .filter(|(_, h)| h.holder == holder)
-                    .map(|(k, h)| (k.clone(), h.id.clone()))
+                    .map(|(k, h)| (k.clone(), h.subject.clone()))
                     .collect()
             } else {
-                ids.into_iter()
+                ids.iter()
                     .filter_map(|id| {
-                        let key = parse_delivery_id(&id)?;
-                        let mine = match local.held.get(&key) {
+                        let d = self.delivery(id)?;
+                        let mine = match local.held.get(&d.key) {
                             Some(h) => h.holder == holder,
                             // Handed out by another replica (or by this one before it
                             // restarted): the server knows whether it is still pending.
-                            None => !local.done.contains(&key) && !local.nacked.contains(&key),
+                            None => !local.done.contains(&d.key) && !local.nacked.contains(&d.key),
                         };
-                        mine.then_some((key, id))
+                        mine.then(|| (d.key, d.subject.to_owned()))
                     })
                     .collect()
             };
+            // Counted as released before the server is told (the next delivery may be claimed
+            // at once), and undone for each the server did not confirm.
             keys.into_iter()
-                .map(|(k, id)| {
-                    local.held.remove(&k);
-                    *local.released.entry(k).or_default() += 1;
-                    id
+                .map(|(k, subject)| {
+                    let before = Undo::take(&mut local, &k);
+                    *local.released.entry(k.clone()).or_default() += 1;
+                    (k, subject, before)
                 })
                 .collect()
         };
-        let released = send.len() as u32;
-        for id in send {
-            self.confirm(&id, "-NAK".into()).await?;
+        let mut released = 0;
+        let mut send = send.into_iter();
+        while let Some((key, subject, before)) = send.next() {
+            if let Err(e) = self.confirm(&subject, "-NAK".into()).await {
+                let mut local = self.local();
+                before.restore(&mut local, key);
+                for (key, _, before) in send {
+                    before.restore(&mut local, key);
+                }
+                return Err(e);
+            }
+            released += 1;
         }
         Ok(released)
     }
@@ -973,11 +1114,15 @@ impl Store for NatsStore {
             .client
             .flush()
             .await
-            .map_err(|e| nats_err("cannot flush", e))
+            .map_err(|e| self.fail("cannot flush", e))
     }
 
     fn wake_with(&self, wake: Arc<watch::Sender<u64>>) {
         let _ = self.inner.wake.set(wake);
+    }
+
+    fn delivery_consumer(&self, id: &str) -> Option<String> {
+        self.delivery(id).map(|d| d.consumer.to_owned())
     }
 }
 
@@ -1036,16 +1181,28 @@ mod tests {
     }
 
     #[test]
-    fn delivery_ids_are_ack_subjects() {
+    fn delivery_ids_are_ack_subjects_and_consumer_names() {
+        let c = durable_name("instance:i:t.*");
+        let of = |id: &str| {
+            parse_delivery_id(id, "TETHER")
+                .map(|d| (d.subject.to_owned(), d.consumer.to_owned(), d.key))
+        };
+        let v1 = format!("$JS.ACK.TETHER.{c}.3.42.7.1700000000000000000.0");
         assert_eq!(
-            parse_delivery_id("$JS.ACK.TETHER.c_1.3.42.7.1700000000000000000.0"),
-            Some(("c_1".into(), 42))
+            of(&format!("{v1} instance:i:t.*")),
+            Some((v1.clone(), "instance:i:t.*".into(), (c.clone(), 42)))
         );
+        let v2 = format!("$JS.ACK.dom.acc.TETHER.{c}.3.42.7.1700000000000000000.0.x");
         assert_eq!(
-            parse_delivery_id("$JS.ACK.dom.acc.TETHER.c_1.3.42.7.1700000000000000000.0.x"),
-            Some(("c_1".into(), 42))
+            of(&format!("{v2} instance:i:t.*")),
+            Some((v2, "instance:i:t.*".into(), (c.clone(), 42)))
         );
-        assert_eq!(parse_delivery_id("1 orders.eu instance:i:orders.*"), None);
+        // Another stream, a name that is not the durable's, no name, the embedded store's form.
+        let other = format!("$JS.ACK.OTHER.{c}.3.42.7.1700000000000000000.0 instance:i:t.*");
+        assert!(of(&other).is_none());
+        assert!(of(&format!("{v1} instance:j:t.*")).is_none());
+        assert!(of(&v1).is_none());
+        assert!(of("1 orders.eu instance:i:orders.*").is_none());
     }
 
     #[test]
