@@ -11,10 +11,11 @@
 //! | retention | the stream's limits: `max_age`, and `max_bytes` for the whole stream, oldest dropped first (JetStream 2.9 has no per-subject byte limit; the embedded store limits each topic) |
 //! | consumer `instance:I:P` or `group:G:P` | a durable pull consumer filtered on `P`'s subject, explicit ack, ack wait = the ack deadline, deliver all; a queue group's holders share its one durable |
 //! | claim | a no-wait fetch of up to `max` minus what the holder holds, after arming the wake-up below; `next_wake_ms` is the earliest ack deadline of this replica's deliveries, end of a nack's delay or [`NatsOptions::poll`] ([`POLL`], 5 s: a safety net) |
-//! | delivery id | the message's ack subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<seq>...`): any replica can ack, nack or release it |
-//! | ack | `+ACK`, confirmed by the server before the answer |
+//! | delivery id | the message's ack subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<seq>...`), a space, and the consumer's name: any replica can ack, nack or release it. An id is accepted only when its stream is this bus's and the name gives the ack subject's durable ([`durable_name`]): never another stream's or account's ack subject; the Bus API checks the consumer is the caller's ([`Store::delivery_consumer`]) |
+//! | ack | `+ACK`, confirmed by the server before the answer; the delivery counts as done here only once confirmed, so an ack that failed is sent again when repeated |
 //! | nack with a delay | `-NAK {"delay": ns}`, confirmed; the next delivery is counted |
-//! | release | `-NAK` at once, confirmed; the next delivery is not counted (see below) |
+//! | release | `-NAK` at once, confirmed; the next delivery is not counted (see below). A nack or a release that the server did not confirm is undone here |
+//! | errors | while the connection is not up, or when a request timed out, found no responders or got a 503, the error is transient: the Bus API answers `UNAVAILABLE`, and the sidecar moves to another replica or keeps its publish in the outbox |
 //! | max deliver, dead letter | the consumer's `max_deliver` is unlimited: the claim that meets a message delivered `max_deliver` times already publishes it to `tether.msg.dlq.<topic>` with the reason headers (`Nats-Msg-Id` `dlq:<consumer>:<seq>`, so a retry after a crash is deduplicated), then `+TERM`s it. JetStream's own limit would stop delivering without giving us the message to move |
 //! | registry and sessions | a key-value bucket (`TETHER_REGISTRY`, history 1): `instance.<hex>` holds the registration, `session.<hex>` the instance |
 //! | sweep | nothing: the server applies the limits |
@@ -56,13 +57,18 @@
 //! arms a core-NATS subscription on `PREFIX.>` that the server ends after one message
 //! (`UNSUB sid 1`); the message bumps the Bus API's wake-up ([`Store::wake_with`]), every idle
 //! subscription claims, and the claim that finds nothing arms it again. Core subscribers see a
-//! JetStream publish as any other, and the SUB goes out before the fetch on the one connection,
-//! so nothing published after the fetch is missed. The cost is one message per idle period per
+//! JetStream publish as any other, and the SUB goes out before the fetch on the one connection
+//! (a claim that finds another arming waits until its SUB is queued), so nothing published
+//! after the fetch is missed. The cost is one message per idle period per
 //! replica (not every message to every replica, as an always-on subscription would cost: the
 //! payload included, since core NATS cannot leave it out), and nothing at all while idle:
 //! before, each subscription polled NATS every 100 ms. The core subscriber may hear of a message
-//! before the stream has stored it, so a claim of a matching consumer that found nothing within
-//! [`SETTLE`] of the wake-up tries again shortly (10 ms, then doubling). What no publish
+//! before the stream has stored it, so a claim that found nothing within [`SETTLE`] of the
+//! wake-up tries again shortly (10 ms, then doubling), whatever its pattern: the one-message
+//! subscription hears only the first publish of a burst. An ack deadline or a nack's delay
+//! (of this replica's deliveries) ends with no publish, and NATS's timer may fire a little after
+//! ours: a claim asks to be made at that time, then, until a claim gets the message back,
+//! 10 ms later, doubling, at most a second apart, for [`LATE`] (5 s). What no publish
 //! announces is left to the poll ([`POLL`], 5 s, and the Bus API claims at least that often
 //! anyway): a delivery handed out by another replica whose ack deadline passed, a nack or a
 //! release through another replica, what was published while this replica was disconnected
@@ -110,6 +116,9 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// failed replica handed out comes back from the server within that time, announced by no
 /// publish.
 const FRESH_POLL: Duration = Duration::from_millis(100);
+/// How long after an ack deadline or the end of a nack's delay a claim that did not get the
+/// message back keeps asking to be made again soon (then [`POLL`] is the safety net).
+const LATE: Duration = Duration::from_secs(5);
 /// JetStream's default duplicate window, used unless `max_age` is shorter.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How many acked or dead-lettered deliveries a replica remembers, to answer a second ack.
@@ -288,6 +297,9 @@ struct Inner {
     wake: Arc<OnceLock<Arc<watch::Sender<u64>>>>,
     /// Whether a one-message subscription on the stream's subjects is waiting ([`NatsStore::arm`]).
     armed: Arc<AtomicBool>,
+    /// Held while a claim arms: a concurrent claim waits until the SUB is queued before its
+    /// own fetch.
+    arming: tokio::sync::Mutex<()>,
     /// The topic of the last publish that woke the bus through NATS, and when.
     woken_by: Arc<Mutex<Option<(String, u64)>>>,
     /// Dropped with the store: ends the task of an armed subscription.
@@ -470,25 +482,27 @@ impl NatsStore {
                 poll: options.poll,
                 wake,
                 armed: Arc::default(),
+                arming: tokio::sync::Mutex::new(()),
                 woken_by: Arc::default(),
                 gone: watch::channel(()).0,
             }),
         })
     }
 
-    /// When a claim of a consumer on `pattern` that found nothing should try again because a
-    /// publish to a matching topic woke the bus through NATS less than [`SETTLE`] ago: the
-    /// message may not have been stored when the claim looked. Sooner at first, then less often.
-    fn settling(&self, pattern: &str, now_ms: u64) -> Option<u64> {
+    /// When a claim that found nothing should try again because a publish woke the bus through
+    /// NATS less than [`SETTLE`] ago: the message may not have been stored when the claim
+    /// looked. Any consumer, not only those matching the publish that woke the bus: the
+    /// one-message subscription hears only the first publish of a burst. Sooner at first, then
+    /// less often.
+    fn settling(&self, now_ms: u64) -> Option<u64> {
         let woken_by = self
             .inner
             .woken_by
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (topic, at) = woken_by.as_ref()?;
+        let (_, at) = woken_by.as_ref()?;
         let since = now_ms.saturating_sub(*at);
-        (since < SETTLE.as_millis() as u64 && topic::matches(pattern, topic))
-            .then(|| now_ms + since.max(10))
+        (since < SETTLE.as_millis() as u64).then(|| now_ms + since.max(10))
     }
 
     /// Makes sure a publish to the stream's subjects from now on wakes the bus: unless one is
@@ -498,7 +512,8 @@ impl NatsStore {
     /// a message the fetch does not see is seen by the subscription.
     async fn arm(&self) {
         let inner = &self.inner;
-        if inner.armed.swap(true, Ordering::SeqCst) {
+        let _one = inner.arming.lock().await;
+        if inner.armed.load(Ordering::SeqCst) {
             return;
         }
         let subscribed = inner.client.subscribe(format!("{}.>", inner.prefix)).await;
@@ -507,12 +522,13 @@ impl NatsStore {
             Err(e) => {
                 // The poll is the safety net; the next claim tries again.
                 tracing::warn!("NATS: cannot subscribe to wake up on publishes: {e}");
-                inner.armed.store(false, Ordering::SeqCst);
                 return;
             }
         };
         // The server stops after one: a burst costs each idle replica one message, not all.
         let _ = sub.unsubscribe_after(1).await;
+        // Armed once the SUB is queued, before the task that disarms starts.
+        inner.armed.store(true, Ordering::SeqCst);
         let (armed, wake, woken_by, mut gone) = (
             inner.armed.clone(),
             inner.wake.clone(),
@@ -870,33 +886,48 @@ impl Store for NatsStore {
         let opened = self.opened(&consumer).await?;
         let (poll_at, held, earliest) = {
             let mut local = self.local();
-            local.due.retain(|_, at| *at > now_ms);
+            // A reminder stays until a claim gets its message back (or LATE after its time):
+            // NATS's own timer may fire a little after ours.
+            let late = LATE.as_millis() as u64;
+            local.due.retain(|_, at| *at + late > now_ms);
+            local.held.retain(|_, h| h.deadline_ms + late > now_ms);
             local.fresh.retain(|_, until| *until > now_ms);
             let poll = if local.fresh.contains_key(&opened.durable) {
                 FRESH_POLL.min(self.inner.poll)
             } else {
                 self.inner.poll
             };
-            let mine = local.held.iter().filter(|((d, _), h)| {
-                *d == opened.durable && h.holder == holder && h.deadline_ms > now_ms
-            });
-            let (held, earliest) = mine.fold((0usize, None::<u64>), |(n, e), (_, h)| {
-                (
-                    n + 1,
-                    Some(e.map_or(h.deadline_ms, |e| e.min(h.deadline_ms))),
-                )
-            });
-            // A nack's delay ends with no publish to wake anyone.
+            let held = local
+                .held
+                .iter()
+                .filter(|((d, _), h)| {
+                    *d == opened.durable && h.holder == holder && h.deadline_ms > now_ms
+                })
+                .count();
+            // An ack deadline and a nack's delay end with no publish to wake anyone; once
+            // passed, claim again soon until the message comes back: 10 ms after, then
+            // doubling, at most a second apart.
+            let soon = |at: u64| {
+                if at > now_ms {
+                    at
+                } else {
+                    now_ms + (now_ms - at).clamp(10, 1_000)
+                }
+            };
+            let deadlines = local
+                .held
+                .iter()
+                .filter(|((d, _), _)| *d == opened.durable)
+                .map(|(_, h)| h.deadline_ms);
             let due = local
                 .due
                 .iter()
                 .filter(|((d, _), _)| *d == opened.durable)
-                .map(|(_, at)| *at)
-                .min();
+                .map(|(_, at)| *at);
             (
                 now_ms + poll.as_millis() as u64,
                 held,
-                earliest.into_iter().chain(due).min(),
+                deadlines.chain(due).map(soon).min(),
             )
         };
         let mut out = Claimed {
@@ -976,7 +1007,7 @@ impl Store for NatsStore {
         }
         if !out.deliveries.is_empty() {
             out.next_wake_ms = out.next_wake_ms.map(|w| w.min(deadline_ms));
-        } else if let Some(again) = self.settling(&opened.config.pattern, now_ms) {
+        } else if let Some(again) = self.settling(now_ms) {
             out.next_wake_ms = out.next_wake_ms.map(|w| w.min(again));
         }
         Ok(out)

@@ -825,3 +825,55 @@ async fn nats_an_ack_nats_did_not_confirm_is_sent_again() {
     .await
     .expect("the case did not finish within 120 s");
 }
+
+/// NATS's timers (the ack wait, a nack's delay) may fire a little after ours. A claim made at
+/// an ack deadline or at the end of a nack's delay that finds nothing yet asks to be made again
+/// soon (10 ms, doubling, at most a second apart), until the messages are back, instead of
+/// leaving them to the safety poll (an hour here, 5 s by default). First a claim as of a time
+/// past both while NATS's timers have not fired (as a claim a moment early by NATS's clock is);
+/// then claims as the Bus API makes them, each at the time the last one asked for, until both
+/// messages come back, never asked to wait for the poll.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_claim_before_natss_timers_fired_asks_again_soon() {
+    use tether_bus::nats::{NatsOptions, NatsStore};
+    let Some(backend) = NatsBackend::new().await else {
+        return;
+    };
+    within(async {
+        let mut options = NatsOptions::new(vec![backend.server.url.clone()]);
+        options.poll = Duration::from_secs(3600);
+        let s = NatsStore::connect(&options).await.unwrap();
+        let c = "instance:i:t";
+        s.open_consumer(c.into(), config("t", 3_000, 5))
+            .await
+            .unwrap();
+        publish(&s, "t", "held").await;
+        publish(&s, "t", "nacked").await;
+        let (d, _) = claim_until(&s, c, "h", 2, |g, _| g.len() >= 2).await;
+        let t = now_ms();
+        assert!(s.nack(d[1].id.clone(), t + 3_000).await.unwrap());
+        // The held one's ack deadline and the nacked one's delay have passed by this claim's
+        // clock, not by NATS's.
+        let at = t + 3_000;
+        let early = s.claim(c.into(), "h".into(), at, 10).await.unwrap();
+        assert!(early.deliveries.is_empty(), "{early:?}");
+        let wake = early.next_wake_ms.expect("a time to claim again");
+        assert!(wake <= at + 1_000, "asked to wait {} ms", wake - at);
+
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let mut back = Vec::new();
+        while back.len() < 2 {
+            let claimed = claim(&s, c, "h", 10).await;
+            back.extend(datas(&claimed.deliveries));
+            let wake = claimed.next_wake_ms.expect("a time to claim again");
+            let now = now_ms();
+            assert!(wake <= now + 3_500, "asked to wait {} ms", wake - now);
+            assert!(std::time::Instant::now() < until, "not back: {back:?}");
+            tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now))).await;
+        }
+        back.sort();
+        assert_eq!(back, ["held", "nacked"]);
+    })
+    .await;
+}
