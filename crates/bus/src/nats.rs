@@ -11,10 +11,11 @@
 //! | retention | the stream's limits: `max_age`, and `max_bytes` for the whole stream, oldest dropped first (JetStream 2.9 has no per-subject byte limit; the embedded store limits each topic) |
 //! | consumer `instance:I:P` or `group:G:P` | a durable pull consumer filtered on `P`'s subject, explicit ack, ack wait = the ack deadline, deliver all; a queue group's holders share its one durable |
 //! | claim | a no-wait fetch of up to `max` minus what the holder holds, after arming the wake-up below; `next_wake_ms` is the earliest ack deadline of this replica's deliveries, end of a nack's delay or [`NatsOptions::poll`] ([`POLL`], 5 s: a safety net) |
-//! | delivery id | the message's ack subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<seq>...`): any replica can ack, nack or release it |
-//! | ack | `+ACK`, confirmed by the server before the answer |
+//! | delivery id | the message's ack subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<seq>...`), a space, and the consumer's name: any replica can ack, nack or release it. An id is accepted only when its stream is this bus's and the name gives the ack subject's durable ([`durable_name`]): never another stream's or account's ack subject; the Bus API checks the consumer is the caller's ([`Store::delivery_consumer`]) |
+//! | ack | `+ACK`, confirmed by the server before the answer; the delivery counts as done here only once confirmed, so an ack that failed is sent again when repeated |
 //! | nack with a delay | `-NAK {"delay": ns}`, confirmed; the next delivery is counted |
-//! | release | `-NAK` at once, confirmed; the next delivery is not counted (see below) |
+//! | release | `-NAK` at once, confirmed; the next delivery is not counted (see below). A nack or a release that the server did not confirm is undone here |
+//! | errors | while the connection is not up, or when a request timed out, found no responders or got a 503, the error is transient: the Bus API answers `UNAVAILABLE`, and the sidecar moves to another replica or keeps its publish in the outbox |
 //! | max deliver, dead letter | the consumer's `max_deliver` is unlimited: the claim that meets a message delivered `max_deliver` times already publishes it to `tether.msg.dlq.<topic>` with the reason headers (`Nats-Msg-Id` `dlq:<consumer>:<seq>`, so a retry after a crash is deduplicated), then `+TERM`s it. JetStream's own limit would stop delivering without giving us the message to move |
 //! | registry and sessions | a key-value bucket (`TETHER_REGISTRY`, history 1): `instance.<hex>` holds the registration, `session.<hex>` the instance |
 //! | sweep | nothing: the server applies the limits |
@@ -56,13 +57,18 @@
 //! arms a core-NATS subscription on `PREFIX.>` that the server ends after one message
 //! (`UNSUB sid 1`); the message bumps the Bus API's wake-up ([`Store::wake_with`]), every idle
 //! subscription claims, and the claim that finds nothing arms it again. Core subscribers see a
-//! JetStream publish as any other, and the SUB goes out before the fetch on the one connection,
-//! so nothing published after the fetch is missed. The cost is one message per idle period per
+//! JetStream publish as any other, and the SUB goes out before the fetch on the one connection
+//! (a claim that finds another arming waits until its SUB is queued), so nothing published
+//! after the fetch is missed. The cost is one message per idle period per
 //! replica (not every message to every replica, as an always-on subscription would cost: the
 //! payload included, since core NATS cannot leave it out), and nothing at all while idle:
 //! before, each subscription polled NATS every 100 ms. The core subscriber may hear of a message
-//! before the stream has stored it, so a claim of a matching consumer that found nothing within
-//! [`SETTLE`] of the wake-up tries again shortly (10 ms, then doubling). What no publish
+//! before the stream has stored it, so a claim that found nothing within [`SETTLE`] of the
+//! wake-up tries again shortly (10 ms, then doubling), whatever its pattern: the one-message
+//! subscription hears only the first publish of a burst. An ack deadline or a nack's delay
+//! (of this replica's deliveries) ends with no publish, and NATS's timer may fire a little after
+//! ours: a claim asks to be made at that time, then, until a claim gets the message back,
+//! 10 ms later, doubling, at most a second apart, for [`LATE`] (5 s). What no publish
 //! announces is left to the poll ([`POLL`], 5 s, and the Bus API claims at least that often
 //! anyway): a delivery handed out by another replica whose ack deadline passed, a nack or a
 //! release through another replica, what was published while this replica was disconnected
@@ -110,6 +116,9 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// failed replica handed out comes back from the server within that time, announced by no
 /// publish.
 const FRESH_POLL: Duration = Duration::from_millis(100);
+/// How long after an ack deadline or the end of a nack's delay a claim that did not get the
+/// message back keeps asking to be made again soon (then [`POLL`] is the safety net).
+const LATE: Duration = Duration::from_secs(5);
 /// JetStream's default duplicate window, used unless `max_age` is shorter.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How many acked or dead-lettered deliveries a replica remembers, to answer a second ack.
@@ -126,6 +135,9 @@ pub struct NatsOptions {
     pub creds: Option<PathBuf>,
     /// A user and password.
     pub user: Option<(String, String)>,
+    /// Where the user and password came from, as an error names them: `NATS_USER,
+    /// NATS_PASSWORD` (the default), or the `_FILE` variables.
+    pub user_from: String,
     /// A CA file (PEM) to check the servers' certificates with; TLS is then required.
     pub ca: Option<PathBuf>,
     /// How many copies of the stream and the bucket the cluster keeps.
@@ -148,6 +160,7 @@ impl NatsOptions {
             urls,
             creds: None,
             user: None,
+            user_from: "NATS_USER, NATS_PASSWORD".into(),
             ca: None,
             replicas: 1,
             retention: Retention::default(),
@@ -175,7 +188,8 @@ struct Opened {
 /// A delivery this replica handed out.
 struct Held {
     holder: String,
-    id: String,
+    /// Its ack subject.
+    subject: String,
     deadline_ms: u64,
 }
 
@@ -212,6 +226,57 @@ impl Local {
     }
 }
 
+/// What a nack or a release changed about one delivery, to put back when the server did not
+/// confirm it.
+struct Undo {
+    held: Option<Held>,
+    released: Option<u32>,
+    nacked: bool,
+    due: Option<u64>,
+}
+
+impl Undo {
+    /// Takes the delivery out of `held`, remembering it and the rest.
+    fn take(local: &mut Local, key: &Key) -> Self {
+        Self {
+            held: local.held.remove(key),
+            released: local.released.get(key).copied(),
+            nacked: local.nacked.contains(key),
+            due: local.due.get(key).copied(),
+        }
+    }
+
+    /// Puts back what was, unless something newer (an ack, another claim) changed it since.
+    fn restore(self, local: &mut Local, key: Key) {
+        if local.done.contains(&key) || local.held.contains_key(&key) {
+            return;
+        }
+        match self.released {
+            Some(n) => local.released.insert(key.clone(), n),
+            None => local.released.remove(&key),
+        };
+        if !self.nacked {
+            local.nacked.remove(&key);
+        }
+        match self.due {
+            Some(at) => local.due.insert(key.clone(), at),
+            None => local.due.remove(&key),
+        };
+        if let Some(h) = self.held {
+            local.held.insert(key, h);
+        }
+    }
+}
+
+/// A delivery id of this store, taken apart ([`NatsStore::delivery`]).
+struct DeliveryId<'a> {
+    /// The ack subject.
+    subject: &'a str,
+    /// The consumer's name.
+    consumer: &'a str,
+    key: Key,
+}
+
 /// The store on NATS JetStream. Cheap to clone.
 #[derive(Clone)]
 pub struct NatsStore {
@@ -222,6 +287,7 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: stream::Stream,
+    stream_name: String,
     registry: kv::Store,
     prefix: String,
     consumers: tokio::sync::Mutex<HashMap<String, Arc<Opened>>>,
@@ -231,6 +297,9 @@ struct Inner {
     wake: Arc<OnceLock<Arc<watch::Sender<u64>>>>,
     /// Whether a one-message subscription on the stream's subjects is waiting ([`NatsStore::arm`]).
     armed: Arc<AtomicBool>,
+    /// Held while a claim arms: a concurrent claim waits until the SUB is queued before its
+    /// own fetch.
+    arming: tokio::sync::Mutex<()>,
     /// The topic of the last publish that woke the bus through NATS, and when.
     woken_by: Arc<Mutex<Option<(String, u64)>>>,
     /// Dropped with the store: ends the task of an armed subscription.
@@ -262,7 +331,8 @@ fn connect_problem(e: &async_nats::ConnectError, options: &NatsOptions) -> Strin
                 creds.display()
             ),
             (None, Some((user, _))) => format!(
-                "the server refused the user `{user}` and its password (NATS_USER, NATS_PASSWORD) ({source})"
+                "the server refused the user `{user}` and its password ({}) ({source})",
+                options.user_from
             ),
             (None, None) => format!(
                 "the server refused a connection without a credential ({source}): give --nats-creds, or NATS_USER and NATS_PASSWORD"
@@ -278,8 +348,22 @@ fn connect_problem(e: &async_nats::ConnectError, options: &NatsOptions) -> Strin
     }
 }
 
-fn nats_err(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError(format!("NATS: {what}: {e}"))
+/// Whether a NATS error says the server could not be reached or did not answer in time (a
+/// request timed out, nobody answers the subject, the connection broke, JetStream answered 503),
+/// rather than refusing the call: by the names of the client library's error kinds, anywhere in
+/// the error's chain as `Debug` shows it.
+fn transient_error(e: &impl std::fmt::Debug) -> bool {
+    let text = format!("{e:?}");
+    [
+        "TimedOut",
+        "NoResponders",
+        "BrokenPipe",
+        "Disconnected",
+        "ConnectionClosed",
+        "code: 503",
+    ]
+    .iter()
+    .any(|k| text.contains(k))
 }
 
 impl NatsStore {
@@ -288,9 +372,9 @@ impl NatsStore {
     /// the servers.
     pub async fn connect(options: &NatsOptions) -> Result<Self> {
         let servers = options.servers();
-        let failed = |what: String| StoreError(format!("NATS at {servers}: {what}"));
+        let failed = |what: String| StoreError::new(format!("NATS at {servers}: {what}"));
         if options.urls.is_empty() {
-            return Err(StoreError("no NATS server named".into()));
+            return Err(StoreError::new("no NATS server named"));
         }
         let wake: Arc<OnceLock<Arc<watch::Sender<u64>>>> = Arc::default();
         let woken = wake.clone();
@@ -308,7 +392,7 @@ impl NatsStore {
             });
         if let Some(creds) = &options.creds {
             connect = connect.credentials_file(creds).await.map_err(|e| {
-                StoreError(format!(
+                StoreError::new(format!(
                     "cannot use the NATS credentials file {}: {e}",
                     creds.display()
                 ))
@@ -319,7 +403,7 @@ impl NatsStore {
         }
         if let Some(ca) = &options.ca {
             std::fs::metadata(ca).map_err(|e| {
-                StoreError(format!(
+                StoreError::new(format!(
                     "cannot read the NATS CA file {}: {e}",
                     ca.display()
                 ))
@@ -390,6 +474,7 @@ impl NatsStore {
                 client,
                 js,
                 stream,
+                stream_name: options.stream.clone(),
                 registry,
                 prefix: options.prefix.clone(),
                 consumers: tokio::sync::Mutex::new(HashMap::new()),
@@ -397,25 +482,27 @@ impl NatsStore {
                 poll: options.poll,
                 wake,
                 armed: Arc::default(),
+                arming: tokio::sync::Mutex::new(()),
                 woken_by: Arc::default(),
                 gone: watch::channel(()).0,
             }),
         })
     }
 
-    /// When a claim of a consumer on `pattern` that found nothing should try again because a
-    /// publish to a matching topic woke the bus through NATS less than [`SETTLE`] ago: the
-    /// message may not have been stored when the claim looked. Sooner at first, then less often.
-    fn settling(&self, pattern: &str, now_ms: u64) -> Option<u64> {
+    /// When a claim that found nothing should try again because a publish woke the bus through
+    /// NATS less than [`SETTLE`] ago: the message may not have been stored when the claim
+    /// looked. Any consumer, not only those matching the publish that woke the bus: the
+    /// one-message subscription hears only the first publish of a burst. Sooner at first, then
+    /// less often.
+    fn settling(&self, now_ms: u64) -> Option<u64> {
         let woken_by = self
             .inner
             .woken_by
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (topic, at) = woken_by.as_ref()?;
+        let (_, at) = woken_by.as_ref()?;
         let since = now_ms.saturating_sub(*at);
-        (since < SETTLE.as_millis() as u64 && topic::matches(pattern, topic))
-            .then(|| now_ms + since.max(10))
+        (since < SETTLE.as_millis() as u64).then(|| now_ms + since.max(10))
     }
 
     /// Makes sure a publish to the stream's subjects from now on wakes the bus: unless one is
@@ -425,7 +512,8 @@ impl NatsStore {
     /// a message the fetch does not see is seen by the subscription.
     async fn arm(&self) {
         let inner = &self.inner;
-        if inner.armed.swap(true, Ordering::SeqCst) {
+        let _one = inner.arming.lock().await;
+        if inner.armed.load(Ordering::SeqCst) {
             return;
         }
         let subscribed = inner.client.subscribe(format!("{}.>", inner.prefix)).await;
@@ -434,12 +522,13 @@ impl NatsStore {
             Err(e) => {
                 // The poll is the safety net; the next claim tries again.
                 tracing::warn!("NATS: cannot subscribe to wake up on publishes: {e}");
-                inner.armed.store(false, Ordering::SeqCst);
                 return;
             }
         };
         // The server stops after one: a burst costs each idle replica one message, not all.
         let _ = sub.unsubscribe_after(1).await;
+        // Armed once the SUB is queued, before the task that disarms starts.
+        inner.armed.store(true, Ordering::SeqCst);
         let (armed, wake, woken_by, mut gone) = (
             inner.armed.clone(),
             inner.wake.clone(),
@@ -475,6 +564,23 @@ impl NatsStore {
         }
     }
 
+    /// A delivery id this store handed out, taken apart; `None` for anything else.
+    fn delivery<'a>(&self, id: &'a str) -> Option<DeliveryId<'a>> {
+        parse_delivery_id(id, &self.inner.stream_name)
+    }
+
+    /// A NATS failure as the store's error: transient (the Bus API answers `UNAVAILABLE`, and the
+    /// sidecar moves to another replica or keeps its publish in the outbox) while the connection
+    /// is not up or when the error says the server did not answer ([`transient_error`]).
+    fn fail(&self, what: &str, e: impl std::fmt::Display + std::fmt::Debug) -> StoreError {
+        let message = format!("NATS: {what}: {e}");
+        if self.problem().is_some() || transient_error(&e) {
+            StoreError::unavailable(message)
+        } else {
+            StoreError::new(message)
+        }
+    }
+
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
         self.inner
             .local
@@ -500,7 +606,7 @@ impl NatsStore {
             .request(id.to_owned(), body.into())
             .await
             .map(|_| ())
-            .map_err(|e| nats_err("the server did not confirm an ack", e))
+            .map_err(|e| self.fail("the server did not confirm an ack", e))
     }
 
     async fn opened(&self, consumer: &str) -> Result<Arc<Opened>> {
@@ -510,7 +616,7 @@ impl NatsStore {
             .await
             .get(consumer)
             .cloned()
-            .ok_or_else(|| StoreError(format!("no consumer `{consumer}`")))
+            .ok_or_else(|| StoreError::new(format!("no consumer `{consumer}`")))
     }
 
     async fn publish_raw(
@@ -524,9 +630,9 @@ impl NatsStore {
             .js
             .publish_with_headers(subject, headers, data.into())
             .await
-            .map_err(|e| nats_err("cannot publish", e))?
+            .map_err(|e| self.fail("cannot publish", e))?
             .await
-            .map_err(|e| nats_err("the publish was not acknowledged", e))?;
+            .map_err(|e| self.fail("the publish was not acknowledged", e))?;
         Ok(Published {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
@@ -557,20 +663,36 @@ pub fn durable_name(name: &str) -> String {
     format!("{readable}_{hash:016x}")
 }
 
-/// The consumer and stream sequence an ack subject names:
+/// The stream, the durable consumer and the stream sequence an ack subject names:
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>`, or the v2 form with
 /// a domain and an account hash after `ACK`.
-pub fn parse_delivery_id(id: &str) -> Option<(String, u64)> {
-    let t: Vec<&str> = id.split('.').collect();
+fn parse_ack_subject(subject: &str) -> Option<(&str, &str, u64)> {
+    let t: Vec<&str> = subject.split('.').collect();
     if t.len() < 9 || t[0] != "$JS" || t[1] != "ACK" {
         return None;
     }
-    let (consumer, seq) = if t.len() == 9 {
-        (t[3], t[5])
+    let (stream, consumer, seq) = if t.len() == 9 {
+        (t[2], t[3], t[5])
     } else {
-        (t[5], t[7])
+        (t[4], t[5], t[7])
     };
-    Some((consumer.to_owned(), seq.parse().ok()?))
+    Some((stream, consumer, seq.parse().ok()?))
+}
+
+/// A delivery id: `<ack subject> <consumer name>`, when the ack subject is of `stream` and of
+/// the durable consumer that name gives ([`durable_name`]); anything else (another stream's or
+/// another account's ack subject, a name that does not match) is not a delivery of this store.
+fn parse_delivery_id<'a>(id: &'a str, stream: &str) -> Option<DeliveryId<'a>> {
+    let (subject, consumer) = id.split_once(' ')?;
+    let (of, durable, seq) = parse_ack_subject(subject)?;
+    if of != stream || durable != durable_name(consumer) {
+        return None;
+    }
+    Some(DeliveryId {
+        subject,
+        consumer,
+        key: (durable.to_owned(), seq),
+    })
 }
 
 fn hex(s: &str) -> String {
@@ -586,9 +708,9 @@ fn headers_to_nats(headers: &BTreeMap<String, String>) -> Result<HeaderMap> {
             k.clone()
         };
         let name = async_nats::HeaderName::from_str(&name)
-            .map_err(|e| StoreError(format!("header `{k}` cannot be sent to NATS: {e}")))?;
+            .map_err(|e| StoreError::new(format!("header `{k}` cannot be sent to NATS: {e}")))?;
         let value = async_nats::HeaderValue::from_str(v).map_err(|e| {
-            StoreError(format!(
+            StoreError::new(format!(
                 "the value of header `{k}` cannot be sent to NATS: {e}"
             ))
         })?;
@@ -627,12 +749,12 @@ impl Store for NatsStore {
     async fn register(&self, reg: Registration) -> Result<()> {
         let kv = &self.inner.registry;
         let key = instance_key(&reg.instance);
-        if let Some(old) = kv.get(&key).await.map_err(|e| nats_err("registry", e))? {
+        if let Some(old) = kv.get(&key).await.map_err(|e| self.fail("registry", e))? {
             let old: InstanceRecord = crate::store::decode(&old)?;
             if old.session != reg.session {
                 kv.delete(session_key(&old.session))
                     .await
-                    .map_err(|e| nats_err("registry", e))?;
+                    .map_err(|e| self.fail("registry", e))?;
             }
         }
         let record = InstanceRecord {
@@ -644,27 +766,29 @@ impl Store for NatsStore {
         };
         kv.put(&key, record.encode_to_vec().into())
             .await
-            .map_err(|e| nats_err("registry", e))?;
+            .map_err(|e| self.fail("registry", e))?;
         kv.put(
             session_key(&reg.session),
             reg.instance.clone().into_bytes().into(),
         )
         .await
-        .map_err(|e| nats_err("registry", e))?;
+        .map_err(|e| self.fail("registry", e))?;
         Ok(())
     }
 
     async fn deregister(&self, instance: String) -> Result<bool> {
         let kv = &self.inner.registry;
         let key = instance_key(&instance);
-        let Some(old) = kv.get(&key).await.map_err(|e| nats_err("registry", e))? else {
+        let Some(old) = kv.get(&key).await.map_err(|e| self.fail("registry", e))? else {
             return Ok(false);
         };
         let old: InstanceRecord = crate::store::decode(&old)?;
         kv.delete(session_key(&old.session))
             .await
-            .map_err(|e| nats_err("registry", e))?;
-        kv.delete(&key).await.map_err(|e| nats_err("registry", e))?;
+            .map_err(|e| self.fail("registry", e))?;
+        kv.delete(&key)
+            .await
+            .map_err(|e| self.fail("registry", e))?;
         Ok(true)
     }
 
@@ -673,7 +797,7 @@ impl Store for NatsStore {
         let Some(instance) = kv
             .get(session_key(&session))
             .await
-            .map_err(|e| nats_err("registry", e))?
+            .map_err(|e| self.fail("registry", e))?
         else {
             return Ok(None);
         };
@@ -681,7 +805,7 @@ impl Store for NatsStore {
         let Some(record) = kv
             .get(instance_key(&instance))
             .await
-            .map_err(|e| nats_err("registry", e))?
+            .map_err(|e| self.fail("registry", e))?
         else {
             return Ok(None);
         };
@@ -739,7 +863,7 @@ impl Store for NatsStore {
                 ..Default::default()
             })
             .await
-            .map_err(|e| nats_err(&format!("cannot create the consumer `{name}`"), e))?;
+            .map_err(|e| self.fail(&format!("cannot create the consumer `{name}`"), e))?;
         consumers.insert(
             name.clone(),
             Arc::new(Opened {
@@ -762,33 +886,48 @@ impl Store for NatsStore {
         let opened = self.opened(&consumer).await?;
         let (poll_at, held, earliest) = {
             let mut local = self.local();
-            local.due.retain(|_, at| *at > now_ms);
+            // A reminder stays until a claim gets its message back (or LATE after its time):
+            // NATS's own timer may fire a little after ours.
+            let late = LATE.as_millis() as u64;
+            local.due.retain(|_, at| *at + late > now_ms);
+            local.held.retain(|_, h| h.deadline_ms + late > now_ms);
             local.fresh.retain(|_, until| *until > now_ms);
             let poll = if local.fresh.contains_key(&opened.durable) {
                 FRESH_POLL.min(self.inner.poll)
             } else {
                 self.inner.poll
             };
-            let mine = local.held.iter().filter(|((d, _), h)| {
-                *d == opened.durable && h.holder == holder && h.deadline_ms > now_ms
-            });
-            let (held, earliest) = mine.fold((0usize, None::<u64>), |(n, e), (_, h)| {
-                (
-                    n + 1,
-                    Some(e.map_or(h.deadline_ms, |e| e.min(h.deadline_ms))),
-                )
-            });
-            // A nack's delay ends with no publish to wake anyone.
+            let held = local
+                .held
+                .iter()
+                .filter(|((d, _), h)| {
+                    *d == opened.durable && h.holder == holder && h.deadline_ms > now_ms
+                })
+                .count();
+            // An ack deadline and a nack's delay end with no publish to wake anyone; once
+            // passed, claim again soon until the message comes back: 10 ms after, then
+            // doubling, at most a second apart.
+            let soon = |at: u64| {
+                if at > now_ms {
+                    at
+                } else {
+                    now_ms + (now_ms - at).clamp(10, 1_000)
+                }
+            };
+            let deadlines = local
+                .held
+                .iter()
+                .filter(|((d, _), _)| *d == opened.durable)
+                .map(|(_, h)| h.deadline_ms);
             let due = local
                 .due
                 .iter()
                 .filter(|((d, _), _)| *d == opened.durable)
-                .map(|(_, at)| *at)
-                .min();
+                .map(|(_, at)| *at);
             (
                 now_ms + poll.as_millis() as u64,
                 held,
-                earliest.into_iter().chain(due).min(),
+                deadlines.chain(due).map(soon).min(),
             )
         };
         let mut out = Claimed {
@@ -806,15 +945,15 @@ impl Store for NatsStore {
             .max_messages(room)
             .messages()
             .await
-            .map_err(|e| nats_err("cannot fetch", e))?;
+            .map_err(|e| self.fail("cannot fetch", e))?;
         let deadline_ms = now_ms + opened.config.ack_deadline.as_millis() as u64;
         while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| nats_err("cannot fetch", e))?;
+            let m = m.map_err(|e| self.fail("cannot fetch", e))?;
             let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else {
                 continue;
             };
             let (seq, delivered) = {
-                let info = m.info().map_err(|e| nats_err("a delivery", e))?;
+                let info = m.info().map_err(|e| self.fail("a delivery", e))?;
                 (info.stream_sequence, info.delivered.max(1) as u32)
             };
             let key: Key = (opened.durable.clone(), seq);
@@ -852,13 +991,13 @@ impl Store for NatsStore {
                     key,
                     Held {
                         holder: holder.clone(),
-                        id: reply.clone(),
+                        subject: reply.clone(),
                         deadline_ms,
                     },
                 );
             }
             out.deliveries.push(Delivered {
-                id: reply,
+                id: format!("{reply} {}", opened.name),
                 topic,
                 data: m.payload.to_vec(),
                 headers,
@@ -868,97 +1007,130 @@ impl Store for NatsStore {
         }
         if !out.deliveries.is_empty() {
             out.next_wake_ms = out.next_wake_ms.map(|w| w.min(deadline_ms));
-        } else if let Some(again) = self.settling(&opened.config.pattern, now_ms) {
+        } else if let Some(again) = self.settling(now_ms) {
             out.next_wake_ms = out.next_wake_ms.map(|w| w.min(again));
         }
         Ok(out)
     }
 
     async fn ack(&self, ids: Vec<String>) -> Result<u32> {
-        let mut send = Vec::new();
+        let mut send: Vec<(Key, String)> = Vec::new();
         {
-            let mut local = self.local();
-            for id in ids {
-                let Some(key) = parse_delivery_id(&id) else {
+            let local = self.local();
+            for id in &ids {
+                let Some(d) = self.delivery(id) else {
                     continue;
                 };
-                if local.done.contains(&key) {
+                if local.done.contains(&d.key) || send.iter().any(|(k, _)| *k == d.key) {
                     continue;
                 }
-                local.finish(key);
-                send.push(id);
+                send.push((d.key, d.subject.to_owned()));
             }
         }
-        let acked = send.len() as u32;
+        // Done only once the server confirmed: an ack that failed is sent again when repeated.
         let mut tasks = tokio::task::JoinSet::new();
-        for id in send {
+        for (key, subject) in send {
             let this = self.clone();
-            tasks.spawn(async move { this.confirm(&id, "+ACK".into()).await });
+            tasks.spawn(async move { (key, this.confirm(&subject, "+ACK".into()).await) });
         }
+        let (mut acked, mut failed) = (0, None);
         while let Some(r) = tasks.join_next().await {
-            r.map_err(|e| StoreError(format!("an ack task failed: {e}")))??;
+            match r {
+                Ok((key, Ok(()))) => {
+                    self.local().finish(key);
+                    acked += 1;
+                }
+                Ok((_, Err(e))) => {
+                    failed.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert(StoreError::new(format!("an ack task failed: {e}")));
+                }
+            }
         }
-        Ok(acked)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(acked),
+        }
     }
 
     async fn nack(&self, id: String, available_at_ms: u64) -> Result<bool> {
-        let Some(key) = parse_delivery_id(&id) else {
+        let Some(d) = self.delivery(&id) else {
             return Ok(false);
         };
-        {
+        let delay = available_at_ms.saturating_sub(crate::server::now_ms());
+        // Noted before the server is told (a claim may meet the next delivery at once), and
+        // undone if it did not confirm.
+        let before = {
             let mut local = self.local();
-            if local.done.contains(&key) {
+            if local.done.contains(&d.key) {
                 return Ok(false);
             }
-            local.held.remove(&key);
-            local.nacked.insert(key.clone());
-        }
-        let delay = available_at_ms.saturating_sub(crate::server::now_ms());
+            let before = Undo::take(&mut local, &d.key);
+            local.nacked.insert(d.key.clone());
+            if delay > 0 {
+                local.due.insert(d.key.clone(), available_at_ms);
+            }
+            before
+        };
         let body = if delay == 0 {
             "-NAK".to_owned()
         } else {
-            self.local().due.insert(key, available_at_ms);
             format!("-NAK {{\"delay\":{}}}", u128::from(delay) * 1_000_000)
         };
-        self.confirm(&id, body).await?;
+        if let Err(e) = self.confirm(d.subject, body).await {
+            before.restore(&mut self.local(), d.key);
+            return Err(e);
+        }
         Ok(true)
     }
 
     async fn release(&self, holder: String, ids: Vec<String>) -> Result<u32> {
-        let send: Vec<String> = {
+        let send: Vec<(Key, String, Undo)> = {
             let mut local = self.local();
             let keys: Vec<(Key, String)> = if ids.is_empty() {
                 local
                     .held
                     .iter()
                     .filter(|(_, h)| h.holder == holder)
-                    .map(|(k, h)| (k.clone(), h.id.clone()))
+                    .map(|(k, h)| (k.clone(), h.subject.clone()))
                     .collect()
             } else {
-                ids.into_iter()
+                ids.iter()
                     .filter_map(|id| {
-                        let key = parse_delivery_id(&id)?;
-                        let mine = match local.held.get(&key) {
+                        let d = self.delivery(id)?;
+                        let mine = match local.held.get(&d.key) {
                             Some(h) => h.holder == holder,
                             // Handed out by another replica (or by this one before it
                             // restarted): the server knows whether it is still pending.
-                            None => !local.done.contains(&key) && !local.nacked.contains(&key),
+                            None => !local.done.contains(&d.key) && !local.nacked.contains(&d.key),
                         };
-                        mine.then_some((key, id))
+                        mine.then(|| (d.key, d.subject.to_owned()))
                     })
                     .collect()
             };
+            // Counted as released before the server is told (the next delivery may be claimed
+            // at once), and undone for each the server did not confirm.
             keys.into_iter()
-                .map(|(k, id)| {
-                    local.held.remove(&k);
-                    *local.released.entry(k).or_default() += 1;
-                    id
+                .map(|(k, subject)| {
+                    let before = Undo::take(&mut local, &k);
+                    *local.released.entry(k.clone()).or_default() += 1;
+                    (k, subject, before)
                 })
                 .collect()
         };
-        let released = send.len() as u32;
-        for id in send {
-            self.confirm(&id, "-NAK".into()).await?;
+        let mut released = 0;
+        let mut send = send.into_iter();
+        while let Some((key, subject, before)) = send.next() {
+            if let Err(e) = self.confirm(&subject, "-NAK".into()).await {
+                let mut local = self.local();
+                before.restore(&mut local, key);
+                for (key, _, before) in send {
+                    before.restore(&mut local, key);
+                }
+                return Err(e);
+            }
+            released += 1;
         }
         Ok(released)
     }
@@ -973,11 +1145,15 @@ impl Store for NatsStore {
             .client
             .flush()
             .await
-            .map_err(|e| nats_err("cannot flush", e))
+            .map_err(|e| self.fail("cannot flush", e))
     }
 
     fn wake_with(&self, wake: Arc<watch::Sender<u64>>) {
         let _ = self.inner.wake.set(wake);
+    }
+
+    fn delivery_consumer(&self, id: &str) -> Option<String> {
+        self.delivery(id).map(|d| d.consumer.to_owned())
     }
 }
 
@@ -1036,16 +1212,28 @@ mod tests {
     }
 
     #[test]
-    fn delivery_ids_are_ack_subjects() {
+    fn delivery_ids_are_ack_subjects_and_consumer_names() {
+        let c = durable_name("instance:i:t.*");
+        let of = |id: &str| {
+            parse_delivery_id(id, "TETHER")
+                .map(|d| (d.subject.to_owned(), d.consumer.to_owned(), d.key))
+        };
+        let v1 = format!("$JS.ACK.TETHER.{c}.3.42.7.1700000000000000000.0");
         assert_eq!(
-            parse_delivery_id("$JS.ACK.TETHER.c_1.3.42.7.1700000000000000000.0"),
-            Some(("c_1".into(), 42))
+            of(&format!("{v1} instance:i:t.*")),
+            Some((v1.clone(), "instance:i:t.*".into(), (c.clone(), 42)))
         );
+        let v2 = format!("$JS.ACK.dom.acc.TETHER.{c}.3.42.7.1700000000000000000.0.x");
         assert_eq!(
-            parse_delivery_id("$JS.ACK.dom.acc.TETHER.c_1.3.42.7.1700000000000000000.0.x"),
-            Some(("c_1".into(), 42))
+            of(&format!("{v2} instance:i:t.*")),
+            Some((v2, "instance:i:t.*".into(), (c.clone(), 42)))
         );
-        assert_eq!(parse_delivery_id("1 orders.eu instance:i:orders.*"), None);
+        // Another stream, a name that is not the durable's, no name, the embedded store's form.
+        let other = format!("$JS.ACK.OTHER.{c}.3.42.7.1700000000000000000.0 instance:i:t.*");
+        assert!(of(&other).is_none());
+        assert!(of(&format!("{v1} instance:j:t.*")).is_none());
+        assert!(of(&v1).is_none());
+        assert!(of("1 orders.eu instance:i:orders.*").is_none());
     }
 
     #[test]

@@ -208,6 +208,9 @@ impl Store for AnyStore {
     fn wake_with(&self, wake: Arc<watch::Sender<u64>>) {
         each_store!(self, s => s.wake_with(wake))
     }
+    fn delivery_consumer(&self, id: &str) -> Option<String> {
+        each_store!(self, s => s.delivery_consumer(id))
+    }
 }
 
 /// Why the bus could not start or stopped with an error.
@@ -247,7 +250,7 @@ impl std::fmt::Display for ServeError {
                     dir.display()
                 )
             }
-            Self::Nats(error) => write!(f, "{}", error.0),
+            Self::Nats(error) => write!(f, "{}", error.message),
             Self::Sync { dir, error } => write!(
                 f,
                 "cannot sync the bus's store in {} when stopping: {error}",
@@ -502,8 +505,15 @@ fn new_session() -> Result<String, Status> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A store's failure as the Bus API answers it: `UNAVAILABLE` when the store cannot be reached
+/// now (the sidecar then tries another replica, or keeps a publish in its outbox), `INTERNAL`
+/// otherwise.
 fn internal(e: StoreError) -> Status {
-    Status::internal(e.to_string())
+    if e.transient {
+        Status::unavailable(e.to_string())
+    } else {
+        Status::internal(e.to_string())
+    }
 }
 
 /// An instance id, pool type or group name ([`crate::policy::valid_name`]).
@@ -718,6 +728,39 @@ fn allowed(reg: &Registration, action: Action, pattern: &str) -> Result<(), Stat
     }
 }
 
+/// Whether a consumer is the caller's to ack, nack and release: its own instance's
+/// (`instance:I:P`), or a queue group's on a pattern the caller may subscribe to
+/// (`group:G:P`: any such instance may join the group).
+fn owns(reg: &Registration, consumer: &str) -> bool {
+    match consumer.split_once(':') {
+        Some(("instance", rest)) => rest.split_once(':').is_some_and(|(i, _)| i == reg.instance),
+        Some(("group", rest)) => rest
+            .split_once(':')
+            .is_some_and(|(_, p)| allowed(reg, Action::Subscribe, p).is_ok()),
+        _ => false,
+    }
+}
+
+/// Refuses delivery ids of another instance's consumers (a client that bypasses the sidecar);
+/// an id that is no delivery of this bus is left to the store, which ignores it.
+fn check_deliveries<'a, S: Store>(
+    store: &S,
+    reg: &Registration,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> Result<(), Status> {
+    for id in ids {
+        if let Some(consumer) = store.delivery_consumer(id)
+            && !owns(reg, &consumer)
+        {
+            return Err(Status::permission_denied(format!(
+                "delivery `{id}` is of the consumer `{consumer}`, not one of instance `{}`",
+                reg.instance
+            )));
+        }
+    }
+    Ok(())
+}
+
 type DeliveryStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Delivery, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -897,20 +940,19 @@ impl<S: Store> BusApi for Service<S> {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        self.caller(&request).await?;
-        let acked = self
-            .store
-            .ack(request.into_inner().delivery_ids)
-            .await
-            .map_err(internal)?;
+        let reg = self.caller(&request).await?;
+        let ids = request.into_inner().delivery_ids;
+        check_deliveries(&*self.store, &reg, &ids)?;
+        let acked = self.store.ack(ids).await.map_err(internal)?;
         Metrics::add(&self.metrics.acked, u64::from(acked));
         self.wake();
         Ok(Response::new(AckResponse { acked }))
     }
 
     async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
-        self.caller(&request).await?;
+        let reg = self.caller(&request).await?;
         let n = request.into_inner();
+        check_deliveries(&*self.store, &reg, [&n.delivery_id])?;
         let found = self
             .store
             .nack(n.delivery_id.clone(), now_ms() + u64::from(n.delay_ms))
@@ -932,9 +974,11 @@ impl<S: Store> BusApi for Service<S> {
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
         let reg = self.caller(&request).await?;
+        let ids = request.into_inner().delivery_ids;
+        check_deliveries(&*self.store, &reg, &ids)?;
         let released = self
             .store
-            .release(reg.session, request.into_inner().delivery_ids)
+            .release(reg.session, ids)
             .await
             .map_err(internal)?;
         self.wake();

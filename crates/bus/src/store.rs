@@ -39,13 +39,37 @@ use redb::{
 use crate::policy::Grant;
 use crate::topic;
 
-/// A failure of the store itself (disk, corruption); the bus answers `INTERNAL`/`UNAVAILABLE`.
+/// A failure of the store. The bus answers `UNAVAILABLE` for a transient one (the store cannot
+/// be reached now: NATS disconnected, a timeout, no responders), so that the sidecar tries
+/// another replica or keeps a publish in its outbox, and `INTERNAL` for the rest (disk,
+/// corruption, a bug).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreError(pub String);
+pub struct StoreError {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl StoreError {
+    /// A failure that trying again will not cure by itself.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// The store cannot be reached now; the same call may work later or on another replica.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: true,
+        }
+    }
+}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "store: {}", self.0)
+        write!(f, "store: {}", self.message)
     }
 }
 
@@ -55,7 +79,7 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                Self(e.to_string())
+                Self::new(e.to_string())
             }
         }
     )*};
@@ -199,6 +223,9 @@ pub trait Store: Send + Sync + 'static {
     /// publish through another replica) to bump when they do; a store that only this process
     /// writes has nothing to add to the bumps of the Bus API's own calls.
     fn wake_with(&self, _wake: Arc<tokio::sync::watch::Sender<u64>>) {}
+    /// The consumer a delivery id is of, when it is an id of this store (the Bus API lets a
+    /// session ack, nack or release only its own consumers' deliveries); `None` otherwise.
+    fn delivery_consumer(&self, id: &str) -> Option<String>;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -298,7 +325,7 @@ struct PendingRecord {
 }
 
 pub(crate) fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M> {
-    M::decode(bytes).map_err(|e| StoreError(format!("a record does not decode: {e}")))
+    M::decode(bytes).map_err(|e| StoreError::new(format!("a record does not decode: {e}")))
 }
 
 /// A delivery id: `SEQ TOPIC CONSUMER` (topics and consumer names hold no spaces).
@@ -380,12 +407,12 @@ impl RedbStore {
     /// it stops, after a last sync, once every clone of the store is dropped.
     pub fn open(dir: &Path, retention: Retention, sync: SyncMode) -> Result<Self> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| StoreError::new(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::new(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write()?;
         {
             txn.open_table(TOPICS)?;
@@ -414,7 +441,7 @@ impl RedbStore {
         std::thread::Builder::new()
             .name("bus-committer".into())
             .spawn(move || committer.run(rx))
-            .map_err(|e| StoreError(format!("cannot start the committer thread: {e}")))?;
+            .map_err(|e| StoreError::new(format!("cannot start the committer thread: {e}")))?;
         Ok(Self {
             db,
             jobs,
@@ -610,7 +637,7 @@ fn claim_in(
     let config: ConsumerRecord = {
         let consumers = txn.open_table(CONSUMERS)?;
         let Some(v) = consumers.get(consumer)? else {
-            return Err(StoreError(format!("no consumer `{consumer}`")));
+            return Err(StoreError::new(format!("no consumer `{consumer}`")));
         };
         decode(v.value())?
     };
@@ -1311,15 +1338,15 @@ impl RedbStore {
                 op,
                 reply: Some(reply),
             })
-            .map_err(|_| StoreError("the store's committer has stopped".into()))?;
+            .map_err(|_| StoreError::new("the store's committer has stopped"))?;
         answer
             .await
-            .map_err(|_| StoreError("the store's committer stopped before answering".into()))?
+            .map_err(|_| StoreError::new("the store's committer stopped before answering"))?
     }
 }
 
 fn unexpected(what: &str) -> StoreError {
-    StoreError(format!(
+    StoreError::new(format!(
         "the committer answered a {what} with something else"
     ))
 }
@@ -1375,7 +1402,7 @@ impl Store for RedbStore {
             }))
         })
         .await
-        .map_err(|e| StoreError(format!("a store task failed: {e}")))??;
+        .map_err(|e| StoreError::new(format!("a store task failed: {e}")))??;
         if let Some(reg) = &found {
             let mut cache = self.sessions.lock().expect("session cache");
             if cache.generation == generation {
@@ -1416,6 +1443,10 @@ impl Store for RedbStore {
             Done::Claimed(c) => Ok(c),
             _ => Err(unexpected("claim")),
         }
+    }
+
+    fn delivery_consumer(&self, id: &str) -> Option<String> {
+        parse_delivery_id(id).map(|(consumer, _, _)| consumer.to_owned())
     }
 
     async fn ack(&self, ids: Vec<String>) -> Result<u32> {
@@ -1518,7 +1549,7 @@ mod tests {
         assert_eq!(fresh, (1..=150).collect::<BTreeSet<u64>>());
         assert_eq!(
             bad.await.unwrap(),
-            Err(StoreError("no consumer `nobody`".into()))
+            Err(StoreError::new("no consumer `nobody`"))
         );
     }
 

@@ -5,7 +5,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use support::*;
-use tether_bus_proto::v1::{Action, NackRequest, RegisterRequest, ReleaseRequest};
+use tether_bus_proto::v1::{AckRequest, Action, NackRequest, RegisterRequest, ReleaseRequest};
 use tonic::Code;
 
 const OPEN: Option<&str> = None;
@@ -409,5 +409,63 @@ async fn a_new_session_of_the_instance_gets_what_the_old_one_left_unacked() {
     }
     assert_eq!(got, BTreeSet::from([1, 2, 3, 4]));
     drop(stream);
+    bus.stop().await;
+}
+
+/// A delivery is its own instance's to ack, nack and release: another instance (a client that
+/// bypasses the sidecar, even one with the same subscribe grant) is refused with
+/// PermissionDenied naming the consumer, and the delivery stays pending for its owner. A queue
+/// group's delivery is any member's (any instance that may subscribe to the pattern may join).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cannot_ack_nack_or_release_another_instances_delivery() {
+    let bus = Bus::start(OPEN, 16).await;
+    let mut p = Client::register(bus.addr, "pub", "P", vec![grant("t.*", Action::Publish)]).await;
+    let sub = vec![grant("t.*", Action::Subscribe)];
+    let mut a = Client::register(bus.addr, "owner", "S", sub.clone()).await;
+    let mut b = Client::register(bus.addr, "intruder", "S", sub).await;
+    p.publish("t.a", b"mine", &[]).await.unwrap();
+    let mut stream = a.subscribe("t.*", "", 60_000, 0).await.unwrap();
+    let d = next(&mut stream).await;
+    let refused = format!(
+        "delivery `{}` is of the consumer `instance:owner:t.*`, not one of instance `intruder`",
+        d.delivery_id
+    );
+    let ack = b
+        .api
+        .ack(b.req(AckRequest {
+            delivery_ids: vec![d.delivery_id.clone()],
+        }))
+        .await
+        .unwrap_err();
+    let nack = b
+        .api
+        .nack(b.req(NackRequest {
+            delivery_id: d.delivery_id.clone(),
+            delay_ms: 0,
+        }))
+        .await
+        .unwrap_err();
+    let release = b
+        .api
+        .release(b.req(ReleaseRequest {
+            delivery_ids: vec![d.delivery_id.clone()],
+        }))
+        .await
+        .unwrap_err();
+    for s in [ack, nack, release] {
+        assert_eq!((s.code(), s.message()), (Code::PermissionDenied, &*refused));
+    }
+    // Still pending for its owner.
+    assert_eq!(a.ack(vec![d.delivery_id]).await, 1);
+    drop(stream);
+
+    // A queue group's delivery: another member acks it.
+    p.publish("t.b", b"shared", &[]).await.unwrap();
+    let mut grouped = a.subscribe("t.*", "workers", 60_000, 0).await.unwrap();
+    // A new group consumer starts at the first message.
+    let (g1, g2) = (next(&mut grouped).await, next(&mut grouped).await);
+    assert_eq!((&*g1.data, &*g2.data), (&b"mine"[..], &b"shared"[..]));
+    assert_eq!(b.ack(vec![g1.delivery_id, g2.delivery_id]).await, 2);
+    drop(grouped);
     bus.stop().await;
 }

@@ -561,6 +561,35 @@ async fn a_new_holder_resumes_the_consumer<B: Backend>(b: &B) {
     assert!(new.iter().all(|d| d.redelivered == 0));
 }
 
+/// Each delivery id names the consumer it is of (the Bus API refuses an id of another
+/// instance's consumer); a string that is no delivery id of the store names none, and acking
+/// it changes nothing.
+async fn delivery_ids_name_their_consumer<B: Backend>(b: &B) {
+    let s = b.open(Retention::default()).await;
+    for c in ["instance:a:t", "instance:b:t"] {
+        s.open_consumer(c.into(), config("t", 60_000, 5))
+            .await
+            .unwrap();
+    }
+    publish(&s, "t", "m").await;
+    let (a, _) = claim_until(&s, "instance:a:t", "ha", 1, |g, _| !g.is_empty()).await;
+    let (b_got, _) = claim_until(&s, "instance:b:t", "hb", 1, |g, _| !g.is_empty()).await;
+    assert_eq!(
+        s.delivery_consumer(&a[0].id).as_deref(),
+        Some("instance:a:t")
+    );
+    assert_eq!(
+        s.delivery_consumer(&b_got[0].id).as_deref(),
+        Some("instance:b:t")
+    );
+    for junk in ["", "no id", "$JS.ACK.X.c.1.1.1.1.0", "1 t"] {
+        assert_eq!(s.delivery_consumer(junk), None, "{junk:?}");
+        assert_eq!(s.ack(vec![junk.into()]).await.unwrap(), 0);
+    }
+    assert_eq!(s.ack(ids(&a)).await.unwrap(), 1);
+    assert_eq!(s.ack(ids(&b_got)).await.unwrap(), 1);
+}
+
 // ------------------------------------------------------------------------------------------------
 // One test per case and backend
 // ------------------------------------------------------------------------------------------------
@@ -582,6 +611,7 @@ macro_rules! suite {
                 retention_by_size_and_age,
                 registry_and_sessions,
                 a_new_holder_resumes_the_consumer,
+                delivery_ids_name_their_consumer,
             );
         }
     };
@@ -713,6 +743,137 @@ async fn nats_a_publish_through_one_replica_wakes_the_others() {
         woken.changed().await.unwrap();
         let after = claim(&a, c, "h", 10).await;
         assert!(after.deliveries.is_empty(), "{after:?}");
+    })
+    .await;
+}
+
+/// A delivery of another stream (another bus on the same NATS account) is not this store's:
+/// its id names no consumer here, and an ack, nack or release of it through this store sends
+/// nothing (the message stays pending for its own bus).
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_another_streams_delivery_is_not_acked() {
+    let Some(backend) = NatsBackend::new().await else {
+        return;
+    };
+    within(async {
+        let (mine, other) = (
+            backend.open(Retention::default()).await,
+            backend.open(Retention::default()).await,
+        );
+        let c = "instance:i:t";
+        for s in [&mine, &other] {
+            s.open_consumer(c.into(), config("t", 60_000, 5))
+                .await
+                .unwrap();
+        }
+        publish(&mine, "t", "m").await;
+        let (d, _) = claim_until(&mine, c, "h", 1, |g, _| !g.is_empty()).await;
+        assert_eq!(other.delivery_consumer(&d[0].id), None);
+        assert_eq!(other.ack(ids(&d)).await.unwrap(), 0);
+        assert!(!other.nack(d[0].id.clone(), now_ms()).await.unwrap());
+        assert_eq!(other.release("h".into(), ids(&d)).await.unwrap(), 0);
+        assert_eq!(mine.ack(ids(&d)).await.unwrap(), 1);
+    })
+    .await;
+}
+
+/// An ack NATS did not confirm (the server went away) is a transient error (the Bus API answers
+/// `UNAVAILABLE`), and the same ack made again once NATS is back is sent and answered as acked,
+/// so the message does not come again after its ack deadline. Before, the first ack marked the
+/// delivery done: the second sent nothing, answered 0, and NATS delivered the message again.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_an_ack_nats_did_not_confirm_is_sent_again() {
+    use tether_bus::nats::{NatsOptions, NatsStore};
+    let Some(mut server) = NatsServer::start(&[]).await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let s = NatsStore::connect(&NatsOptions::new(vec![server.url.clone()]))
+            .await
+            .unwrap();
+        let c = "instance:i:t";
+        s.open_consumer(c.into(), config("t", 2_000, 5))
+            .await
+            .unwrap();
+        publish(&s, "t", "m").await;
+        let (d, _) = claim_until(&s, c, "h", 1, |g, _| !g.is_empty()).await;
+        server.stop();
+        let failed = s.ack(ids(&d)).await.unwrap_err();
+        assert!(failed.transient, "{failed}");
+        server.start_again().await;
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match s.ack(ids(&d)).await {
+                Ok(n) => {
+                    assert_eq!(n, 1, "the ack was sent and the delivery was pending");
+                    break;
+                }
+                Err(e) => {
+                    assert!(e.transient, "{e}");
+                    assert!(std::time::Instant::now() < until, "NATS is not back: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        // Past its ack deadline (2 s), it does not come again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = claim(&s, c, "h2", 10).await;
+        assert!(after.deliveries.is_empty(), "{after:?}");
+    })
+    .await
+    .expect("the case did not finish within 120 s");
+}
+
+/// NATS's timers (the ack wait, a nack's delay) may fire a little after ours. A claim made at
+/// an ack deadline or at the end of a nack's delay that finds nothing yet asks to be made again
+/// soon (10 ms, doubling, at most a second apart), until the messages are back, instead of
+/// leaving them to the safety poll (an hour here, 5 s by default). First a claim as of a time
+/// past both while NATS's timers have not fired (as a claim a moment early by NATS's clock is);
+/// then claims as the Bus API makes them, each at the time the last one asked for, until both
+/// messages come back, never asked to wait for the poll.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_claim_before_natss_timers_fired_asks_again_soon() {
+    use tether_bus::nats::{NatsOptions, NatsStore};
+    let Some(backend) = NatsBackend::new().await else {
+        return;
+    };
+    within(async {
+        let mut options = NatsOptions::new(vec![backend.server.url.clone()]);
+        options.poll = Duration::from_secs(3600);
+        let s = NatsStore::connect(&options).await.unwrap();
+        let c = "instance:i:t";
+        s.open_consumer(c.into(), config("t", 3_000, 5))
+            .await
+            .unwrap();
+        publish(&s, "t", "held").await;
+        publish(&s, "t", "nacked").await;
+        let (d, _) = claim_until(&s, c, "h", 2, |g, _| g.len() >= 2).await;
+        let t = now_ms();
+        assert!(s.nack(d[1].id.clone(), t + 3_000).await.unwrap());
+        // The held one's ack deadline and the nacked one's delay have passed by this claim's
+        // clock, not by NATS's.
+        let at = t + 3_000;
+        let early = s.claim(c.into(), "h".into(), at, 10).await.unwrap();
+        assert!(early.deliveries.is_empty(), "{early:?}");
+        let wake = early.next_wake_ms.expect("a time to claim again");
+        assert!(wake <= at + 1_000, "asked to wait {} ms", wake - at);
+
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let mut back = Vec::new();
+        while back.len() < 2 {
+            let claimed = claim(&s, c, "h", 10).await;
+            back.extend(datas(&claimed.deliveries));
+            let wake = claimed.next_wake_ms.expect("a time to claim again");
+            let now = now_ms();
+            assert!(wake <= now + 3_500, "asked to wait {} ms", wake - now);
+            assert!(std::time::Instant::now() < until, "not back: {back:?}");
+            tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now))).await;
+        }
+        back.sort();
+        assert_eq!(back, ["held", "nacked"]);
     })
     .await;
 }

@@ -254,7 +254,12 @@ fn the_user_and_password_may_come_from_files_as_secrets_are_mounted() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("authorization violation"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the server refused the user `bus` and its password (NATS_USER_FILE, NATS_PASSWORD_FILE) (nats: authorization violation)"
+        ),
+        "{stderr}"
+    );
     assert!(!stderr.contains("wrong-password"), "{stderr}");
 }
 

@@ -29,7 +29,9 @@ fn main() -> std::process::ExitCode {
     };
     let name = "the_static_musl_tether_init_is_under_1_5_mb";
     // .ci/run on a machine that could not fetch the musl target: said there, and here.
-    let no_musl = std::env::var("TETHER_INIT_NO_MUSL").ok().filter(|w| !w.is_empty());
+    let no_musl = std::env::var("TETHER_INIT_NO_MUSL")
+        .ok()
+        .filter(|w| !w.is_empty());
     let ci = ci && !(no_musl.is_some() && bin.as_ref().is_some_and(|p| !p.as_os_str().is_empty()));
     let skip = match (skip, &no_musl) {
         (Some(why), Some(no)) => Some(format!("{why}; {no}")),

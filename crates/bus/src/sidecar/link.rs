@@ -70,6 +70,9 @@ struct Shared {
     current: std::sync::RwLock<Current>,
     /// One move at a time.
     moving: Mutex<()>,
+    /// The last move that found no replica: the generation it tried to leave, and when it
+    /// ended. A caller that failed before then and waited for it does not dial again.
+    failed_move: std::sync::Mutex<Option<(u64, Instant)>>,
     register: RegisterRequest,
     session: RwLock<String>,
     reregistering: Mutex<()>,
@@ -217,6 +220,7 @@ impl Link {
                 generation: 0,
             }),
             moving: Mutex::new(()),
+            failed_move: std::sync::Mutex::new(None),
             register,
             session: RwLock::new(String::new()),
             reregistering: Mutex::new(()),
@@ -240,13 +244,27 @@ impl Link {
     }
 
     /// The replica of `generation` failed (`why`): moves to the next replica that answers,
-    /// trying the failed one last. Answers whether a call should be made again: the replica in
-    /// use is not the failed one's connection any more.
-    async fn moved_on(&self, generation: u64, why: &Status) -> bool {
-        let _one = self.0.moving.lock().await;
+    /// trying the failed one last, until `deadline` (the call's own). Answers whether a call
+    /// should be made again: the replica in use is not the failed one's connection any more.
+    /// Callers that fail together make one round of dials: one that waited for a move that
+    /// found nothing answers false at once (a publish then goes to the outbox), instead of
+    /// dialing every replica again after it.
+    async fn moved_on(&self, generation: u64, why: &Status, deadline: Instant) -> bool {
+        let asked = Instant::now();
+        let Ok(_one) = tokio::time::timeout_at(deadline.into(), self.0.moving.lock()).await else {
+            return false;
+        };
         let (_, failed, now) = self.current();
         if now != generation {
             return true;
+        }
+        let failed_move = *self
+            .0
+            .failed_move
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failed_move.is_some_and(|(g, ended)| g == generation && ended >= asked) {
+            return false;
         }
         let (mut replicas, unresolved) = self.0.dialer.resolve().await;
         // The ones after the failed one first, then from the start, the failed one last.
@@ -255,7 +273,12 @@ impl Link {
         }
         let mut failures = unresolved;
         for r in &replicas {
-            match self.0.dialer.dial(r, DIAL_TIMEOUT).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                failures.push(format!("{}: not tried, the call's time ran out", r.label));
+                break;
+            }
+            match self.0.dialer.dial(r, left.min(DIAL_TIMEOUT)).await {
                 Ok(channel) => {
                     let mut c = self
                         .0
@@ -279,6 +302,12 @@ impl Link {
             }
         }
         tracing::debug!("no Bus API replica answers: {}", failures.join("; "));
+        *self
+            .0
+            .failed_move
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((generation, Instant::now()));
         false
     }
 
@@ -297,6 +326,7 @@ impl Link {
         Fut: std::future::Future<Output = Result<R, Status>>,
     {
         let mut moved = false;
+        let deadline = Instant::now() + timeout.unwrap_or(CALL_TIMEOUT);
         loop {
             let (client, _, generation) = self.current();
             let session = if with_session {
@@ -313,7 +343,11 @@ impl Link {
             }
             let result = f(client, request).await;
             match &result {
-                Err(s) if !moved && replica_failed(s) && self.moved_on(generation, s).await => {
+                Err(s)
+                    if !moved
+                        && replica_failed(s)
+                        && self.moved_on(generation, s, deadline).await =>
+                {
                     moved = true;
                 }
                 _ => return (result, session),
@@ -450,5 +484,97 @@ impl Link {
             )
             .await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A replica that takes connections and drops them at once (a TLS dial to it fails),
+    /// counting them.
+    async fn dropping_replica() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        (url, count)
+    }
+
+    /// Eight calls fail on the replica in use together while no replica answers: one round of
+    /// dials (one per replica) is made for all of them, and each answers that it found none.
+    /// Before, each waiting caller dialed every replica again after the one before it.
+    /// (Current-thread runtime: every caller is queued on the move before it starts.)
+    #[tokio::test]
+    async fn callers_that_fail_together_make_one_round_of_dials() {
+        let (a, dialed_a) = dropping_replica().await;
+        let (b, dialed_b) = dropping_replica().await;
+        let link = Link(Arc::new(Shared {
+            dialer: Dialer {
+                urls: vec![a, b],
+                tls: Some(ClientTlsConfig::new()),
+                tls_server_name: None,
+            },
+            current: std::sync::RwLock::new(Current {
+                client: BusApiClient::new(
+                    Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
+                ),
+                replica: Replica {
+                    label: "old".into(),
+                    uri: "http://127.0.0.1:9".into(),
+                    host: "127.0.0.1".into(),
+                },
+                generation: 0,
+            }),
+            moving: Mutex::new(()),
+            failed_move: std::sync::Mutex::new(None),
+            register: RegisterRequest::default(),
+            session: RwLock::new(String::new()),
+            reregistering: Mutex::new(()),
+            closing: AtomicBool::new(false),
+        }));
+        let held = link.0.moving.lock().await;
+        let (queued, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (link, queued) = (link.clone(), queued.clone());
+            callers.spawn(async move {
+                queued.send(()).unwrap();
+                let why = Status::unavailable("gone");
+                link.moved_on(0, &why, Instant::now() + Duration::from_secs(60))
+                    .await
+            });
+        }
+        for _ in 0..8 {
+            started.recv().await.unwrap();
+        }
+        drop(held);
+        let mut answers = Vec::new();
+        while let Some(moved) = callers.join_next().await {
+            answers.push(moved.unwrap());
+        }
+        assert_eq!(answers, [false; 8]);
+        assert_eq!(
+            (
+                dialed_a.load(Ordering::SeqCst),
+                dialed_b.load(Ordering::SeqCst)
+            ),
+            (1, 1)
+        );
+        // A call that fails after that round makes a round of its own.
+        let why = Status::unavailable("gone");
+        assert!(
+            !link
+                .moved_on(0, &why, Instant::now() + Duration::from_secs(60))
+                .await
+        );
+        assert_eq!(dialed_a.load(Ordering::SeqCst), 2);
     }
 }

@@ -55,6 +55,8 @@ pub fn nats_server_binary() -> Option<std::path::PathBuf> {
 pub struct NatsServer {
     child: std::process::Child,
     pub url: String,
+    port: u16,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -74,19 +76,41 @@ impl NatsServer {
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
+        let mut args: Vec<String> = ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]
+            .map(str::to_owned)
+            .into();
+        args.push(dir.path().to_str().unwrap().to_owned());
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let child = spawn_nats(&binary, &args);
         let server = Self {
             child,
             url: format!("nats://127.0.0.1:{port}"),
+            port,
+            args,
             _dir: dir,
         };
+        server.listening().await;
+        Some(server)
+    }
+
+    /// Stops it as an operator would (SIGTERM: JetStream writes its state), and waits.
+    pub fn stop(&mut self) {
+        let status = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap();
+    }
+
+    /// Starts it again after [`Self::stop`]: the same port and store folder.
+    pub async fn start_again(&mut self) {
+        self.child = spawn_nats(&nats_server_binary().unwrap(), &self.args);
+        self.listening().await;
+    }
+
+    async fn listening(&self) {
+        let port = self.port;
         let until = std::time::Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -98,8 +122,16 @@ impl NatsServer {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Some(server)
     }
+}
+
+fn spawn_nats(binary: &std::path::Path, args: &[String]) -> std::process::Child {
+    std::process::Command::new(binary)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server starts")
 }
 
 impl Drop for NatsServer {

@@ -16,10 +16,11 @@ pub fn run(command: BusCommand) -> u8 {
 /// `--backend` and the NATS flags, checked together; the user and password come from
 /// `NATS_USER` and `NATS_PASSWORD`, or the files `NATS_USER_FILE` and `NATS_PASSWORD_FILE` name
 /// (never from argv, where `ps` would show them).
+/// Each is the value and the variable it came from (`NATS_USER` or `NATS_USER_FILE`).
 fn backend(
     flags: &ServeArgs,
-    user: Option<String>,
-    password: Option<String>,
+    user: Option<(String, String)>,
+    password: Option<(String, String)>,
 ) -> Result<tether_bus::Backend, (String, &'static str)> {
     let nats_flag = [
         (flags.nats_url.is_some(), "--nats-url"),
@@ -64,7 +65,9 @@ fn backend(
             }
             let user = match (user, password) {
                 (None, None) => None,
-                (Some(u), Some(p)) => Some((u, p)),
+                (Some((u, user_var)), Some((p, password_var))) => {
+                    Some(((u, p), format!("{user_var}, {password_var}")))
+                }
                 (Some(_), None) | (None, Some(_)) => {
                     return Err((
                         "NATS_USER and NATS_PASSWORD go together: set both, or neither".into(),
@@ -84,7 +87,10 @@ fn backend(
                 nats.replicas = flags.replicas;
                 nats.creds = flags.nats_creds.clone();
                 nats.ca = flags.nats_ca.clone();
-                nats.user = user;
+                if let Some((user, from)) = user {
+                    nats.user = Some(user);
+                    nats.user_from = from;
+                }
                 Ok(tether_bus::Backend::Nats(Box::new(nats)))
             }
             #[cfg(not(feature = "nats"))]
@@ -129,22 +135,24 @@ fn sync_mode(s: &str) -> Result<SyncMode, String> {
 
 /// `NAME`, or the contents of the file `NAME_FILE` names (a secret mounted as a file, so that
 /// the value is in no container's environment); a trailing newline is not part of it. An error
-/// names the variables and the file, never the value.
-fn env_or_file(name: &str) -> Result<Option<String>, (String, &'static str)> {
+/// names the variables and the file, never the value. Answers the value and the variable it
+/// came from.
+fn env_or_file(name: &str) -> Result<Option<(String, String)>, (String, &'static str)> {
     let file_var = format!("{name}_FILE");
     match (std::env::var(name).ok(), std::env::var_os(&file_var)) {
         (Some(_), Some(_)) => Err((
             format!("{name} and {file_var} are both set: give one"),
             "the value itself, or (better, for a secret) the file that holds it",
         )),
-        (value, None) => Ok(value),
+        (value, None) => Ok(value.map(|v| (v, name.to_owned()))),
         (None, Some(path)) => match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(
+            Ok(text) => Ok(Some((
                 text.strip_suffix('\n')
                     .map(|t| t.strip_suffix('\r').unwrap_or(t))
                     .unwrap_or(&text)
                     .to_owned(),
-            )),
+                file_var,
+            ))),
             Err(e) => Err((
                 format!(
                     "{file_var}: cannot read {}: {}",
