@@ -50,6 +50,9 @@ use crate::topic;
 
 /// How soon a claim that found nothing should be tried again.
 pub const POLL: Duration = Duration::from_millis(100);
+/// How long creating the stream and the bucket may take at start-up, and each request.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+const SETUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// JetStream's default duplicate window, used unless `max_age` is shorter.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How many acked or dead-lettered deliveries a replica remembers, to answer a second ack.
@@ -163,6 +166,37 @@ fn nats_err(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("NATS: {what}: {e}"))
 }
 
+/// Creates the stream, or updates it to `config`, asking again while no answer comes (for
+/// [`SETUP_TIMEOUT`]). Placing a replicated stream takes seconds on a fresh cluster, more under
+/// load; and a nats-server 2.9 cluster leaves unanswered both of two identical creates that
+/// arrive together (two Bus API replicas starting at once, seen in
+/// crates/cli/tests/bus_nats_cluster.rs): the stream is made all the same, and the next request
+/// finds it.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> std::result::Result<(), jetstream::context::CreateStreamError> {
+    let mut setup = js.clone();
+    setup.set_timeout(SETUP_REQUEST_TIMEOUT);
+    let deadline = std::time::Instant::now() + SETUP_TIMEOUT;
+    loop {
+        match setup.create_or_update_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.kind() == jetstream::context::CreateStreamErrorKind::TimedOut
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::info!(
+                    "NATS did not answer the creation of the stream `{}` within {}s; asking again",
+                    config.name,
+                    SETUP_REQUEST_TIMEOUT.as_secs()
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl NatsStore {
     /// Connects, then creates or updates the stream and the registry bucket. A server that
     /// cannot be reached, a refused credential or a JetStream that is off is an error naming
@@ -217,34 +251,35 @@ impl NatsStore {
             retention: stream::RetentionPolicy::Limits,
             ..Default::default()
         };
-        js.create_or_update_stream(stream_config)
-            .await
-            .map_err(|e| {
-                failed(format!(
-                    "cannot create the stream `{}`: {e}",
-                    options.stream
-                ))
-            })?;
+        ensure_stream(&js, stream_config).await.map_err(|e| {
+            failed(format!(
+                "cannot create the stream `{}`: {e}",
+                options.stream
+            ))
+        })?;
         let stream = js
             .get_stream(&options.stream)
             .await
             .map_err(|e| failed(format!("cannot open the stream `{}`: {e}", options.stream)))?;
         // The bucket's stream made as the client library would, without its account query,
         // whose answer a 2.9 server words differently.
-        js.create_or_update_stream(stream::Config {
-            name: format!("KV_{}", options.bucket),
-            description: Some("tether bus: registered instances and their sessions".into()),
-            subjects: vec![format!("$KV.{}.>", options.bucket)],
-            max_messages_per_subject: 1,
-            max_message_size: -1,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            num_replicas: options.replicas,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: format!("KV_{}", options.bucket),
+                description: Some("tether bus: registered instances and their sessions".into()),
+                subjects: vec![format!("$KV.{}.>", options.bucket)],
+                max_messages_per_subject: 1,
+                max_message_size: -1,
+                storage: stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                num_replicas: options.replicas,
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| {
             failed(format!(

@@ -429,6 +429,15 @@ impl Drop for Server {
     }
 }
 
+/// Debian's nats-server, on PATH or in /usr/sbin.
+pub fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into()])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
 /// What an engine test needs from this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(dead_code)]
@@ -447,6 +456,10 @@ pub enum Need {
     StaticTether,
     /// The Rust SDK's example plugin, static (PLUGIN_STATIC_BIN from scripts/static-plugin).
     StaticPlugin,
+    /// The load plugin (crates/plugin/examples/stream.rs), static (STREAM_PLUGIN_STATIC_BIN).
+    StaticStreamPlugin,
+    /// Debian's nats-server.
+    NatsServer,
 }
 
 fn runs(program: &str, arg: &str) -> bool {
@@ -472,6 +485,8 @@ impl Need {
             Need::Podman => runs("podman", "--version"),
             Need::StaticTether => std::env::var_os("TETHER_STATIC_BIN").is_some(),
             Need::StaticPlugin => std::env::var_os("PLUGIN_STATIC_BIN").is_some(),
+            Need::StaticStreamPlugin => std::env::var_os("STREAM_PLUGIN_STATIC_BIN").is_some(),
+            Need::NatsServer => nats_server().is_some(),
         };
         (!met).then_some(match self {
             Need::Engine => {
@@ -487,6 +502,10 @@ impl Need {
             Need::StaticPlugin => {
                 "no static example plugin: PLUGIN_STATIC_BIN=\"$(scripts/static-plugin)\""
             }
+            Need::StaticStreamPlugin => {
+                "no static load plugin: STREAM_PLUGIN_STATIC_BIN=\"$(scripts/static-plugin stream)\""
+            }
+            Need::NatsServer => "nats-server is not installed (apt-get install nats-server)",
         })
     }
 }
