@@ -692,7 +692,7 @@ impl Store for NatsStore {
     async fn ack(&self, ids: Vec<String>) -> Result<u32> {
         let mut send = Vec::new();
         {
-            let mut local = self.local();
+            let local = self.local();
             for id in ids {
                 let Some(key) = parse_delivery_id(&id) else {
                     continue;
@@ -700,15 +700,20 @@ impl Store for NatsStore {
                 if local.done.contains(&key) {
                     continue;
                 }
-                local.finish(key);
-                send.push(id);
+                send.push((key, id));
             }
         }
         let acked = send.len() as u32;
         let mut tasks = tokio::task::JoinSet::new();
-        for id in send {
+        for (key, id) in send {
             let this = self.clone();
-            tasks.spawn(async move { this.confirm(&id, "+ACK".into()).await });
+            tasks.spawn(async move {
+                this.confirm(&id, "+ACK".into()).await?;
+                // Done once the server confirmed: an ack that failed (a node lost, a leader
+                // being elected) and is sent again must reach the server, not be skipped.
+                this.local().finish(key);
+                Ok::<(), StoreError>(())
+            });
         }
         while let Some(r) = tasks.join_next().await {
             r.map_err(|e| StoreError(format!("an ack task failed: {e}")))??;

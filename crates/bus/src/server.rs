@@ -498,8 +498,12 @@ fn new_session() -> Result<String, Status> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn internal(e: StoreError) -> Status {
-    Status::internal(e.to_string())
+/// A store that cannot take the call now: `UNAVAILABLE`, which a caller tries again (a sidecar
+/// keeps the publish in its outbox). With NATS that is a cluster electing a stream leader after
+/// the loss of a node ("no stream found for given subject", timeouts): answered `INTERNAL`, the
+/// sidecar dropped publishes it had already acknowledged (crates/cli/tests/bus_nats_cluster.rs).
+fn unavailable(e: StoreError) -> Status {
+    Status::unavailable(e.to_string())
 }
 
 /// An instance id, pool type or group name ([`crate::policy::valid_name`]).
@@ -689,7 +693,7 @@ impl<S: Store> Service<S> {
         self.store
             .session(session.to_owned())
             .await
-            .map_err(internal)?
+            .map_err(unavailable)?
             .ok_or_else(|| {
                 Status::unauthenticated(
                     "the session is not known to this bus (deregistered, or replaced by a newer Register of its instance): Register again",
@@ -792,7 +796,7 @@ impl<S: Store> BusApi for Service<S> {
             granted: reg.granted.iter().map(Grant::to_proto).collect(),
             refused,
         };
-        self.store.register(reg).await.map_err(internal)?;
+        self.store.register(reg).await.map_err(unavailable)?;
         Ok(Response::new(answer))
     }
 
@@ -804,11 +808,11 @@ impl<S: Store> BusApi for Service<S> {
         self.store
             .release(reg.session.clone(), Vec::new())
             .await
-            .map_err(internal)?;
+            .map_err(unavailable)?;
         self.store
             .deregister(reg.instance)
             .await
-            .map_err(internal)?;
+            .map_err(unavailable)?;
         self.wake();
         Ok(Response::new(DeregisterResponse {}))
     }
@@ -834,7 +838,7 @@ impl<S: Store> BusApi for Service<S> {
                 now_ms(),
             )
             .await
-            .map_err(internal)?;
+            .map_err(unavailable)?;
         if !published.duplicate {
             Metrics::add(&self.metrics.published, 1);
         }
@@ -881,7 +885,7 @@ impl<S: Store> BusApi for Service<S> {
         self.store
             .open_consumer(consumer.clone(), config)
             .await
-            .map_err(internal)?;
+            .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
         tokio::spawn(async move {
@@ -898,7 +902,7 @@ impl<S: Store> BusApi for Service<S> {
             .store
             .ack(request.into_inner().delivery_ids)
             .await
-            .map_err(internal)?;
+            .map_err(unavailable)?;
         Metrics::add(&self.metrics.acked, u64::from(acked));
         self.wake();
         Ok(Response::new(AckResponse { acked }))
@@ -911,7 +915,7 @@ impl<S: Store> BusApi for Service<S> {
             .store
             .nack(n.delivery_id.clone(), now_ms() + u64::from(n.delay_ms))
             .await
-            .map_err(internal)?;
+            .map_err(unavailable)?;
         if !found {
             return Err(Status::not_found(format!(
                 "delivery `{}` is not pending (acked already, or its message left by retention)",
@@ -932,7 +936,7 @@ impl<S: Store> BusApi for Service<S> {
             .store
             .release(reg.session, request.into_inner().delivery_ids)
             .await
-            .map_err(internal)?;
+            .map_err(unavailable)?;
         self.wake();
         Ok(Response::new(ReleaseResponse { released }))
     }
@@ -981,7 +985,7 @@ impl<S: Store> Service<S> {
             {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = tx.send(Err(internal(e))).await;
+                    let _ = tx.send(Err(unavailable(e))).await;
                     return;
                 }
             };

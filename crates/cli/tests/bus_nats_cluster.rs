@@ -169,7 +169,11 @@ impl Cluster {
     fn bus_api(&mut self, k: usize) {
         self.run(
             &format!("bus-api-{k}"),
-            &["--network-alias=bus-api", "--publish=127.0.0.1::9090"],
+            &[
+                "--network-alias=bus-api",
+                "--publish=127.0.0.1::9090",
+                "--env=TETHER_LOG=info",
+            ],
             &[
                 "/bin/tether",
                 "bus",
@@ -221,6 +225,9 @@ impl Cluster {
                 &format!("--env=REQUESTED_GRANTS=[{grant}]"),
                 &format!("--env=SIDECAR_BUS_API_URL={BUS_API_URL}"),
                 "--publish=127.0.0.1::9192",
+                // The outbox on a volume, as deployed: the image's own layer is
+                // fuse-overlayfs here, where each fsync is slow.
+                "--volume=/var/lib/tether",
             ],
             &["/bin/tether", "sidecar"],
         );
@@ -278,6 +285,10 @@ impl Drop for Cluster {
                 let short = c.strip_prefix(&format!("{}-", self.id)).unwrap_or(c);
                 eprintln!("--- the last lines of {short}:\n{}", self.logs(short));
             }
+        }
+        if std::env::var_os("TETHER_TEST_KEEP").is_some() {
+            eprintln!("TETHER_TEST_KEEP: kept {} and its containers", self.network);
+            return;
         }
         for c in self.containers.iter().rev() {
             let _ = docker(&["rm", "-f", "-v", c]);
