@@ -50,6 +50,8 @@ use crate::topic;
 
 /// How soon a claim that found nothing should be tried again.
 pub const POLL: Duration = Duration::from_millis(100);
+/// How long a fetch may wait for the server's next answer.
+const FETCH_WAIT: Duration = Duration::from_secs(5);
 /// How long creating the stream and the bucket may take at start-up, and each request.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 const SETUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -618,15 +620,24 @@ impl Store for NatsStore {
         if room == 0 {
             return Ok(out);
         }
-        let mut batch = opened
-            .handle
-            .fetch()
-            .max_messages(room)
-            .messages()
-            .await
-            .map_err(|e| nats_err("cannot fetch", e))?;
+        // A pull request that reaches no consumer leader (its node cut off the network) is never
+        // answered, and a no-wait fetch has no expiry of its own: without a bound the claim, and
+        // with it the subscription, stopped without an error (crates/cli/tests/bus_nats_cluster.rs).
+        // What such a request may still bring is delivered again after the ack deadline.
+        let fetched = tokio::time::timeout(
+            FETCH_WAIT,
+            opened.handle.fetch().max_messages(room).messages(),
+        )
+        .await
+        .map_err(|_| {
+            StoreError(format!(
+                "NATS: no answer to a fetch within {}s",
+                FETCH_WAIT.as_secs()
+            ))
+        })?;
+        let mut batch = fetched.map_err(|e| nats_err("cannot fetch", e))?;
         let deadline_ms = now_ms + opened.config.ack_deadline.as_millis() as u64;
-        while let Some(m) = batch.next().await {
+        while let Ok(Some(m)) = tokio::time::timeout(FETCH_WAIT, batch.next()).await {
             let m = m.map_err(|e| nats_err("cannot fetch", e))?;
             let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else {
                 continue;
