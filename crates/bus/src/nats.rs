@@ -119,6 +119,11 @@ const FRESH_POLL: Duration = Duration::from_millis(100);
 /// How long after an ack deadline or the end of a nack's delay a claim that did not get the
 /// message back keeps asking to be made again soon (then [`POLL`] is the safety net).
 const LATE: Duration = Duration::from_secs(5);
+/// How long a fetch may wait for the server's next answer.
+const FETCH_WAIT: Duration = Duration::from_secs(5);
+/// How long creating the stream and the bucket may take at start-up, and each request.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+const SETUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// JetStream's default duplicate window, used unless `max_age` is shorter.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How many acked or dead-lettered deliveries a replica remembers, to answer a second ack.
@@ -360,10 +365,44 @@ fn transient_error(e: &impl std::fmt::Debug) -> bool {
         "BrokenPipe",
         "Disconnected",
         "ConnectionClosed",
+        // No stream answers the subject: a stream whose leader is being elected after the loss
+        // of a node (seen in crates/cli/tests/bus_nats_cluster.rs).
+        "StreamNotFound",
         "code: 503",
     ]
     .iter()
     .any(|k| text.contains(k))
+}
+
+/// Creates the stream, or updates it to `config`, asking again while no answer comes (for
+/// [`SETUP_TIMEOUT`]). Placing a replicated stream takes seconds on a fresh cluster, more under
+/// load; and a nats-server 2.9 cluster leaves unanswered both of two identical creates that
+/// arrive together (two Bus API replicas starting at once, seen in
+/// crates/cli/tests/bus_nats_cluster.rs): the stream is made all the same, and the next request
+/// finds it.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> std::result::Result<(), jetstream::context::CreateStreamError> {
+    let mut setup = js.clone();
+    setup.set_timeout(SETUP_REQUEST_TIMEOUT);
+    let deadline = std::time::Instant::now() + SETUP_TIMEOUT;
+    loop {
+        match setup.create_or_update_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.kind() == jetstream::context::CreateStreamErrorKind::TimedOut
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::info!(
+                    "NATS did not answer the creation of the stream `{}` within {}s; asking again",
+                    config.name,
+                    SETUP_REQUEST_TIMEOUT.as_secs()
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl NatsStore {
@@ -428,34 +467,35 @@ impl NatsStore {
             retention: stream::RetentionPolicy::Limits,
             ..Default::default()
         };
-        js.create_or_update_stream(stream_config)
-            .await
-            .map_err(|e| {
-                failed(format!(
-                    "cannot create the stream `{}`: {e}",
-                    options.stream
-                ))
-            })?;
+        ensure_stream(&js, stream_config).await.map_err(|e| {
+            failed(format!(
+                "cannot create the stream `{}`: {e}",
+                options.stream
+            ))
+        })?;
         let stream = js
             .get_stream(&options.stream)
             .await
             .map_err(|e| failed(format!("cannot open the stream `{}`: {e}", options.stream)))?;
         // The bucket's stream made as the client library would, without its account query,
         // whose answer a 2.9 server words differently.
-        js.create_or_update_stream(stream::Config {
-            name: format!("KV_{}", options.bucket),
-            description: Some("tether bus: registered instances and their sessions".into()),
-            subjects: vec![format!("$KV.{}.>", options.bucket)],
-            max_messages_per_subject: 1,
-            max_message_size: -1,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            num_replicas: options.replicas,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: format!("KV_{}", options.bucket),
+                description: Some("tether bus: registered instances and their sessions".into()),
+                subjects: vec![format!("$KV.{}.>", options.bucket)],
+                max_messages_per_subject: 1,
+                max_message_size: -1,
+                storage: stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                num_replicas: options.replicas,
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| {
             failed(format!(
@@ -939,15 +979,24 @@ impl Store for NatsStore {
             return Ok(out);
         }
         self.arm().await;
-        let mut batch = opened
-            .handle
-            .fetch()
-            .max_messages(room)
-            .messages()
-            .await
-            .map_err(|e| self.fail("cannot fetch", e))?;
+        // A pull request that reaches no consumer leader (its node cut off the network) is never
+        // answered, and a no-wait fetch has no expiry of its own: without a bound the claim, and
+        // with it the subscription, stopped without an error (crates/cli/tests/bus_nats_cluster.rs).
+        // What such a request may still bring is delivered again after the ack deadline.
+        let fetched = tokio::time::timeout(
+            FETCH_WAIT,
+            opened.handle.fetch().max_messages(room).messages(),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::unavailable(format!(
+                "NATS: no answer to a fetch within {}s",
+                FETCH_WAIT.as_secs()
+            ))
+        })?;
+        let mut batch = fetched.map_err(|e| self.fail("cannot fetch", e))?;
         let deadline_ms = now_ms + opened.config.ack_deadline.as_millis() as u64;
-        while let Some(m) = batch.next().await {
+        while let Ok(Some(m)) = tokio::time::timeout(FETCH_WAIT, batch.next()).await {
             let m = m.map_err(|e| self.fail("cannot fetch", e))?;
             let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else {
                 continue;

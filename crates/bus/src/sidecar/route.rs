@@ -156,11 +156,14 @@ fn refused(code: &str, message: impl Into<String>) -> publish_result::Result {
     })
 }
 
-/// A failure the bus may not repeat: worth keeping the publish and trying again.
+/// A failure the bus may not repeat: worth keeping the publish and trying again. `INTERNAL`
+/// too: a publish the outbox holds was acknowledged to the plugin, and only a refusal of the
+/// publish itself may drop it.
 fn transient(s: &Status) -> bool {
     matches!(
         s.code(),
         tonic::Code::Unavailable
+            | tonic::Code::Internal
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Unauthenticated
             | tonic::Code::Cancelled

@@ -429,6 +429,15 @@ impl Drop for Server {
     }
 }
 
+/// Debian's nats-server, on PATH or in /usr/sbin.
+pub fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into()])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
 /// What an engine test needs from this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(dead_code)]
@@ -447,6 +456,14 @@ pub enum Need {
     StaticTether,
     /// The Rust SDK's example plugin, static (PLUGIN_STATIC_BIN from scripts/static-plugin).
     StaticPlugin,
+    /// The load plugin (crates/plugin/examples/stream.rs), static (STREAM_PLUGIN_STATIC_BIN).
+    StaticStreamPlugin,
+    /// Debian's nats-server.
+    NatsServer,
+    /// Asked for by `TETHER_CLUSTER_TESTS=1`: the NATS cluster tests (bus_nats_cluster.rs), which
+    /// take minutes with a release tether and are not part of the suite (its time budget) until
+    /// the sidecar's outbox forwards faster. Not run without it, under CI=true too, and said so.
+    ClusterOptIn,
 }
 
 fn runs(program: &str, arg: &str) -> bool {
@@ -472,6 +489,9 @@ impl Need {
             Need::Podman => runs("podman", "--version"),
             Need::StaticTether => std::env::var_os("TETHER_STATIC_BIN").is_some(),
             Need::StaticPlugin => std::env::var_os("PLUGIN_STATIC_BIN").is_some(),
+            Need::StaticStreamPlugin => std::env::var_os("STREAM_PLUGIN_STATIC_BIN").is_some(),
+            Need::NatsServer => nats_server().is_some(),
+            Need::ClusterOptIn => std::env::var("TETHER_CLUSTER_TESTS").as_deref() == Ok("1"),
         };
         (!met).then_some(match self {
             Need::Engine => {
@@ -486,6 +506,13 @@ impl Need {
             }
             Need::StaticPlugin => {
                 "no static example plugin: PLUGIN_STATIC_BIN=\"$(scripts/static-plugin)\""
+            }
+            Need::StaticStreamPlugin => {
+                "no static load plugin: STREAM_PLUGIN_STATIC_BIN=\"$(scripts/static-plugin stream)\""
+            }
+            Need::NatsServer => "nats-server is not installed (apt-get install nats-server)",
+            Need::ClusterOptIn => {
+                "not asked for: TETHER_CLUSTER_TESTS=1 with a release tether (see bus_nats_cluster.rs)"
             }
         })
     }
@@ -503,6 +530,17 @@ pub fn run_engine_tests(tests: Vec<EngineTest>) -> std::process::ExitCode {
     let mut known: Vec<(Need, Option<&'static str>)> = Vec::new();
     let trials = tests
         .into_iter()
+        .filter(|(name, needs, _)| {
+            let asked =
+                !needs.contains(&Need::ClusterOptIn) || Need::ClusterOptIn.missing().is_none();
+            if !asked {
+                eprintln!(
+                    "not run: {name}: {}",
+                    Need::ClusterOptIn.missing().unwrap_or_default()
+                );
+            }
+            asked
+        })
         .map(|(name, needs, test)| {
             let missing: Vec<&'static str> = needs
                 .iter()
