@@ -832,6 +832,20 @@ impl Store for NatsStore {
         Ok(true)
     }
 
+    async fn registered_pool(&self, instance: String) -> Result<Option<String>> {
+        let Some(record) = self
+            .inner
+            .registry
+            .get(instance_key(&instance))
+            .await
+            .map_err(|e| self.fail("registry", e))?
+        else {
+            return Ok(None);
+        };
+        let r: InstanceRecord = crate::store::decode(&record)?;
+        Ok(Some(r.pool_type))
+    }
+
     async fn session(&self, session: String) -> Result<Option<Registration>> {
         let kv = &self.inner.registry;
         let Some(instance) = kv

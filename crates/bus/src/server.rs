@@ -167,6 +167,9 @@ impl Store for AnyStore {
     async fn session(&self, session: String) -> crate::store::Result<Option<Registration>> {
         each_store!(self, s => s.session(session).await)
     }
+    async fn registered_pool(&self, instance: String) -> crate::store::Result<Option<String>> {
+        each_store!(self, s => s.registered_pool(instance).await)
+    }
     async fn publish(
         &self,
         msg: NewMessage,
@@ -815,6 +818,25 @@ impl<S: Store> BusApi for Service<S> {
                             "the token does not match the one the policy gives {of}"
                         )));
                     }
+                }
+                // A Register replaces the instance's registration (and its session): as another
+                // pool, it must also pass the token check of the pool the instance is registered
+                // with, or a client sharing the sidecar's network could take the instance over
+                // (and ack its deliveries) by naming a pool that asks for no token.
+                if let Some(pool) = self
+                    .store
+                    .registered_pool(r.instance_id.clone())
+                    .await
+                    .map_err(internal)?
+                    && pool != r.pool_type
+                    && policy.check_token(&r.instance_id, &pool, r.token.as_deref())
+                        != TokenCheck::Ok
+                {
+                    return Err(Status::permission_denied(format!(
+                        "instance `{}` is registered as pool `{pool}`, whose token this Register \
+                         (as pool `{}`) does not carry: it cannot replace that registration",
+                        r.instance_id, r.pool_type
+                    )));
                 }
                 let (granted, denied) = policy.decide(&r.instance_id, &r.pool_type, &requested);
                 refused.extend(denied.into_iter().map(|d| RefusedGrant {

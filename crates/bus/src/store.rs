@@ -186,6 +186,11 @@ pub trait Store: Send + Sync + 'static {
     /// The registration a session belongs to.
     fn session(&self, session: String)
     -> impl Future<Output = Result<Option<Registration>>> + Send;
+    /// The pool type an instance is registered with now, if it is registered.
+    fn registered_pool(
+        &self,
+        instance: String,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
     fn publish(
         &self,
         msg: NewMessage,
@@ -1368,6 +1373,21 @@ impl Store for RedbStore {
             Done::Bool(found) => Ok(found),
             _ => Err(unexpected("deregister")),
         }
+    }
+
+    async fn registered_pool(&self, instance: String) -> Result<Option<String>> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<Option<String>> {
+            let txn = db.begin_read()?;
+            let instances = txn.open_table(INSTANCES)?;
+            let Some(v) = instances.get(instance.as_str())? else {
+                return Ok(None);
+            };
+            let r: InstanceRecord = decode(v.value())?;
+            Ok(Some(r.pool_type))
+        })
+        .await
+        .map_err(|e| StoreError::new(format!("a store task failed: {e}")))?
     }
 
     async fn session(&self, session: String) -> Result<Option<Registration>> {

@@ -469,3 +469,61 @@ async fn an_instance_cannot_ack_nack_or_release_another_instances_delivery() {
     drop(grouped);
     bus.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_as_a_pool_without_a_token_cannot_take_over_a_registered_instance() {
+    let tokens = tempfile::tempdir().unwrap();
+    std::fs::write(tokens.path().join("signal.token"), "s3cret\n").unwrap();
+    let text = "pools:\n  SignalPool:\n    token_file: signal.token\n    grants:\n      - { topic: \"signals.>\", action: publish }\n";
+    let policy = tether_bus::policy::parse(text, 0, tokens.path()).unwrap();
+    let bus = Bus::start_with(|o| o.policy = Some(policy)).await;
+    let register = |pool: &str, token: Option<&str>| RegisterRequest {
+        protocol_major: 1,
+        instance_id: "sig-1".into(),
+        pool_type: pool.into(),
+        token: token.map(str::to_owned),
+        requested_grants: vec![grant("signals.eu", Action::Publish)],
+        ..Default::default()
+    };
+    let mut api = Client::connect(bus.addr).await;
+    let first = api
+        .register(with_major(register("SignalPool", Some("s3cret")), 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut owner = Client {
+        api: api.clone(),
+        session: first.session.clone(),
+        registered: first,
+    };
+
+    // What a plugin beside the sidecar could try: the same instance, a pool asking no token.
+    let e = api
+        .register(with_major(register("Nope", None), 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(
+        e.message(),
+        "instance `sig-1` is registered as pool `SignalPool`, whose token this Register (as pool `Nope`) does not carry: it cannot replace that registration"
+    );
+    // The owner's session was not replaced.
+    assert_eq!(
+        owner
+            .publish("signals.eu", b"still mine", &[])
+            .await
+            .unwrap(),
+        1
+    );
+    // The owner itself registers again as before (a sidecar restarting).
+    let again = api
+        .register(with_major(register("SignalPool", Some("s3cret")), 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.granted, vec![grant("signals.eu", Action::Publish)]);
+    // Another instance may still register as a pool the policy does not name (and gets nothing).
+    let other = Client::register(bus.addr, "x-1", "Nope", vec![]).await;
+    assert!(other.registered.granted.is_empty());
+    bus.stop().await;
+}
