@@ -1029,7 +1029,7 @@ impl<S: Store> Service<S> {
             {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = tx.send(Err(unavailable(e))).await;
+                    let _ = tx.send(Err(internal(e))).await;
                     return;
                 }
             };
