@@ -6,6 +6,11 @@
 //!   `max_in_flight` at once. When the session ends, what it held is released to the bus.
 //! - Acks go to the bus in batches; publishes go straight to the bus, or to the outbox when the
 //!   bus cannot take them (and while the outbox is not empty, to keep their order).
+//! - The outbox is forwarded in batches, one publish in flight per topic and several topics at
+//!   once: the bus keeps order per topic only. Publishes of one topic are not pipelined: the
+//!   Bus API's `Publish` calls may be served in any order, so a topic's next publish waits for
+//!   the answer to the one before (pipelining them safely needs a call that appends several
+//!   publishes in order, which the Bus API does not have yet).
 //! - The drain (SIGTERM) follows the contract's order: no new deliveries, Stop to the plugin,
 //!   in-flight work finished and acked, the rest released, deregistered.
 
@@ -38,7 +43,7 @@ use crate::topic;
 /// Outbox entries the forwarder reads at once.
 const FORWARD_BATCH: usize = 1024;
 /// Topics the forwarder sends to at once (one publish in flight each).
-const FORWARD_TOPICS: usize = 1;
+const FORWARD_TOPICS: usize = 64;
 
 /// What forwarding one topic's entries did.
 struct Forwarded {
