@@ -1071,16 +1071,7 @@ impl Router {
             if let Err(e) = outbox.remove(done).await {
                 tracing::error!("cannot remove forwarded publishes from the outbox: {e}");
             }
-            if sent > 0 {
-                if let Some(since) = failing_since.take() {
-                    tracing::info!(
-                        "the bus takes publishes again after {}s; forwarding the outbox",
-                        since.elapsed().as_secs()
-                    );
-                }
-                backoff.reset();
-                forwarded += sent;
-            }
+            forwarded += sent;
             if let Some(s) = failed {
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
@@ -1090,7 +1081,19 @@ impl Router {
                         outbox.len()
                     );
                 }
+                // Other topics went through: theirs need not wait the failing one's backoff.
+                if sent > 0 {
+                    backoff.reset();
+                }
                 tokio::time::sleep(backoff.next()).await;
+            } else if sent > 0 {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(
+                        "the bus takes publishes again after {}s; forwarding the outbox",
+                        since.elapsed().as_secs()
+                    );
+                }
+                backoff.reset();
             }
         }
     }
