@@ -28,8 +28,10 @@
 //! run, under CI=true too (they are not part of scripts/test yet: see below). While NATS elects the stream's new leader (seconds), the publishing
 //! sidecar keeps publishes in its outbox, and every later one goes there too (to keep their
 //! order) until it is empty: about two thirds of the stream passes through it, forwarded one
-//! at a time, so the run takes about 5 minutes here (with a debug tether the outbox hardly
-//! drains while the plugin publishes, and the test does not finish).
+//! at a time (the stream has one topic, and a topic's publishes are forwarded one after
+//! another), so the run took about 5 minutes here, measured before the outbox's group commit
+//! (with a debug tether the outbox hardly drained while the plugin publishes, and the test did
+//! not finish).
 #![allow(clippy::print_stderr)]
 
 mod support;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tether_bus_proto::v1::{publish_result, sidecar_message};
+use tether_bus_proto::v1::{PluginPublish, plugin_message, publish_result, sidecar_message};
 use tokio::sync::mpsc;
 
 #[path = "support/sidecar.rs"]
@@ -746,6 +746,126 @@ async fn live_sidecars_ride_out_a_bus_restart() {
     assert_eq!(accepted(&r), 3);
     let d = subscriber.delivery().await;
     assert_eq!((d.data.as_slice(), d.sequence), (&b"three"[..], 3));
+}
+
+/// The next line of `proc` with `needle`, waiting up to `wait` (a drain of a large outbox may
+/// take longer than `HANG`).
+fn wait_long(proc: &mut Proc, needle: &str, wait: Duration) -> String {
+    let until = Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match proc.lines.recv_timeout(left) {
+            Ok(line) => {
+                proc.seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(_) => panic!(
+                "no line with {needle:?} within {}s; the process said:\n{}",
+                wait.as_secs(),
+                proc.seen.join("\n")
+            ),
+        }
+    }
+}
+
+/// An outbox holding several topics interleaved drains with each topic's publishes in the
+/// order the plugin made them. It prints the drain's rate (no assertion on it): with
+/// `OUTBOX_DRAIN_N=20000` (default 2,000) and `OUTBOX_DRAIN_TOPICS` (default 16) it is the
+/// measurement of README's sidecar section.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_of_interleaved_topics_drains_in_order_per_topic() {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .map_or(default, |v| v.parse().expect(name))
+    };
+    let n = env("OUTBOX_DRAIN_N", 2000);
+    let topics = env("OUTBOX_DRAIN_TOPICS", 16);
+    let rounds = n.div_ceil(topics);
+    let n = rounds * topics;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bus");
+    let (mut bus1, addr) = bus(&data, &[]);
+    let mut s = sidecar(dir.path(), addr, "drain-1", &["publish:drain.>"], "");
+    let mut p = Plugin::connect(s.addr, &[], "").await.unwrap();
+    s.proc.wait_for("step 8/8");
+    bus1.signal("-KILL");
+    let _ = bus1.child.wait();
+
+    // Each round publishes once to every topic, all in flight at once; a topic's next publish
+    // is made once its last one was answered, so each topic's order is the plugin's.
+    let started = Instant::now();
+    for round in 0..rounds {
+        let first = p.next_request + 1;
+        for t in 0..topics {
+            p.next_request += 1;
+            p.tx.send(send(plugin_message::Kind::Publish(PluginPublish {
+                request_id: p.next_request,
+                topic: format!("drain.t{t}"),
+                data: round.to_string().into_bytes(),
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+        }
+        let mut answered = 0;
+        while answered < topics {
+            match p.next().await {
+                Some(sidecar_message::Kind::PublishResult(r)) if r.request_id >= first => {
+                    assert_eq!(accepted(&r.result.unwrap()), 0, "kept in the outbox");
+                    answered += 1;
+                }
+                other => panic!("expected a publish's result, got {other:?}"),
+            }
+        }
+    }
+    let pushed = started.elapsed();
+    eprintln!(
+        "outbox: {n} publishes on {topics} topics ({topics} in flight) kept in {:.1}s ({:.0} msg/s)",
+        pushed.as_secs_f64(),
+        n as f64 / pushed.as_secs_f64()
+    );
+
+    let (_bus2, addr2) = bus_on(&data, &addr.to_string(), &[]);
+    assert_eq!(addr2, addr);
+    let started = Instant::now();
+    let wait = HANG.max(Duration::from_millis(100) * n as u32);
+    wait_long(&mut s.proc, "the bus takes publishes again", wait);
+    let resumed = started.elapsed();
+    let line = wait_long(&mut s.proc, "the outbox is empty", wait);
+    let drained = started.elapsed();
+    assert!(
+        line.contains(&format!(
+            "the outbox is empty: {n} publishes forwarded to the bus"
+        )),
+        "{line}"
+    );
+    eprintln!(
+        "outbox: {n} publishes drained {:.1}s after the bus started ({:.0} msg/s; {:.1}s of it waiting for the forwarder's backoff and the first answers)",
+        drained.as_secs_f64(),
+        n as f64 / drained.as_secs_f64(),
+        resumed.as_secs_f64(),
+    );
+
+    // Every publish arrives once, each topic's in order.
+    let r = sidecar(dir.path(), addr, "drain-2", &["subscribe:drain.>"], "");
+    let mut c = Plugin::connect(r.addr, &["drain.>"], "").await.unwrap();
+    let mut next = vec![0usize; topics];
+    for _ in 0..n {
+        let d = c.delivery().await;
+        c.ack(&d.delivery_id).await;
+        let t: usize = d.topic.strip_prefix("drain.t").unwrap().parse().unwrap();
+        let round: usize = String::from_utf8(d.data).unwrap().parse().unwrap();
+        assert_eq!(
+            (round, d.redelivered),
+            (next[t], 0),
+            "on drain.t{t}, out of order or again"
+        );
+        next[t] += 1;
+    }
+    assert_eq!(next, vec![rounds; topics]);
 }
 
 #[path = "../../bus/tests/support/certs.rs"]

@@ -6,6 +6,11 @@
 //!   `max_in_flight` at once. When the session ends, what it held is released to the bus.
 //! - Acks go to the bus in batches; publishes go straight to the bus, or to the outbox when the
 //!   bus cannot take them (and while the outbox is not empty, to keep their order).
+//! - The outbox is forwarded in batches, one publish in flight per topic and several topics at
+//!   once: the bus keeps order per topic only. Publishes of one topic are not pipelined: the
+//!   Bus API's `Publish` calls may be served in any order, so a topic's next publish waits for
+//!   the answer to the one before (pipelining them safely needs a call that appends several
+//!   publishes in order, which the Bus API does not have yet).
 //! - The drain (SIGTERM) follows the contract's order: no new deliveries, Stop to the plugin,
 //!   in-flight work finished and acked, the rest released, deregistered.
 
@@ -34,6 +39,20 @@ use super::outbox::{Outbox, OutboxError};
 use super::{Ended, Step};
 use crate::policy::{Action, Grant};
 use crate::topic;
+
+/// Outbox entries the forwarder reads at once.
+const FORWARD_BATCH: usize = 1024;
+/// Topics the forwarder sends to at once (one publish in flight each).
+const FORWARD_TOPICS: usize = 64;
+
+/// What forwarding one topic's entries did.
+struct Forwarded {
+    /// The entries to remove: forwarded, or refused by the bus.
+    done: Vec<u64>,
+    sent: u64,
+    /// Why it stopped early (the rest waits in the outbox).
+    failed: Option<Status>,
+}
 
 /// What the listener tells start-up about the first session.
 pub enum Accepted {
@@ -982,7 +1001,13 @@ impl Router {
         }
     }
 
-    /// Forwards the outbox to the bus in order, backing off with jitter while it cannot.
+    /// Forwards the outbox to the bus, in order per topic, backing off with jitter while it
+    /// cannot. It reads up to [`FORWARD_BATCH`] of the oldest entries at once and forwards them
+    /// with one publish in flight per topic, up to [`FORWARD_TOPICS`] topics at once: the bus
+    /// keeps order per topic only, and a topic's next publish is sent once the bus answered the
+    /// one before. A topic whose publish fails is left there for this round (its later entries
+    /// wait behind it); what went through is removed in one write, without an fsync of its own
+    /// (see the outbox's doc: an entry forwarded twice after a crash is stored once).
     async fn forward_outbox(self) {
         let Some(outbox) = self.outbox() else {
             return;
@@ -990,16 +1015,17 @@ impl Router {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut failing_since: Option<Instant> = None;
         let mut forwarded = 0u64;
+        let topics_at_once = Arc::new(Semaphore::new(FORWARD_TOPICS));
         loop {
-            let next = match outbox.first().await {
-                Ok(n) => n,
+            let batch = match outbox.oldest(FORWARD_BATCH).await {
+                Ok(b) => b,
                 Err(e) => {
                     tracing::error!("cannot read the outbox: {e}");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     continue;
                 }
             };
-            let Some((key, request)) = next else {
+            if batch.is_empty() {
                 if forwarded > 0 {
                     tracing::info!(
                         "the outbox is empty: {forwarded} publish{} forwarded to the bus",
@@ -1009,42 +1035,98 @@ impl Router {
                 }
                 self.0.outbox_wake.notified().await;
                 continue;
-            };
+            }
+            // Per topic, in the outbox's order.
+            let mut topics: Vec<Vec<(u64, PublishRequest)>> = Vec::new();
+            let mut index: HashMap<String, usize> = HashMap::new();
+            for (key, request) in batch {
+                let i = *index.entry(request.topic.clone()).or_insert_with(|| {
+                    topics.push(Vec::new());
+                    topics.len() - 1
+                });
+                topics[i].push((key, request));
+            }
+            let mut sending = tokio::task::JoinSet::new();
+            for entries in topics {
+                let this = self.clone();
+                let slots = topics_at_once.clone();
+                sending.spawn(async move {
+                    let _slot = slots.acquire_owned().await;
+                    this.forward_topic(entries).await
+                });
+            }
+            let mut done = Vec::new();
+            let mut failed = None;
+            let mut sent = 0u64;
+            while let Some(r) = sending.join_next().await {
+                match r {
+                    Ok(r) => {
+                        done.extend(r.done);
+                        sent += r.sent;
+                        failed = failed.or(r.failed);
+                    }
+                    Err(e) => tracing::error!("forwarding the outbox failed: {e}"),
+                }
+            }
+            if let Err(e) = outbox.remove(done).await {
+                tracing::error!("cannot remove forwarded publishes from the outbox: {e}");
+            }
+            forwarded += sent;
+            if let Some(s) = failed {
+                if failing_since.is_none() {
+                    failing_since = Some(Instant::now());
+                    tracing::warn!(
+                        "the bus does not take publishes ({}); {} wait in the outbox",
+                        status_line(&s),
+                        outbox.len()
+                    );
+                }
+                // Other topics went through: theirs need not wait the failing one's backoff.
+                if sent > 0 {
+                    backoff.reset();
+                }
+                tokio::time::sleep(backoff.next()).await;
+            } else if sent > 0 {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(
+                        "the bus takes publishes again after {}s; forwarding the outbox",
+                        since.elapsed().as_secs()
+                    );
+                }
+                backoff.reset();
+            }
+        }
+    }
+
+    /// Forwards one topic's entries one after another, until one fails for a reason the bus
+    /// may not repeat; a publish it refuses is dropped (and counted done).
+    async fn forward_topic(&self, entries: Vec<(u64, PublishRequest)>) -> Forwarded {
+        let mut r = Forwarded {
+            done: Vec::with_capacity(entries.len()),
+            sent: 0,
+            failed: None,
+        };
+        for (key, request) in entries {
             let topic = request.topic.clone();
             match self.0.link.publish(request).await {
                 Ok(_) => {
-                    if let Some(since) = failing_since.take() {
-                        tracing::info!(
-                            "the bus takes publishes again after {}s; forwarding the outbox",
-                            since.elapsed().as_secs()
-                        );
-                    }
-                    backoff.reset();
-                    forwarded += 1;
-                    if let Err(e) = outbox.remove(key).await {
-                        tracing::error!("cannot remove a forwarded publish from the outbox: {e}");
-                    }
+                    r.sent += 1;
+                    r.done.push(key);
                 }
                 Err(s) if !transient(&s) => {
                     tracing::error!(
                         "the bus refused a publish on `{topic}` kept in the outbox; dropped: {}",
                         status_line(&s)
                     );
-                    let _ = outbox.remove(key).await;
+                    r.done.push(key);
                 }
                 Err(s) => {
-                    if failing_since.is_none() {
-                        failing_since = Some(Instant::now());
-                        tracing::warn!(
-                            "the bus does not take publishes ({}); {} wait in the outbox",
-                            status_line(&s),
-                            outbox.len()
-                        );
-                    }
-                    tokio::time::sleep(backoff.next()).await;
+                    r.failed = Some(s);
+                    break;
                 }
             }
         }
+        r
     }
 
     // ---------------------------------------------------------------------------------------
