@@ -400,11 +400,21 @@ pub struct RedbStore {
 /// the store to learn who calls. This process is the only writer of the file, so its own
 /// register and deregister are the only changes: each clears the cache once committed, and
 /// bumps `generation`, so that a lookup that read the store before the change does not put
-/// what it read back.
+/// what it read back. The committer clears it, in the transaction's thread, before anyone is
+/// answered: a Register or Deregister whose caller went away (a timed-out call) clears it too.
 #[derive(Default)]
 struct SessionCache {
     generation: u64,
     known: std::collections::HashMap<String, Registration>,
+}
+
+impl SessionCache {
+    /// Forgets every cached session (after a register or deregister, committed or not).
+    fn changed(cache: &Mutex<SessionCache>) {
+        let mut cache = cache.lock().expect("session cache");
+        cache.generation += 1;
+        cache.known.clear();
+    }
 }
 
 impl RedbStore {
@@ -433,7 +443,9 @@ impl RedbStore {
         let db = Arc::new(db);
         let (jobs, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(StoreStats::default());
+        let sessions: Arc<Mutex<SessionCache>> = Arc::default();
         let committer = Committer {
+            sessions: sessions.clone(),
             db: db.clone(),
             retention,
             sync,
@@ -451,15 +463,8 @@ impl RedbStore {
             db,
             jobs,
             stats,
-            sessions: Arc::default(),
+            sessions,
         })
-    }
-
-    /// Forgets every cached session (after a register or deregister, committed or not).
-    fn sessions_changed(&self) {
-        let mut cache = self.sessions.lock().expect("session cache");
-        cache.generation += 1;
-        cache.known.clear();
     }
 
     /// Commits, syncs and whether the store can take writes.
@@ -1125,6 +1130,9 @@ fn apply(
 /// answers each. One fsync serves the whole batch.
 struct Committer {
     db: Arc<Database>,
+    /// The store's session cache, cleared once a register or deregister was committed (or
+    /// failed), before any answer.
+    sessions: Arc<Mutex<SessionCache>>,
     retention: Retention,
     sync: SyncMode,
     /// Since when commits that are not durable yet exist.
@@ -1267,6 +1275,12 @@ impl Committer {
             // What the failed transaction would have left is not what the file holds.
             self.summaries.clear();
         }
+        if ops
+            .iter()
+            .any(|op| matches!(op, Op::Register(_) | Op::Deregister(_)))
+        {
+            SessionCache::changed(&self.sessions);
+        }
         done
     }
 
@@ -1358,18 +1372,14 @@ fn unexpected(what: &str) -> StoreError {
 
 impl Store for RedbStore {
     async fn register(&self, reg: Registration) -> Result<()> {
-        let done = self.write(Op::Register(reg)).await;
-        self.sessions_changed();
-        match done? {
+        match self.write(Op::Register(reg)).await? {
             Done::Unit => Ok(()),
             _ => Err(unexpected("register")),
         }
     }
 
     async fn deregister(&self, instance: String) -> Result<bool> {
-        let done = self.write(Op::Deregister(instance)).await;
-        self.sessions_changed();
-        match done? {
+        match self.write(Op::Deregister(instance)).await? {
             Done::Bool(found) => Ok(found),
             _ => Err(unexpected("deregister")),
         }
