@@ -670,7 +670,16 @@ impl NatsStore {
             .js
             .publish_with_headers(subject, headers, data.into())
             .await
-            .map_err(|e| self.fail("cannot publish", e))?
+            .map_err(|e| {
+                if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded {
+                    StoreError::invalid(format!(
+                        "NATS: cannot publish: the message is over the server's max_payload of {} bytes",
+                        self.inner.client.server_info().max_payload
+                    ))
+                } else {
+                    self.fail("cannot publish", e)
+                }
+            })?
             .await
             .map_err(|e| self.fail("the publish was not acknowledged", e))?;
         Ok(Published {
@@ -747,10 +756,11 @@ fn headers_to_nats(headers: &BTreeMap<String, String>) -> Result<HeaderMap> {
         } else {
             k.clone()
         };
-        let name = async_nats::HeaderName::from_str(&name)
-            .map_err(|e| StoreError::new(format!("header `{k}` cannot be sent to NATS: {e}")))?;
+        let name = async_nats::HeaderName::from_str(&name).map_err(|e| {
+            StoreError::invalid(format!("header `{k}` cannot be sent to NATS: {e}"))
+        })?;
         let value = async_nats::HeaderValue::from_str(v).map_err(|e| {
-            StoreError::new(format!(
+            StoreError::invalid(format!(
                 "the value of header `{k}` cannot be sent to NATS: {e}"
             ))
         })?;

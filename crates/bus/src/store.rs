@@ -47,6 +47,9 @@ use crate::topic;
 pub struct StoreError {
     pub message: String,
     pub transient: bool,
+    /// The call itself is at fault (a header or payload the store cannot take): the same call
+    /// fails again, so it is the caller's to know, not to retry.
+    pub invalid: bool,
 }
 
 impl StoreError {
@@ -55,6 +58,16 @@ impl StoreError {
         Self {
             message: message.into(),
             transient: false,
+            invalid: false,
+        }
+    }
+
+    /// The request itself is refused (a bad header, a payload over the store's limit).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+            invalid: true,
         }
     }
 
@@ -63,6 +76,7 @@ impl StoreError {
         Self {
             message: message.into(),
             transient: true,
+            invalid: false,
         }
     }
 }
