@@ -600,6 +600,56 @@ fn a_publish_nats_cannot_take_is_refused_as_invalid() {
     });
 }
 
+/// Through a sidecar: the plugin gets the refusal of a publish NATS cannot take, and its next
+/// publish goes through (the refused one is not kept ahead of it).
+#[test]
+fn a_sidecar_refuses_to_its_plugin_a_publish_nats_cannot_take() {
+    use sidecar_support::{Plugin, accepted, send, sidecar};
+    use tether_bus_proto::v1::{PluginPublish, plugin_message, publish_result, sidecar_message};
+    let Some(nats) = NatsServer::start(&[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bus = serve(&nats, &[]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut pair = sidecar(dir.path(), bus.addr, "pub", &["publish:feed.>"], "");
+        let mut plugin = Plugin::connect(pair.addr, &[], "").await.unwrap();
+        pair.proc.wait_for("step 8/8");
+        plugin
+            .tx
+            .send(send(plugin_message::Kind::Publish(PluginPublish {
+                request_id: 1_000,
+                topic: "feed.x".into(),
+                data: b"bad".to_vec(),
+                headers: [("note".to_string(), "two\nlines".to_string())].into(),
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+        let refusal = loop {
+            match plugin.next().await {
+                Some(sidecar_message::Kind::PublishResult(r)) if r.request_id == 1_000 => {
+                    break r.result.unwrap();
+                }
+                Some(_) => {}
+                None => panic!("the session ended before the publish's result"),
+            }
+        };
+        let publish_result::Result::Refused(r) = refusal else {
+            panic!("accepted: {refusal:?}");
+        };
+        assert_eq!(r.code, "INVALID_ARGUMENT", "{r:?}");
+        assert!(r.message.contains("header `note`"), "{r:?}");
+        let (after, _) = plugin.publish("feed.x", b"good").await;
+        assert!(accepted(&after) > 0, "taken by the bus, not the outbox");
+    });
+}
+
 /// What the subscribing plugin of the failover test saw.
 #[derive(Default)]
 struct Seen {
