@@ -553,20 +553,36 @@ impl NatsStore {
     async fn arm(&self) {
         let inner = &self.inner;
         let _one = inner.arming.lock().await;
-        if inner.armed.load(Ordering::SeqCst) {
+        // Not while the connection is down: the SUB would wait for it with the lock held, and
+        // the claim's fetch fails anyway.
+        if inner.armed.load(Ordering::SeqCst) || self.problem().is_some() {
             return;
         }
-        let subscribed = inner.client.subscribe(format!("{}.>", inner.prefix)).await;
+        let subscribed = tokio::time::timeout(FETCH_WAIT, async {
+            let mut sub = inner
+                .client
+                .subscribe(format!("{}.>", inner.prefix))
+                .await?;
+            // The server stops after one: a burst costs each idle replica one message, not all.
+            let _ = sub.unsubscribe_after(1).await;
+            Ok::<_, async_nats::SubscribeError>(sub)
+        })
+        .await;
         let mut sub = match subscribed {
-            Ok(sub) => sub,
-            Err(e) => {
-                // The poll is the safety net; the next claim tries again.
+            Ok(Ok(sub)) => sub,
+            // The poll is the safety net; the next claim tries again.
+            Ok(Err(e)) => {
                 tracing::warn!("NATS: cannot subscribe to wake up on publishes: {e}");
                 return;
             }
+            Err(_) => {
+                tracing::warn!(
+                    "NATS: cannot subscribe to wake up on publishes: no room to send the SUB within {}s",
+                    FETCH_WAIT.as_secs()
+                );
+                return;
+            }
         };
-        // The server stops after one: a burst costs each idle replica one message, not all.
-        let _ = sub.unsubscribe_after(1).await;
         // Armed once the SUB is queued, before the task that disarms starts.
         inner.armed.store(true, Ordering::SeqCst);
         let (armed, wake, woken_by, mut gone) = (
@@ -670,7 +686,16 @@ impl NatsStore {
             .js
             .publish_with_headers(subject, headers, data.into())
             .await
-            .map_err(|e| self.fail("cannot publish", e))?
+            .map_err(|e| {
+                if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded {
+                    StoreError::invalid(format!(
+                        "NATS: cannot publish: the message is over the server's max_payload of {} bytes",
+                        self.inner.client.server_info().max_payload
+                    ))
+                } else {
+                    self.fail("cannot publish", e)
+                }
+            })?
             .await
             .map_err(|e| self.fail("the publish was not acknowledged", e))?;
         Ok(Published {
@@ -747,10 +772,11 @@ fn headers_to_nats(headers: &BTreeMap<String, String>) -> Result<HeaderMap> {
         } else {
             k.clone()
         };
-        let name = async_nats::HeaderName::from_str(&name)
-            .map_err(|e| StoreError::new(format!("header `{k}` cannot be sent to NATS: {e}")))?;
+        let name = async_nats::HeaderName::from_str(&name).map_err(|e| {
+            StoreError::invalid(format!("header `{k}` cannot be sent to NATS: {e}"))
+        })?;
         let value = async_nats::HeaderValue::from_str(v).map_err(|e| {
-            StoreError::new(format!(
+            StoreError::invalid(format!(
                 "the value of header `{k}` cannot be sent to NATS: {e}"
             ))
         })?;
@@ -1010,7 +1036,33 @@ impl Store for NatsStore {
         })?;
         let mut batch = fetched.map_err(|e| self.fail("cannot fetch", e))?;
         let deadline_ms = now_ms + opened.config.ack_deadline.as_millis() as u64;
-        while let Ok(Some(m)) = tokio::time::timeout(FETCH_WAIT, batch.next()).await {
+        // `messages()` returns once the request is queued: the server's silence shows here. What
+        // it sends after the wait goes to a dropped inbox and comes again after the ack deadline.
+        let mut received = 0;
+        loop {
+            let m = match tokio::time::timeout(FETCH_WAIT, batch.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) if received == 0 => {
+                    let message = format!(
+                        "NATS: no answer to a fetch from `{}` within {}s",
+                        opened.name,
+                        FETCH_WAIT.as_secs()
+                    );
+                    tracing::warn!("{message}");
+                    return Err(StoreError::unavailable(message));
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "NATS: a fetch from `{}` stopped answering after {received} messages \
+                         within {}s; taking those",
+                        opened.name,
+                        FETCH_WAIT.as_secs()
+                    );
+                    break;
+                }
+            };
+            received += 1;
             let m = m.map_err(|e| self.fail("cannot fetch", e))?;
             let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else {
                 continue;

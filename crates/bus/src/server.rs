@@ -514,6 +514,8 @@ fn new_session() -> Result<String, Status> {
 fn internal(e: StoreError) -> Status {
     if e.transient {
         Status::unavailable(e.to_string())
+    } else if e.invalid {
+        Status::invalid_argument(e.to_string())
     } else {
         Status::internal(e.to_string())
     }

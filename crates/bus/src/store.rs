@@ -47,6 +47,9 @@ use crate::topic;
 pub struct StoreError {
     pub message: String,
     pub transient: bool,
+    /// The call itself is at fault (a header or payload the store cannot take): the same call
+    /// fails again, so it is the caller's to know, not to retry.
+    pub invalid: bool,
 }
 
 impl StoreError {
@@ -55,6 +58,16 @@ impl StoreError {
         Self {
             message: message.into(),
             transient: false,
+            invalid: false,
+        }
+    }
+
+    /// The request itself is refused (a bad header, a payload over the store's limit).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+            invalid: true,
         }
     }
 
@@ -63,6 +76,7 @@ impl StoreError {
         Self {
             message: message.into(),
             transient: true,
+            invalid: false,
         }
     }
 }
@@ -423,38 +437,11 @@ impl RedbStore {
     pub fn open(dir: &Path, retention: Retention, sync: SyncMode) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::new(format!("cannot create {}: {e}", dir.display())))?;
-        let path = dir.join(FILE_NAME);
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| StoreError::new(format!("cannot open {}: {e}", path.display())))?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(TOPICS)?;
-            txn.open_table(MESSAGES)?;
-            txn.open_table(IDEMPOTENCY)?;
-            txn.open_table(INSTANCES)?;
-            txn.open_table(SESSIONS)?;
-            txn.open_table(CONSUMERS)?;
-            txn.open_table(POSITIONS)?;
-            txn.open_table(PENDING)?;
-        }
-        txn.commit()?;
-        let db = Arc::new(db);
+        let committer = Committer::open(&dir.join(FILE_NAME), retention, sync)?;
+        let db = committer.db.clone();
+        let stats = committer.stats.clone();
         let (jobs, rx) = std::sync::mpsc::channel();
-        let stats = Arc::new(StoreStats::default());
-        let sessions: Arc<Mutex<SessionCache>> = Arc::default();
-        let committer = Committer {
-            sessions: sessions.clone(),
-            db: db.clone(),
-            retention,
-            sync,
-            unsynced_since: None,
-            stats: stats.clone(),
-            summaries: Summaries::new(),
-            deferred: Vec::new(),
-            deferred_since: None,
-        };
+        let sessions = committer.sessions.clone();
         std::thread::Builder::new()
             .name("bus-committer".into())
             .spawn(move || committer.run(rx))
@@ -1153,6 +1140,37 @@ type Reply = tokio::sync::oneshot::Sender<Result<Done>>;
 const DEFER_AT_MOST: Duration = Duration::from_millis(2);
 
 impl Committer {
+    /// Opens (or creates) the file at `path` with every table.
+    fn open(path: &Path, retention: Retention, sync: SyncMode) -> Result<Self> {
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| StoreError::new(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(TOPICS)?;
+            txn.open_table(MESSAGES)?;
+            txn.open_table(IDEMPOTENCY)?;
+            txn.open_table(INSTANCES)?;
+            txn.open_table(SESSIONS)?;
+            txn.open_table(CONSUMERS)?;
+            txn.open_table(POSITIONS)?;
+            txn.open_table(PENDING)?;
+        }
+        txn.commit()?;
+        Ok(Self {
+            db: Arc::new(db),
+            sessions: Arc::default(),
+            retention,
+            sync,
+            unsynced_since: None,
+            stats: Arc::new(StoreStats::default()),
+            summaries: Summaries::new(),
+            deferred: Vec::new(),
+            deferred_since: None,
+        })
+    }
+
     fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
         use std::sync::mpsc::RecvTimeoutError;
         loop {
@@ -1295,11 +1313,10 @@ impl Committer {
             let (d, e) = apply(&txn, op, self.retention, &mut self.summaries)?;
             // In SyncMode::Always an ack is durable before it is answered, but it need not
             // have a sync of its own: it waits (at most DEFER_AT_MOST) for the next durable
-            // commit. An ack that found nothing to remove waits too while commits are unsynced:
-            // its first try may be among them.
-            let defer = self.sync == SyncMode::Always
-                && e.defer
-                && (e.wrote || self.unsynced_since.is_some());
+            // commit. An ack that found nothing to remove waits too, unless everything is
+            // durable once this transaction is committed (`answer` sees `Committed.durable`):
+            // its first try may be unsynced, in an earlier commit or earlier in this one.
+            let defer = self.sync == SyncMode::Always && e.defer;
             done.push((d, defer));
             effect.wrote |= e.wrote;
             effect.durable |= e.durable;
@@ -1581,6 +1598,96 @@ mod tests {
             bad.await.unwrap(),
             Err(StoreError::new("no consumer `nobody`"))
         );
+    }
+
+    /// Two acks of one delivery in one batch (`--sync always`): the first removes it, the
+    /// second finds nothing; neither is answered before a durable commit holds the removal. An
+    /// ack that finds nothing once everything is durable is answered at once.
+    #[test]
+    fn an_ack_that_finds_nothing_waits_for_the_sync_of_the_ack_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Committer::open(
+            &dir.path().join(FILE_NAME),
+            Retention::default(),
+            SyncMode::Always,
+        )
+        .unwrap();
+        let run = |c: &mut Committer, ops: Vec<Op>| {
+            let mut answers = Vec::new();
+            let batch = ops
+                .into_iter()
+                .map(|op| {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    answers.push(answer);
+                    Job {
+                        op,
+                        reply: Some(reply),
+                    }
+                })
+                .collect();
+            c.run_batch(batch);
+            answers
+        };
+        let config = ConsumerConfig {
+            pattern: "t.*".into(),
+            ack_deadline: Duration::from_secs(30),
+            max_deliver: 5,
+        };
+        run(
+            &mut c,
+            vec![
+                Op::OpenConsumer("c".into(), config),
+                Op::Publish(msg("t.a", "m", ""), 1),
+            ],
+        );
+        let mut claimed = run(
+            &mut c,
+            vec![Op::Claim {
+                consumer: "c".into(),
+                holder: "h".into(),
+                now_ms: 1,
+                max: 10,
+            }],
+        );
+        let Ok(Ok(Done::Claimed(claimed))) = claimed.remove(0).try_recv() else {
+            panic!("the claim is answered at once");
+        };
+        let id = claimed.deliveries[0].id.clone();
+        // Everything so far durable: only the first ack's removal is not.
+        run(&mut c, vec![Op::Flush]);
+        let syncs = c.stats.syncs.load(Ordering::Relaxed);
+
+        let mut acks = run(
+            &mut c,
+            vec![Op::Ack(vec![id.clone()]), Op::Ack(vec![id.clone()])],
+        );
+        assert_eq!(
+            c.stats.syncs.load(Ordering::Relaxed),
+            syncs,
+            "acks ask no sync"
+        );
+        for a in &mut acks {
+            assert!(
+                matches!(
+                    a.try_recv(),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                ),
+                "an ack was answered before the removal was durable"
+            );
+        }
+        run(&mut c, vec![Op::Flush]);
+        let counts: Vec<u32> = acks
+            .into_iter()
+            .map(|mut a| match a.try_recv() {
+                Ok(Ok(Done::Count(n))) => n,
+                _ => panic!("an ack is not answered after the sync"),
+            })
+            .collect();
+        assert_eq!(counts, [1, 0]);
+
+        // Everything is durable: an ack that finds nothing has nothing to wait for.
+        let mut again = run(&mut c, vec![Op::Ack(vec![id])]);
+        assert!(matches!(again[0].try_recv(), Ok(Ok(Done::Count(0)))));
     }
 
     /// With a periodic sync, writes are answered before any fsync, and a flush (as the bus does

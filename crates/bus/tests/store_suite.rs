@@ -826,6 +826,43 @@ async fn nats_an_ack_nats_did_not_confirm_is_sent_again() {
     .expect("the case did not finish within 120 s");
 }
 
+/// A claim whose fetch the server does not answer (frozen, the connection still open) fails
+/// as unavailable, rather than answering "nothing to deliver" as if the consumer were empty;
+/// once the server answers again, the message is claimed.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_fetch_the_server_does_not_answer_is_an_error() {
+    use tether_bus::nats::{NatsOptions, NatsStore};
+    let Some(server) = NatsServer::start(&[]).await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let s = NatsStore::connect(&NatsOptions::new(vec![server.url.clone()]))
+            .await
+            .unwrap();
+        let c = "instance:i:t";
+        s.open_consumer(c.into(), config("t", 30_000, 5))
+            .await
+            .unwrap();
+        server.pause();
+        let failed = s.claim(c.into(), "h".into(), now_ms(), 10).await;
+        server.resume();
+        let failed = failed.unwrap_err();
+        assert!(failed.transient, "{failed}");
+        assert!(
+            failed
+                .message
+                .contains("no answer to a fetch from `instance:i:t`"),
+            "{failed}"
+        );
+        publish(&s, "t", "m").await;
+        let (d, _) = claim_until(&s, c, "h", 1, |g, _| !g.is_empty()).await;
+        assert_eq!(datas(&d), ["m"]);
+    })
+    .await
+    .expect("the case did not finish within 120 s");
+}
+
 /// NATS's timers (the ack wait, a nack's delay) may fire a little after ours. A claim made at
 /// an ack deadline or at the end of a nack's delay that finds nothing yet asks to be made again
 /// soon (10 ms, doubling, at most a second apart), until the messages are back, instead of

@@ -550,6 +550,106 @@ fn a_second_bus_api_on_the_same_nats_carries_on_where_the_first_stopped() {
     });
 }
 
+/// What NATS cannot take (a header value with a line break, a payload over its max_payload)
+/// is the publisher's fault: INVALID_ARGUMENT, which a sidecar refuses to its plugin or drops
+/// from its outbox, not INTERNAL, which it would retry for ever ahead of everything after it.
+#[test]
+fn a_publish_nats_cannot_take_is_refused_as_invalid() {
+    let Some(nats) = NatsServer::start(&[]) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bus = serve(&nats, &[]);
+        let (mut api, session) = register(bus.addr, "publisher").await;
+        let refused = |headers: BTreeMap<String, String>, data: Vec<u8>| {
+            let mut api = api.clone();
+            let session = session.clone();
+            async move {
+                api.publish(req(
+                    PublishRequest {
+                        topic: "jobs.a".into(),
+                        data,
+                        headers: headers.into_iter().collect(),
+                        ..Default::default()
+                    },
+                    &session,
+                ))
+                .await
+                .expect_err("NATS cannot take this publish")
+            }
+        };
+        let line_break = BTreeMap::from([("note".to_string(), "two\nlines".to_string())]);
+        let s = refused(line_break, b"x".to_vec()).await;
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        assert!(
+            s.message()
+                .contains("the value of header `note` cannot be sent to NATS"),
+            "{s:?}"
+        );
+        // nats-server's default max_payload is 1 MiB; gRPC takes up to 4 MiB.
+        let s = refused(BTreeMap::new(), vec![7; 2 << 20]).await;
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("max_payload"), "{s:?}");
+        // The refusals left nothing behind: the next publish goes through.
+        assert!(publish(&mut api, &session, "after").await > 0);
+    });
+}
+
+/// Through a sidecar: the plugin gets the refusal of a publish NATS cannot take, and its next
+/// publish goes through (the refused one is not kept ahead of it).
+#[test]
+fn a_sidecar_refuses_to_its_plugin_a_publish_nats_cannot_take() {
+    use sidecar_support::{Plugin, accepted, send, sidecar};
+    use tether_bus_proto::v1::{PluginPublish, plugin_message, publish_result, sidecar_message};
+    let Some(nats) = NatsServer::start(&[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bus = serve(&nats, &[]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut pair = sidecar(dir.path(), bus.addr, "pub", &["publish:feed.>"], "");
+        let mut plugin = Plugin::connect(pair.addr, &[], "").await.unwrap();
+        pair.proc.wait_for("step 8/8");
+        plugin
+            .tx
+            .send(send(plugin_message::Kind::Publish(PluginPublish {
+                request_id: 1_000,
+                topic: "feed.x".into(),
+                data: b"bad".to_vec(),
+                headers: [("note".to_string(), "two\nlines".to_string())].into(),
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+        let refusal = loop {
+            match plugin.next().await {
+                Some(sidecar_message::Kind::PublishResult(r)) if r.request_id == 1_000 => {
+                    break r.result.unwrap();
+                }
+                Some(_) => {}
+                None => panic!("the session ended before the publish's result"),
+            }
+        };
+        let publish_result::Result::Refused(r) = refusal else {
+            panic!("accepted: {refusal:?}");
+        };
+        assert_eq!(r.code, "INVALID_ARGUMENT", "{r:?}");
+        assert!(r.message.contains("header `note`"), "{r:?}");
+        let (after, _) = plugin.publish("feed.x", b"good").await;
+        assert!(accepted(&after) > 0, "taken by the bus, not the outbox");
+    });
+}
+
 /// What the subscribing plugin of the failover test saw.
 #[derive(Default)]
 struct Seen {

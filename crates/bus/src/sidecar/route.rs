@@ -177,7 +177,8 @@ fn refused(code: &str, message: impl Into<String>) -> publish_result::Result {
 
 /// A failure the bus may not repeat: worth keeping the publish and trying again. `INTERNAL`
 /// too: a publish the outbox holds was acknowledged to the plugin, and only a refusal of the
-/// publish itself may drop it.
+/// publish itself may drop it (the bus answers `INVALID_ARGUMENT` for what its store cannot
+/// take, such as a header NATS refuses or a payload over NATS's max_payload).
 fn transient(s: &Status) -> bool {
     matches!(
         s.code(),

@@ -103,6 +103,24 @@ impl NatsServer {
         self.child.wait().unwrap();
     }
 
+    /// Freezes it (SIGSTOP): the connection stays open and nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets it run again after [`Self::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let status = std::process::Command::new("kill")
+            .args([which, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Starts it again after [`Self::stop`]: the same port and store folder.
     pub async fn start_again(&mut self) {
         self.child = spawn_nats(&nats_server_binary().unwrap(), &self.args);
