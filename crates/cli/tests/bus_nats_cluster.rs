@@ -25,13 +25,14 @@
 //! TETHER_STATIC_BIN=$(scripts/static-tether --release)
 //! STREAM_PLUGIN_STATIC_BIN=$(scripts/static-plugin --release stream) cargo test -p tether-cli
 //! --test bus_nats_cluster -- --nocapture`. Without `TETHER_CLUSTER_TESTS=1` the tests are not
-//! run, under CI=true too (they are not part of scripts/test yet: see below). While NATS elects the stream's new leader (seconds), the publishing
-//! sidecar keeps publishes in its outbox, and every later one goes there too (to keep their
-//! order) until it is empty: about two thirds of the stream passes through it, forwarded one
-//! at a time (the stream has one topic, and a topic's publishes are forwarded one after
-//! another), so the run took about 5 minutes here, measured before the outbox's group commit
-//! (with a debug tether the outbox hardly drained while the plugin publishes, and the test did
-//! not finish).
+//! run, under CI=true too (they are not part of scripts/test yet: see below).
+//!
+//! While NATS elects the stream's new leader (seconds), the publishing sidecar keeps publishes
+//! in its outbox, and every later one goes there too (to keep their order) until it is empty:
+//! about two thirds of the stream passes through it, forwarded one at a time (the stream has
+//! one topic, and a topic's publishes are forwarded one after another), so the kill test took
+//! 164 s here with a release tether (290 s before the outbox's group commit; with a debug
+//! tether the outbox hardly drained while the plugin published, and the test did not finish).
 #![allow(clippy::print_stderr)]
 
 mod support;
