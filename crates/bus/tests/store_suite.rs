@@ -782,21 +782,30 @@ async fn nats_another_streams_delivery_is_not_acked() {
 /// `UNAVAILABLE`), and the same ack made again once NATS is back is sent and answered as acked,
 /// so the message does not come again after its ack deadline. Before, the first ack marked the
 /// delivery done: the second sent nothing, answered 0, and NATS delivered the message again.
+/// A store on the NATS server at `url` with the consumer `c` opened.
+#[cfg(feature = "nats")]
+async fn nats_store_with(
+    url: &str,
+    c: &str,
+    consumer: ConsumerConfig,
+) -> tether_bus::nats::NatsStore {
+    use tether_bus::nats::{NatsOptions, NatsStore};
+    let s = NatsStore::connect(&NatsOptions::new(vec![url.to_owned()]))
+        .await
+        .unwrap();
+    s.open_consumer(c.into(), consumer).await.unwrap();
+    s
+}
+
 #[cfg(feature = "nats")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_an_ack_nats_did_not_confirm_is_sent_again() {
-    use tether_bus::nats::{NatsOptions, NatsStore};
     let Some(mut server) = NatsServer::start(&[]).await else {
         return;
     };
     tokio::time::timeout(Duration::from_secs(120), async {
-        let s = NatsStore::connect(&NatsOptions::new(vec![server.url.clone()]))
-            .await
-            .unwrap();
         let c = "instance:i:t";
-        s.open_consumer(c.into(), config("t", 2_000, 5))
-            .await
-            .unwrap();
+        let s = nats_store_with(&server.url, c, config("t", 2_000, 5)).await;
         publish(&s, "t", "m").await;
         let (d, _) = claim_until(&s, c, "h", 1, |g, _| !g.is_empty()).await;
         server.stop();
@@ -832,18 +841,12 @@ async fn nats_an_ack_nats_did_not_confirm_is_sent_again() {
 #[cfg(feature = "nats")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_a_fetch_the_server_does_not_answer_is_an_error() {
-    use tether_bus::nats::{NatsOptions, NatsStore};
     let Some(server) = NatsServer::start(&[]).await else {
         return;
     };
     tokio::time::timeout(Duration::from_secs(120), async {
-        let s = NatsStore::connect(&NatsOptions::new(vec![server.url.clone()]))
-            .await
-            .unwrap();
         let c = "instance:i:t";
-        s.open_consumer(c.into(), config("t", 30_000, 5))
-            .await
-            .unwrap();
+        let s = nats_store_with(&server.url, c, config("t", 30_000, 5)).await;
         server.pause();
         let failed = s.claim(c.into(), "h".into(), now_ms(), 10).await;
         server.resume();
