@@ -681,8 +681,19 @@ impl NatsStore {
         headers: HeaderMap,
         data: Vec<u8>,
     ) -> Result<Published> {
-        let ack = self
-            .inner
+        let sent = self.send(subject, headers, data).await?;
+        self.acknowledged(sent).await
+    }
+
+    /// Hands a publish to the connection (in order with every other on it) without waiting
+    /// for the stream's acknowledgement.
+    async fn send(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        data: Vec<u8>,
+    ) -> Result<jetstream::context::PublishAckFuture> {
+        self.inner
             .js
             .publish_with_headers(subject, headers, data.into())
             .await
@@ -695,13 +706,31 @@ impl NatsStore {
                 } else {
                     self.fail("cannot publish", e)
                 }
-            })?
+            })
+    }
+
+    /// Waits for the stream's acknowledgement of a publish [`Self::send`] handed over.
+    async fn acknowledged(&self, sent: jetstream::context::PublishAckFuture) -> Result<Published> {
+        let ack = sent
             .await
             .map_err(|e| self.fail("the publish was not acknowledged", e))?;
         Ok(Published {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+
+    /// A message's subject and headers: the topic's subject, and its idempotency key as the
+    /// stream's message id, scoped to the topic.
+    fn outgoing(&self, msg: &NewMessage) -> Result<(String, HeaderMap)> {
+        let mut headers = headers_to_nats(&msg.headers)?;
+        if !msg.idempotency_key.is_empty() {
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("{}:{}", msg.topic, msg.idempotency_key).as_str(),
+            );
+        }
+        Ok((self.subject(&msg.topic), headers))
     }
 }
 
@@ -905,15 +934,29 @@ impl Store for NatsStore {
     }
 
     async fn publish(&self, msg: NewMessage, _now_ms: u64) -> Result<Published> {
-        let mut headers = headers_to_nats(&msg.headers)?;
-        if !msg.idempotency_key.is_empty() {
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                format!("{}:{}", msg.topic, msg.idempotency_key).as_str(),
-            );
+        let (subject, headers) = self.outgoing(&msg)?;
+        self.publish_raw(subject, headers, msg.data).await
+    }
+
+    /// Pipelined: every message is handed to the connection, in order, before any
+    /// acknowledgement is awaited, so the batch costs about one round trip to the stream.
+    async fn publish_batch(&self, msgs: Vec<NewMessage>, _now_ms: u64) -> Vec<Result<Published>> {
+        let mut sent = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let one = match self.outgoing(&msg) {
+                Ok((subject, headers)) => self.send(subject, headers, msg.data).await,
+                Err(e) => Err(e),
+            };
+            sent.push(one);
         }
-        self.publish_raw(self.subject(&msg.topic), headers, msg.data)
-            .await
+        let mut published = Vec::with_capacity(sent.len());
+        for one in sent {
+            published.push(match one {
+                Ok(ack) => self.acknowledged(ack).await,
+                Err(e) => Err(e),
+            });
+        }
+        published
     }
 
     async fn open_consumer(&self, name: String, config: ConsumerConfig) -> Result<()> {

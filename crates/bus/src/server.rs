@@ -17,8 +17,9 @@ pub use tether_bus_proto::PROTOCOL_MAJOR;
 use tether_bus_proto::v1::bus_api_server::{BusApi, BusApiServer};
 use tether_bus_proto::v1::{
     AckRequest, AckResponse, Delivery, DeregisterRequest, DeregisterResponse, NackRequest,
-    NackResponse, PublishRequest, PublishResponse, RefusedGrant, RegisterRequest, RegisterResponse,
-    ReleaseRequest, ReleaseResponse, SubscribeRequest,
+    NackResponse, PublishBatchRequest, PublishBatchResponse, PublishFailure, PublishOutcome,
+    PublishRequest, PublishResponse, RefusedGrant, RegisterRequest, RegisterResponse,
+    ReleaseRequest, ReleaseResponse, SubscribeRequest, publish_outcome,
 };
 use tether_bus_proto::{SESSION_HEADER, check_major, check_metadata};
 use tokio::net::TcpListener;
@@ -176,6 +177,13 @@ impl Store for AnyStore {
         now_ms: u64,
     ) -> crate::store::Result<crate::store::Published> {
         each_store!(self, s => s.publish(msg, now_ms).await)
+    }
+    async fn publish_batch(
+        &self,
+        msgs: Vec<NewMessage>,
+        now_ms: u64,
+    ) -> Vec<crate::store::Result<crate::store::Published>> {
+        each_store!(self, s => s.publish_batch(msgs, now_ms).await)
     }
     async fn open_consumer(
         &self,
@@ -511,6 +519,9 @@ fn new_session() -> Result<String, Status> {
 /// A store's failure as the Bus API answers it: `UNAVAILABLE` when the store cannot be reached
 /// now (the sidecar then tries another replica, or keeps a publish in its outbox), `INTERNAL`
 /// otherwise.
+/// The most publishes one PublishBatch call may carry.
+const MAX_PUBLISH_BATCH: usize = 1024;
+
 fn internal(e: StoreError) -> Status {
     if e.transient {
         Status::unavailable(e.to_string())
@@ -914,6 +925,83 @@ impl<S: Store> BusApi for Service<S> {
             sequence: published.sequence,
             duplicate: published.duplicate,
         }))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
+        let reg = self.caller(&request).await?;
+        let publishes = request.into_inner().publishes;
+        if publishes.len() > MAX_PUBLISH_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "a batch holds at most {MAX_PUBLISH_BATCH} publishes; this one holds {}",
+                publishes.len()
+            )));
+        }
+        // Each publish is checked alone; those that pass go to the store together, in order.
+        let mut results: Vec<Option<Result<PublishResponse, Status>>> =
+            Vec::with_capacity(publishes.len());
+        let mut messages = Vec::with_capacity(publishes.len());
+        for p in publishes {
+            let checked = topic::validate_topic(&p.topic)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+                .and_then(|()| allowed(&reg, Action::Publish, &p.topic));
+            match checked {
+                Ok(()) => {
+                    results.push(None);
+                    messages.push(NewMessage {
+                        topic: p.topic,
+                        data: p.data,
+                        headers: p.headers.into_iter().collect::<BTreeMap<_, _>>(),
+                        idempotency_key: p.idempotency_key,
+                    });
+                }
+                Err(status) => results.push(Some(Err(status))),
+            }
+        }
+        let stored = self.store.publish_batch(messages, now_ms()).await;
+        let new = stored
+            .iter()
+            .filter(|p| p.as_ref().is_ok_and(|p| !p.duplicate))
+            .count() as u64;
+        if new > 0 {
+            Metrics::add(&self.metrics.published, new);
+            self.wake();
+        }
+        // The store cannot take publishes now: the whole call fails, so that the sidecar tries
+        // another replica or keeps them (those stored before are stored once again by key).
+        if let Some(e) = stored
+            .iter()
+            .find_map(|p| p.as_ref().err().filter(|e| e.transient))
+        {
+            return Err(internal(e.clone()));
+        }
+        let mut stored = stored.into_iter();
+        let results = results
+            .into_iter()
+            .map(|checked| {
+                let result = checked.unwrap_or_else(|| {
+                    match stored.next().expect("one answer per stored publish") {
+                        Ok(published) => Ok(PublishResponse {
+                            sequence: published.sequence,
+                            duplicate: published.duplicate,
+                        }),
+                        Err(e) => Err(internal(e)),
+                    }
+                });
+                PublishOutcome {
+                    result: Some(match result {
+                        Ok(published) => publish_outcome::Result::Published(published),
+                        Err(status) => publish_outcome::Result::Failed(PublishFailure {
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        }),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(PublishBatchResponse { results }))
     }
 
     type SubscribeStream = DeliveryStream;

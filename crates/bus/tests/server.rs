@@ -2,10 +2,12 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use support::*;
-use tether_bus_proto::v1::{AckRequest, Action, NackRequest, RegisterRequest, ReleaseRequest};
+use tether_bus_proto::v1::{
+    self as v1, AckRequest, Action, NackRequest, PublishRequest, RegisterRequest, ReleaseRequest,
+};
 use tonic::Code;
 
 const OPEN: Option<&str> = None;
@@ -525,5 +527,128 @@ async fn a_register_as_a_pool_without_a_token_cannot_take_over_a_registered_inst
     // Another instance may still register as a pool the policy does not name (and gets nothing).
     let other = Client::register(bus.addr, "x-1", "Nope", vec![]).await;
     assert!(other.registered.granted.is_empty());
+    bus.stop().await;
+}
+
+/// PublishBatch stores its publishes in their order and answers each alone: one outside the
+/// grants and one with a wildcard topic are refused by name, the others stored; a key seen
+/// before answers its first sequence as a duplicate; more than 1024 publishes are refused
+/// whole; a subscriber gets the stored ones in the batch's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_publishes_is_stored_in_order_and_answered_one_by_one() {
+    use tether_bus_proto::v1::{PublishBatchRequest, PublishFailure, publish_outcome};
+    let bus = Bus::start(OPEN, 256).await;
+    let mut p = Client::register(
+        bus.addr,
+        "pub-1",
+        "P",
+        vec![grant("orders.>", Action::Publish)],
+    )
+    .await;
+    let mut s = Client::register(
+        bus.addr,
+        "sub-1",
+        "S",
+        vec![grant("orders.*", Action::Subscribe)],
+    )
+    .await;
+    let one = |topic: &str, data: &str, key: &str| PublishRequest {
+        topic: topic.into(),
+        data: data.as_bytes().to_vec(),
+        headers: HashMap::new(),
+        idempotency_key: key.into(),
+    };
+    assert_eq!(p.publish("orders.eu", b"before", &[]).await.unwrap(), 1);
+    let batch = vec![
+        one("orders.eu", "a", "ka"),
+        one("signals.eu", "not granted", ""),
+        one("orders.us", "b", "kb"),
+        one("orders.*", "a wildcard", ""),
+        one("orders.eu", "c", "kc"),
+        one("orders.eu", "a again", "ka"),
+    ];
+    let answer = p
+        .api
+        .publish_batch(p.req(PublishBatchRequest {
+            publishes: batch.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let results: Vec<String> = answer
+        .results
+        .iter()
+        .map(|o| match o.result.as_ref().unwrap() {
+            publish_outcome::Result::Published(r) => {
+                format!("{} {}", r.sequence, r.duplicate)
+            }
+            publish_outcome::Result::Failed(PublishFailure { code, message }) => {
+                format!("{:?}: {message}", Code::from(*code))
+            }
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            "2 false",
+            "PermissionDenied: instance `pub-1` has no grant to publish on `signals.eu`",
+            "1 false",
+            "InvalidArgument: topic `orders.*`: `*` is a wildcard: a message's topic names one topic",
+            "3 false",
+            "2 true",
+        ]
+    );
+    // The same batch again stores nothing new.
+    let again = p
+        .api
+        .publish_batch(p.req(PublishBatchRequest { publishes: batch }))
+        .await
+        .unwrap()
+        .into_inner();
+    let duplicates = again
+        .results
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.result,
+                Some(publish_outcome::Result::Published(v1::PublishResponse {
+                    duplicate: true,
+                    ..
+                }))
+            )
+        })
+        .count();
+    assert_eq!(duplicates, 4);
+
+    let mut stream = s.subscribe("orders.*", "", 0, 0).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let d = next(&mut stream).await;
+        got.push(format!(
+            "{} {} {}",
+            d.topic,
+            d.sequence,
+            String::from_utf8_lossy(&d.data)
+        ));
+    }
+    let eu: Vec<&String> = got.iter().filter(|d| d.starts_with("orders.eu")).collect();
+    assert_eq!(eu, ["orders.eu 1 before", "orders.eu 2 a", "orders.eu 3 c"]);
+    assert!(got.contains(&"orders.us 1 b".to_owned()), "{got:?}");
+
+    let e = p
+        .api
+        .publish_batch(p.req(PublishBatchRequest {
+            publishes: vec![one("orders.eu", "x", ""); 1025],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            Code::InvalidArgument,
+            "a batch holds at most 1024 publishes; this one holds 1025"
+        )
+    );
+    drop(stream);
     bus.stop().await;
 }

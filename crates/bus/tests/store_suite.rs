@@ -17,7 +17,7 @@ use tether_bus::policy::{Action, Grant};
 use tether_bus::server::now_ms;
 use tether_bus::store::{
     Claimed, ConsumerConfig, DEAD_LETTER_CONSUMER, DEAD_LETTER_REASON, DEAD_LETTER_SEQUENCE,
-    DEAD_LETTER_TOPIC, Delivered, NewMessage, Registration, Retention, Store,
+    DEAD_LETTER_TOPIC, Delivered, NewMessage, Published, Registration, Retention, Store,
 };
 
 fn msg(topic: &str, data: &str, key: &str) -> NewMessage {
@@ -208,6 +208,82 @@ async fn payloads_headers_and_per_topic_order<B: Backend>(b: &B) {
         (got[0].sequence, datas(&got)),
         (late, vec!["late".to_owned()])
     );
+}
+
+/// A batch is stored as its publishes one after another would be: in its order (so per topic),
+/// a key once (also one repeated within the batch), one answer per publish; the same batch
+/// again stores nothing new and answers the first sequences.
+async fn a_batch_is_stored_in_its_order<B: Backend>(b: &B) {
+    let s = b.open(Retention::default()).await;
+    let before = publish(&s, "batch.a", "before").await;
+    let mut msgs: Vec<NewMessage> = (0..300)
+        .map(|i| {
+            let topic = if i % 3 == 0 { "batch.b" } else { "batch.a" };
+            msg(topic, &format!("m{i}"), &format!("k{i}"))
+        })
+        .collect();
+    msgs.push(msg("batch.b", "m0 again", "k0"));
+    let answers: Vec<_> = s
+        .publish_batch(msgs.clone(), now_ms())
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(answers.len(), 301);
+    assert!(answers[..300].iter().all(|p| !p.duplicate));
+    assert_eq!(
+        (answers[300].sequence, answers[300].duplicate),
+        (answers[0].sequence, true)
+    );
+    for topic in ["batch.a", "batch.b"] {
+        let seqs: Vec<u64> = msgs[..300]
+            .iter()
+            .zip(&answers)
+            .filter(|(m, _)| m.topic == topic)
+            .map(|(_, p)| p.sequence)
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{topic}: {seqs:?}");
+        if topic == "batch.a" {
+            assert!(seqs[0] > before);
+        }
+    }
+    let again = s.publish_batch(msgs[..300].to_vec(), now_ms()).await;
+    for (a, p) in again.iter().zip(&answers) {
+        assert_eq!(
+            a.as_ref().unwrap(),
+            &Published {
+                duplicate: true,
+                ..*p
+            }
+        );
+    }
+
+    s.open_consumer("instance:i:batch.*".into(), config("batch.*", 60_000, 5))
+        .await
+        .unwrap();
+    let (got, _) = claim_until(&s, "instance:i:batch.*", "h", 1000, |g, _| g.len() >= 301).await;
+    assert!(
+        claim(&s, "instance:i:batch.*", "h2", 1000)
+            .await
+            .deliveries
+            .is_empty()
+    );
+    for topic in ["batch.a", "batch.b"] {
+        let mut want: Vec<String> = msgs[..300]
+            .iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+            .collect();
+        if topic == "batch.a" {
+            want.insert(0, "before".into());
+        }
+        let got: Vec<String> = got
+            .iter()
+            .filter(|d| d.topic == topic)
+            .map(|d| String::from_utf8_lossy(&d.data).into_owned())
+            .collect();
+        assert_eq!(got, want, "{topic}");
+    }
 }
 
 /// Each instance's consumer gets every message; the holders of one queue group's consumer share
@@ -602,6 +678,7 @@ macro_rules! suite {
             suite!(@cases $make;
                 publish_sequences_and_idempotency,
                 payloads_headers_and_per_topic_order,
+                a_batch_is_stored_in_its_order,
                 instances_each_get_all_and_a_queue_group_splits,
                 ack_and_in_flight_limit,
                 redelivery_after_the_ack_deadline,

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use tether_bus_proto::v1::bus_api_client::BusApiClient;
 use tether_bus_proto::v1::{
-    AckRequest, Delivery, DeregisterRequest, NackRequest, PublishRequest, PublishResponse,
-    RegisterRequest, RegisterResponse, ReleaseRequest, SubscribeRequest, Subscription,
+    AckRequest, Delivery, DeregisterRequest, NackRequest, PublishBatchRequest, PublishRequest,
+    PublishResponse, RegisterRequest, RegisterResponse, ReleaseRequest, SubscribeRequest,
+    Subscription, publish_outcome,
 };
 use tether_bus_proto::{PROTOCOL_MAJOR, SESSION_HEADER, with_major};
 use tokio::sync::{Mutex, RwLock};
@@ -78,6 +79,9 @@ struct Shared {
     reregistering: Mutex<()>,
     /// Set by Deregister: a call failing afterwards must not register the instance again.
     closing: AtomicBool,
+    /// Set when the Bus API answered PublishBatch with UNIMPLEMENTED (a bus older than the
+    /// call): batches go as single publishes from then on.
+    no_batches: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -91,6 +95,17 @@ pub fn status_line(s: &Status) -> String {
         code
     } else {
         format!("{message} ({code})")
+    }
+}
+
+/// One publish's result in a batch's answer.
+fn outcome(o: tether_bus_proto::v1::PublishOutcome) -> Result<PublishResponse, Status> {
+    match o.result {
+        Some(publish_outcome::Result::Published(p)) => Ok(p),
+        Some(publish_outcome::Result::Failed(f)) => Err(Status::new(f.code.into(), f.message)),
+        None => Err(Status::internal(
+            "the Bus API answered a publish without its result",
+        )),
     }
 }
 
@@ -225,6 +240,7 @@ impl Link {
             session: RwLock::new(String::new()),
             reregistering: Mutex::new(()),
             closing: AtomicBool::new(false),
+            no_batches: AtomicBool::new(false),
         })))
     }
 
@@ -422,6 +438,66 @@ impl Link {
         .await
     }
 
+    /// Publishes several messages in one call, stored in this order; one result per publish.
+    /// The call fails as a whole only for what fails every publish (the replica gone, no
+    /// session, the store unreachable: then those before the failure may be stored, and a
+    /// retry stores each once by its idempotency key). A bus without the call gets them one
+    /// by one, in order.
+    pub async fn publish_batch(
+        &self,
+        publishes: Vec<PublishRequest>,
+    ) -> Result<Vec<Result<PublishResponse, Status>>, Status> {
+        if !self.0.no_batches.load(Ordering::Relaxed) {
+            let n = publishes.len();
+            let message = PublishBatchRequest { publishes };
+            let answer = self
+                .call(message.clone(), Some(CALL_TIMEOUT), |mut c, r| async move {
+                    c.publish_batch(r).await.map(tonic::Response::into_inner)
+                })
+                .await;
+            match answer {
+                Ok(answer) if answer.results.len() == n => {
+                    return Ok(answer.results.into_iter().map(outcome).collect());
+                }
+                Ok(answer) => {
+                    return Err(Status::internal(format!(
+                        "the Bus API answered {} results to a batch of {n} publishes",
+                        answer.results.len()
+                    )));
+                }
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    if !self.0.no_batches.swap(true, Ordering::Relaxed) {
+                        tracing::info!(
+                            "the Bus API at {} does not take batches of publishes (an older tether): publishing one at a time",
+                            self.url()
+                        );
+                    }
+                    return self.publish_each(message.publishes).await;
+                }
+                Err(s) => return Err(s),
+            }
+        }
+        self.publish_each(publishes).await
+    }
+
+    /// A batch as single publishes, one after another (their order kept), up to the first
+    /// that fails for every later one.
+    async fn publish_each(
+        &self,
+        publishes: Vec<PublishRequest>,
+    ) -> Result<Vec<Result<PublishResponse, Status>>, Status> {
+        let mut results = Vec::with_capacity(publishes.len());
+        for p in publishes {
+            match self.publish(p).await {
+                Err(s) if replica_failed(&s) || s.code() == tonic::Code::Unauthenticated => {
+                    return Err(s);
+                }
+                r => results.push(r),
+            }
+        }
+        Ok(results)
+    }
+
     pub async fn subscribe(
         &self,
         subscription: Subscription,
@@ -508,6 +584,137 @@ mod tests {
         (url, count)
     }
 
+    /// A Bus API from before PublishBatch: it answers that call UNIMPLEMENTED and numbers
+    /// the single publishes it gets, noting their topics in order.
+    #[derive(Default, Clone)]
+    struct OldBus {
+        batches: Arc<AtomicUsize>,
+        published: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    #[tonic::async_trait]
+    impl tether_bus_proto::v1::bus_api_server::BusApi for OldBus {
+        async fn register(
+            &self,
+            _: Request<RegisterRequest>,
+        ) -> Result<tonic::Response<RegisterResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn deregister(
+            &self,
+            _: Request<DeregisterRequest>,
+        ) -> Result<tonic::Response<tether_bus_proto::v1::DeregisterResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn publish(
+            &self,
+            r: Request<PublishRequest>,
+        ) -> Result<tonic::Response<PublishResponse>, Status> {
+            let mut published = self.published.lock().unwrap();
+            published.push(r.into_inner().topic);
+            Ok(tonic::Response::new(PublishResponse {
+                sequence: published.len() as u64,
+                duplicate: false,
+            }))
+        }
+        async fn publish_batch(
+            &self,
+            _: Request<PublishBatchRequest>,
+        ) -> Result<tonic::Response<tether_bus_proto::v1::PublishBatchResponse>, Status> {
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            Err(Status::unimplemented(
+                "Method not found: tether.bus.v1.BusApi/PublishBatch",
+            ))
+        }
+        type SubscribeStream = tokio_stream::Empty<Result<Delivery, Status>>;
+        async fn subscribe(
+            &self,
+            _: Request<SubscribeRequest>,
+        ) -> Result<tonic::Response<Self::SubscribeStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn ack(
+            &self,
+            _: Request<AckRequest>,
+        ) -> Result<tonic::Response<tether_bus_proto::v1::AckResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn nack(
+            &self,
+            _: Request<NackRequest>,
+        ) -> Result<tonic::Response<tether_bus_proto::v1::NackResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn release(
+            &self,
+            _: Request<ReleaseRequest>,
+        ) -> Result<tonic::Response<tether_bus_proto::v1::ReleaseResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    fn link_to(uri: String) -> Link {
+        Link(Arc::new(Shared {
+            dialer: Dialer {
+                urls: vec![uri.clone()],
+                tls: None,
+                tls_server_name: None,
+            },
+            current: std::sync::RwLock::new(Current {
+                client: BusApiClient::new(
+                    Endpoint::from_shared(uri.clone()).unwrap().connect_lazy(),
+                ),
+                replica: Replica {
+                    label: uri.clone(),
+                    uri,
+                    host: "127.0.0.1".into(),
+                },
+                generation: 0,
+            }),
+            moving: Mutex::new(()),
+            failed_move: std::sync::Mutex::new(None),
+            register: RegisterRequest::default(),
+            session: RwLock::new("s".into()),
+            reregistering: Mutex::new(()),
+            closing: AtomicBool::new(false),
+            no_batches: AtomicBool::new(false),
+        }))
+    }
+
+    /// A bus older than PublishBatch answers it UNIMPLEMENTED: the batch goes as single
+    /// publishes in its order, and later batches go so at once, without asking again.
+    #[tokio::test]
+    async fn a_bus_without_batches_gets_single_publishes_in_order() {
+        let bus = OldBus::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}", listener.local_addr().unwrap());
+        let service = tether_bus_proto::v1::bus_api_server::BusApiServer::new(bus.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let link = link_to(uri);
+        let batch = |topics: &[&str]| -> Vec<PublishRequest> {
+            topics
+                .iter()
+                .map(|t| PublishRequest {
+                    topic: (*t).into(),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let sequences = |r: Vec<Result<PublishResponse, Status>>| -> Vec<u64> {
+            r.into_iter().map(|r| r.unwrap().sequence).collect()
+        };
+        let first = link.publish_batch(batch(&["a", "b", "a"])).await.unwrap();
+        assert_eq!(sequences(first), [1, 2, 3]);
+        let second = link.publish_batch(batch(&["c", "d"])).await.unwrap();
+        assert_eq!(sequences(second), [4, 5]);
+        assert_eq!(bus.batches.load(Ordering::SeqCst), 1);
+        assert_eq!(*bus.published.lock().unwrap(), ["a", "b", "a", "c", "d"]);
+    }
+
     /// Eight calls fail on the replica in use together while no replica answers: one round of
     /// dials (one per replica) is made for all of them, and each answers that it found none.
     /// Before, each waiting caller dialed every replica again after the one before it.
@@ -539,6 +746,7 @@ mod tests {
             session: RwLock::new(String::new()),
             reregistering: Mutex::new(()),
             closing: AtomicBool::new(false),
+            no_batches: AtomicBool::new(false),
         }));
         let held = link.0.moving.lock().await;
         let (queued, mut started) = tokio::sync::mpsc::unbounded_channel();

@@ -4,13 +4,13 @@
 //!   Welcome; deliveries start only after its first healthy answer to a health check.
 //! - A delivery the plugin holds is "in flight" until its ack or nack; at most
 //!   `max_in_flight` at once. When the session ends, what it held is released to the bus.
-//! - Acks go to the bus in batches; publishes go straight to the bus, or to the outbox when the
-//!   bus cannot take them (and while the outbox is not empty, to keep their order).
-//! - The outbox is forwarded in batches, one publish in flight per topic and several topics at
-//!   once: the bus keeps order per topic only. Publishes of one topic are not pipelined: the
-//!   Bus API's `Publish` calls may be served in any order, so a topic's next publish waits for
-//!   the answer to the one before (pipelining them safely needs a call that appends several
-//!   publishes in order, which the Bus API does not have yet).
+//! - Acks go to the bus in batches. Publishes go straight to the bus, or to the outbox when the
+//!   bus cannot take them (and while the outbox is not empty, to keep their order). Straight
+//!   publishes share `PublishBatch` calls: a publish is sent at once when a call is free, and
+//!   those that arrive while [`PUBLISH_CALLS`] calls are in flight go together in the next one
+//!   (in their order), so a busy plugin costs the bus one call and one commit per batch.
+//! - The outbox is forwarded in batches in its order, one `PublishBatch` call at a time: the
+//!   bus stores a batch's publishes in their order, so every topic keeps its order.
 //! - The drain (SIGTERM) follows the contract's order: no new deliveries, Stop to the plugin,
 //!   in-flight work finished and acked, the rest released, deregistered.
 
@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prost::Message as _;
 use tether_bus_proto::v1::plugin_service_server::{PluginService, PluginServiceServer};
 use tether_bus_proto::v1::{
     self, Delivery, HealthAnswer, HealthCheck, PluginMessage, PublishAccepted, PublishRefused,
@@ -42,16 +43,38 @@ use crate::topic;
 
 /// Outbox entries the forwarder reads at once.
 const FORWARD_BATCH: usize = 1024;
-/// Topics the forwarder sends to at once (one publish in flight each).
-const FORWARD_TOPICS: usize = 64;
+/// The most publishes one `PublishBatch` call carries (the bus takes up to 1024).
+const PUBLISH_BATCH: usize = 256;
+/// The most bytes of publishes one `PublishBatch` call carries, well under gRPC's 4 MiB; a
+/// publish larger than this goes in a call of its own.
+const PUBLISH_BATCH_BYTES: usize = 1 << 20;
+/// `PublishBatch` calls of straight publishes in flight at once.
+const PUBLISH_CALLS: usize = 4;
 
-/// What forwarding one topic's entries did.
-struct Forwarded {
-    /// The entries to remove: forwarded, or refused by the bus.
-    done: Vec<u64>,
-    sent: u64,
-    /// Why it stopped early (the rest waits in the outbox).
-    failed: Option<Status>,
+/// A publish waiting for a `PublishBatch` call, and where its answer goes.
+type Queued = (
+    PublishRequest,
+    oneshot::Sender<Result<v1::PublishResponse, Status>>,
+);
+
+/// Cuts publishes, in their order, into the `PublishBatch` calls that carry them.
+fn batches<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let n = size(&item);
+        match out.last_mut() {
+            Some(last) if last.len() < PUBLISH_BATCH && bytes + n <= PUBLISH_BATCH_BYTES => {
+                bytes += n;
+                last.push(item);
+            }
+            _ => {
+                bytes = n;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
 }
 
 /// What the listener tells start-up about the first session.
@@ -143,6 +166,9 @@ struct Inner {
     /// Publishes taken from the plugin, not yet answered.
     publishing: AtomicUsize,
     published: Notify,
+    /// Straight publishes waiting for a `PublishBatch` call.
+    publish_tx: mpsc::UnboundedSender<Queued>,
+    publish_rx: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
     new_session: Notify,
     key_prefix: String,
     key_counter: AtomicU64,
@@ -223,6 +249,7 @@ fn message(kind: sidecar_message::Kind) -> Result<SidecarMessage, Status> {
 impl Router {
     pub fn new(config: Arc<Config>, link: Link, granted: Vec<Grant>) -> Self {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (publish_tx, publish_rx) = mpsc::unbounded_channel();
         let failure_limit = config.settings.health_failures;
         let permits = Arc::new(Semaphore::new(config.settings.max_in_flight as usize));
         let key_prefix = format!("{}-{:016x}-", config.instance_id, nonce());
@@ -253,6 +280,8 @@ impl Router {
             ack_rx: Mutex::new(Some(ack_rx)),
             publishing: AtomicUsize::new(0),
             published: Notify::new(),
+            publish_tx,
+            publish_rx: Mutex::new(Some(publish_rx)),
             new_session: Notify::new(),
             key_prefix,
             key_counter: AtomicU64::new(0),
@@ -297,6 +326,10 @@ impl Router {
     pub fn serve_plugins(&self, listener: TcpListener) -> mpsc::UnboundedReceiver<Accepted> {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.0.accepted.lock().expect("accepted") = Some(tx);
+        if let Some(rx) = self.0.publish_rx.lock().expect("publish rx").take() {
+            let this = self.clone();
+            tokio::spawn(async move { this.publisher(rx).await });
+        }
         let service = PluginServiceServer::new(self.clone());
         tokio::spawn(async move {
             let incoming = // No Nagle: a delivery or an answer waiting for the peer's delayed ACK costs up to
@@ -956,7 +989,7 @@ impl Router {
         };
         let outbox = self.outbox();
         if outbox.as_ref().is_none_or(Outbox::is_empty) {
-            match self.0.link.publish(request.clone()).await {
+            match self.send(request.clone()).await {
                 Ok(r) => {
                     return publish_result::Result::Accepted(PublishAccepted {
                         sequence: r.sequence,
@@ -1002,13 +1035,73 @@ impl Router {
         }
     }
 
-    /// Forwards the outbox to the bus, in order per topic, backing off with jitter while it
-    /// cannot. It reads up to [`FORWARD_BATCH`] of the oldest entries at once and forwards them
-    /// with one publish in flight per topic, up to [`FORWARD_TOPICS`] topics at once: the bus
-    /// keeps order per topic only, and a topic's next publish is sent once the bus answered the
-    /// one before. A topic whose publish fails is left there for this round (its later entries
-    /// wait behind it); what went through is removed in one write, without an fsync of its own
-    /// (see the outbox's doc: an entry forwarded twice after a crash is stored once).
+    /// Sends a straight publish in the next `PublishBatch` call.
+    async fn send(&self, request: PublishRequest) -> Result<v1::PublishResponse, Status> {
+        let (reply, answer) = oneshot::channel();
+        if self.0.publish_tx.send((request, reply)).is_err() {
+            return Err(Status::unavailable("the sidecar's publisher has stopped"));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("the sidecar's publisher has stopped")))
+    }
+
+    /// Sends straight publishes in `PublishBatch` calls, up to [`PUBLISH_CALLS`] at once: each
+    /// call takes every publish that waits (up to a batch), so batches grow with the load and a
+    /// lone publish goes at once.
+    async fn publisher(self, mut rx: mpsc::UnboundedReceiver<Queued>) {
+        let calls = Arc::new(Semaphore::new(PUBLISH_CALLS));
+        let mut carried: Option<Queued> = None;
+        loop {
+            let Ok(call) = calls.clone().acquire_owned().await else {
+                return;
+            };
+            let first = match carried.take() {
+                Some(q) => q,
+                None => match rx.recv().await {
+                    Some(q) => q,
+                    None => return,
+                },
+            };
+            let mut bytes = first.0.encoded_len();
+            let mut batch = vec![first];
+            while batch.len() < PUBLISH_BATCH && bytes < PUBLISH_BATCH_BYTES {
+                let Ok(q) = rx.try_recv() else { break };
+                let n = q.0.encoded_len();
+                if bytes + n > PUBLISH_BATCH_BYTES {
+                    carried = Some(q);
+                    break;
+                }
+                bytes += n;
+                batch.push(q);
+            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _call = call;
+                let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                match this.0.link.publish_batch(requests).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    Err(s) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(s.clone()));
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Forwards the outbox to the bus in its order, backing off with jitter while it cannot.
+    /// It reads up to [`FORWARD_BATCH`] of the oldest entries at once and sends them in
+    /// `PublishBatch` calls, one after another: the bus stores each call's publishes in their
+    /// order, so every topic keeps its order. A call that fails leaves its entries and the
+    /// later ones for the next round; what went through, or was refused for good, is removed
+    /// in one write without an fsync of its own (see the outbox's doc: an entry forwarded twice
+    /// after a crash is stored once).
     async fn forward_outbox(self) {
         let Some(outbox) = self.outbox() else {
             return;
@@ -1016,9 +1109,8 @@ impl Router {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut failing_since: Option<Instant> = None;
         let mut forwarded = 0u64;
-        let topics_at_once = Arc::new(Semaphore::new(FORWARD_TOPICS));
         loop {
-            let batch = match outbox.oldest(FORWARD_BATCH).await {
+            let entries = match outbox.oldest(FORWARD_BATCH).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!("cannot read the outbox: {e}");
@@ -1026,7 +1118,7 @@ impl Router {
                     continue;
                 }
             };
-            if batch.is_empty() {
+            if entries.is_empty() {
                 if forwarded > 0 {
                     tracing::info!(
                         "the outbox is empty: {forwarded} publish{} forwarded to the bus",
@@ -1037,36 +1129,39 @@ impl Router {
                 self.0.outbox_wake.notified().await;
                 continue;
             }
-            // Per topic, in the outbox's order.
-            let mut topics: Vec<Vec<(u64, PublishRequest)>> = Vec::new();
-            let mut index: HashMap<String, usize> = HashMap::new();
-            for (key, request) in batch {
-                let i = *index.entry(request.topic.clone()).or_insert_with(|| {
-                    topics.push(Vec::new());
-                    topics.len() - 1
-                });
-                topics[i].push((key, request));
-            }
-            let mut sending = tokio::task::JoinSet::new();
-            for entries in topics {
-                let this = self.clone();
-                let slots = topics_at_once.clone();
-                sending.spawn(async move {
-                    let _slot = slots.acquire_owned().await;
-                    this.forward_topic(entries).await
-                });
-            }
             let mut done = Vec::new();
             let mut failed = None;
             let mut sent = 0u64;
-            while let Some(r) = sending.join_next().await {
-                match r {
-                    Ok(r) => {
-                        done.extend(r.done);
-                        sent += r.sent;
-                        failed = failed.or(r.failed);
+            for batch in batches(entries, |(_, r)| r.encoded_len()) {
+                let (keys, requests): (Vec<u64>, Vec<PublishRequest>) = batch.into_iter().unzip();
+                let topics: Vec<String> = requests.iter().map(|r| r.topic.clone()).collect();
+                let results = match self.0.link.publish_batch(requests).await {
+                    Ok(results) => results,
+                    Err(s) => {
+                        failed = Some(s);
+                        break;
                     }
-                    Err(e) => tracing::error!("forwarding the outbox failed: {e}"),
+                };
+                for ((key, topic), result) in keys.into_iter().zip(topics).zip(results) {
+                    match result {
+                        Ok(_) => {
+                            sent += 1;
+                            done.push(key);
+                        }
+                        Err(s) if !transient(&s) => {
+                            tracing::error!(
+                                "the bus refused a publish on `{topic}` kept in the outbox; dropped: {}",
+                                status_line(&s)
+                            );
+                            done.push(key);
+                        }
+                        // Kept for the next round; a later one of its topic that went through
+                        // is stored, and removed (the bus stores what comes again once).
+                        Err(s) => failed = failed.or(Some(s)),
+                    }
+                }
+                if failed.is_some() {
+                    break;
                 }
             }
             if let Err(e) = outbox.remove(done).await {
@@ -1082,10 +1177,6 @@ impl Router {
                         outbox.len()
                     );
                 }
-                // Other topics went through: theirs need not wait the failing one's backoff.
-                if sent > 0 {
-                    backoff.reset();
-                }
                 tokio::time::sleep(backoff.next()).await;
             } else if sent > 0 {
                 if let Some(since) = failing_since.take() {
@@ -1097,37 +1188,6 @@ impl Router {
                 backoff.reset();
             }
         }
-    }
-
-    /// Forwards one topic's entries one after another, until one fails for a reason the bus
-    /// may not repeat; a publish it refuses is dropped (and counted done).
-    async fn forward_topic(&self, entries: Vec<(u64, PublishRequest)>) -> Forwarded {
-        let mut r = Forwarded {
-            done: Vec::with_capacity(entries.len()),
-            sent: 0,
-            failed: None,
-        };
-        for (key, request) in entries {
-            let topic = request.topic.clone();
-            match self.0.link.publish(request).await {
-                Ok(_) => {
-                    r.sent += 1;
-                    r.done.push(key);
-                }
-                Err(s) if !transient(&s) => {
-                    tracing::error!(
-                        "the bus refused a publish on `{topic}` kept in the outbox; dropped: {}",
-                        status_line(&s)
-                    );
-                    r.done.push(key);
-                }
-                Err(s) => {
-                    r.failed = Some(s);
-                    break;
-                }
-            }
-        }
-        r
     }
 
     // ---------------------------------------------------------------------------------------

@@ -134,6 +134,34 @@ class PublishResponse(_message.Message):
     duplicate: bool
     def __init__(self, sequence: _Optional[int] = ..., duplicate: bool = ...) -> None: ...
 
+class PublishBatchRequest(_message.Message):
+    __slots__ = ("publishes",)
+    PUBLISHES_FIELD_NUMBER: _ClassVar[int]
+    publishes: _containers.RepeatedCompositeFieldContainer[PublishRequest]
+    def __init__(self, publishes: _Optional[_Iterable[_Union[PublishRequest, _Mapping]]] = ...) -> None: ...
+
+class PublishBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[PublishOutcome]
+    def __init__(self, results: _Optional[_Iterable[_Union[PublishOutcome, _Mapping]]] = ...) -> None: ...
+
+class PublishOutcome(_message.Message):
+    __slots__ = ("published", "failed")
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    published: PublishResponse
+    failed: PublishFailure
+    def __init__(self, published: _Optional[_Union[PublishResponse, _Mapping]] = ..., failed: _Optional[_Union[PublishFailure, _Mapping]] = ...) -> None: ...
+
+class PublishFailure(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class SubscribeRequest(_message.Message):
     __slots__ = ("subscription",)
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]

@@ -55,6 +55,11 @@ class BusApiStub(object):
                 request_serializer=tether_dot_bus_dot_v1_dot_bus__pb2.PublishRequest.SerializeToString,
                 response_deserializer=tether_dot_bus_dot_v1_dot_bus__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.PublishBatch = channel.unary_unary(
+                '/tether.bus.v1.BusApi/PublishBatch',
+                request_serializer=tether_dot_bus_dot_v1_dot_bus__pb2.PublishBatchRequest.SerializeToString,
+                response_deserializer=tether_dot_bus_dot_v1_dot_bus__pb2.PublishBatchResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/tether.bus.v1.BusApi/Subscribe',
                 request_serializer=tether_dot_bus_dot_v1_dot_bus__pb2.SubscribeRequest.SerializeToString,
@@ -105,6 +110,20 @@ class BusApiServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishBatch(self, request, context):
+        """Several publishes in one call, stored in the order given (so a topic's publishes keep their
+        order), answered once every stored one is durable, one result per publish in the same
+        order. Each publish is checked alone: one refused (outside the grants, a bad topic) does
+        not refuse the others. The call itself fails for what fails every publish (no session,
+        another major, more than 1024 publishes) and with UNAVAILABLE when the store cannot take
+        publishes now: the publishes before the one that failed may be stored, and sending the
+        batch again stores each once by its idempotency key. A peer without this method answers
+        UNIMPLEMENTED: send the publishes one by one instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request, context):
         """A stream of deliveries until the caller closes it or the bus stops.
         """
@@ -149,6 +168,11 @@ def add_BusApiServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=tether_dot_bus_dot_v1_dot_bus__pb2.PublishRequest.FromString,
                     response_serializer=tether_dot_bus_dot_v1_dot_bus__pb2.PublishResponse.SerializeToString,
+            ),
+            'PublishBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishBatch,
+                    request_deserializer=tether_dot_bus_dot_v1_dot_bus__pb2.PublishBatchRequest.FromString,
+                    response_serializer=tether_dot_bus_dot_v1_dot_bus__pb2.PublishBatchResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -258,6 +282,33 @@ class BusApi(object):
             '/tether.bus.v1.BusApi/Publish',
             tether_dot_bus_dot_v1_dot_bus__pb2.PublishRequest.SerializeToString,
             tether_dot_bus_dot_v1_dot_bus__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.bus.v1.BusApi/PublishBatch',
+            tether_dot_bus_dot_v1_dot_bus__pb2.PublishBatchRequest.SerializeToString,
+            tether_dot_bus_dot_v1_dot_bus__pb2.PublishBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
