@@ -807,10 +807,6 @@ async fn nats_another_streams_delivery_is_not_acked() {
     .await;
 }
 
-/// An ack NATS did not confirm (the server went away) is a transient error (the Bus API answers
-/// `UNAVAILABLE`), and the same ack made again once NATS is back is sent and answered as acked,
-/// so the message does not come again after its ack deadline. Before, the first ack marked the
-/// delivery done: the second sent nothing, answered 0, and NATS delivered the message again.
 /// A store on the NATS server at `url` with the consumer `c` opened.
 #[cfg(feature = "nats")]
 async fn nats_store_with(
@@ -826,6 +822,10 @@ async fn nats_store_with(
     s
 }
 
+/// An ack NATS did not confirm (the server went away) is a transient error (the Bus API answers
+/// `UNAVAILABLE`), and the same ack made again once NATS is back is sent and answered as acked,
+/// so the message does not come again after its ack deadline. Before, the first ack marked the
+/// delivery done: the second sent nothing, answered 0, and NATS delivered the message again.
 #[cfg(feature = "nats")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_an_ack_nats_did_not_confirm_is_sent_again() {
