@@ -11,7 +11,12 @@
 //! instances:
 //!   oms-1:
 //!     grants: [{ topic: "orders.>", action: publish }]
+//!     token_file: oms-1.token
 //! ```
+//!
+//! An instance's grants with no `token_file` of its own go to anyone who registers with its id:
+//! a Register names its own pool type, and one without a token asks for none. [`load`] warns
+//! of each such entry ([`Policy::unguarded`]).
 //!
 //! Validated on tether-spec's positioned YAML tree, so every problem is reported at once with its
 //! file, line and column, in the same shape as `tether.yaml`'s.
@@ -106,6 +111,33 @@ pub struct Entry {
 pub struct Policy {
     pub pools: BTreeMap<String, Entry>,
     pub instances: BTreeMap<String, Entry>,
+    /// The `instances:` entries that give grants and name no `token_file`, in the order of the
+    /// file: anyone who registers with that instance id gets their grants.
+    pub unguarded: Vec<Unguarded>,
+}
+
+/// An `instances:` entry with grants and no `token_file`. No pool's token guards it: a
+/// Register names its own pool type, and one the policy gives no token (or does not name at
+/// all) asks for none, so whoever reaches the bus and registers as this instance is given its
+/// grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unguarded {
+    pub instance: String,
+    /// Where its name is written: 1-based line and column.
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Unguarded {
+    /// The warning, naming the policy file as `file`.
+    pub fn warning(&self, file: &str) -> String {
+        format!(
+            "{file}:{}:{}: instances.{}: no token_file: its grants go to anyone who registers as \
+             instance `{}` (a Register names its own pool type, and one without a token asks for \
+             none); give it a token_file",
+            self.line, self.column, self.instance, self.instance
+        )
+    }
 }
 
 /// A requested grant the policy does not allow, and why.
@@ -206,13 +238,17 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
             });
         }
     };
-    let file = sources.add(name, text.clone());
+    let file = sources.add(name.clone(), text.clone());
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse(&text, file, &base).map_err(|diagnostics| PolicyError {
+    let policy = parse(&text, file, &base).map_err(|diagnostics| PolicyError {
         what: "policy file",
         sources,
         diagnostics,
-    })
+    })?;
+    for u in &policy.unguarded {
+        tracing::warn!("{}", u.warning(&name));
+    }
+    Ok(policy)
 }
 
 /// Validates policy text; `file` names it in the diagnostics, `base` resolves token files.
@@ -226,11 +262,6 @@ pub fn parse(text: &str, file: FileId, base: &Path) -> Result<Policy, Vec<Diagno
     let mut policy = Policy::default();
     if let Some(fields) = cx.map(&root, "", &["pools", "instances"]) {
         for (key, node) in fields {
-            let out = if key == "pools" {
-                &mut policy.pools
-            } else {
-                &mut policy.instances
-            };
             let Value::Map(entries) = &node.value else {
                 if !node.is_null() {
                     cx.error(
@@ -244,6 +275,18 @@ pub fn parse(text: &str, file: FileId, base: &Path) -> Result<Policy, Vec<Diagno
             for (name, entry) in entries {
                 let path = format!("{key}.{}", name.name);
                 if let Some(e) = cx.entry(entry, &path) {
+                    if key == "instances" && e.token.is_none() && !e.grants.is_empty() {
+                        policy.unguarded.push(Unguarded {
+                            instance: name.name.clone(),
+                            line: name.span.start.line,
+                            column: name.span.start.column,
+                        });
+                    }
+                    let out = if key == "pools" {
+                        &mut policy.pools
+                    } else {
+                        &mut policy.instances
+                    };
                     out.insert(name.name.clone(), e);
                 }
             }
@@ -506,6 +549,41 @@ mod tests {
             l[0].starts_with("policy.yaml:3:17: instances.a.token_file: cannot read the token file /nonexistent/missing.token:"),
             "{l:?}"
         );
+    }
+
+    #[test]
+    fn an_instance_whose_grants_no_token_guards_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("oms-2.token"), "s3cret\n").unwrap();
+        let text = "pools:\n  OMSPool:\n    grants: [{ topic: \"orders.>\", action: publish }]\n    token_file: oms-2.token\ninstances:\n  oms-1:\n    grants:\n      - { topic: \"dlq.orders.>\", action: subscribe }\n  oms-2:\n    grants: [{ topic: audit, action: publish }]\n    token_file: oms-2.token\n  idle: {}\n  \"oms-3\":\n    grants: [{ topic: x, action: publish }]\n";
+        let p = parse(text, 0, dir.path()).unwrap();
+        let warnings: Vec<String> = p
+            .unguarded
+            .iter()
+            .map(|u| u.warning("policy.yaml"))
+            .collect();
+        assert_eq!(
+            warnings,
+            [
+                "policy.yaml:6:3: instances.oms-1: no token_file: its grants go to anyone who registers as instance `oms-1` (a Register names its own pool type, and one without a token asks for none); give it a token_file",
+                "policy.yaml:13:3: instances.oms-3: no token_file: its grants go to anyone who registers as instance `oms-3` (a Register names its own pool type, and one without a token asks for none); give it a token_file",
+            ]
+        );
+        // What it warns of: a pool the policy does not name asks for no token, and the
+        // instance's grants come with it; oms-2's token is asked for whatever the pool.
+        assert_eq!(p.check_token("oms-1", "Anything", None), TokenCheck::Ok);
+        let dlq = grant("dlq.orders.new", Action::Subscribe);
+        assert_eq!(
+            p.decide("oms-1", "Anything", std::slice::from_ref(&dlq)).0,
+            [dlq]
+        );
+        assert_eq!(
+            p.check_token("oms-2", "Anything", None),
+            TokenCheck::Missing {
+                of: "instance `oms-2`".into()
+            }
+        );
+        assert!(ok("instances:\n  a: { grants: [] }\n").unguarded.is_empty());
     }
 
     #[test]

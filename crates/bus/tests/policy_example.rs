@@ -45,6 +45,24 @@ fn the_example_policy_loads_and_grants_what_it_says() {
         &[grant("dlq.orders.new", Action::Subscribe)],
     );
     assert_eq!(granted, [grant("dlq.orders.new", Action::Subscribe)]);
+    // Without a token_file, as its comment says and `tether bus serve` warns: the example
+    // policy has no tokens at all, and oms-1's grant goes to any pool that registers as it.
+    assert_eq!(
+        policy
+            .unguarded
+            .iter()
+            .map(|u| (u.instance.as_str(), u.line))
+            .collect::<Vec<_>>(),
+        [("oms-1", 19)]
+    );
+    assert_eq!(
+        policy.decide(
+            "oms-1",
+            "NotInThePolicy",
+            &[grant("dlq.orders.new", Action::Subscribe)]
+        ),
+        (vec![grant("dlq.orders.new", Action::Subscribe)], vec![])
+    );
 }
 
 #[test]

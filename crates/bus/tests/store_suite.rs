@@ -710,7 +710,9 @@ suite!(nats, NatsBackend::new());
 /// Two Bus API replicas on one NATS (a sidecar moved from one to the other): a delivery handed
 /// out by one is acked, released or nacked through the other, since its id is the JetStream ack
 /// subject; an ack repeated through the other (its first answer lost with a replica) is answered
-/// at once; a release through the replica that claims next is not counted.
+/// at once; a release through the replica that claims next is not counted. The ack deadline is
+/// short (3 s) so that the end can wait past it: what was acked, through either replica, never
+/// comes again, while the one delivery left unacked does.
 #[cfg(feature = "nats")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_replicas_take_each_others_deliveries() {
@@ -724,7 +726,7 @@ async fn nats_replicas_take_each_others_deliveries() {
         let b = NatsStore::connect(&options).await.unwrap();
         let c = "instance:i:t";
         for s in [&a, &b] {
-            s.open_consumer(c.into(), config("t", 60_000, 5))
+            s.open_consumer(c.into(), config("t", 3_000, 5))
                 .await
                 .unwrap();
         }
@@ -754,12 +756,39 @@ async fn nats_replicas_take_each_others_deliveries() {
                 .unwrap(),
             2
         );
-        // Nothing acked comes again, through either.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // One more, claimed and left unacked: it comes again once its ack deadline passed,
+        // after those of every message above (all claimed before it). Until then, and with it,
+        // nothing acked comes again, through either replica.
+        publish(&a, "t", "unacked").await;
+        let (held, _) = claim_until(&a, c, "h", 10, |g, _| !g.is_empty()).await;
+        assert_eq!(
+            (datas(&held), held[0].redelivered),
+            (vec!["unacked".into()], 0)
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let mut back = Vec::new();
+        'wait: loop {
+            for s in [&a, &b] {
+                back.extend(claim(s, c, "h", 10).await.deliveries);
+                if !back.is_empty() {
+                    break 'wait;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the unacked delivery did not come again within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            (datas(&back), back[0].redelivered),
+            (vec!["unacked".into()], 1)
+        );
         for s in [&a, &b] {
-            let after = claim(s, c, "h2", 10).await;
+            let after = claim(s, c, "h", 10).await;
             assert!(after.deliveries.is_empty(), "{after:?}");
         }
+        assert_eq!(b.ack(ids(&back)).await.unwrap(), 1);
     })
     .await;
 }
@@ -855,10 +884,6 @@ async fn nats_another_streams_delivery_is_not_acked() {
     .await;
 }
 
-/// An ack NATS did not confirm (the server went away) is a transient error (the Bus API answers
-/// `UNAVAILABLE`), and the same ack made again once NATS is back is sent and answered as acked,
-/// so the message does not come again after its ack deadline. Before, the first ack marked the
-/// delivery done: the second sent nothing, answered 0, and NATS delivered the message again.
 /// A store on the NATS server at `url` with the consumer `c` opened.
 #[cfg(feature = "nats")]
 async fn nats_store_with(
@@ -874,6 +899,10 @@ async fn nats_store_with(
     s
 }
 
+/// An ack NATS did not confirm (the server went away) is a transient error (the Bus API answers
+/// `UNAVAILABLE`), and the same ack made again once NATS is back is sent and answered as acked,
+/// so the message does not come again after its ack deadline. Before, the first ack marked the
+/// delivery done: the second sent nothing, answered 0, and NATS delivered the message again.
 #[cfg(feature = "nats")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_an_ack_nats_did_not_confirm_is_sent_again() {

@@ -255,6 +255,34 @@ fn with_a_periodic_sync_a_clean_stop_keeps_every_answered_publish() {
     stop(second);
 }
 
+/// An `instances:` entry whose grants no token guards is warned of at start, with the policy
+/// file, its line and the instance; one with a token_file is not.
+#[test]
+fn an_instance_without_a_token_is_warned_of_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(dir.path().join("guarded.token"), "s3cret\n").unwrap();
+    std::fs::write(
+        &policy,
+        "instances:\n  guarded:\n    grants: [{ topic: audit, action: publish }]\n    token_file: guarded.token\n  oms-1:\n    grants: [{ topic: \"dlq.orders.>\", action: subscribe }]\n",
+    )
+    .unwrap();
+    let served = serve_with(
+        &dir.path().join("data"),
+        &["--policy", policy.to_str().unwrap()],
+    );
+    let lines = stop(served);
+    let warnings: Vec<&String> = lines.iter().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        warnings,
+        [&format!(
+            "warning: {}:5:3: instances.oms-1: no token_file: its grants go to anyone who registers as instance `oms-1` (a Register names its own pool type, and one without a token asks for none); give it a token_file",
+            policy.display()
+        )],
+        "{lines:?}"
+    );
+}
+
 /// A running `tether bus serve` and the address it said it listens on.
 struct Served {
     child: Child,

@@ -127,6 +127,36 @@ fn check_reports_every_mistake_with_its_position_and_exits_1() {
     assert_eq!(list[0]["file"], "tether.yaml");
 }
 
+/// A declaration that does not parse shows the syntax error's line with the secret on it
+/// blanked, as a validated one would: `tether check` never prints the value.
+#[test]
+fn check_blanks_a_secret_on_the_line_of_a_syntax_error() {
+    let dir = tempdir("syntax-secret");
+    std::fs::write(
+        dir.join("tether.yaml"),
+        "version: 1\nsidecars:\n  db:\n    image: postgres\n    environment:\n      USER: bob\n      DB_PASSWORD: hunter2: x\n",
+    )
+    .unwrap();
+    let out = tether(&["check"], &dir);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: this is not valid YAML: mapping values are not allowed in this context
+ --> tether.yaml:7:27
+  |
+7 |       DB_PASSWORD: **********
+  |                           ^
+
+error: found 1 problem in the declaration; nothing was changed
+"
+    );
+    let out = tether(&["check", "--json"], &dir);
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("mapping values are not allowed"), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+}
+
 #[test]
 fn a_missing_declaration_is_a_clear_error() {
     let dir = tempdir("empty");

@@ -66,6 +66,11 @@ pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, Ren
     let mut secret_data = Map::new();
     for c in &plan.sidecars {
         for s in &c.secrets {
+            let key = secret_key(&plan, c, &s.name);
+            if secret_data.contains_key(&key) {
+                // Read from the same source as one before it: the same value, kept once.
+                continue;
+            }
             let value = match options.secret_value {
                 Some(read) => read(&s.from).map_err(|e| RenderError::Field {
                     owner: format!("sidecars.{}", c.sidecar),
@@ -74,7 +79,7 @@ pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, Ren
                 })?,
                 None => String::new(),
             };
-            secret_data.insert(secret_key(c, &s.name), value.into());
+            secret_data.insert(key, value.into());
         }
     }
     let secret_name = format!("{project}-secrets");
@@ -115,7 +120,7 @@ pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, Ren
         }
         health_probes(decl_s.health.as_ref(), &mut container);
         let mut volumes = Vec::new();
-        secret_volume(c, &secret_name, &mut container, &mut volumes);
+        secret_volume(&plan, c, &secret_name, &mut container, &mut volumes);
         if matches!(
             decl_s.interface,
             tether_spec::model::Interface::Volume { .. }
@@ -260,8 +265,17 @@ fn volume_name(name: &str) -> String {
     n
 }
 
-fn secret_key(c: &ContainerPlan, name: &str) -> String {
-    format!("{}-{name}", c.sidecar)
+/// The Secret's key holding secret `name` of sidecar `c`: `SIDECAR-NAME` of the first sidecar
+/// (in the plan's order) that declares a secret read from the same source, so that a value two
+/// sidecars read from one file or variable is in the Secret once and mounted in both.
+fn secret_key(plan: &Plan, c: &ContainerPlan, name: &str) -> String {
+    let from = c.secrets.iter().find(|s| s.name == name).map(|s| &s.from);
+    plan.sidecars
+        .iter()
+        .flat_map(|o| o.secrets.iter().map(move |s| (o, s)))
+        .find(|(_, s)| Some(&s.from) == from)
+        .map(|(o, s)| format!("{}-{}", o.sidecar, s.name))
+        .unwrap_or_else(|| format!("{}-{name}", c.sidecar))
 }
 
 fn metadata(name: &str, project: &str, sidecar: Option<&str>) -> Value {
@@ -412,6 +426,7 @@ fn container(c: &ContainerPlan, owner: &str, losses: &mut Vec<Loss>) -> Map<Stri
 }
 
 fn secret_volume(
+    plan: &Plan,
     c: &ContainerPlan,
     secret_name: &str,
     container: &mut Map<String, Value>,
@@ -424,7 +439,7 @@ fn secret_volume(
     let items: Vec<Value> = c
         .secrets
         .iter()
-        .map(|s| json!({ "key": secret_key(c, &s.name), "path": s.name }))
+        .map(|s| json!({ "key": secret_key(plan, c, &s.name), "path": s.name }))
         .collect();
     volumes.push(json!({ "name": vol, "secret": { "secretName": secret_name, "items": items, "defaultMode": 0o444 } }));
     push_mount(
@@ -569,7 +584,7 @@ fn workload_objects(
             k.insert("startupProbe".into(), p);
         }
         health_probes(decl.sidecars[&c.sidecar].health.as_ref(), &mut k);
-        secret_volume(c, secret_name, &mut k, &mut volumes);
+        secret_volume(plan, c, secret_name, &mut k, &mut volumes);
         volume_mounts(c, &owner, &mut k, &mut volumes, losses);
         init_containers.push(Value::Object(k));
     }

@@ -106,6 +106,89 @@ fn secret_values_are_written_only_when_asked() {
     assert!(!with_values.contains("tether.dev/placeholder"));
 }
 
+/// plugin-bus's Bus API and bus sidecar both declare `signal-pool.token` from
+/// `file:signal-pool.token`: one value, read once, under one key of the Secret, mounted in both
+/// as `signal-pool.token`. Secrets of one name read from different sources keep a key each.
+#[test]
+fn a_secret_two_sidecars_read_from_one_source_is_in_the_secret_once() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugin-bus/tether.yaml");
+    let decl = load(&file);
+    let reads = std::cell::RefCell::new(Vec::new());
+    let read = |from: &SecretSource| {
+        reads.borrow_mut().push(format!("{from:?}"));
+        match from {
+            SecretSource::Env(var) => Ok(format!("value-of-{var}")),
+            SecretSource::File(path) => Ok(format!("contents-of-{path}")),
+        }
+    };
+    let text = render(
+        &decl,
+        &Options {
+            secret_value: Some(&read),
+            ..lossy()
+        },
+    )
+    .unwrap()
+    .text;
+    let data: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "stringData:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(
+        data,
+        [
+            "  bus-api-policy.yaml: contents-of-policy.yaml",
+            "  bus-api-signal-pool.token: contents-of-signal-pool.token",
+            "  bus-api-oms-pool.token: contents-of-oms-pool.token",
+            "  bus-sidecar.yaml: contents-of-sidecar.yaml",
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        reads
+            .borrow()
+            .iter()
+            .filter(|r| r.contains("signal-pool.token"))
+            .count(),
+        1,
+        "{:?}",
+        reads.borrow()
+    );
+    // The bus sidecar mounts the Bus API's key as its own file.
+    assert!(
+        text.contains("            items:\n              - key: bus-sidecar.yaml\n                path: sidecar.yaml\n              - key: bus-api-signal-pool.token\n                path: signal-pool.token\n"),
+        "{text}"
+    );
+
+    // One name, two sources: two values, a key each.
+    let two = "version: 1\nsidecars:\n  a:\n    image: a\n    lifecycle: shared\n    interface: { kind: port, port: 1 }\n    secrets: [{ name: t, from: \"file:a.token\" }]\n  b:\n    image: b\n    lifecycle: shared\n    interface: { kind: port, port: 2 }\n    secrets: [{ name: t, from: \"env:B_TOKEN\" }]\n";
+    let decl = tether_spec::load_texts(
+        tether_spec::SourceText {
+            name: "tether.yaml".into(),
+            text: two.into(),
+        },
+        Vec::new(),
+        Path::new("/p/two"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .declaration;
+    let text = render(
+        &decl,
+        &Options {
+            secret_value: Some(&read),
+            ..lossy()
+        },
+    )
+    .unwrap()
+    .text;
+    assert!(
+        text.contains("stringData:\n  a-t: contents-of-a.token\n  b-t: value-of-B_TOKEN\n"),
+        "{text}"
+    );
+}
+
 #[test]
 fn two_session_sidecars_on_one_port_cannot_share_a_pod() {
     let dir = std::env::temp_dir().join(format!("tether-k8s-ports-{}", std::process::id()));

@@ -201,12 +201,17 @@ impl Sources {
     /// no snippet rendered from here shows it, and offsets and line numbers stay where they
     /// were (columns too, for ASCII).
     pub fn blank(&mut self, id: FileId, span: Span) {
+        self.blank_range(id, span.start.offset..span.end.offset);
+    }
+
+    /// [`Sources::blank`] by byte offsets.
+    pub fn blank_range(&mut self, id: FileId, range: std::ops::Range<usize>) {
         let Some(file) = self.files.get_mut(id) else {
             return;
         };
         let text = &mut file.text;
-        let mut start = span.start.offset.min(text.len());
-        let mut end = span.end.offset.min(text.len()).max(start);
+        let mut start = range.start.min(text.len());
+        let mut end = range.end.min(text.len()).max(start);
         while !text.is_char_boundary(start) {
             start -= 1;
         }

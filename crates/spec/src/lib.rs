@@ -219,6 +219,10 @@ pub fn load_texts(
         Ok(t) => Some(t),
         Err(d) => {
             diags.push(d.in_file(main_id));
+            // No tree says where its secrets are: its lines do.
+            for range in values::secret_values_by_line(&main.text) {
+                sources.blank_range(main_id, range);
+            }
             None
         }
     };
@@ -249,6 +253,11 @@ pub fn load_texts(
         // The file's name is the sidecar's: it is declared (and may be declared twice) even
         // when its YAML does not parse.
         let tree = yaml::parse(&file.text).map_err(|d| cx.diags.push(d.in_file(id)));
+        if tree.is_err() {
+            for range in values::secret_values_by_line(&file.text) {
+                sources.blank_range(id, range);
+            }
+        }
         if let Some(i) = top.declared.iter().position(|d| *d == name) {
             let (prev_file, prev_span) = top.declared_at[i];
             cx.diags.push(

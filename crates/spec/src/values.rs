@@ -201,6 +201,288 @@ pub fn names_a_secret(name: &str) -> bool {
         .any(|w| upper.contains(w))
 }
 
+/// Where a file that does not parse as YAML may hold a secret value, as byte ranges to blank
+/// ([`crate::diag::Sources::blank_range`]): with no tree to walk, found line by line. The value
+/// of a `KEY: value` entry (block or flow) or of a `KEY=value` item whose KEY names a secret by
+/// [`names_a_secret`], as validation blanks an `env` entry's; a `from:` that is neither
+/// `env:VAR` nor `file:PATH`, as validation blanks a secret's bad source. A block scalar's, an
+/// open quote's or an open bracket's further lines go with it, and so do more-indented lines
+/// after such a value that look like no entry of their own (a plain scalar's continuation).
+/// `secrets` is a field of the declaration, not a variable: its value is scanned, not blanked.
+pub fn secret_values_by_line(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    // The column of the key whose value goes on, and whether every more-indented line is part
+    // of it (a block scalar, an open quote or bracket) or only those that look like no entry.
+    let mut goes_on: Option<(usize, bool)> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let body = line.trim_end_matches(['\n', '\r']);
+        let content = body.trim_start_matches([' ', '\t']);
+        let indent = body.len() - content.len();
+        if let Some((column, whole)) = goes_on {
+            if content.is_empty() {
+                continue;
+            }
+            if indent > column && (whole || !looks_like_an_entry(content)) {
+                out.push(start + indent..start + body.len());
+                continue;
+            }
+        }
+        goes_on = scan_line(body, start, &mut out);
+    }
+    out
+}
+
+/// A line that starts an entry of its own: a sequence item, a comment, or `KEY:`.
+fn looks_like_an_entry(content: &str) -> bool {
+    content.starts_with("- ")
+        || content == "-"
+        || content.starts_with('#')
+        || key_at(content.as_bytes(), 0).is_some_and(|(_, end)| {
+            let rest = &content.as_bytes()[end..];
+            let rest = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
+            rest.first() == Some(&b':')
+        })
+}
+
+/// A key at `i`: quoted (its text without quotes), or a plain run of bytes up to a space or an
+/// indicator. Answers the key and where it ends.
+fn key_at(b: &[u8], i: usize) -> Option<(String, usize)> {
+    match b.get(i)? {
+        b'"' | b'\'' => {
+            let end = closing_quote(b, i)?;
+            Some((
+                String::from_utf8_lossy(&b[i + 1..end]).into_owned(),
+                end + 1,
+            ))
+        }
+        _ => {
+            let n = b[i..]
+                .iter()
+                .take_while(|c| {
+                    !matches!(
+                        c,
+                        b' ' | b'\t'
+                            | b':'
+                            | b'='
+                            | b','
+                            | b'{'
+                            | b'}'
+                            | b'['
+                            | b']'
+                            | b'#'
+                            | b'"'
+                            | b'\''
+                    )
+                })
+                .count();
+            (n > 0).then(|| (String::from_utf8_lossy(&b[i..i + n]).into_owned(), i + n))
+        }
+    }
+}
+
+/// The closing quote of the quoted scalar opening at `i`, on this line.
+fn closing_quote(b: &[u8], i: usize) -> Option<usize> {
+    let q = b[i];
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' if q == b'"' => j += 1,
+            c if c == q => {
+                // '' is a quote inside a single-quoted scalar.
+                if q == b'\'' && b.get(j + 1) == Some(&b'\'') {
+                    j += 1;
+                } else {
+                    return Some(j);
+                }
+            }
+            _ => {}
+        }
+        j += 1;
+    }
+    None
+}
+
+/// The bracket closing the flow collection opening at `i`, on this line.
+fn closing_bracket(b: &[u8], i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut j = i;
+    while j < b.len() {
+        match b[j] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(j);
+                }
+            }
+            b'"' | b'\'' => j = closing_quote(b, j)?,
+            _ => {}
+        }
+        j += 1;
+    }
+    None
+}
+
+/// Whether the value written for `key` (its first line, `value`) is a secret.
+fn secret_entry(key: &str, value: &str) -> bool {
+    if key == "from" {
+        let v = value.trim_matches(['"', '\'']);
+        return !(v.starts_with("env:") || v.strip_prefix("file:").is_some_and(|p| !p.is_empty()));
+    }
+    key != "secrets" && names_a_secret(key)
+}
+
+/// Blanks the secret values of one line (at byte `start` of the file); answers the column of
+/// the key whose value goes on past the line, if one does, and whether all of what follows it
+/// more indented is its.
+fn scan_line(
+    body: &str,
+    start: usize,
+    out: &mut Vec<std::ops::Range<usize>>,
+) -> Option<(usize, bool)> {
+    let b = body.as_bytes();
+    let skip_spaces = |mut i: usize| {
+        while i < b.len() && matches!(b[i], b' ' | b'\t') {
+            i += 1;
+        }
+        i
+    };
+    let mut depth = 0usize;
+    let mut i = skip_spaces(0);
+    // Whether an entry may start at `i`: after the indentation, `- `, `{`, `[` or `,`.
+    let mut entry_start = true;
+    while i < b.len() {
+        if entry_start && b[i] == b'-' && matches!(b.get(i + 1), None | Some(b' ' | b'\t')) {
+            i = skip_spaces(i + 1);
+            continue;
+        }
+        if entry_start && let Some((key, end)) = key_at(b, i) {
+            let column = i;
+            let after = skip_spaces(end);
+            // `KEY=value` (an item of a list of variables), quoted as a whole or not.
+            let assignment = if matches!(b[i], b'"' | b'\'') {
+                key.split_once('=')
+                    .map(|(k, _)| (k.to_owned(), i + 1 + k.len() + 1, end - 1))
+            } else if b.get(end) == Some(&b'=') {
+                let mut stop = if depth > 0 {
+                    b[end..]
+                        .iter()
+                        .position(|c| matches!(c, b',' | b'}' | b']'))
+                        .map_or(b.len(), |p| end + p)
+                } else {
+                    b.len()
+                };
+                while stop > end + 1 && matches!(b[stop - 1], b' ' | b'\t') {
+                    stop -= 1;
+                }
+                Some((key.clone(), end + 1, stop))
+            } else {
+                None
+            };
+            if let Some((name, from, to)) = assignment {
+                if name != "secrets" && names_a_secret(&name) && from < to {
+                    out.push(start + from..start + to);
+                }
+                i = to.max(end);
+                entry_start = false;
+                continue;
+            }
+            let colon = b.get(after) == Some(&b':')
+                && matches!(
+                    b.get(after + 1),
+                    None | Some(b' ' | b'\t' | b',' | b'}' | b']')
+                );
+            if !colon {
+                i = end;
+                entry_start = false;
+                continue;
+            }
+            let v = skip_spaces(after + 1);
+            let value_end = |from: usize| -> (usize, bool) {
+                // Where the value ends on this line, and whether it goes on past it.
+                match b.get(from) {
+                    None | Some(b'#') => (from, true),
+                    Some(b'|' | b'>') => (b.len(), true),
+                    Some(b'{' | b'[') => match closing_bracket(b, from) {
+                        Some(e) => (e + 1, false),
+                        None => (b.len(), true),
+                    },
+                    Some(b'"' | b'\'') => match closing_quote(b, from) {
+                        Some(e) => (e + 1, false),
+                        None => (b.len(), true),
+                    },
+                    _ if depth > 0 => {
+                        let mut end = b[from..]
+                            .iter()
+                            .position(|c| matches!(c, b',' | b'}' | b']'))
+                            .map_or(b.len(), |p| from + p);
+                        while end > from && matches!(b[end - 1], b' ' | b'\t') {
+                            end -= 1;
+                        }
+                        (end, false)
+                    }
+                    _ => (b.len(), false),
+                }
+            };
+            let (to, open) = value_end(v);
+            let value = &body[v..to];
+            let blocky = open || matches!(b.get(v), Some(b'|' | b'>'));
+            let secret = if blocky && key == "from" {
+                // A block scalar or an open quote: its text is not on this line.
+                v < b.len() && b[v] != b'#'
+            } else {
+                secret_entry(&key, value)
+            };
+            if secret {
+                if v < to {
+                    out.push(start + v..start + to);
+                }
+                if depth == 0 {
+                    // The value goes on in more-indented lines: all of them for a block scalar,
+                    // an open quote or bracket, else those that are no entry of their own.
+                    return Some((column, open && v < b.len() && b[v] != b'#'));
+                }
+                i = to;
+                entry_start = false;
+                continue;
+            }
+            i = v;
+            entry_start = matches!(b.get(v), Some(b'{' | b'['));
+            if entry_start {
+                depth += 1;
+                i = skip_spaces(v + 1);
+            }
+            continue;
+        }
+        match b[i] {
+            b'{' | b'[' => {
+                depth += 1;
+                entry_start = true;
+                i = skip_spaces(i + 1);
+                continue;
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth > 0 => {
+                entry_start = true;
+                i = skip_spaces(i + 1);
+                continue;
+            }
+            b'"' | b'\'' => match closing_quote(b, i) {
+                Some(e) => i = e,
+                None => return None,
+            },
+            b'#' if i == 0 || matches!(b[i - 1], b' ' | b'\t') => return None,
+            _ => {}
+        }
+        entry_start = false;
+        i += 1;
+    }
+    None
+}
+
 /// A Docker volume or network name.
 pub fn check_engine_name(name: &str) -> Result<(), String> {
     let ok = name
@@ -313,6 +595,64 @@ mod tests {
         ] {
             assert!(!names_a_secret(not), "{not}");
         }
+    }
+
+    /// The text with what [`secret_values_by_line`] finds blanked.
+    fn blanked(text: &str) -> String {
+        let mut sources = crate::diag::Sources::default();
+        let id = sources.add("f", text);
+        for range in secret_values_by_line(text) {
+            sources.blank_range(id, range);
+        }
+        sources.get(id).unwrap().text.clone()
+    }
+
+    #[test]
+    fn secret_values_are_found_line_by_line() {
+        // Block entries, by the name rule validation uses (`_FILE` holds where a secret is).
+        assert_eq!(
+            blanked("env:\n  DB_PASSWORD: hunter2\n  USER: bob\n  NATS_PASSWORD_FILE: /run/x\n"),
+            "env:\n  DB_PASSWORD: *******\n  USER: bob\n  NATS_PASSWORD_FILE: /run/x\n"
+        );
+        // A list of KEY=value, plain or quoted.
+        assert_eq!(
+            blanked(
+                "environment:\n  - DB_PASSWORD=hunter2\n  - \"API_TOKEN=tok 1\"\n  - PATH=/bin\n"
+            ),
+            "environment:\n  - DB_PASSWORD=*******\n  - \"API_TOKEN=*****\"\n  - PATH=/bin\n"
+        );
+        // Flow mappings and lists: each value up to its `,`, quote or bracket.
+        assert_eq!(
+            blanked("env: { NATS_PASSWORD: pw, X: 1, API_KEY: \"a, b\", T_TOKEN: [1, 2] }\n"),
+            "env: { NATS_PASSWORD: **, X: 1, API_KEY: ******, T_TOKEN: ****** }\n"
+        );
+        assert_eq!(
+            blanked("environment: [DB_PASSWORD=x1, \"SECRET=y2\", A=b]\n"),
+            "environment: [DB_PASSWORD=**, \"SECRET=**\", A=b]\n"
+        );
+        // A secret's `from` that is no source may be the secret; `secrets` itself is a field.
+        assert_eq!(
+            blanked(
+                "secrets:\n  - { name: a, from: s3cr3t }\n  - name: b\n    from: \"env:B\"\n  - name: c\n    from: hunter2\n  - { name: d, from: \"file:d.txt\" }\n"
+            ),
+            "secrets:\n  - { name: a, from: ****** }\n  - name: b\n    from: \"env:B\"\n  - name: c\n    from: *******\n  - { name: d, from: \"file:d.txt\" }\n"
+        );
+        // What goes on past the line: a block scalar, an open quote, a plain continuation.
+        assert_eq!(
+            blanked("env:\n  API_TOKEN: |\n    line1\n\n    line2\n  USER: bob\n"),
+            "env:\n  API_TOKEN: *\n    *****\n\n    *****\n  USER: bob\n"
+        );
+        assert_eq!(
+            blanked("env:\n  DB_PASSWORD: \"hun\n    ter2\"\n  USER: bob\n"),
+            "env:\n  DB_PASSWORD: ****\n    *****\n  USER: bob\n"
+        );
+        assert_eq!(
+            blanked("env:\n  DB_PASSWORD: hun\n    ter2\n    NOT: this\n  USER: bob\n"),
+            "env:\n  DB_PASSWORD: ***\n    ****\n    NOT: this\n  USER: bob\n"
+        );
+        // Comments and other values are left alone.
+        let plain = "# DB_PASSWORD: example\nimage: redis # API_TOKEN: x\ncommand: [serve, --port, \"1\"]\n";
+        assert_eq!(blanked(plain), plain);
     }
 
     #[test]

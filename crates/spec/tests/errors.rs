@@ -185,3 +185,47 @@ sidecars:
         "{out}"
     );
 }
+
+/// A file that does not parse has no tree to say where its secrets are: its lines do. The
+/// snippet of the syntax error shows the line it is on blanked as validation would blank it
+/// (an `environment:` entry whose name says it is a secret, as `KEY: value` or `- KEY=value`),
+/// in `tether.yaml` and in a sidecar file alike.
+#[test]
+fn a_secret_on_the_line_of_a_syntax_error_is_blanked() {
+    let on_its_line = "version: 1\nsidecars:\n  db:\n    image: postgres\n    environment:\n      USER: bob\n      DB_PASSWORD: hunter2: x\n";
+    assert_eq!(
+        render("tether.yaml", on_its_line, Vec::new()),
+        "error: this is not valid YAML: mapping values are not allowed in this context
+ --> tether.yaml:7:27
+  |
+7 |       DB_PASSWORD: **********
+  |                           ^
+
+error: found 1 problem in the declaration; nothing was changed
+"
+    );
+    let next_line = "version: 1\nsidecars:\n  db:\n    image: postgres\n    environment:\n      DB_PASSWORD: hunter2\n      - API_TOKEN=tok-123\n";
+    let out = render("tether.yaml", next_line, Vec::new());
+    assert!(
+        out.contains(" --> tether.yaml:7:9\n  |\n7 |       - API_TOKEN=*******\n"),
+        "{out}"
+    );
+    let file = SourceText {
+        name: ".tether/sidecars/db.yaml".into(),
+        text: "image: postgres\nenv: { DB_PASSWORD: \"hunter2\", USER: bob\n".into(),
+    };
+    let out = render("tether.yaml", "version: 1\n", vec![file]);
+    assert!(
+        out.contains("2 | env: { DB_PASSWORD: *********, USER: bob\n"),
+        "{out}"
+    );
+    for out in [
+        render("tether.yaml", on_its_line, Vec::new()),
+        render("tether.yaml", next_line, Vec::new()),
+    ] {
+        assert!(
+            !out.contains("hunter2") && !out.contains("tok-123"),
+            "{out}"
+        );
+    }
+}

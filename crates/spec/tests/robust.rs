@@ -128,6 +128,16 @@ proptest! {
         assert_well_formed(&load(&lines.join("\n")));
     }
 
+    /// Lines whose keys name secrets, in a file that seldom parses: blanked line by line.
+    #[test]
+    fn secret_shaped_noise_never_panics(lines in prop::collection::vec("[ ]{0,4}(- )?(DB_PASSWORD|API_TOKEN|from|x)[:=][ ]?[\\[\\]{}a-zé0-9,:=#|>'\" -]{0,12}", 0..12)) {
+        let text = lines.join("\n");
+        for range in tether_spec::values::secret_values_by_line(&text) {
+            assert!(range.start <= range.end && range.end <= text.len(), "{range:?}");
+        }
+        assert_well_formed(&load(&text));
+    }
+
     #[test]
     fn declarations_load_or_explain_and_never_drop_a_sidecar(
         sidecars in prop::collection::vec(sidecar(), 0..4),

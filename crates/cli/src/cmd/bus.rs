@@ -222,10 +222,17 @@ fn serve(flags: ServeArgs) -> u8 {
         output::error("--max-age and --max-bytes must be more than zero");
         return exit::INVALID;
     }
+    // The policy's warnings, printed once it listens: `tether bus serve` logs nothing unless
+    // TETHER_LOG asks, so the `tracing` warning of `policy::load` alone would go unseen.
+    let mut unguarded = Vec::new();
     let policy = match &policy {
         None => None,
         Some(path) => match tether_bus::policy::load(path) {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                let file = path.display().to_string();
+                unguarded = p.unguarded.iter().map(|u| u.warning(&file)).collect();
+                Some(p)
+            }
             Err(e) => {
                 eprint!("{}", e.render(output::color()));
                 return exit::INVALID;
@@ -251,6 +258,7 @@ fn serve(flags: ServeArgs) -> u8 {
     };
     let tls_on = tls.is_some();
     let open = policy.is_none();
+
     let mut options = tether_bus::Options::new(addr, data.clone());
     options.policy = policy;
     options.retention = Retention { max_age, max_bytes };
@@ -313,6 +321,9 @@ fn serve(flags: ServeArgs) -> u8 {
             output::warning(
                 "no --policy: every grant an instance requests is given (for development only)",
             );
+        }
+        for w in &unguarded {
+            output::warning(w);
         }
         let stop = async move {
             tokio::select! {
