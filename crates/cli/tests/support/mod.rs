@@ -460,10 +460,6 @@ pub enum Need {
     StaticStreamPlugin,
     /// Debian's nats-server.
     NatsServer,
-    /// Asked for by `TETHER_CLUSTER_TESTS=1`: the NATS cluster tests (bus_nats_cluster.rs), which
-    /// take minutes with a release tether and are not part of the suite (its time budget) until
-    /// the sidecar's outbox forwards faster. Not run without it, under CI=true too, and said so.
-    ClusterOptIn,
 }
 
 fn runs(program: &str, arg: &str) -> bool {
@@ -491,7 +487,6 @@ impl Need {
             Need::StaticPlugin => std::env::var_os("PLUGIN_STATIC_BIN").is_some(),
             Need::StaticStreamPlugin => std::env::var_os("STREAM_PLUGIN_STATIC_BIN").is_some(),
             Need::NatsServer => nats_server().is_some(),
-            Need::ClusterOptIn => std::env::var("TETHER_CLUSTER_TESTS").as_deref() == Ok("1"),
         };
         (!met).then_some(match self {
             Need::Engine => {
@@ -511,9 +506,6 @@ impl Need {
                 "no static load plugin: STREAM_PLUGIN_STATIC_BIN=\"$(scripts/static-plugin stream)\""
             }
             Need::NatsServer => "nats-server is not installed (apt-get install nats-server)",
-            Need::ClusterOptIn => {
-                "not asked for: TETHER_CLUSTER_TESTS=1 with a release tether (see bus_nats_cluster.rs)"
-            }
         })
     }
 }
@@ -530,17 +522,6 @@ pub fn run_engine_tests(tests: Vec<EngineTest>) -> std::process::ExitCode {
     let mut known: Vec<(Need, Option<&'static str>)> = Vec::new();
     let trials = tests
         .into_iter()
-        .filter(|(name, needs, _)| {
-            let asked =
-                !needs.contains(&Need::ClusterOptIn) || Need::ClusterOptIn.missing().is_none();
-            if !asked {
-                eprintln!(
-                    "not run: {name}: {}",
-                    Need::ClusterOptIn.missing().unwrap_or_default()
-                );
-            }
-            asked
-        })
         .map(|(name, needs, test)| {
             let missing: Vec<&'static str> = needs
                 .iter()
