@@ -309,7 +309,18 @@ struct Inner {
     woken_by: Arc<Mutex<Option<(String, u64)>>>,
     /// Dropped with the store: ends the task of an armed subscription.
     gone: watch::Sender<()>,
+    /// Publishes of batches waiting for their acks ([`BATCH_WINDOW`]).
+    batch_window: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most publishes of batches awaiting the stream's ack at once. async-nats lets 5,000
+/// acks be awaited per connection and makes a publish wait for a free one: batches that each
+/// held some while waiting for more could wait on each other for ever. A batch takes its share
+/// of this window at once, before it sends anything, and this is well under 5,000, so single
+/// publishes (which never hold one while waiting) always find some.
+const BATCH_WINDOW: usize = 4096;
+/// The most publishes of one batch sent before their acks are awaited.
+const BATCH_CHUNK: usize = 1024;
 
 /// Bumps the bus's wake-up, if it was given.
 fn bump(wake: &OnceLock<Arc<watch::Sender<u64>>>) {
@@ -525,6 +536,7 @@ impl NatsStore {
                 arming: tokio::sync::Mutex::new(()),
                 woken_by: Arc::default(),
                 gone: watch::channel(()).0,
+                batch_window: Arc::new(tokio::sync::Semaphore::new(BATCH_WINDOW)),
             }),
         })
     }
@@ -938,23 +950,59 @@ impl Store for NatsStore {
         self.publish_raw(subject, headers, msg.data).await
     }
 
-    /// Pipelined: every message is handed to the connection, in order, before any
-    /// acknowledgement is awaited, so the batch costs about one round trip to the stream.
+    /// Pipelined: up to [`BATCH_CHUNK`] messages are handed to the connection, in order, before
+    /// their acks are awaited, so a batch costs about one round trip to the stream. After a
+    /// publish that could not be sent for a transient reason nothing more is sent (a later
+    /// message of its topic must not be stored before it): the rest are answered with its
+    /// error. A message JetStream did not acknowledge may still be followed by later ones that
+    /// it stored, as with any pipelined JetStream publisher (a stream leader elected between
+    /// the two); sent again with its key, it is stored after them.
     async fn publish_batch(&self, msgs: Vec<NewMessage>, _now_ms: u64) -> Vec<Result<Published>> {
-        let mut sent = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            let one = match self.outgoing(&msg) {
-                Ok((subject, headers)) => self.send(subject, headers, msg.data).await,
-                Err(e) => Err(e),
+        let mut published = Vec::with_capacity(msgs.len());
+        let mut stopped: Option<StoreError> = None;
+        let mut msgs = msgs.into_iter().peekable();
+        while msgs.peek().is_some() {
+            let chunk: Vec<NewMessage> = msgs.by_ref().take(BATCH_CHUNK).collect();
+            if let Some(e) = &stopped {
+                published.extend(chunk.iter().map(|_| Err(e.clone())));
+                continue;
+            }
+            let Ok(_window) = self
+                .inner
+                .batch_window
+                .acquire_many(chunk.len() as u32)
+                .await
+            else {
+                published.extend(
+                    chunk
+                        .iter()
+                        .map(|_| Err(StoreError::new("the store is closed"))),
+                );
+                continue;
             };
-            sent.push(one);
-        }
-        let mut published = Vec::with_capacity(sent.len());
-        for one in sent {
-            published.push(match one {
-                Ok(ack) => self.acknowledged(ack).await,
-                Err(e) => Err(e),
-            });
+            let mut sent = Vec::with_capacity(chunk.len());
+            for msg in chunk {
+                if let Some(e) = &stopped {
+                    sent.push(Err(e.clone()));
+                    continue;
+                }
+                let one = match self.outgoing(&msg) {
+                    Ok((subject, headers)) => self.send(subject, headers, msg.data).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &one
+                    && e.transient
+                {
+                    stopped = Some(e.clone());
+                }
+                sent.push(one);
+            }
+            for one in sent {
+                published.push(match one {
+                    Ok(ack) => self.acknowledged(ack).await,
+                    Err(e) => Err(e),
+                });
+            }
         }
         published
     }

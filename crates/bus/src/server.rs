@@ -516,12 +516,12 @@ fn new_session() -> Result<String, Status> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A store's failure as the Bus API answers it: `UNAVAILABLE` when the store cannot be reached
-/// now (the sidecar then tries another replica, or keeps a publish in its outbox), `INTERNAL`
-/// otherwise.
 /// The most publishes one PublishBatch call may carry.
 const MAX_PUBLISH_BATCH: usize = 1024;
 
+/// A store's failure as the Bus API answers it: `UNAVAILABLE` when the store cannot be reached
+/// now (the sidecar then tries another replica, or keeps a publish in its outbox), `INTERNAL`
+/// otherwise.
 fn internal(e: StoreError) -> Status {
     if e.transient {
         Status::unavailable(e.to_string())

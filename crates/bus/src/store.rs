@@ -828,6 +828,8 @@ enum Op {
     Register(Registration),
     Deregister(String),
     Publish(NewMessage, u64),
+    /// Several publishes in one write: all stored, in order, or none.
+    PublishMany(Vec<NewMessage>, u64),
     OpenConsumer(String, ConsumerConfig),
     Claim {
         consumer: String,
@@ -848,6 +850,7 @@ enum Done {
     Unit,
     Bool(bool),
     Published(Published),
+    PublishedMany(Vec<Published>),
     Claimed(Claimed),
     Count(u32),
     Dropped(u64),
@@ -903,6 +906,37 @@ struct Job {
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 1024;
 
+/// Appends one message in `txn`, or finds its idempotency key stored; answers whether it wrote.
+fn publish_in(
+    txn: &WriteTransaction,
+    msg: &NewMessage,
+    now_ms: u64,
+    retention: Retention,
+) -> Result<(Published, bool)> {
+    if !msg.idempotency_key.is_empty() {
+        let idem = txn.open_table(IDEMPOTENCY)?;
+        if let Some(seq) = idem.get((msg.topic.as_str(), msg.idempotency_key.as_str()))? {
+            let done = Published {
+                sequence: seq.value(),
+                duplicate: true,
+            };
+            return Ok((done, false));
+        }
+    }
+    let record = MessageRecord {
+        time_ms: now_ms,
+        headers: msg.headers.clone(),
+        data: msg.data.clone(),
+        idempotency_key: msg.idempotency_key.clone(),
+    };
+    let sequence = append(txn, &msg.topic, &record, retention, now_ms)?;
+    let done = Published {
+        sequence,
+        duplicate: false,
+    };
+    Ok((done, true))
+}
+
 /// Applies one write to `txn`.
 fn apply(
     txn: &WriteTransaction,
@@ -949,28 +983,18 @@ fn apply(
             Ok((Done::Bool(found), Effect::durable(found)))
         }
         Op::Publish(msg, now_ms) => {
-            if !msg.idempotency_key.is_empty() {
-                let idem = txn.open_table(IDEMPOTENCY)?;
-                if let Some(seq) = idem.get((msg.topic.as_str(), msg.idempotency_key.as_str()))? {
-                    let done = Published {
-                        sequence: seq.value(),
-                        duplicate: true,
-                    };
-                    return Ok((Done::Published(done), Effect::NONE));
-                }
+            let (done, wrote) = publish_in(txn, msg, *now_ms, retention)?;
+            Ok((Done::Published(done), Effect::durable(wrote)))
+        }
+        Op::PublishMany(msgs, now_ms) => {
+            let mut done = Vec::with_capacity(msgs.len());
+            let mut wrote = false;
+            for msg in msgs {
+                let (d, w) = publish_in(txn, msg, *now_ms, retention)?;
+                done.push(d);
+                wrote |= w;
             }
-            let record = MessageRecord {
-                time_ms: *now_ms,
-                headers: msg.headers.clone(),
-                data: msg.data.clone(),
-                idempotency_key: msg.idempotency_key.clone(),
-            };
-            let sequence = append(txn, &msg.topic, &record, retention, *now_ms)?;
-            let done = Published {
-                sequence,
-                duplicate: false,
-            };
-            Ok((Done::Published(done), Effect::durable(true)))
+            Ok((Done::PublishedMany(done), Effect::durable(wrote)))
         }
         Op::OpenConsumer(name, config) => {
             let record = ConsumerRecord {
@@ -1377,12 +1401,6 @@ struct Committed {
 
 impl RedbStore {
     async fn write(&self, op: Op) -> Result<Done> {
-        Self::answer_of(self.enqueue(op)).await
-    }
-
-    /// Hands a write to the committer at once (the committer takes writes in the order they
-    /// were enqueued); its answer comes on the receiver.
-    fn enqueue(&self, op: Op) -> Result<tokio::sync::oneshot::Receiver<Result<Done>>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Job {
@@ -1390,13 +1408,7 @@ impl RedbStore {
                 reply: Some(reply),
             })
             .map_err(|_| StoreError::new("the store's committer has stopped"))?;
-        Ok(answer)
-    }
-
-    async fn answer_of(
-        answer: Result<tokio::sync::oneshot::Receiver<Result<Done>>>,
-    ) -> Result<Done> {
-        answer?
+        answer
             .await
             .map_err(|_| StoreError::new("the store's committer stopped before answering"))?
     }
@@ -1487,22 +1499,15 @@ impl Store for RedbStore {
         }
     }
 
+    /// One write: the messages are stored in one transaction, in order, all or none (so that
+    /// no later message of a topic is stored when an earlier one failed).
     async fn publish_batch(&self, msgs: Vec<NewMessage>, now_ms: u64) -> Vec<Result<Published>> {
-        // Every write is enqueued before any answer is awaited: the committer takes them in
-        // this order, most often into one transaction and one fsync.
-        let answers: Vec<_> = msgs
-            .into_iter()
-            .map(|msg| self.enqueue(Op::Publish(msg, now_ms)))
-            .collect();
-        let mut published = Vec::with_capacity(answers.len());
-        for answer in answers {
-            published.push(match Self::answer_of(answer).await {
-                Ok(Done::Published(p)) => Ok(p),
-                Ok(_) => Err(unexpected("publish")),
-                Err(e) => Err(e),
-            });
+        let n = msgs.len();
+        match self.write(Op::PublishMany(msgs, now_ms)).await {
+            Ok(Done::PublishedMany(done)) if done.len() == n => done.into_iter().map(Ok).collect(),
+            Ok(_) => vec![Err(unexpected("batch of publishes")); n],
+            Err(e) => vec![Err(e); n],
         }
-        published
     }
 
     async fn open_consumer(&self, name: String, config: ConsumerConfig) -> Result<()> {

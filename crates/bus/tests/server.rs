@@ -605,6 +605,7 @@ async fn a_batch_of_publishes_is_stored_in_order_and_answered_one_by_one() {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(again.results.len(), 6);
     let duplicates = again
         .results
         .iter()

@@ -248,6 +248,7 @@ async fn a_batch_is_stored_in_its_order<B: Backend>(b: &B) {
         }
     }
     let again = s.publish_batch(msgs[..300].to_vec(), now_ms()).await;
+    assert_eq!(again.len(), 300);
     for (a, p) in again.iter().zip(&answers) {
         assert_eq!(
             a.as_ref().unwrap(),

@@ -109,6 +109,23 @@ fn outcome(o: tether_bus_proto::v1::PublishOutcome) -> Result<PublishResponse, S
     }
 }
 
+/// A failure the bus may not repeat: worth keeping the publish and trying again. `INTERNAL`
+/// too: a publish the outbox holds was acknowledged to the plugin, and only a refusal of the
+/// publish itself may drop it (the bus answers `INVALID_ARGUMENT` for what its store cannot
+/// take, such as a header NATS refuses or a payload over NATS's max_payload).
+pub fn transient(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Internal
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unauthenticated
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted
+            | tonic::Code::Unknown
+    )
+}
+
 /// Whether a call's failure says the replica is gone or unusable (rather than the call being
 /// refused): the next replica is tried.
 fn replica_failed(s: &Status) -> bool {
@@ -303,6 +320,8 @@ impl Link {
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     c.client = BusApiClient::new(channel);
                     c.generation += 1;
+                    // The next replica may have PublishBatch (a rolling upgrade): ask again.
+                    self.0.no_batches.store(false, Ordering::Relaxed);
                     if c.replica != *r {
                         tracing::info!(
                             "using the Bus API at {} (the one at {} failed: {})",
@@ -480,20 +499,27 @@ impl Link {
         self.publish_each(publishes).await
     }
 
-    /// A batch as single publishes, one after another (their order kept), up to the first
-    /// that fails for every later one.
+    /// A batch as single publishes, one after another (their order kept). After one that
+    /// failed for a reason that may pass ([`transient`]) none is sent: a later publish of its
+    /// topic must not be stored before it. The rest are answered with its failure.
     async fn publish_each(
         &self,
         publishes: Vec<PublishRequest>,
     ) -> Result<Vec<Result<PublishResponse, Status>>, Status> {
         let mut results = Vec::with_capacity(publishes.len());
+        let mut stopped: Option<Status> = None;
         for p in publishes {
-            match self.publish(p).await {
-                Err(s) if replica_failed(&s) || s.code() == tonic::Code::Unauthenticated => {
-                    return Err(s);
-                }
-                r => results.push(r),
+            if let Some(s) = &stopped {
+                results.push(Err(s.clone()));
+                continue;
             }
+            let r = self.publish(p).await;
+            if let Err(s) = &r
+                && transient(s)
+            {
+                stopped = Some(s.clone());
+            }
+            results.push(r);
         }
         Ok(results)
     }
@@ -611,7 +637,11 @@ mod tests {
             r: Request<PublishRequest>,
         ) -> Result<tonic::Response<PublishResponse>, Status> {
             let mut published = self.published.lock().unwrap();
-            published.push(r.into_inner().topic);
+            let topic = r.into_inner().topic;
+            published.push(topic.clone());
+            if topic == "bad" {
+                return Err(Status::internal("the store failed"));
+            }
             Ok(tonic::Response::new(PublishResponse {
                 sequence: published.len() as u64,
                 duplicate: false,
@@ -713,6 +743,28 @@ mod tests {
         assert_eq!(sequences(second), [4, 5]);
         assert_eq!(bus.batches.load(Ordering::SeqCst), 1);
         assert_eq!(*bus.published.lock().unwrap(), ["a", "b", "a", "c", "d"]);
+        // After a failure that may pass, nothing more is sent: `y` may not be stored before
+        // `bad` is; both are answered with its failure.
+        let third = link.publish_batch(batch(&["x", "bad", "y"])).await.unwrap();
+        let answers: Vec<String> = third
+            .into_iter()
+            .map(|r| match r {
+                Ok(p) => p.sequence.to_string(),
+                Err(s) => status_line(&s),
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                "6",
+                "the store failed (Internal)",
+                "the store failed (Internal)"
+            ]
+        );
+        assert_eq!(
+            *bus.published.lock().unwrap(),
+            ["a", "b", "a", "c", "d", "x", "bad"]
+        );
     }
 
     /// Eight calls fail on the replica in use together while no replica answers: one round of

@@ -35,7 +35,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::backoff::Backoff;
 use super::config::Config;
-use super::link::{Link, status_line};
+use super::link::{Link, status_line, transient};
 use super::outbox::{Outbox, OutboxError};
 use super::{Ended, Step};
 use crate::policy::{Action, Grant};
@@ -199,23 +199,6 @@ fn refused(code: &str, message: impl Into<String>) -> publish_result::Result {
         code: code.into(),
         message: message.into(),
     })
-}
-
-/// A failure the bus may not repeat: worth keeping the publish and trying again. `INTERNAL`
-/// too: a publish the outbox holds was acknowledged to the plugin, and only a refusal of the
-/// publish itself may drop it (the bus answers `INVALID_ARGUMENT` for what its store cannot
-/// take, such as a header NATS refuses or a payload over NATS's max_payload).
-fn transient(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::Internal
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Unauthenticated
-            | tonic::Code::Cancelled
-            | tonic::Code::Aborted
-            | tonic::Code::Unknown
-    )
 }
 
 /// The proto's name of a status code: `PERMISSION_DENIED`.
@@ -1135,8 +1118,12 @@ impl Router {
             for batch in batches(entries, |(_, r)| r.encoded_len()) {
                 let (keys, requests): (Vec<u64>, Vec<PublishRequest>) = batch.into_iter().unzip();
                 let topics: Vec<String> = requests.iter().map(|r| r.topic.clone()).collect();
+                let one = requests.len() == 1;
                 let results = match self.0.link.publish_batch(requests).await {
                     Ok(results) => results,
+                    // A call of one publish refused for good (too large for the bus, say) is
+                    // that publish's refusal: dropped, or it would stop the outbox for ever.
+                    Err(s) if one && !transient(&s) => vec![Err(s)],
                     Err(s) => {
                         failed = Some(s);
                         break;
@@ -1155,8 +1142,8 @@ impl Router {
                             );
                             done.push(key);
                         }
-                        // Kept for the next round; a later one of its topic that went through
-                        // is stored, and removed (the bus stores what comes again once).
+                        // Kept for the next round. The bus stores a batch in order and stops at
+                        // a failure (see PublishBatch), so what follows it here failed too.
                         Err(s) => failed = failed.or(Some(s)),
                     }
                 }
@@ -1176,6 +1163,10 @@ impl Router {
                         status_line(&s),
                         outbox.len()
                     );
+                }
+                // What went through need not wait the failing one's backoff.
+                if sent > 0 {
+                    backoff.reset();
                 }
                 tokio::time::sleep(backoff.next()).await;
             } else if sent > 0 {

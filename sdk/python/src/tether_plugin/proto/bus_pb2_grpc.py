@@ -116,8 +116,10 @@ class BusApiServicer(object):
         order. Each publish is checked alone: one refused (outside the grants, a bad topic) does
         not refuse the others. The call itself fails for what fails every publish (no session,
         another major, more than 1024 publishes) and with UNAVAILABLE when the store cannot take
-        publishes now: the publishes before the one that failed may be stored, and sending the
-        batch again stores each once by its idempotency key. A peer without this method answers
+        publishes now: some of them may be stored, and sending the batch again stores each once by
+        its idempotency key. The embedded store stores a batch whole or not at all; on NATS the
+        publishes are pipelined, and one JetStream did not acknowledge may be followed by later ones
+        it stored (a stream leader elected between them). A peer without this method answers
         UNIMPLEMENTED: send the publishes one by one instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
