@@ -22,6 +22,8 @@ def load(*parts):
 
 
 floor = load("floor.json")
+with open(os.path.join(WORK, "sidecar-binary")) as f:
+    sidecar_binary = f.read().strip()
 with open(os.path.join(WORK, "nats-version")) as f:
     nats_version = f.read().strip().split()[-1]
 systems = {}
@@ -37,7 +39,7 @@ labels = {
 }
 
 if AS_JSON:
-    print(json.dumps({"disk_write_fdatasync": floor, "periodic_sync_flag": SYNC, "systems": systems}, indent=2))
+    print(json.dumps({"disk_write_fdatasync": floor, "periodic_sync_flag": SYNC, "sidecar_binary": sidecar_binary, "systems": systems}, indent=2))
     sys.exit(0)
 
 js = systems["jetstream"]
@@ -123,7 +125,7 @@ rows = [
     ("  of it anonymous (not the binary's pages)", server("anon_at_rate_kib"), mib),
     ("  peak (VmHWM), after saturation", server("hwm_kib"), mib),
     ("  nats-server behind tether's Bus API, peak", lambda s: s["memory"].get("nats_server", {}).get("hwm_kib"), maybe_mib),
-    ("resident, one sidecar (the larger), at 1,000 msg/s", sidecar("rss_at_rate_kib"), maybe_mib),
+    (f"resident, one sidecar (the larger; {sidecar_binary.split(',')[0]}), at 1,000 msg/s", sidecar("rss_at_rate_kib"), maybe_mib),
     ("  of it anonymous (not the binary's pages)", sidecar("anon_at_rate_kib"), maybe_mib),
     ("  peak (VmHWM), after saturation", sidecar("hwm_kib"), maybe_mib),
 ]
@@ -207,7 +209,7 @@ steady = max(sidecar("rss_at_rate_kib")(t) for t in tethers) * 1024 / 1e6
 anon = max(sidecar("anon_at_rate_kib")(t) for t in tethers) * 1024 / 1e6
 print(
     f"  [{verdict(peak < 10)}] a sidecar under 10 MB resident: peak (VmHWM) {peak:.1f} MB; at 1,000 msg/s"
-    f" {steady:.1f} MB, of which {anon:.1f} MB anonymous"
+    f" {steady:.1f} MB, of which {anon:.1f} MB anonymous ({sidecar_binary})"
 )
 if QUICK:
     print("\nQUICK run: a few seconds per phase, so p99.9 rests on few samples; run without --quick for figures.")

@@ -11,10 +11,6 @@ pub use tether_init::exit::{
 pub const NOT_READY: u8 = 3;
 /// `tether run` and `up`: a sidecar could not be started or did not become ready.
 pub const SIDECAR: u8 = 3;
-/// `tether sidecar`: a fatal start-up step failed.
-pub const STARTUP_FAILED: u8 = 3;
-/// `tether sidecar`: the drain timeout passed; what was unacked was released.
-pub const DRAIN_TIMEOUT: u8 = 4;
 /// `tether ctl`: no tether init answers on the socket, or it ended before answering.
 pub const CTL_UNREACHABLE: u8 = tether_init::control::code::UNREACHABLE;
 
@@ -50,18 +46,6 @@ pub fn of_bus(e: &tether_bus::ServeError) -> u8 {
         | tether_bus::ServeError::Nats(_)
         | tether_bus::ServeError::Sync { .. }
         | tether_bus::ServeError::Transport(_) => INTERNAL,
-    }
-}
-
-/// `tether sidecar`: how it ended.
-#[cfg(feature = "sidecar")]
-pub fn of_sidecar(r: &Result<tether_bus::sidecar::Ended, tether_bus::sidecar::Fatal>) -> u8 {
-    use tether_bus::sidecar::Ended;
-    match r {
-        Ok(Ended::Drained | Ended::Interrupted { .. }) => OK,
-        Ok(Ended::DrainTimedOut { .. }) => DRAIN_TIMEOUT,
-        Ok(Ended::Forced { signal, .. }) => signalled(*signal),
-        Err(_) => STARTUP_FAILED,
     }
 }
 

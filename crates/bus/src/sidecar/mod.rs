@@ -4,12 +4,14 @@
 //! stream; the sidecar speaks to the Bus API for it. Start-up runs eight steps in order, each
 //! logged as it completes ([`Step`]); 1-3 and 7 are fatal ([`Fatal`]), 4-6 best-effort.
 //!
+//! - [`command`]: the sidecar as a command, for `tether sidecar` and `tether-sidecar`;
 //! - [`config`]: the environment and `SIDECAR_CONFIG`, checked before anything starts;
 //! - [`outbox`]: publishes kept on disk while the bus cannot take them;
 //! - `link`: the Bus API client with the registered session;
 //! - `route`: the plugin session, deliveries, acks, publishes, health;
 //! - `health`: `/healthz` and `/readyz`.
 
+pub mod command;
 pub mod config;
 pub mod outbox;
 
