@@ -17,8 +17,15 @@ pub fn serve_args(words: &[String]) -> Option<usize> {
 }
 
 /// Whether the words run `tether sidecar`: `sidecar` first (an image whose entrypoint is
-/// tether), or right after a program named `tether`.
+/// tether), or right after a program named `tether`; or the sidecar-only `tether-sidecar`.
 pub fn runs_sidecar(words: &[String]) -> bool {
+    if words.first().is_some_and(|w| {
+        std::path::Path::new(w)
+            .file_name()
+            .is_some_and(|n| n == "tether-sidecar")
+    }) {
+        return true;
+    }
     match words.iter().position(|w| w == "sidecar") {
         Some(0) => true,
         Some(at) => std::path::Path::new(&words[at - 1])
@@ -84,6 +91,9 @@ mod tests {
         assert!(runs_sidecar(&words("/bin/tether sidecar")));
         assert!(!runs_sidecar(&words("bus serve")));
         assert!(!runs_sidecar(&words("envoy sidecar")));
+        assert!(runs_sidecar(&words("/bin/tether-sidecar")));
+        assert!(runs_sidecar(&words("tether-sidecar")));
+        assert!(!runs_sidecar(&words("my-tether-sidecar")));
     }
 
     #[test]

@@ -229,3 +229,23 @@ error: found 1 problem in the declaration; nothing was changed
         );
     }
 }
+
+/// The sidecar-only binary runs `tether sidecar` too: its SIDECAR_CONFIG under the secrets
+/// folder must be a declared secret, as for `tether sidecar`.
+#[test]
+fn a_tether_sidecar_entrypoint_is_checked_as_tether_sidecar() {
+    let yaml = "version: 1
+sidecars:
+  bus:
+    image: tether-sidecar:local
+    entrypoint: [/bin/tether-sidecar]
+    lifecycle: session
+    interface: { kind: port, port: 9191 }
+    env: { INSTANCE_ID: p-1, POOL_TYPE: P, SIDECAR_CONFIG: /run/secrets/sidecar.yaml }
+";
+    let out = render("tether.yaml", yaml, Vec::new());
+    assert!(
+        out.contains("error: sidecars.bus.env.SIDECAR_CONFIG: SIDECAR_CONFIG /run/secrets/sidecar.yaml: no secret `sidecar.yaml` is declared, so nothing puts a file there"),
+        "{out}"
+    );
+}
