@@ -133,7 +133,7 @@ rows = [
 print(f"tether's plugin bus beside NATS JetStream ({os.cpu_count()} cores), 1 KiB messages, one topic{', QUICK run' if QUICK else ''}")
 print(
     f"disk floor, one 1 KiB append + fdatasync in the stores' folder ({floor['count']} times): "
-    f"p50 {ms(floor['p50_ms'])}, p99 {ms(floor['p99_ms'])}\n"
+    f"p50 {ms(floor['p50_ms'])}, p99 {ms(floor['p99_ms'])}, p99.9 {ms(floor['p999_ms'])}, max {ms(floor['max_ms'])}\n"
 )
 width = max(len(r[0]) for r in rows) + 2
 col = 24
