@@ -321,6 +321,10 @@ struct Inner {
 const BATCH_WINDOW: usize = 4096;
 /// The most publishes of one batch sent before their acks are awaited.
 const BATCH_CHUNK: usize = 1024;
+const _: () = assert!(
+    BATCH_CHUNK <= BATCH_WINDOW,
+    "a chunk takes its window at once"
+);
 
 /// Bumps the bus's wake-up, if it was given.
 fn bump(wake: &OnceLock<Arc<watch::Sender<u64>>>) {
@@ -952,9 +956,9 @@ impl Store for NatsStore {
 
     /// Pipelined: up to [`BATCH_CHUNK`] messages are handed to the connection, in order, before
     /// their acks are awaited, so a batch costs about one round trip to the stream. After a
-    /// publish that could not be sent for a transient reason nothing more is sent (a later
-    /// message of its topic must not be stored before it): the rest are answered with its
-    /// error. A message JetStream did not acknowledge may still be followed by later ones that
+    /// publish that failed for any reason but its own (an invalid one is the caller's to drop)
+    /// nothing more is sent, in its chunk or the next: a later message of its topic must not
+    /// be stored before it is sent again. The rest are answered with its error. A message JetStream did not acknowledge may still be followed by later ones that
     /// it stored, as with any pipelined JetStream publisher (a stream leader elected between
     /// the two); sent again with its key, it is stored after them.
     async fn publish_batch(&self, msgs: Vec<NewMessage>, _now_ms: u64) -> Vec<Result<Published>> {
@@ -991,17 +995,23 @@ impl Store for NatsStore {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = &one
-                    && e.transient
+                    && !e.invalid
                 {
                     stopped = Some(e.clone());
                 }
                 sent.push(one);
             }
             for one in sent {
-                published.push(match one {
+                let answer = match one {
                     Ok(ack) => self.acknowledged(ack).await,
                     Err(e) => Err(e),
-                });
+                };
+                if let Err(e) = &answer
+                    && !e.invalid
+                {
+                    stopped.get_or_insert_with(|| e.clone());
+                }
+                published.push(answer);
             }
         }
         published

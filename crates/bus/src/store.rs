@@ -1229,10 +1229,20 @@ impl Committer {
                     Err(_) => break,
                 },
             };
+            // MAX_BATCH counts writes, a batch of publishes as its messages: one transaction
+            // must not grow so large that the claims and acks in it wait long for their answer.
+            let weight = |job: &Job| match &job.op {
+                Op::PublishMany(msgs, _) => msgs.len().max(1),
+                _ => 1,
+            };
             let mut batch: Vec<Job> = first.into_iter().collect();
-            while batch.len() < MAX_BATCH {
+            let mut writes: usize = batch.iter().map(weight).sum();
+            while writes < MAX_BATCH {
                 match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => {
+                        writes += weight(&job);
+                        batch.push(job);
+                    }
                     Err(_) => break,
                 }
             }

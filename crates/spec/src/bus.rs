@@ -17,9 +17,11 @@ pub fn serve_args(words: &[String]) -> Option<usize> {
 }
 
 /// Whether the words run `tether sidecar`: `sidecar` first (an image whose entrypoint is
-/// tether), or right after a program named `tether`; or the sidecar-only `tether-sidecar`.
+/// tether), or right after a program named `tether`; or a program named `tether-sidecar`, the
+/// sidecar alone (also behind a wrapper: `tini -- tether-sidecar`). An image whose own
+/// entrypoint is `tether-sidecar`, with no words declared, cannot be seen from here.
 pub fn runs_sidecar(words: &[String]) -> bool {
-    if words.first().is_some_and(|w| {
+    if words.iter().any(|w| {
         std::path::Path::new(w)
             .file_name()
             .is_some_and(|n| n == "tether-sidecar")
@@ -93,6 +95,7 @@ mod tests {
         assert!(!runs_sidecar(&words("envoy sidecar")));
         assert!(runs_sidecar(&words("/bin/tether-sidecar")));
         assert!(runs_sidecar(&words("tether-sidecar")));
+        assert!(runs_sidecar(&words("tini -- /bin/tether-sidecar")));
         assert!(!runs_sidecar(&words("my-tether-sidecar")));
     }
 

@@ -1115,15 +1115,25 @@ impl Router {
             let mut done = Vec::new();
             let mut failed = None;
             let mut sent = 0u64;
+            let oldest = entries.first().map(|(key, _)| *key);
             for batch in batches(entries, |(_, r)| r.encoded_len()) {
                 let (keys, requests): (Vec<u64>, Vec<PublishRequest>) = batch.into_iter().unzip();
                 let topics: Vec<String> = requests.iter().map(|r| r.topic.clone()).collect();
                 let one = requests.len() == 1;
                 let results = match self.0.link.publish_batch(requests).await {
                     Ok(results) => results,
-                    // A call of one publish refused for good (too large for the bus, say) is
-                    // that publish's refusal: dropped, or it would stop the outbox for ever.
-                    Err(s) if one && !transient(&s) => vec![Err(s)],
+                    // A call of one publish refused for what it carries (too large for the bus)
+                    // is that publish's refusal: dropped, or it would stop the outbox for ever.
+                    // Any other failure of the call (another protocol major, say) keeps it.
+                    Err(s)
+                        if one
+                            && matches!(
+                                s.code(),
+                                tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+                            ) =>
+                    {
+                        vec![Err(s)]
+                    }
                     Err(s) => {
                         failed = Some(s);
                         break;
@@ -1151,6 +1161,7 @@ impl Router {
                     break;
                 }
             }
+            let moved = oldest.is_some_and(|key| done.contains(&key));
             if let Err(e) = outbox.remove(done).await {
                 tracing::error!("cannot remove forwarded publishes from the outbox: {e}");
             }
@@ -1164,8 +1175,9 @@ impl Router {
                         outbox.len()
                     );
                 }
-                // What went through need not wait the failing one's backoff.
-                if sent > 0 {
+                // The outbox moved (its oldest entry went through): what failed after it need
+                // not wait a long backoff. An oldest entry that keeps failing backs off.
+                if moved {
                     backoff.reset();
                 }
                 tokio::time::sleep(backoff.next()).await;
