@@ -212,6 +212,38 @@ impl Dialer {
 }
 
 impl Link {
+    /// A link to the bus at `uri` with the session `s`, for tests with a fake bus.
+    #[cfg(test)]
+    pub(crate) fn to_fake(uri: String) -> Link {
+        Link(Arc::new(Shared {
+            dialer: Dialer {
+                urls: vec![uri.clone()],
+                tls: None,
+                tls_server_name: None,
+            },
+            current: std::sync::RwLock::new(Current {
+                client: BusApiClient::new(
+                    Endpoint::from_shared(uri.clone())
+                        .expect("a fake bus's address")
+                        .connect_lazy(),
+                ),
+                replica: Replica {
+                    label: uri.clone(),
+                    uri,
+                    host: "127.0.0.1".into(),
+                },
+                generation: 0,
+            }),
+            moving: Mutex::new(()),
+            failed_move: std::sync::Mutex::new(None),
+            register: RegisterRequest::default(),
+            session: RwLock::new("s".into()),
+            reregistering: Mutex::new(()),
+            closing: AtomicBool::new(false),
+            no_batches: AtomicBool::new(false),
+        }))
+    }
+
     /// Step 1: resolves the addresses and dials each replica in turn until one answers or
     /// `deadline` passes, backing off between rounds and resolving again for each.
     pub async fn connect(
@@ -592,6 +624,7 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sidecar::fake::FakeBus;
     use std::sync::atomic::AtomicUsize;
 
     /// A replica that takes connections and drops them at once (a TLS dial to it fails),
@@ -610,121 +643,12 @@ mod tests {
         (url, count)
     }
 
-    /// A Bus API from before PublishBatch: it answers that call UNIMPLEMENTED and numbers
-    /// the single publishes it gets, noting their topics in order.
-    #[derive(Default, Clone)]
-    struct OldBus {
-        batches: Arc<AtomicUsize>,
-        published: Arc<std::sync::Mutex<Vec<String>>>,
-    }
-
-    #[tonic::async_trait]
-    impl tether_bus_proto::v1::bus_api_server::BusApi for OldBus {
-        async fn register(
-            &self,
-            _: Request<RegisterRequest>,
-        ) -> Result<tonic::Response<RegisterResponse>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-        async fn deregister(
-            &self,
-            _: Request<DeregisterRequest>,
-        ) -> Result<tonic::Response<tether_bus_proto::v1::DeregisterResponse>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-        async fn publish(
-            &self,
-            r: Request<PublishRequest>,
-        ) -> Result<tonic::Response<PublishResponse>, Status> {
-            let mut published = self.published.lock().unwrap();
-            let topic = r.into_inner().topic;
-            published.push(topic.clone());
-            if topic == "bad" {
-                return Err(Status::internal("the store failed"));
-            }
-            Ok(tonic::Response::new(PublishResponse {
-                sequence: published.len() as u64,
-                duplicate: false,
-            }))
-        }
-        async fn publish_batch(
-            &self,
-            _: Request<PublishBatchRequest>,
-        ) -> Result<tonic::Response<tether_bus_proto::v1::PublishBatchResponse>, Status> {
-            self.batches.fetch_add(1, Ordering::SeqCst);
-            Err(Status::unimplemented(
-                "Method not found: tether.bus.v1.BusApi/PublishBatch",
-            ))
-        }
-        type SubscribeStream = tokio_stream::Empty<Result<Delivery, Status>>;
-        async fn subscribe(
-            &self,
-            _: Request<SubscribeRequest>,
-        ) -> Result<tonic::Response<Self::SubscribeStream>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-        async fn ack(
-            &self,
-            _: Request<AckRequest>,
-        ) -> Result<tonic::Response<tether_bus_proto::v1::AckResponse>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-        async fn nack(
-            &self,
-            _: Request<NackRequest>,
-        ) -> Result<tonic::Response<tether_bus_proto::v1::NackResponse>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-        async fn release(
-            &self,
-            _: Request<ReleaseRequest>,
-        ) -> Result<tonic::Response<tether_bus_proto::v1::ReleaseResponse>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-    }
-
-    fn link_to(uri: String) -> Link {
-        Link(Arc::new(Shared {
-            dialer: Dialer {
-                urls: vec![uri.clone()],
-                tls: None,
-                tls_server_name: None,
-            },
-            current: std::sync::RwLock::new(Current {
-                client: BusApiClient::new(
-                    Endpoint::from_shared(uri.clone()).unwrap().connect_lazy(),
-                ),
-                replica: Replica {
-                    label: uri.clone(),
-                    uri,
-                    host: "127.0.0.1".into(),
-                },
-                generation: 0,
-            }),
-            moving: Mutex::new(()),
-            failed_move: std::sync::Mutex::new(None),
-            register: RegisterRequest::default(),
-            session: RwLock::new("s".into()),
-            reregistering: Mutex::new(()),
-            closing: AtomicBool::new(false),
-            no_batches: AtomicBool::new(false),
-        }))
-    }
-
     /// A bus older than PublishBatch answers it UNIMPLEMENTED: the batch goes as single
     /// publishes in its order, and later batches go so at once, without asking again.
     #[tokio::test]
     async fn a_bus_without_batches_gets_single_publishes_in_order() {
-        let bus = OldBus::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri = format!("http://{}", listener.local_addr().unwrap());
-        let service = tether_bus_proto::v1::bus_api_server::BusApiServer::new(bus.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
-        let link = link_to(uri);
+        let bus = FakeBus::default();
+        let link = Link::to_fake(bus.serve().await);
         let batch = |topics: &[&str]| -> Vec<PublishRequest> {
             topics
                 .iter()

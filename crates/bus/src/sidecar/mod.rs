@@ -16,6 +16,8 @@ pub mod config;
 pub mod outbox;
 
 mod backoff;
+#[cfg(test)]
+mod fake;
 mod health;
 mod link;
 mod route;

@@ -1342,3 +1342,72 @@ impl PluginService for Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::sidecar::fake::FakeBus;
+
+    /// A router on `bus` whose outbox holds one publish.
+    async fn router_keeping_one(bus: &FakeBus, dir: &Path) -> Router {
+        let file = dir.join("sidecar.yaml");
+        std::fs::write(&file, format!("data_dir: {}\n", dir.join("data").display())).unwrap();
+        let vars = BTreeMap::from([
+            ("INSTANCE_ID".to_owned(), "p-1".to_owned()),
+            ("POOL_TYPE".to_owned(), "P".to_owned()),
+            ("SIDECAR_CONFIG".to_owned(), file.display().to_string()),
+        ]);
+        let config = crate::sidecar::config::from_env(&vars, dir).unwrap();
+        let router = Router::new(Arc::new(config), Link::to_fake(bus.serve().await), vec![]);
+        router.open_outbox().unwrap();
+        let kept = PublishRequest {
+            topic: "t.a".into(),
+            idempotency_key: "k1".into(),
+            ..Default::default()
+        };
+        router.outbox().unwrap().push(&kept).await.unwrap();
+        router
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "not within 20 s: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A one-publish PublishBatch the bus fails for a reason that is not the publish's own
+    /// (another protocol major) keeps it in the outbox, tried again; one the bus refuses for
+    /// what it carries (OUT_OF_RANGE: over its message size) is dropped, or it would stop the
+    /// outbox for ever.
+    #[tokio::test]
+    async fn the_outbox_drops_a_publish_only_for_what_it_carries() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = FakeBus::default();
+        *bus.batch_answer.lock().unwrap() =
+            Status::failed_precondition("the Bus API speaks tether.bus.v2");
+        let router = router_keeping_one(&bus, dir.path()).await;
+        let forwarding = tokio::spawn(router.clone().forward_outbox());
+        until("the publish tried three times", || {
+            bus.batches.load(Ordering::SeqCst) >= 3
+        })
+        .await;
+        assert_eq!(router.outbox().unwrap().len(), 1);
+        forwarding.abort();
+
+        let dir = tempfile::tempdir().unwrap();
+        let bus = FakeBus::default();
+        *bus.batch_answer.lock().unwrap() =
+            Status::out_of_range("decoded message length too large");
+        let router = router_keeping_one(&bus, dir.path()).await;
+        let forwarding = tokio::spawn(router.clone().forward_outbox());
+        let outbox = router.outbox().unwrap();
+        until("the publish dropped", || outbox.is_empty()).await;
+        assert_eq!(bus.batches.load(Ordering::SeqCst), 1);
+        forwarding.abort();
+    }
+}
