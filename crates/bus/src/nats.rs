@@ -967,23 +967,13 @@ impl Store for NatsStore {
         let mut msgs = msgs.into_iter().peekable();
         while msgs.peek().is_some() {
             let chunk: Vec<NewMessage> = msgs.by_ref().take(BATCH_CHUNK).collect();
-            if let Some(e) = &stopped {
-                published.extend(chunk.iter().map(|_| Err(e.clone())));
-                continue;
-            }
-            let Ok(_window) = self
+            // The window is never closed: `acquire_many` cannot fail.
+            let _window = self
                 .inner
                 .batch_window
                 .acquire_many(chunk.len() as u32)
                 .await
-            else {
-                published.extend(
-                    chunk
-                        .iter()
-                        .map(|_| Err(StoreError::new("the store is closed"))),
-                );
-                continue;
-            };
+                .ok();
             let mut sent = Vec::with_capacity(chunk.len());
             for msg in chunk {
                 if let Some(e) = &stopped {

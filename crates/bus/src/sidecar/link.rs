@@ -215,33 +215,28 @@ impl Link {
     /// A link to the bus at `uri` with the session `s`, for tests with a fake bus.
     #[cfg(test)]
     pub(crate) fn to_fake(uri: String) -> Link {
-        Link(Arc::new(Shared {
-            dialer: Dialer {
-                urls: vec![uri.clone()],
-                tls: None,
-                tls_server_name: None,
-            },
-            current: std::sync::RwLock::new(Current {
-                client: BusApiClient::new(
-                    Endpoint::from_shared(uri.clone())
-                        .expect("a fake bus's address")
-                        .connect_lazy(),
-                ),
-                replica: Replica {
-                    label: uri.clone(),
-                    uri,
-                    host: "127.0.0.1".into(),
-                },
-                generation: 0,
-            }),
-            moving: Mutex::new(()),
-            failed_move: std::sync::Mutex::new(None),
-            register: RegisterRequest::default(),
-            session: RwLock::new("s".into()),
-            reregistering: Mutex::new(()),
-            closing: AtomicBool::new(false),
-            no_batches: AtomicBool::new(false),
-        }))
+        let dialer = Dialer {
+            urls: vec![uri.clone()],
+            tls: None,
+            tls_server_name: None,
+        };
+        let link = Self::lazy(dialer, &uri);
+        *link.0.session.try_write().expect("a new link") = "s".into();
+        link
+    }
+
+    /// A link that dials `uri` on its first call, for tests.
+    #[cfg(test)]
+    fn lazy(dialer: Dialer, uri: &str) -> Link {
+        let channel = Endpoint::from_shared(uri.to_owned())
+            .expect("a test's address")
+            .connect_lazy();
+        let replica = Replica {
+            label: uri.to_owned(),
+            uri: uri.to_owned(),
+            host: "127.0.0.1".into(),
+        };
+        Self::on(dialer, channel, replica, RegisterRequest::default())
     }
 
     /// Step 1: resolves the addresses and dials each replica in turn until one answers or
@@ -276,7 +271,12 @@ impl Link {
             tracing::debug!("the Bus API does not answer yet: {}", failures.join("; "));
             tokio::time::sleep(backoff.next().min(deadline - waited)).await;
         };
-        Ok(Self(Arc::new(Shared {
+        Ok(Self::on(dialer, channel, replica, register))
+    }
+
+    /// A link using `replica` through `channel`, with no session yet.
+    fn on(dialer: Dialer, channel: Channel, replica: Replica, register: RegisterRequest) -> Link {
+        Link(Arc::new(Shared {
             dialer,
             current: std::sync::RwLock::new(Current {
                 client: BusApiClient::new(channel),
@@ -290,7 +290,7 @@ impl Link {
             reregistering: Mutex::new(()),
             closing: AtomicBool::new(false),
             no_batches: AtomicBool::new(false),
-        })))
+        }))
     }
 
     /// The replica in use, as the logs name it.
@@ -378,11 +378,11 @@ impl Link {
         false
     }
 
-    /// Makes a call on the replica in use (`f` sends `message` with `client`) and, when the
+    /// Makes a call on the replica in use (`f` sends a copy of `message` with `client`) and, when the
     /// replica failed, once more on the next one. Answers the session the last try carried.
     async fn attempt<T, R, F, Fut>(
         &self,
-        message: T,
+        message: &T,
         timeout: Option<Duration>,
         with_session: bool,
         f: F,
@@ -425,7 +425,7 @@ impl Link {
     /// [`Self::attempt`] for a session; `UNAUTHENTICATED` (the bus forgot it) registers again.
     async fn call<T, R, F, Fut>(
         &self,
-        message: T,
+        message: &T,
         timeout: Option<Duration>,
         f: F,
     ) -> Result<R, Status>
@@ -448,7 +448,7 @@ impl Link {
     pub async fn register(&self) -> Result<RegisterResponse, Status> {
         let (answer, _) = self
             .attempt(
-                self.0.register.clone(),
+                &self.0.register,
                 Some(CALL_TIMEOUT),
                 false,
                 |mut c, r| async move { c.register(r).await },
@@ -483,7 +483,7 @@ impl Link {
     }
 
     pub async fn publish(&self, message: PublishRequest) -> Result<PublishResponse, Status> {
-        self.call(message, Some(CALL_TIMEOUT), |mut c, r| async move {
+        self.call(&message, Some(CALL_TIMEOUT), |mut c, r| async move {
             c.publish(r).await.map(tonic::Response::into_inner)
         })
         .await
@@ -502,7 +502,7 @@ impl Link {
             let n = publishes.len();
             let message = PublishBatchRequest { publishes };
             let answer = self
-                .call(message.clone(), Some(CALL_TIMEOUT), |mut c, r| async move {
+                .call(&message, Some(CALL_TIMEOUT), |mut c, r| async move {
                     c.publish_batch(r).await.map(tonic::Response::into_inner)
                 })
                 .await;
@@ -563,7 +563,7 @@ impl Link {
         let message = SubscribeRequest {
             subscription: Some(subscription),
         };
-        self.call(message, None, |mut c, r| async move {
+        self.call(&message, None, |mut c, r| async move {
             c.subscribe(r).await.map(tonic::Response::into_inner)
         })
         .await
@@ -571,7 +571,7 @@ impl Link {
 
     pub async fn ack(&self, delivery_ids: Vec<String>) -> Result<u32, Status> {
         self.call(
-            AckRequest { delivery_ids },
+            &AckRequest { delivery_ids },
             Some(CALL_TIMEOUT),
             |mut c, r| async move { c.ack(r).await.map(|r| r.into_inner().acked) },
         )
@@ -583,7 +583,7 @@ impl Link {
             delivery_id,
             delay_ms,
         };
-        self.call(message, Some(CALL_TIMEOUT), |mut c, r| async move {
+        self.call(&message, Some(CALL_TIMEOUT), |mut c, r| async move {
             c.nack(r).await.map(|_| ())
         })
         .await
@@ -598,7 +598,7 @@ impl Link {
     ) -> Result<u32, Status> {
         let (result, _) = self
             .attempt(
-                ReleaseRequest { delivery_ids },
+                &ReleaseRequest { delivery_ids },
                 Some(timeout),
                 true,
                 |mut c, r| async move { c.release(r).await.map(|r| r.into_inner().released) },
@@ -611,7 +611,7 @@ impl Link {
         self.0.closing.store(true, Ordering::SeqCst);
         let (result, _) = self
             .attempt(
-                DeregisterRequest {},
+                &DeregisterRequest {},
                 Some(timeout),
                 true,
                 |mut c, r| async move { c.deregister(r).await.map(|_| ()) },
@@ -699,31 +699,12 @@ mod tests {
     async fn callers_that_fail_together_make_one_round_of_dials() {
         let (a, dialed_a) = dropping_replica().await;
         let (b, dialed_b) = dropping_replica().await;
-        let link = Link(Arc::new(Shared {
-            dialer: Dialer {
-                urls: vec![a, b],
-                tls: Some(ClientTlsConfig::new()),
-                tls_server_name: None,
-            },
-            current: std::sync::RwLock::new(Current {
-                client: BusApiClient::new(
-                    Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
-                ),
-                replica: Replica {
-                    label: "old".into(),
-                    uri: "http://127.0.0.1:9".into(),
-                    host: "127.0.0.1".into(),
-                },
-                generation: 0,
-            }),
-            moving: Mutex::new(()),
-            failed_move: std::sync::Mutex::new(None),
-            register: RegisterRequest::default(),
-            session: RwLock::new(String::new()),
-            reregistering: Mutex::new(()),
-            closing: AtomicBool::new(false),
-            no_batches: AtomicBool::new(false),
-        }));
+        let dialer = Dialer {
+            urls: vec![a, b],
+            tls: Some(ClientTlsConfig::new()),
+            tls_server_name: None,
+        };
+        let link = Link::lazy(dialer, "http://127.0.0.1:9");
         let held = link.0.moving.lock().await;
         let (queued, mut started) = tokio::sync::mpsc::unbounded_channel();
         let mut callers = tokio::task::JoinSet::new();

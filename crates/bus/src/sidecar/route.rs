@@ -57,6 +57,12 @@ type Queued = (
     oneshot::Sender<Result<v1::PublishResponse, Status>>,
 );
 
+/// Whether a publish of `n` bytes still fits a `PublishBatch` call that holds `count`
+/// publishes of `bytes` (a first publish always does, whatever its size).
+fn fits(count: usize, bytes: usize, n: usize) -> bool {
+    count == 0 || (count < PUBLISH_BATCH && bytes + n <= PUBLISH_BATCH_BYTES)
+}
+
 /// Cuts publishes, in their order, into the `PublishBatch` calls that carry them.
 fn batches<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
     let mut out: Vec<Vec<T>> = Vec::new();
@@ -64,7 +70,7 @@ fn batches<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
     for item in items {
         let n = size(&item);
         match out.last_mut() {
-            Some(last) if last.len() < PUBLISH_BATCH && bytes + n <= PUBLISH_BATCH_BYTES => {
+            Some(last) if fits(last.len(), bytes, n) => {
                 bytes += n;
                 last.push(item);
             }
@@ -1048,10 +1054,10 @@ impl Router {
             };
             let mut bytes = first.0.encoded_len();
             let mut batch = vec![first];
-            while batch.len() < PUBLISH_BATCH && bytes < PUBLISH_BATCH_BYTES {
+            while batch.len() < PUBLISH_BATCH {
                 let Ok(q) = rx.try_recv() else { break };
                 let n = q.0.encoded_len();
-                if bytes + n > PUBLISH_BATCH_BYTES {
+                if !fits(batch.len(), bytes, n) {
                     carried = Some(q);
                     break;
                 }
