@@ -633,6 +633,13 @@ mod tests {
         }
     }
 
+    /// Whether the server hung up on a new connection that sent `bytes` and nothing more.
+    async fn sent_then_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> bool {
+        let mut s = connect(addr).await;
+        s.get_mut().write_all(bytes).await.unwrap();
+        closed(&mut s).await
+    }
+
     #[tokio::test]
     async fn requests_follow_each_other_on_one_connection_until_close() {
         let addr = listener().await;
@@ -811,19 +818,15 @@ mod tests {
         let mut s = connect(addr).await;
         assert!(closed(&mut s).await);
         // Half a head (slowloris).
-        let mut s = connect(addr).await;
-        s.get_mut()
-            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
-            .await
-            .unwrap();
-        assert!(closed(&mut s).await);
+        assert!(sent_then_closed(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n").await);
         // Half a body.
-        let mut s = connect(addr).await;
-        s.get_mut()
-            .write_all(b"POST /control HTTP/1.1\r\ncontent-length: 20\r\n\r\n{\"op\"")
+        assert!(
+            sent_then_closed(
+                addr,
+                b"POST /control HTTP/1.1\r\ncontent-length: 20\r\n\r\n{\"op\""
+            )
             .await
-            .unwrap();
-        assert!(closed(&mut s).await);
+        );
         // An answered request, then nothing on the kept-alive connection: closed when idle.
         let addr = listener_with(Limits {
             head: Duration::from_secs(600),
