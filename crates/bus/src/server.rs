@@ -605,7 +605,7 @@ fn json_string(s: &str) -> String {
 /// The metrics in the Prometheus text format.
 fn prometheus(m: &Metrics, store: &StoreStats, store_bytes: u64) -> String {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let rows: [(&str, &str, &str, u64); 10] = [
+    let rows: [(&str, &str, &str, u64); 11] = [
         (
             "tether_bus_messages_published_total",
             "counter",
@@ -663,8 +663,14 @@ fn prometheus(m: &Metrics, store: &StoreStats, store_bytes: u64) -> String {
         (
             "tether_bus_store_syncs_total",
             "counter",
-            "Durable commits (one fsync each).",
+            "Times the store made its commits durable (one fsync each: of its journal, or of the store file at a checkpoint).",
             get(&store.syncs),
+        ),
+        (
+            "tether_bus_store_checkpoints_total",
+            "counter",
+            "Durable commits of the store file (each lets the journal start again).",
+            get(&store.checkpoints),
         ),
     ];
     let mut out = String::new();

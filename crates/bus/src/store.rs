@@ -23,6 +23,11 @@
 //! messages costs one fsync per batch of publishes, not one more per batch of acks. In
 //! [`SyncMode::Every`] no commit waits for the disk, and a durable commit happens at least that
 //! often.
+//!
+//! In [`SyncMode::Always`] "durable" means the transaction's record in the store's journal is
+//! synced ([`journal`]: one append and one `fdatasync`, where a durable redb commit writes
+//! pages all over its file); the redb file itself is made durable by a checkpoint every 2 s (or
+//! 64 MiB of journal), and a start replays the journal's records after the last checkpoint.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -38,6 +43,9 @@ use redb::{
 
 use crate::policy::Grant;
 use crate::topic;
+
+mod journal;
+use journal::Journal;
 
 /// A failure of the store. The bus answers `UNAVAILABLE` for a transient one (the store cannot
 /// be reached now: NATS disconnected, a timeout, no responders), so that the sidecar tries
@@ -275,6 +283,10 @@ const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("sessions");
 const CONSUMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumers");
 const POSITIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("positions");
 const PENDING: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("pending");
+/// The store's own bookkeeping: [`JOURNAL_APPLIED`].
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The last journal record the durable state holds (see [`journal`]).
+const JOURNAL_APPLIED: &str = "journal_applied";
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct TopicRecord {
@@ -385,8 +397,11 @@ pub enum SyncMode {
 pub struct StoreStats {
     /// Transactions committed.
     pub commits: AtomicU64,
-    /// Of them, durable ones (one fsync each).
+    /// Times the commits so far were made durable: each is one fsync (of the journal, or of
+    /// the redb file at a checkpoint).
     pub syncs: AtomicU64,
+    /// Of them, durable commits of the redb file (see [`journal`]).
+    pub checkpoints: AtomicU64,
     /// The committer thread has stopped: nothing can be written.
     pub stopped: AtomicBool,
     /// Why the last commit failed, until one succeeds again.
@@ -446,7 +461,7 @@ impl RedbStore {
     pub fn open(dir: &Path, retention: Retention, sync: SyncMode) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::new(format!("cannot create {}: {e}", dir.display())))?;
-        let committer = Committer::open(&dir.join(FILE_NAME), retention, sync)?;
+        let committer = Committer::open(dir, retention, sync)?;
         let db = committer.db.clone();
         let stats = committer.stats.clone();
         let (jobs, rx) = std::sync::mpsc::channel();
@@ -824,6 +839,7 @@ fn claim_in(
 // ------------------------------------------------------------------------------------------------
 
 /// One write, as the committer thread runs it.
+#[derive(Debug)]
 enum Op {
     Register(Registration),
     Deregister(String),
@@ -1164,6 +1180,11 @@ struct Committer {
     /// commit (acks in [`SyncMode::Always`]), and since when the oldest waits.
     deferred: Vec<(Reply, Done)>,
     deferred_since: Option<Instant>,
+    /// In [`SyncMode::Always`]: where commits are made durable between checkpoints.
+    journal: Option<Journal>,
+    /// Since when commits that the redb file does not hold durably exist (the next
+    /// checkpoint's due time counts from it).
+    uncheckpointed_since: Option<Instant>,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Done>>;
@@ -1172,12 +1193,19 @@ type Reply = tokio::sync::oneshot::Sender<Result<Done>>;
 /// publish's); after that it gets one of its own.
 const DEFER_AT_MOST: Duration = Duration::from_millis(2);
 
+/// How often, and after how many journal bytes, a checkpoint makes the redb file durable: the
+/// most a restart replays. Each costs one durable redb commit of the pages written since the
+/// last one.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+
 impl Committer {
-    /// Opens (or creates) the file at `path` with every table.
-    fn open(path: &Path, retention: Retention, sync: SyncMode) -> Result<Self> {
+    /// Opens (or creates) the store in `dir` with every table, and replays its journal.
+    fn open(dir: &Path, retention: Retention, sync: SyncMode) -> Result<Self> {
+        let path = dir.join(FILE_NAME);
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
-            .create(path)
+            .create(&path)
             .map_err(|e| StoreError::new(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write()?;
         {
@@ -1189,9 +1217,10 @@ impl Committer {
             txn.open_table(CONSUMERS)?;
             txn.open_table(POSITIONS)?;
             txn.open_table(PENDING)?;
+            txn.open_table(META)?;
         }
         txn.commit()?;
-        Ok(Self {
+        let mut this = Self {
             db: Arc::new(db),
             sessions: Arc::default(),
             retention,
@@ -1201,7 +1230,118 @@ impl Committer {
             summaries: Summaries::new(),
             deferred: Vec::new(),
             deferred_since: None,
-        })
+            journal: None,
+            uncheckpointed_since: None,
+        };
+        let journal_path = dir.join(journal::FILE_NAME);
+        if sync == SyncMode::Always || journal_path.exists() {
+            this.replay(&journal_path)?;
+            if sync != SyncMode::Always {
+                this.journal = None;
+            }
+        }
+        Ok(this)
+    }
+
+    /// Opens the journal and applies the records the redb file does not hold yet, then makes
+    /// them durable in the file (a checkpoint).
+    fn replay(&mut self, path: &Path) -> Result<()> {
+        let applied = {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            meta.get(JOURNAL_APPLIED)?.map_or(0, |v| v.value())
+        };
+        let (journal, records) = Journal::open(path, applied)?;
+        self.journal = Some(journal);
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (count, last) = (records.len(), records.last().map_or(0, |r| r.0));
+        for (seq, ops) in records {
+            let txn = self.db.begin_write()?;
+            for op in &ops {
+                apply(&txn, op, self.retention, &mut self.summaries).map_err(|e| {
+                    StoreError::new(format!(
+                        "cannot replay record {seq} of {}: {}",
+                        path.display(),
+                        e.message
+                    ))
+                })?;
+            }
+            let mut txn = txn;
+            txn.set_durability(Durability::None)?;
+            txn.commit()?;
+        }
+        self.summaries.clear();
+        self.checkpoint()?;
+        tracing::info!(
+            "replayed {count} journal records (up to {last}) of {} into the store",
+            path.display()
+        );
+        Ok(())
+    }
+
+    /// Makes the redb file durable, noting the last journal record it holds, and starts the
+    /// journal again.
+    fn checkpoint(&mut self) -> Result<()> {
+        let Some(last) = self.journal.as_ref().map(Journal::last) else {
+            return Ok(());
+        };
+        let txn = self.disk(self.db.begin_write())?;
+        txn.open_table(META)?.insert(JOURNAL_APPLIED, last)?;
+        self.disk(txn.commit())?;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.restart();
+        }
+        self.unsynced_since = None;
+        self.uncheckpointed_since = None;
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes every commit so far durable: the journal's sync, or a checkpoint when the
+    /// journal cannot be written.
+    fn make_durable(&mut self) -> Result<()> {
+        let Some(journal) = self.journal.as_mut() else {
+            return self.checkpoint();
+        };
+        match journal.sync() {
+            Ok(()) => {
+                self.unsynced_since = None;
+                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("{}; making the store durable by a checkpoint", e.message);
+                self.checkpoint()
+            }
+        }
+    }
+
+    /// A checkpoint when the last was long enough ago or the journal grew large; its failure
+    /// fails the writes that waited for a sync, and it is tried again later.
+    fn checkpoint_if_due(&mut self) {
+        let due = self
+            .uncheckpointed_since
+            .is_some_and(|s| s.elapsed() >= CHECKPOINT_EVERY)
+            || self
+                .journal
+                .as_ref()
+                .is_some_and(|j| j.len() >= CHECKPOINT_BYTES);
+        if !due {
+            return;
+        }
+        match self.checkpoint() {
+            Ok(()) => self.answer_deferred(None),
+            Err(e) => {
+                tracing::error!("a checkpoint of the bus's store failed: {e}");
+                self.uncheckpointed_since = Some(Instant::now());
+                if self.journal.as_ref().is_some_and(Journal::broken) {
+                    self.answer_deferred(Some(&e));
+                }
+            }
+        }
     }
 
     fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
@@ -1214,10 +1354,10 @@ impl Committer {
                 _ => None,
             };
             let deferred = self.deferred_since.map(|since| since + DEFER_AT_MOST);
-            let due = match (periodic, deferred) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let checkpoint = self
+                .uncheckpointed_since
+                .map(|since| since + CHECKPOINT_EVERY);
+            let due = [periodic, deferred, checkpoint].into_iter().flatten().min();
             let first = match due {
                 Some(at) => match jobs.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(job) => Some(job),
@@ -1258,9 +1398,20 @@ impl Committer {
                 });
             }
             self.run_batch(batch);
+            self.checkpoint_if_due();
         }
-        // Every handle is gone: make what was committed durable.
-        if self.unsynced_since.is_some() {
+        // Every handle is gone: make what was committed durable, in the redb file (nothing to
+        // replay at the next start).
+        if self.journal.is_some() {
+            match self.checkpoint() {
+                Ok(()) => self.answer_deferred(None),
+                Err(e) => {
+                    tracing::error!("the last checkpoint of the bus's store failed: {e}");
+                    let e = self.make_durable().err();
+                    self.answer_deferred(e.as_ref());
+                }
+            }
+        } else if self.unsynced_since.is_some() {
             match self.commit(&[Op::Flush]) {
                 Ok(_) => self.answer_deferred(None),
                 Err(e) => {
@@ -1316,6 +1467,15 @@ impl Committer {
     /// Answers the writes of a committed transaction: at once, or (for a write that asked to be
     /// durable and may wait) once a durable commit holds it, which may be this one.
     fn answer(&mut self, replies: Vec<Option<Reply>>, committed: Committed) {
+        if let Some(e) = committed.not_durable {
+            // Committed, and so seen by later reads, but not durable: no write is answered as
+            // done (a publish sent again is stored once by its idempotency key).
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(Err(e.clone()));
+            }
+            self.answer_deferred(Some(&e));
+            return;
+        }
         for (reply, (done, defer)) in replies.into_iter().zip(committed.done) {
             let Some(reply) = reply else { continue };
             if defer && !committed.durable {
@@ -1352,6 +1512,8 @@ impl Committer {
         let mut done = Vec::with_capacity(ops.len());
         let mut effect = Effect::NONE;
         let mut flush = false;
+        // The writes that changed something, for the journal.
+        let mut wrote = Vec::new();
         for op in ops {
             let (d, e) = apply(&txn, op, self.retention, &mut self.summaries)?;
             // In SyncMode::Always an ack is durable before it is answered, but it need not
@@ -1361,6 +1523,9 @@ impl Committer {
             // its first try may be unsynced, in an earlier commit or earlier in this one.
             let defer = self.sync == SyncMode::Always && e.defer;
             done.push((d, defer));
+            if e.wrote {
+                wrote.push(op);
+            }
             effect.wrote |= e.wrote;
             effect.durable |= e.durable;
             flush |= matches!(op, Op::Flush);
@@ -1370,6 +1535,31 @@ impl Committer {
                 SyncMode::Always => effect.durable,
                 SyncMode::Every(every) => self.unsynced_since.is_some_and(|s| s.elapsed() >= every),
             };
+        if self.journal.is_some() {
+            // Committed to redb without an fsync, then journaled; durable once the journal is
+            // synced (or a checkpoint made the file durable).
+            if effect.wrote {
+                txn.set_durability(Durability::None)?;
+                self.disk(txn.commit())?;
+                if let Some(journal) = self.journal.as_mut() {
+                    journal.append(wrote);
+                }
+                self.unsynced_since.get_or_insert_with(Instant::now);
+                self.uncheckpointed_since.get_or_insert_with(Instant::now);
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            } else {
+                txn.abort()?;
+            }
+            let not_durable = match durable && self.unsynced_since.is_some() {
+                true => self.make_durable().err(),
+                false => None,
+            };
+            return Ok(Committed {
+                done,
+                durable: self.unsynced_since.is_none(),
+                not_durable,
+            });
+        }
         if durable && (effect.wrote || self.unsynced_since.is_some()) {
             self.disk(txn.commit())?;
             self.unsynced_since = None;
@@ -1383,12 +1573,14 @@ impl Committer {
             return Ok(Committed {
                 done,
                 durable: self.unsynced_since.is_none(),
+                not_durable: None,
             });
         }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         Ok(Committed {
             done,
             durable: self.unsynced_since.is_none(),
+            not_durable: None,
         })
     }
 
@@ -1407,6 +1599,8 @@ impl Committer {
 struct Committed {
     done: Vec<(Done, bool)>,
     durable: bool,
+    /// The transaction was committed but could not be made durable, when it had to be.
+    not_durable: Option<StoreError>,
 }
 
 impl RedbStore {
@@ -1654,34 +1848,122 @@ mod tests {
         );
     }
 
+    /// Runs `ops` as one batch of the committer; answers their replies.
+    fn run(c: &mut Committer, ops: Vec<Op>) -> Vec<tokio::sync::oneshot::Receiver<Result<Done>>> {
+        let mut answers = Vec::new();
+        let batch = ops
+            .into_iter()
+            .map(|op| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                answers.push(answer);
+                Job {
+                    op,
+                    reply: Some(reply),
+                }
+            })
+            .collect();
+        c.run_batch(batch);
+        answers
+    }
+
+    /// What a machine that lost power now would find of `dir`'s store: its files as they are
+    /// on disk (redb's non-durable commits are not in the file's durable state).
+    fn crash_image(dir: &Path) -> tempfile::TempDir {
+        let image = tempfile::tempdir().unwrap();
+        for name in [FILE_NAME, journal::FILE_NAME] {
+            std::fs::copy(dir.join(name), image.path().join(name)).unwrap();
+        }
+        image
+    }
+
+    /// `--sync always` answers a write once its journal record is synced, before the redb
+    /// file holds it durably: after a crash, opening the store replays the journal, and every
+    /// answered publish and ack is there. Without the journal the file alone has lost them.
+    #[tokio::test]
+    async fn a_crash_loses_no_answered_write_the_journal_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Committer::open(dir.path(), Retention::default(), SyncMode::Always).unwrap();
+        let config = ConsumerConfig {
+            pattern: "t.*".into(),
+            ack_deadline: Duration::from_millis(1000),
+            max_deliver: 5,
+        };
+        let mut answers = run(
+            &mut c,
+            vec![
+                Op::OpenConsumer("c".into(), config.clone()),
+                Op::Publish(msg("t.a", "m1", ""), 1),
+                Op::PublishMany(vec![msg("t.a", "m2", "k2"), msg("t.b", "m3", "")], 1),
+            ],
+        );
+        answers.push(
+            run(
+                &mut c,
+                vec![Op::Claim {
+                    consumer: "c".into(),
+                    holder: "h".into(),
+                    now_ms: 2,
+                    max: 10,
+                }],
+            )
+            .remove(0),
+        );
+        let Ok(Ok(Done::Claimed(claimed))) = answers.pop().unwrap().try_recv() else {
+            panic!("the claim is answered at once");
+        };
+        assert_eq!(claimed.deliveries.len(), 3);
+        let first = claimed.deliveries[0].id.clone();
+        let mut acked = run(&mut c, vec![Op::Ack(vec![first.clone()])]);
+        // The ack waits for a sync; the flush (the committer's own, after 2 ms) makes it.
+        assert!(acked[0].try_recv().is_err(), "answered before a sync");
+        run(&mut c, vec![Op::Flush]);
+        answers.append(&mut acked);
+        for mut a in answers {
+            assert!(matches!(a.try_recv(), Ok(Ok(_))), "a write not answered");
+        }
+        assert_eq!(c.stats.checkpoints.load(Ordering::Relaxed), 0);
+
+        let image = crash_image(dir.path());
+        let without_journal = crash_image(dir.path());
+        drop(c);
+        let store = RedbStore::open(image.path(), Retention::default(), SyncMode::Always).unwrap();
+        assert_eq!(store.stats().checkpoints.load(Ordering::Relaxed), 1);
+        store
+            .open_consumer("c".into(), config.clone())
+            .await
+            .unwrap();
+        // Past the ack deadline: the two unacked come again, the acked one does not.
+        let again = store
+            .claim("c".into(), "h2".into(), 5_000, 10)
+            .await
+            .unwrap();
+        let got: Vec<(&str, &[u8], u32)> = again
+            .deliveries
+            .iter()
+            .map(|d| (d.topic.as_str(), d.data.as_slice(), d.redelivered))
+            .collect();
+        assert_eq!(got, [("t.a", &b"m2"[..], 1), ("t.b", &b"m3"[..], 1)]);
+        let dup = store.publish(msg("t.a", "m2", "k2"), 6).await.unwrap();
+        assert_eq!((dup.sequence, dup.duplicate), (2, true));
+        drop(store);
+
+        // The same crash without the journal: the file's durable state is from before.
+        let image = without_journal;
+        std::fs::remove_file(image.path().join(journal::FILE_NAME)).unwrap();
+        let store = RedbStore::open(image.path(), Retention::default(), SyncMode::Always).unwrap();
+        assert_eq!(
+            store.claim("c".into(), "h".into(), 5_000, 10).await,
+            Err(StoreError::new("no consumer `c`"))
+        );
+    }
+
     /// Two acks of one delivery in one batch (`--sync always`): the first removes it, the
     /// second finds nothing; neither is answered before a durable commit holds the removal. An
     /// ack that finds nothing once everything is durable is answered at once.
     #[test]
     fn an_ack_that_finds_nothing_waits_for_the_sync_of_the_ack_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Committer::open(
-            &dir.path().join(FILE_NAME),
-            Retention::default(),
-            SyncMode::Always,
-        )
-        .unwrap();
-        let run = |c: &mut Committer, ops: Vec<Op>| {
-            let mut answers = Vec::new();
-            let batch = ops
-                .into_iter()
-                .map(|op| {
-                    let (reply, answer) = tokio::sync::oneshot::channel();
-                    answers.push(answer);
-                    Job {
-                        op,
-                        reply: Some(reply),
-                    }
-                })
-                .collect();
-            c.run_batch(batch);
-            answers
-        };
+        let mut c = Committer::open(dir.path(), Retention::default(), SyncMode::Always).unwrap();
         let config = ConsumerConfig {
             pattern: "t.*".into(),
             ack_deadline: Duration::from_secs(30),
