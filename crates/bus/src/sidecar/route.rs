@@ -4,6 +4,12 @@
 //!   Welcome; deliveries start only after its first healthy answer to a health check.
 //! - A delivery the plugin holds is "in flight" until its ack or nack; at most
 //!   `max_in_flight` at once. When the session ends, what it held is released to the bus.
+//! - Publishes taken from the plugin and not yet answered to it weigh at most
+//!   [`PUBLISH_BUDGET`] units of [`PUBLISH_UNIT`] bytes (16 MiB; each publish at least one
+//!   unit, so at most 16,384 publishes; one larger than the budget takes all of it, alone).
+//!   While the budget is spent the sidecar reads nothing more from the session, so HTTP/2 flow
+//!   control holds the plugin's publishes back; its acks, nacks and health answers, on the same
+//!   stream, wait behind them until the bus answers.
 //! - Acks go to the bus in batches. Publishes go straight to the bus, or to the outbox when the
 //!   bus cannot take them (and while the outbox is not empty, to keep their order). Straight
 //!   publishes share `PublishBatch` calls: a publish is sent at once when a call is free, and
@@ -50,6 +56,20 @@ const PUBLISH_BATCH: usize = 256;
 const PUBLISH_BATCH_BYTES: usize = 1 << 20;
 /// `PublishBatch` calls of straight publishes in flight at once.
 const PUBLISH_CALLS: usize = 4;
+/// The bytes one unit of [`PUBLISH_BUDGET`] stands for.
+const PUBLISH_UNIT: usize = 1024;
+/// What the publishes taken from the plugin and not yet answered to it may weigh together, in
+/// [`PUBLISH_UNIT`]s: 16 MiB, so a plugin that publishes faster than the bus answers (or a bus
+/// that hangs) cannot grow the sidecar's memory without bound. See [`publish_units`].
+const PUBLISH_BUDGET: u32 = 16 * 1024;
+
+/// A publish's share of [`PUBLISH_BUDGET`]: one unit per [`PUBLISH_UNIT`] (or part of one) of
+/// its encoded size, at least one, and at most the whole budget, so that a publish larger than
+/// the budget still passes (alone).
+fn publish_units(encoded_len: usize) -> u32 {
+    let units = encoded_len.div_ceil(PUBLISH_UNIT).max(1);
+    u32::try_from(units).map_or(PUBLISH_BUDGET, |u| u.min(PUBLISH_BUDGET))
+}
 
 /// A publish waiting for a `PublishBatch` call, and where its answer goes.
 type Queued = (
@@ -171,6 +191,9 @@ struct Inner {
     ack_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Publishes taken from the plugin, not yet answered.
     publishing: AtomicUsize,
+    /// [`PUBLISH_BUDGET`]: each publish taken from the plugin holds its share until it is
+    /// answered to the plugin.
+    publish_budget: Arc<Semaphore>,
     published: Notify,
     /// Straight publishes waiting for a `PublishBatch` call.
     publish_tx: mpsc::UnboundedSender<Queued>,
@@ -268,6 +291,7 @@ impl Router {
             ack_tx,
             ack_rx: Mutex::new(Some(ack_rx)),
             publishing: AtomicUsize::new(0),
+            publish_budget: Arc::new(Semaphore::new(PUBLISH_BUDGET as usize)),
             published: Notify::new(),
             publish_tx,
             publish_rx: Mutex::new(Some(publish_rx)),
@@ -493,10 +517,36 @@ impl Router {
             match inbound.message().await {
                 Ok(Some(m)) => match m.kind {
                     Some(plugin_message::Kind::Publish(p)) => {
+                        // Its share of the budget first. While the budget is spent nothing more
+                        // is read from the session: HTTP/2 flow control then holds the plugin's
+                        // publishes back, and memory stays bounded. Its acks, nacks and health
+                        // answers (on this stream too) wait as well, which is acceptable only
+                        // because the budget frees as the bus answers: each `PublishBatch` call
+                        // ends within the link's call timeout, and a publish the bus did not take
+                        // is answered once it is in the outbox (or refused).
+                        //
+                        // The session ending (the plugin's connection closed: the receiver of
+                        // its answers is dropped) ends the wait, so that `session_ended` and the
+                        // drain do not wait for the bus. That publish is not made: it was not
+                        // answered, and the SDKs send it again, with its idempotency key, on
+                        // their next session.
+                        let units = publish_units(p.encoded_len());
+                        let share = tokio::select! {
+                            share = self.0.publish_budget.clone().acquire_many_owned(units) => share.ok(),
+                            () = tx.closed() => None,
+                        };
+                        let Some(share) = share else {
+                            tracing::info!(
+                                "the plugin's session {id} ended while a publish on `{}` waited for the sidecar's publish budget; not published",
+                                p.topic
+                            );
+                            break;
+                        };
                         self.0.publishing.fetch_add(1, Ordering::SeqCst);
                         let this = self.clone();
                         let tx = tx.clone();
                         tokio::spawn(async move {
+                            let _share = share;
                             let request_id = p.request_id;
                             let result = this.publish(p).await;
                             let _ = tx
@@ -1354,11 +1404,15 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
 
+    use tether_bus_proto::v1::plugin_service_client::PluginServiceClient;
+    use tether_bus_proto::with_major;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
     use super::*;
     use crate::sidecar::fake::FakeBus;
 
-    /// A router on `bus` whose outbox holds one publish.
-    async fn router_keeping_one(bus: &FakeBus, dir: &Path) -> Router {
+    /// A router on `bus`, granted `granted`, without an outbox.
+    async fn router_on(bus: &FakeBus, dir: &Path, granted: Vec<Grant>) -> Router {
         let file = dir.join("sidecar.yaml");
         std::fs::write(&file, format!("data_dir: {}\n", dir.join("data").display())).unwrap();
         let vars = BTreeMap::from([
@@ -1367,7 +1421,12 @@ mod tests {
             ("SIDECAR_CONFIG".to_owned(), file.display().to_string()),
         ]);
         let config = crate::sidecar::config::from_env(&vars, dir).unwrap();
-        let router = Router::new(Arc::new(config), Link::to_fake(bus.serve().await), vec![]);
+        Router::new(Arc::new(config), Link::to_fake(bus.serve().await), granted)
+    }
+
+    /// A router on `bus` whose outbox holds one publish.
+    async fn router_keeping_one(bus: &FakeBus, dir: &Path) -> Router {
+        let router = router_on(bus, dir, vec![]).await;
         router.open_outbox().unwrap();
         let kept = PublishRequest {
             topic: "t.a".into(),
@@ -1394,8 +1453,9 @@ mod tests {
     async fn the_outbox_drops_a_publish_only_for_what_it_carries() {
         let dir = tempfile::tempdir().unwrap();
         let bus = FakeBus::default();
-        *bus.batch_answer.lock().unwrap() =
-            Status::failed_precondition("the Bus API speaks tether.bus.v2");
+        *bus.batch_answer.lock().unwrap() = Some(Status::failed_precondition(
+            "the Bus API speaks tether.bus.v2",
+        ));
         let router = router_keeping_one(&bus, dir.path()).await;
         let forwarding = tokio::spawn(router.clone().forward_outbox());
         until("the publish tried three times", || {
@@ -1408,12 +1468,239 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bus = FakeBus::default();
         *bus.batch_answer.lock().unwrap() =
-            Status::out_of_range("decoded message length too large");
+            Some(Status::out_of_range("decoded message length too large"));
         let router = router_keeping_one(&bus, dir.path()).await;
         let forwarding = tokio::spawn(router.clone().forward_outbox());
         let outbox = router.outbox().unwrap();
         until("the publish dropped", || outbox.is_empty()).await;
         assert_eq!(bus.batches.load(Ordering::SeqCst), 1);
         forwarding.abort();
+    }
+
+    #[test]
+    fn a_publish_counts_one_unit_per_started_kib_within_the_budget() {
+        let units: Vec<u32> = [
+            0,
+            1,
+            1024,
+            1025,
+            64 * 1024,
+            16 << 20,
+            (16 << 20) + 1,
+            1 << 30,
+        ]
+        .into_iter()
+        .map(publish_units)
+        .collect();
+        assert_eq!(units, [1, 1, 1, 2, 64, 16 * 1024, 16 * 1024, 16 * 1024]);
+    }
+
+    /// A plugin's session on `router`'s plugin service (served on 127.0.0.1), opened as the SDK
+    /// opens it: the protocol major in the metadata, a Hello first, the Welcome read. Its
+    /// connection goes through a proxy, so that it can vanish as a plugin that died does.
+    struct Plugin {
+        proxy: tokio::task::JoinHandle<()>,
+        _client: PluginServiceClient<tonic::transport::Channel>,
+        /// `None` once the plugin half-closed.
+        out: Option<mpsc::UnboundedSender<PluginMessage>>,
+        inbound: Streaming<SidecarMessage>,
+    }
+
+    impl Plugin {
+        async fn connect(router: &Router) -> Plugin {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let sidecar = listener.local_addr().unwrap();
+            drop(router.serve_plugins(listener));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let proxy = tokio::spawn(async move {
+                let (mut plugin, _) = listener.accept().await.unwrap();
+                let mut to = tokio::net::TcpStream::connect(sidecar).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut plugin, &mut to).await;
+            });
+            let mut client = PluginServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let (out, rx) = mpsc::unbounded_channel();
+            let hello = v1::Hello {
+                protocol_major: tether_bus_proto::PROTOCOL_MAJOR,
+                client: "test".into(),
+                ..Default::default()
+            };
+            out.send(PluginMessage {
+                kind: Some(plugin_message::Kind::Hello(hello)),
+            })
+            .unwrap();
+            let request = with_major(Request::new(UnboundedReceiverStream::new(rx)));
+            let mut inbound = client.session(request).await.unwrap().into_inner();
+            let first = inbound.message().await.unwrap().and_then(|m| m.kind);
+            assert!(
+                matches!(first, Some(sidecar_message::Kind::Welcome(_))),
+                "{first:?}"
+            );
+            Plugin {
+                proxy,
+                _client: client,
+                out: Some(out),
+                inbound,
+            }
+        }
+
+        /// Its connection closes, as when the plugin's process ends.
+        fn vanish(self) {
+            self.proxy.abort();
+        }
+
+        /// Sends `n` publishes ([`publish`]), `request_id` 0 to n-1.
+        fn publish(&self, n: u64) {
+            let out = self.out.as_ref().expect("not half-closed");
+            for i in 0..n {
+                let m = PluginMessage {
+                    kind: Some(plugin_message::Kind::Publish(publish(i))),
+                };
+                out.send(m).unwrap();
+            }
+        }
+
+        /// The next message from the sidecar.
+        async fn next(&mut self) -> Option<sidecar_message::Kind> {
+            let next = tokio::time::timeout(Duration::from_secs(20), self.inbound.message());
+            let message = next.await.expect("a message within 20 s");
+            message.unwrap().and_then(|m| m.kind)
+        }
+
+        /// Reads until `n` publishes were answered: each one's sequence by `request_id`, or
+        /// its refusal.
+        async fn results(&mut self, n: usize) -> BTreeMap<u64, Result<u64, String>> {
+            let mut results = BTreeMap::new();
+            while results.len() < n {
+                let Some(sidecar_message::Kind::PublishResult(r)) = self.next().await else {
+                    continue;
+                };
+                let result = match r.result {
+                    Some(publish_result::Result::Accepted(a)) => Ok(a.sequence),
+                    other => Err(format!("{other:?}")),
+                };
+                results.insert(r.request_id, result);
+            }
+            results
+        }
+    }
+
+    /// 64 KiB with its fields: 64 units of the budget.
+    fn publish(request_id: u64) -> v1::PluginPublish {
+        v1::PluginPublish {
+            request_id,
+            topic: "t.a".into(),
+            data: vec![7; 64 * 1024 - 64],
+            ..Default::default()
+        }
+    }
+
+    /// The budget's worth of [`publish`]es: 16 MiB of 64 KiB.
+    fn budget_worth() -> usize {
+        let units = publish_units(publish(u64::MAX).encoded_len());
+        assert_eq!(units, 64);
+        (PUBLISH_BUDGET / units) as usize
+    }
+
+    /// How many publishes the sidecar took from the plugin and has not answered.
+    fn publishing(router: &Router) -> usize {
+        router.0.publishing.load(Ordering::SeqCst)
+    }
+
+    /// A router on a bus that holds every PublishBatch call, with a plugin session that sent
+    /// 300 publishes, once the sidecar took the budget's worth of them (256).
+    async fn held_with_300_sent(bus: &FakeBus, dir: &Path) -> (Router, Plugin) {
+        *bus.batch_answer.lock().unwrap() = None;
+        bus.hold.send_replace(true);
+        let granted = vec![Grant {
+            topic: "t.>".into(),
+            action: Action::Publish,
+        }];
+        let router = router_on(bus, dir, granted).await;
+        let plugin = Plugin::connect(&router).await;
+        plugin.publish(300);
+        until("the sidecar took the budget's worth", || {
+            publishing(&router) >= budget_worth()
+        })
+        .await;
+        (router, plugin)
+    }
+
+    /// A plugin that publishes faster than the bus answers (here: a bus that holds every
+    /// PublishBatch call) is held back once the budget is spent: the sidecar takes the budget's
+    /// worth and reads nothing more until the bus answers; then every publish is answered,
+    /// stored by the bus. Before, the sidecar took all 300 at once (and would take any number).
+    #[tokio::test]
+    async fn a_plugin_that_publishes_faster_than_the_bus_answers_is_held_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = FakeBus::default();
+        let (router, mut plugin) = held_with_300_sent(&bus, dir.path()).await;
+        assert_eq!(publishing(&router), 256);
+        // Time to take more if it would: it must not.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(publishing(&router), 256);
+        assert!(bus.batched.load(Ordering::SeqCst) <= 256);
+
+        bus.hold.send_replace(false);
+        let results = plugin.results(300).await;
+        let sequences: std::collections::BTreeSet<u64> = results
+            .into_values()
+            .map(|r| r.expect("accepted"))
+            .collect();
+        assert_eq!(sequences, (1..=300).collect());
+        assert_eq!(bus.batched.load(Ordering::SeqCst), 300);
+        until("every answer sent", || publishing(&router) == 0).await;
+    }
+
+    /// The plugin goes away while the sidecar waits for the budget: the wait ends, and the
+    /// session with it (the drain waits for that), without waiting for the bus; the publish
+    /// that waited is not made. What was taken is still sent to the bus.
+    #[tokio::test]
+    async fn a_session_that_ends_while_the_budget_is_spent_ends_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = FakeBus::default();
+        let (router, plugin) = held_with_300_sent(&bus, dir.path()).await;
+        assert!(router.readiness().plugin_connected);
+        plugin.vanish();
+        until("the session ended", || !router.readiness().plugin_connected).await;
+        assert!(router.state().conn.is_none());
+        // Ended while the bus still holds every publish taken: not because they were answered.
+        assert_eq!(publishing(&router), 256);
+
+        bus.hold.send_replace(false);
+        until("every publish answered", || publishing(&router) == 0).await;
+        assert_eq!(bus.batched.load(Ordering::SeqCst), 256);
+    }
+
+    /// SIGTERM while the budget is spent: the Stop reaches the plugin at once; once the plugin
+    /// half-closed and the bus answered, every publish is answered and the drain ends in order.
+    #[tokio::test]
+    async fn the_drain_ends_in_order_while_the_budget_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = FakeBus::default();
+        let (router, mut plugin) = held_with_300_sent(&bus, dir.path()).await;
+        let (_signal, mut signals) = mpsc::unbounded_channel();
+        let draining = {
+            let router = router.clone();
+            tokio::spawn(async move { router.drain(&mut signals).await })
+        };
+        let stop = plugin.next().await;
+        assert!(
+            matches!(stop, Some(sidecar_message::Kind::Stop(_))),
+            "{stop:?}"
+        );
+        assert_eq!(publishing(&router), 256);
+
+        plugin.out = None;
+        bus.hold.send_replace(false);
+        let results = plugin.results(300).await;
+        assert!(results.values().all(Result::is_ok), "{results:?}");
+        let ended = tokio::time::timeout(Duration::from_secs(20), draining).await;
+        assert_eq!(
+            ended.expect("the drain within 20 s").unwrap(),
+            Ended::Drained
+        );
     }
 }
