@@ -859,6 +859,9 @@ enum Op {
     Sweep(u64),
     /// Makes every earlier write durable.
     Flush,
+    /// Makes every earlier write durable in the redb file itself (a checkpoint, with the
+    /// journal): what the bus does when it stops, so that a start has nothing to replay.
+    Checkpoint,
 }
 
 /// What a write answers.
@@ -890,10 +893,13 @@ impl Effect {
         durable: false,
         defer: false,
     };
+    /// Its answer may only be given once the store is durable up to it, whether it wrote or
+    /// not: a write that found its effect already there (a publish's idempotency key, a
+    /// consumer as configured) may have found it in a commit not yet durable.
     fn durable(wrote: bool) -> Self {
         Self {
             wrote,
-            durable: wrote,
+            durable: true,
             defer: false,
         }
     }
@@ -921,6 +927,8 @@ struct Job {
 
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 1024;
+/// The most message bytes one transaction takes (beyond its first write).
+const MAX_BATCH_BYTES: usize = 64 << 20;
 
 /// Appends one message in `txn`, or finds its idempotency key stored; answers whether it wrote.
 fn publish_in(
@@ -1151,7 +1159,7 @@ fn apply(
             }
             Ok((Done::Dropped(dropped), Effect::lazy(dropped > 0)))
         }
-        Op::Flush => Ok((
+        Op::Flush | Op::Checkpoint => Ok((
             Done::Unit,
             Effect {
                 wrote: false,
@@ -1203,6 +1211,7 @@ impl Committer {
     /// Opens (or creates) the store in `dir` with every table, and replays its journal.
     fn open(dir: &Path, retention: Retention, sync: SyncMode) -> Result<Self> {
         let path = dir.join(FILE_NAME);
+        let new_store = !path.exists();
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
@@ -1235,7 +1244,7 @@ impl Committer {
         };
         let journal_path = dir.join(journal::FILE_NAME);
         if sync == SyncMode::Always || journal_path.exists() {
-            this.replay(&journal_path)?;
+            this.replay(&journal_path, new_store)?;
             if sync != SyncMode::Always {
                 this.journal = None;
             }
@@ -1245,7 +1254,8 @@ impl Committer {
 
     /// Opens the journal and applies the records the redb file does not hold yet, then makes
     /// them durable in the file (a checkpoint).
-    fn replay(&mut self, path: &Path) -> Result<()> {
+    /// `new_store`: the redb file did not exist (a journal's records are then not its own).
+    fn replay(&mut self, path: &Path, new_store: bool) -> Result<()> {
         let applied = {
             let txn = self.db.begin_read()?;
             let meta = txn.open_table(META)?;
@@ -1253,31 +1263,43 @@ impl Committer {
         };
         let (journal, records) = Journal::open(path, applied)?;
         self.journal = Some(journal);
-        if records.is_empty() {
-            return Ok(());
+        if new_store && !records.is_empty() {
+            return Err(StoreError::new(format!(
+                "{} holds writes of a store file that is not there ({FILE_NAME} was made anew): move the journal aside, or put the store file back",
+                path.display(),
+            )));
         }
-        let (count, last) = (records.len(), records.last().map_or(0, |r| r.0));
-        for (seq, ops) in records {
-            let txn = self.db.begin_write()?;
-            for op in &ops {
-                apply(&txn, op, self.retention, &mut self.summaries).map_err(|e| {
+        let (count, last) = (records.len(), records.last().map_or(0, |r| r.seq));
+        for record in records {
+            let mut txn = self.db.begin_write()?;
+            for op in &record.ops {
+                // Under the retention it ran under: what a publish or a claim drops depends
+                // on it, and this start's flags may say otherwise.
+                apply(&txn, op, record.retention, &mut self.summaries).map_err(|e| {
                     StoreError::new(format!(
-                        "cannot replay record {seq} of {}: {}",
+                        "cannot replay record {} of {}: {}",
+                        record.seq,
                         path.display(),
                         e.message
                     ))
                 })?;
             }
-            let mut txn = txn;
             txn.set_durability(Durability::None)?;
             txn.commit()?;
         }
         self.summaries.clear();
-        self.checkpoint()?;
-        tracing::info!(
-            "replayed {count} journal records (up to {last}) of {} into the store",
-            path.display()
-        );
+        if count > 0 {
+            self.checkpoint()?;
+            tracing::info!(
+                "replayed {count} journal records (up to {last}) of {} into the store",
+                path.display()
+            );
+        }
+        // The store holds all of it durably now: records left past a torn one must not be
+        // read after a later crash.
+        if let Some(journal) = self.journal.as_mut() {
+            journal.clear()?;
+        }
         Ok(())
     }
 
@@ -1322,13 +1344,15 @@ impl Committer {
     /// A checkpoint when the last was long enough ago or the journal grew large; its failure
     /// fails the writes that waited for a sync, and it is tried again later.
     fn checkpoint_if_due(&mut self) {
+        // By size only while the journal works: after a failed checkpoint, the next waits for
+        // the interval.
         let due = self
             .uncheckpointed_since
             .is_some_and(|s| s.elapsed() >= CHECKPOINT_EVERY)
             || self
                 .journal
                 .as_ref()
-                .is_some_and(|j| j.len() >= CHECKPOINT_BYTES);
+                .is_some_and(|j| !j.broken() && j.len() >= CHECKPOINT_BYTES);
         if !due {
             return;
         }
@@ -1371,19 +1395,26 @@ impl Committer {
             };
             // MAX_BATCH counts writes, a batch of publishes as its messages: one transaction
             // must not grow so large that the claims and acks in it wait long for their answer.
+            // And a transaction's publishes carry at most MAX_BATCH_BYTES (its journal record
+            // holds them).
             let weight = |job: &Job| match &job.op {
                 Op::PublishMany(msgs, _) => msgs.len().max(1),
                 _ => 1,
             };
-            let mut batch: Vec<Job> = first.into_iter().collect();
-            let mut writes: usize = batch.iter().map(weight).sum();
-            while writes < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => {
-                        writes += weight(&job);
-                        batch.push(job);
-                    }
-                    Err(_) => break,
+            let bytes = |job: &Job| match &job.op {
+                Op::PublishMany(msgs, _) => msgs.iter().map(|m| m.data.len()).sum(),
+                Op::Publish(m, _) => m.data.len(),
+                _ => 0,
+            };
+            let mut batch: Vec<Job> = Vec::new();
+            let (mut writes, mut size) = (0usize, 0usize);
+            let mut next = first;
+            while let Some(job) = next.take().or_else(|| jobs.try_recv().ok()) {
+                writes += weight(&job);
+                size += bytes(&job);
+                batch.push(job);
+                if writes >= MAX_BATCH || size >= MAX_BATCH_BYTES {
+                    break;
                 }
             }
             // Deferred answers that waited long enough: this batch is made durable (a flush
@@ -1444,7 +1475,7 @@ impl Committer {
                     let _ = reply.send(Err(e.clone()));
                 }
                 // A failed flush leaves what waited for it unanswered by a sync: say so.
-                if matches!(ops.first(), Some(Op::Flush)) {
+                if matches!(ops.first(), Some(Op::Flush | Op::Checkpoint)) {
                     self.answer_deferred(Some(&e));
                 }
             }
@@ -1528,7 +1559,7 @@ impl Committer {
             }
             effect.wrote |= e.wrote;
             effect.durable |= e.durable;
-            flush |= matches!(op, Op::Flush);
+            flush |= matches!(op, Op::Flush | Op::Checkpoint);
         }
         let durable = flush
             || match self.sync {
@@ -1542,7 +1573,7 @@ impl Committer {
                 txn.set_durability(Durability::None)?;
                 self.disk(txn.commit())?;
                 if let Some(journal) = self.journal.as_mut() {
-                    journal.append(wrote);
+                    journal.append(wrote, self.retention);
                 }
                 self.unsynced_since.get_or_insert_with(Instant::now);
                 self.uncheckpointed_since.get_or_insert_with(Instant::now);
@@ -1550,9 +1581,12 @@ impl Committer {
             } else {
                 txn.abort()?;
             }
-            let not_durable = match durable && self.unsynced_since.is_some() {
-                true => self.make_durable().err(),
-                false => None,
+            let not_durable = if ops.iter().any(|op| matches!(op, Op::Checkpoint)) {
+                self.checkpoint().err()
+            } else if durable && self.unsynced_since.is_some() {
+                self.make_durable().err()
+            } else {
+                None
             };
             return Ok(Committed {
                 done,
@@ -1773,7 +1807,7 @@ impl Store for RedbStore {
     }
 
     async fn flush(&self) -> Result<()> {
-        match self.write(Op::Flush).await? {
+        match self.write(Op::Checkpoint).await? {
             Done::Unit => Ok(()),
             _ => Err(unexpected("flush")),
         }
@@ -1949,12 +1983,115 @@ mod tests {
 
         // The same crash without the journal: the file's durable state is from before.
         let image = without_journal;
+        std::fs::copy(
+            image.path().join(journal::FILE_NAME),
+            dir.path().join("kept.journal"),
+        )
+        .unwrap();
         std::fs::remove_file(image.path().join(journal::FILE_NAME)).unwrap();
         let store = RedbStore::open(image.path(), Retention::default(), SyncMode::Always).unwrap();
         assert_eq!(
             store.claim("c".into(), "h".into(), 5_000, 10).await,
             Err(StoreError::new("no consumer `c`"))
         );
+        drop(store);
+
+        // The journal without its store file: refused, not replayed onto an empty store.
+        let lone = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join("kept.journal"),
+            lone.path().join(journal::FILE_NAME),
+        )
+        .unwrap();
+        let Err(e) = RedbStore::open(lone.path(), Retention::default(), SyncMode::Always) else {
+            panic!("a journal without its store file was opened");
+        };
+        assert!(
+            e.message.ends_with(
+                "holds writes of a store file that is not there (bus.redb was made anew): move the journal aside, or put the store file back"
+            ),
+            "{}",
+            e.message
+        );
+    }
+
+    /// A journal record is replayed under the retention it ran under, not the next start's:
+    /// here the first message was dropped by a 2,500-byte limit; restarted without that limit
+    /// it stays dropped (sequences, and so delivery ids, stay as answered).
+    #[tokio::test]
+    async fn a_replay_keeps_the_retention_the_writes_ran_under() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: 2_500,
+        };
+        let mut c = Committer::open(dir.path(), small, SyncMode::Always).unwrap();
+        let config = ConsumerConfig {
+            pattern: "t.*".into(),
+            ack_deadline: Duration::from_secs(30),
+            max_deliver: 5,
+        };
+        let kib = "x".repeat(1000);
+        run(
+            &mut c,
+            vec![
+                Op::OpenConsumer("c".into(), config.clone()),
+                Op::Publish(msg("t.a", &format!("1{kib}"), ""), 1),
+                Op::Publish(msg("t.a", &format!("2{kib}"), ""), 1),
+                Op::Publish(msg("t.a", &format!("3{kib}"), ""), 1),
+            ],
+        );
+        let image = crash_image(dir.path());
+        drop(c);
+        let store = RedbStore::open(image.path(), Retention::default(), SyncMode::Always).unwrap();
+        let claimed = store.claim("c".into(), "h".into(), 2, 10).await.unwrap();
+        let got: Vec<(u64, u8)> = claimed
+            .deliveries
+            .iter()
+            .map(|d| (d.sequence, d.data[0]))
+            .collect();
+        assert_eq!(got, [(2, b'2'), (3, b'3')]);
+    }
+
+    /// A write that finds its effect already there (a publish's idempotency key) is answered
+    /// only once what it found is durable: after a claim (committed without a sync), the
+    /// duplicate publish makes a sync.
+    #[test]
+    fn a_duplicate_publish_is_answered_once_the_store_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Committer::open(dir.path(), Retention::default(), SyncMode::Always).unwrap();
+        let config = ConsumerConfig {
+            pattern: "t.*".into(),
+            ack_deadline: Duration::from_secs(30),
+            max_deliver: 5,
+        };
+        run(
+            &mut c,
+            vec![
+                Op::OpenConsumer("c".into(), config),
+                Op::Publish(msg("t.a", "m", "k"), 1),
+            ],
+        );
+        run(
+            &mut c,
+            vec![Op::Claim {
+                consumer: "c".into(),
+                holder: "h".into(),
+                now_ms: 1,
+                max: 10,
+            }],
+        );
+        let syncs = c.stats.syncs.load(Ordering::Relaxed);
+        let mut dup = run(&mut c, vec![Op::Publish(msg("t.a", "m", "k"), 2)]);
+        assert!(matches!(
+            dup.remove(0).try_recv(),
+            Ok(Ok(Done::Published(Published {
+                sequence: 1,
+                duplicate: true
+            })))
+        ));
+        assert_eq!(c.stats.syncs.load(Ordering::Relaxed), syncs + 1);
+        assert!(c.unsynced_since.is_none());
     }
 
     /// Two acks of one delivery in one batch (`--sync always`): the first removes it, the

@@ -28,7 +28,7 @@ use prost::Message as _;
 
 use super::{
     ConsumerConfig, ConsumerRecord, InstanceRecord, NewMessage, Op, Registration, Result,
-    StoreError, grant_of,
+    Retention, StoreError, grant_of,
 };
 
 /// The name of the journal inside the data folder.
@@ -40,8 +40,14 @@ const HEADER: usize = 16;
 /// publishes the bus takes is far smaller.
 const MAX_RECORD: usize = 1 << 30;
 
-/// A record read back: its sequence and its writes.
-pub(super) type Record = (u64, Vec<Op>);
+/// A record read back.
+pub(super) struct Record {
+    pub(super) seq: u64,
+    pub(super) ops: Vec<Op>,
+    /// The retention the writes ran under (replayed under it: what a publish or a claim drops
+    /// depends on it, and the flags may differ at the next start).
+    pub(super) retention: Retention,
+}
 
 /// The journal: appended to by the committer thread alone.
 pub(super) struct Journal {
@@ -66,6 +72,7 @@ impl Journal {
         let io = |what: &str, e: std::io::Error| {
             StoreError::new(format!("cannot {what} {}: {e}", path.display()))
         };
+        let created = !path.exists();
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -73,6 +80,13 @@ impl Journal {
             .truncate(false)
             .open(path)
             .map_err(|e| io("open", e))?;
+        if created {
+            // The file's name must survive a power cut as its records do.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("sync the folder of", e))?;
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| io("read", e))?;
         let mut replay = Vec::new();
@@ -90,10 +104,18 @@ impl Journal {
                     super::FILE_NAME
                 )));
             }
-            let ops = decode_ops(payload).map_err(|e| {
-                StoreError::new(format!("{}: record {seq}: {}", path.display(), e.message))
+            let (ops, retention) = decode_ops(payload).map_err(|e| {
+                StoreError::new(format!(
+                    "{}: record {seq} does not decode ({}): was it written by a newer tether?",
+                    path.display(),
+                    e.message
+                ))
             })?;
-            replay.push((seq, ops));
+            replay.push(Record {
+                seq,
+                ops,
+                retention,
+            });
             last = seq;
         }
         let journal = Self {
@@ -121,10 +143,25 @@ impl Journal {
         self.broken
     }
 
-    /// Appends a record of `ops` (written at the next [`sync`](Self::sync)).
-    pub(super) fn append<'a>(&mut self, ops: impl IntoIterator<Item = &'a Op>) {
-        let payload = encode_ops(ops);
+    /// Appends a record of `ops`, run under `retention` (written at the next
+    /// [`sync`](Self::sync)).
+    pub(super) fn append<'a>(
+        &mut self,
+        ops: impl IntoIterator<Item = &'a Op>,
+        retention: Retention,
+    ) {
         self.last += 1;
+        if self.broken {
+            // Only a checkpoint makes anything durable now, and it covers this record.
+            return;
+        }
+        let payload = encode_ops(ops, retention);
+        if payload.len() > MAX_RECORD {
+            // It could not be read back: let a checkpoint make it durable instead.
+            self.broken = true;
+            self.buf.clear();
+            return;
+        }
         let seq = self.last.to_le_bytes();
         let crc = checksum(&seq, &payload);
         self.buf
@@ -154,6 +191,7 @@ impl Journal {
             }
             Err(e) => {
                 self.broken = true;
+                self.buf.clear();
                 Err(StoreError::new(format!(
                     "cannot write {}: {e}",
                     self.path.display()
@@ -168,6 +206,17 @@ impl Journal {
         self.end = 0;
         self.buf.clear();
         self.broken = false;
+    }
+
+    /// Empties the file, once the store's durable state holds every record in it (after a
+    /// start). Records past a torn one may be left from before a crash, with sequences the
+    /// next round will use again: they must not be read after a later crash.
+    pub(super) fn clear(&mut self) -> Result<()> {
+        self.restart();
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| StoreError::new(format!("cannot empty {}: {e}", self.path.display())))
     }
 }
 
@@ -216,6 +265,10 @@ fn records(bytes: &[u8]) -> Vec<(u64, &[u8])> {
 struct EntryRecord {
     #[prost(message, repeated, tag = "1")]
     ops: Vec<OpRecord>,
+    #[prost(uint64, tag = "2")]
+    max_age_ms: u64,
+    #[prost(uint64, tag = "3")]
+    max_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -321,7 +374,7 @@ fn message_record(m: &NewMessage) -> NewMessageRecord {
     }
 }
 
-fn encode_ops<'a>(ops: impl IntoIterator<Item = &'a Op>) -> Vec<u8> {
+fn encode_ops<'a>(ops: impl IntoIterator<Item = &'a Op>, retention: Retention) -> Vec<u8> {
     let ops = ops
         .into_iter()
         .filter_map(|op| {
@@ -377,18 +430,27 @@ fn encode_ops<'a>(ops: impl IntoIterator<Item = &'a Op>) -> Vec<u8> {
                     ids: ids.clone(),
                 }),
                 Op::Sweep(now_ms) => Kind::Sweep(*now_ms),
-                // Writes nothing.
-                Op::Flush => return None,
+                // Write nothing.
+                Op::Flush | Op::Checkpoint => return None,
             };
             Some(OpRecord { kind: Some(kind) })
         })
         .collect();
-    EntryRecord { ops }.encode_to_vec()
+    EntryRecord {
+        ops,
+        max_age_ms: retention.max_age.as_millis() as u64,
+        max_bytes: retention.max_bytes,
+    }
+    .encode_to_vec()
 }
 
-fn decode_ops(payload: &[u8]) -> Result<Vec<Op>> {
+fn decode_ops(payload: &[u8]) -> Result<(Vec<Op>, Retention)> {
     let entry: EntryRecord = super::decode(payload)?;
-    entry
+    let retention = Retention {
+        max_age: std::time::Duration::from_millis(entry.max_age_ms),
+        max_bytes: entry.max_bytes,
+    };
+    let ops = entry
         .ops
         .into_iter()
         .map(|op| {
@@ -441,7 +503,8 @@ fn decode_ops(payload: &[u8]) -> Result<Vec<Op>> {
                 Kind::Sweep(now_ms) => Op::Sweep(now_ms),
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((ops, retention))
 }
 
 #[cfg(test)]
@@ -463,14 +526,20 @@ mod tests {
     fn topics(replay: &[Record]) -> Vec<(u64, String)> {
         replay
             .iter()
-            .flat_map(|(seq, ops)| {
-                ops.iter().map(move |op| match op {
-                    Op::PublishMany(m, 7) => (*seq, m[0].topic.clone()),
+            .flat_map(|r| {
+                assert_eq!(r.retention, RETENTION);
+                r.ops.iter().map(move |op| match op {
+                    Op::PublishMany(m, 7) => (r.seq, m[0].topic.clone()),
                     _ => panic!("not a publish"),
                 })
             })
             .collect()
     }
+
+    const RETENTION: Retention = Retention {
+        max_age: std::time::Duration::from_secs(60),
+        max_bytes: 1000,
+    };
 
     /// Synced records come back in order; one appended and not synced does not.
     #[test]
@@ -479,10 +548,10 @@ mod tests {
         let path = dir.path().join(FILE_NAME);
         let (mut j, replay) = Journal::open(&path, 0).unwrap();
         assert!(replay.is_empty());
-        j.append([&publish("a.1")]);
-        j.append([&publish("a.2")]);
+        j.append([&publish("a.1")], RETENTION);
+        j.append([&publish("a.2")], RETENTION);
         j.sync().unwrap();
-        j.append([&publish("a.3")]);
+        j.append([&publish("a.3")], RETENTION);
         drop(j);
         let (j, replay) = Journal::open(&path, 0).unwrap();
         assert_eq!(
@@ -502,7 +571,7 @@ mod tests {
         let path = dir.path().join(FILE_NAME);
         let (mut j, _) = Journal::open(&path, 0).unwrap();
         for t in ["a.1", "a.2", "a.3"] {
-            j.append([&publish(t)]);
+            j.append([&publish(t)], RETENTION);
         }
         j.sync().unwrap();
         let full = std::fs::read(&path).unwrap();
@@ -527,12 +596,12 @@ mod tests {
         let path = dir.path().join(FILE_NAME);
         let (mut j, _) = Journal::open(&path, 0).unwrap();
         for t in ["a.1", "a.2", "a.3"] {
-            j.append([&publish(t)]);
+            j.append([&publish(t)], RETENTION);
         }
         j.sync().unwrap();
         // The store made records 1-3 durable.
         j.restart();
-        j.append([&publish("b.4")]);
+        j.append([&publish("b.4")], RETENTION);
         j.sync().unwrap();
         drop(j);
         let (j, replay) = Journal::open(&path, 3).unwrap();
@@ -545,6 +614,34 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// A start empties the journal once the store holds it: records past a torn one, left
+    /// from before a crash, would otherwise follow the next round's records of the same
+    /// sequences and be read after a later crash.
+    #[test]
+    fn records_left_past_a_torn_one_are_not_read_after_a_later_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let (mut j, _) = Journal::open(&path, 0).unwrap();
+        j.append([&publish("a.1")], RETENTION);
+        j.append([&publish("a.2")], RETENTION);
+        j.sync().unwrap();
+        drop(j);
+        // The disk kept record 2's block, not record 1's.
+        let mut torn = std::fs::read(&path).unwrap();
+        torn[HEADER + 1] ^= 1;
+        std::fs::write(&path, &torn).unwrap();
+        let (mut j, replay) = Journal::open(&path, 0).unwrap();
+        assert!(replay.is_empty());
+        j.clear().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // The next round's record 1, as long as the lost one; then a crash.
+        j.append([&publish("b.1")], RETENTION);
+        j.sync().unwrap();
+        drop(j);
+        let (_, replay) = Journal::open(&path, 0).unwrap();
+        assert_eq!(topics(&replay), [(1, "b.1".to_owned())]);
     }
 
     /// Every write round-trips through its record.
@@ -583,7 +680,8 @@ mod tests {
             Op::Release("h".into(), vec![]),
             Op::Sweep(12),
         ];
-        let back = decode_ops(&encode_ops(&ops)).unwrap();
+        let (back, retention) = decode_ops(&encode_ops(&ops, RETENTION)).unwrap();
         assert_eq!(format!("{back:?}"), format!("{ops:?}"));
+        assert_eq!(retention, RETENTION);
     }
 }
