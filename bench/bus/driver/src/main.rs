@@ -100,6 +100,9 @@ struct Seen {
     count: [u64; 3],
     /// End-to-end latencies (ns) of the rate and saturation phases.
     latency: [Vec<u64>; 3],
+    /// The rate phase's (send time, latency) in ns, in arrival order: written to the file
+    /// TETHER_BENCH_TIMELINE names, to see when slow deliveries happened.
+    timeline: Vec<(u64, u64)>,
     redelivered: u64,
     /// When the last first-time delivery arrived (ns since the epoch).
     last: u64,
@@ -136,6 +139,9 @@ impl Recorder {
         }
         seen.count[phase] += 1;
         seen.latency[phase].push(now.saturating_sub(sent));
+        if phase == usize::from(RATE) {
+            seen.timeline.push((sent, now.saturating_sub(sent)));
+        }
         seen.last = now;
     }
 
@@ -350,6 +356,24 @@ where
     rate_ack.sort_unstable();
     let mut sat_ack = sat.ack;
     sat_ack.sort_unstable();
+    if let Some(path) = std::env::var("TETHER_BENCH_TIMELINE")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        let first = seen.timeline.iter().map(|t| t.0).min().unwrap_or(0);
+        let text: String = seen
+            .timeline
+            .iter()
+            .map(|(sent, took)| {
+                format!(
+                    "{:.3} {:.3}\n",
+                    (sent - first) as f64 / 1e6,
+                    *took as f64 / 1e6
+                )
+            })
+            .collect();
+        std::fs::write(&path, text).map_err(|e| format!("{path}: {e}"))?;
+    }
     let lat = &mut seen.latency;
     lat[1].sort_unstable();
     lat[2].sort_unstable();
