@@ -459,8 +459,18 @@ impl RedbStore {
     /// Opens (or creates) `DIR/bus.redb`, creating the folder, and starts the committer thread;
     /// it stops, after a last sync, once every clone of the store is dropped.
     pub fn open(dir: &Path, retention: Retention, sync: SyncMode) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::new(format!("cannot create {}: {e}", dir.display())))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::new(format!("cannot create {}: {e}", dir.display())))?;
+            // Its name must survive a power cut as the store's first writes do.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| {
+                        StoreError::new(format!("cannot sync {}: {e}", parent.display()))
+                    })?;
+            }
+        }
         let committer = Committer::open(dir, retention, sync)?;
         let db = committer.db.clone();
         let stats = committer.stats.clone();
@@ -927,7 +937,7 @@ struct Job {
 
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 1024;
-/// The most message bytes one transaction takes (beyond its first write).
+/// The message bytes after which a transaction takes no more writes (it holds at least one).
 const MAX_BATCH_BYTES: usize = 64 << 20;
 
 /// Appends one message in `txn`, or finds its idempotency key stored; answers whether it wrote.
@@ -1193,6 +1203,8 @@ struct Committer {
     /// Since when commits that the redb file does not hold durably exist (the next
     /// checkpoint's due time counts from it).
     uncheckpointed_since: Option<Instant>,
+    /// When the last checkpoint failed, until one succeeds.
+    checkpoint_failed: Option<Instant>,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Done>>;
@@ -1212,7 +1224,17 @@ impl Committer {
     /// Opens (or creates) the store in `dir` with every table, and replays its journal.
     fn open(dir: &Path, retention: Retention, sync: SyncMode) -> Result<Self> {
         let path = dir.join(FILE_NAME);
-        let new_store = !path.exists();
+        let journal_path = dir.join(journal::FILE_NAME);
+        // A journal without its store file: its records are writes on a store that is gone
+        // (replayed onto an empty one they would make a part of it); refused before anything
+        // is created, so that a second start refuses too.
+        if !path.exists() && std::fs::metadata(&journal_path).is_ok_and(|m| m.len() > 0) {
+            return Err(StoreError::new(format!(
+                "{} holds writes of the store file {}, which is not there: put the store file back, or remove the journal too to start an empty store",
+                journal_path.display(),
+                path.display()
+            )));
+        }
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
@@ -1242,10 +1264,10 @@ impl Committer {
             deferred_since: None,
             journal: None,
             uncheckpointed_since: None,
+            checkpoint_failed: None,
         };
-        let journal_path = dir.join(journal::FILE_NAME);
         if sync == SyncMode::Always || journal_path.exists() {
-            this.replay(&journal_path, new_store)?;
+            this.replay(&journal_path)?;
             if sync != SyncMode::Always {
                 this.journal = None;
             }
@@ -1255,8 +1277,7 @@ impl Committer {
 
     /// Opens the journal and applies the records the redb file does not hold yet, then makes
     /// them durable in the file (a checkpoint).
-    /// `new_store`: the redb file did not exist (a journal's records are then not its own).
-    fn replay(&mut self, path: &Path, new_store: bool) -> Result<()> {
+    fn replay(&mut self, path: &Path) -> Result<()> {
         let applied = {
             let txn = self.db.begin_read()?;
             let meta = txn.open_table(META)?;
@@ -1264,12 +1285,6 @@ impl Committer {
         };
         let (journal, records) = Journal::open(path, applied)?;
         self.journal = Some(journal);
-        if new_store && !records.is_empty() {
-            return Err(StoreError::new(format!(
-                "{} holds writes of a store file that is not there ({FILE_NAME} was made anew): move the journal aside, or put the store file back",
-                path.display(),
-            )));
-        }
         let (count, last) = (records.len(), records.last().map_or(0, |r| r.seq));
         for record in records {
             let mut txn = self.db.begin_write()?;
@@ -1345,23 +1360,29 @@ impl Committer {
     /// A checkpoint when the last was long enough ago or the journal grew large; its failure
     /// fails the writes that waited for a sync, and it is tried again later.
     fn checkpoint_if_due(&mut self) {
-        // By size only while the journal works: after a failed checkpoint, the next waits for
-        // the interval.
+        // After a failed checkpoint the next waits for the interval, whatever the journal's size.
         let due = self
             .uncheckpointed_since
             .is_some_and(|s| s.elapsed() >= CHECKPOINT_EVERY)
-            || self
-                .journal
-                .as_ref()
-                .is_some_and(|j| !j.broken() && j.len() >= CHECKPOINT_BYTES);
+            || (self
+                .checkpoint_failed
+                .is_none_or(|f| f.elapsed() >= CHECKPOINT_EVERY)
+                && self
+                    .journal
+                    .as_ref()
+                    .is_some_and(|j| j.len() >= CHECKPOINT_BYTES));
         if !due {
             return;
         }
         match self.checkpoint() {
-            Ok(()) => self.answer_deferred(None),
+            Ok(()) => {
+                self.checkpoint_failed = None;
+                self.answer_deferred(None);
+            }
             Err(e) => {
                 tracing::error!("a checkpoint of the bus's store failed: {e}");
                 self.uncheckpointed_since = Some(Instant::now());
+                self.checkpoint_failed = Some(Instant::now());
                 if self.journal.as_ref().is_some_and(Journal::broken) {
                     self.answer_deferred(Some(&e));
                 }
@@ -1583,7 +1604,15 @@ impl Committer {
                 txn.abort()?;
             }
             let not_durable = if ops.iter().any(|op| matches!(op, Op::Checkpoint)) {
-                self.checkpoint().err()
+                // The bus's stop: durable in the store file if it can be, else in the journal
+                // (replayed at the next start).
+                match self.checkpoint() {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::error!("a checkpoint of the bus's store failed: {e}");
+                        self.make_durable().err()
+                    }
+                }
             } else if durable && self.unsynced_since.is_some() {
                 self.make_durable().err()
             } else {
@@ -2009,11 +2038,13 @@ mod tests {
         };
         assert!(
             e.message.ends_with(
-                "holds writes of a store file that is not there (bus.redb was made anew): move the journal aside, or put the store file back"
+                "bus.redb, which is not there: put the store file back, or remove the journal too to start an empty store"
             ),
             "{}",
             e.message
         );
+        // Nothing was made: a second start refuses too.
+        assert!(!lone.path().join(FILE_NAME).exists());
     }
 
     /// A journal record is replayed under the retention it ran under, not the next start's:

@@ -9,7 +9,9 @@
 //!   unit, so at most 16,384 publishes; one larger than the budget takes all of it, alone).
 //!   While the budget is spent the sidecar reads nothing more from the session, so HTTP/2 flow
 //!   control holds the plugin's publishes back; its acks, nacks and health answers, on the same
-//!   stream, wait behind them until the bus answers.
+//!   stream, wait behind them until the bus answers (a health check unanswered meanwhile is
+//!   not counted as failed). In memory a publish taken weighs up to about twice its size (a
+//!   copy is kept for the outbox while the bus has not answered).
 //! - Acks go to the bus in batches. Publishes go straight to the bus, or to the outbox when the
 //!   bus cannot take them (and while the outbox is not empty, to keep their order). Straight
 //!   publishes share `PublishBatch` calls: a publish is sent at once when a call is free, and
@@ -23,7 +25,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -194,6 +196,10 @@ struct Inner {
     /// [`PUBLISH_BUDGET`]: each publish taken from the plugin holds its share until it is
     /// answered to the plugin.
     publish_budget: Arc<Semaphore>,
+    /// Times `read_plugin` waited for the budget, and whether it waits now: while it does, it
+    /// reads nothing from the plugin, health answers included.
+    budget_waits: AtomicU64,
+    budget_waiting: AtomicBool,
     published: Notify,
     /// Straight publishes waiting for a `PublishBatch` call.
     publish_tx: mpsc::UnboundedSender<Queued>,
@@ -292,6 +298,8 @@ impl Router {
             ack_rx: Mutex::new(Some(ack_rx)),
             publishing: AtomicUsize::new(0),
             publish_budget: Arc::new(Semaphore::new(PUBLISH_BUDGET as usize)),
+            budget_waits: AtomicU64::new(0),
+            budget_waiting: AtomicBool::new(false),
             published: Notify::new(),
             publish_tx,
             publish_rx: Mutex::new(Some(publish_rx)),
@@ -531,9 +539,21 @@ impl Router {
                         // answered, and the SDKs send it again, with its idempotency key, on
                         // their next session.
                         let units = publish_units(p.encoded_len());
-                        let share = tokio::select! {
-                            share = self.0.publish_budget.clone().acquire_many_owned(units) => share.ok(),
-                            () = tx.closed() => None,
+                        let budget = self.0.publish_budget.clone();
+                        let share = match budget.clone().try_acquire_many_owned(units) {
+                            Ok(share) => Some(share),
+                            Err(_) => {
+                                // Held back: a health answer queued behind this publish is late
+                                // for the sidecar's own reason (see `health_loop`).
+                                self.0.budget_waits.fetch_add(1, Ordering::SeqCst);
+                                self.0.budget_waiting.store(true, Ordering::SeqCst);
+                                let share = tokio::select! {
+                                    share = budget.acquire_many_owned(units) => share.ok(),
+                                    () = tx.closed() => None,
+                                };
+                                self.0.budget_waiting.store(false, Ordering::SeqCst);
+                                share
+                            }
                         };
                         let Some(share) = share else {
                             tracing::info!(
@@ -704,6 +724,7 @@ impl Router {
                 }
             };
             let deadline = tokio::time::Instant::now() + s.health_interval;
+            let waits_before = self.0.budget_waits.load(Ordering::SeqCst);
             if let Some((conn, tx, rx, id)) = check {
                 let sent = tx
                     .send(message(sidecar_message::Kind::HealthCheck(HealthCheck {
@@ -720,9 +741,21 @@ impl Router {
                 } else {
                     Ok(None)
                 };
+                // An answer that may be queued behind publishes the sidecar is not reading (its
+                // publish budget spent: the bus answers slower than the plugin publishes) is
+                // late for the sidecar's reason, not the plugin's: not a failed check, or a
+                // liveness probe would restart a healthy plugin for a slow bus.
+                let held_back = || {
+                    self.0.budget_waiting.load(Ordering::SeqCst)
+                        || self.0.budget_waits.load(Ordering::SeqCst) != waits_before
+                };
                 match answer {
                     Ok(Some(a)) => self.health_answer(conn, Some(a), s.health_timeout),
                     Ok(None) => {}
+                    Err(_) if held_back() => tracing::info!(
+                        "no health answer within {}ms while the plugin's publishes wait for the bus (the sidecar reads nothing more until the bus answers): not counted as a failed check",
+                        s.health_timeout.as_millis()
+                    ),
                     Err(_) => self.health_answer(conn, None, s.health_timeout),
                 }
             }
@@ -1412,9 +1445,14 @@ mod tests {
     use crate::sidecar::fake::FakeBus;
 
     /// A router on `bus`, granted `granted`, without an outbox.
+    /// Its health checks (once `start_background` runs them) every 100 ms, answered within 50.
     async fn router_on(bus: &FakeBus, dir: &Path, granted: Vec<Grant>) -> Router {
         let file = dir.join("sidecar.yaml");
-        std::fs::write(&file, format!("data_dir: {}\n", dir.join("data").display())).unwrap();
+        let yaml = format!(
+            "data_dir: {}\nhealth_interval: 100ms\nhealth_timeout: 50ms\n",
+            dir.join("data").display()
+        );
+        std::fs::write(&file, yaml).unwrap();
         let vars = BTreeMap::from([
             ("INSTANCE_ID".to_owned(), "p-1".to_owned()),
             ("POOL_TYPE".to_owned(), "P".to_owned()),
@@ -1702,5 +1740,34 @@ mod tests {
             ended.expect("the drain within 20 s").unwrap(),
             Ended::Drained
         );
+    }
+
+    /// A health answer that may be queued behind publishes the sidecar does not read (its
+    /// budget spent: the bus answers slowly) is no failed check, or a liveness probe would
+    /// restart a healthy plugin for a slow bus; once the sidecar reads again, a plugin that
+    /// does not answer fails its checks as before. (This plugin never answers.)
+    #[tokio::test]
+    async fn a_health_check_is_not_failed_while_the_budget_holds_the_plugin_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = FakeBus::default();
+        let (router, mut plugin) = held_with_300_sent(&bus, dir.path()).await;
+        router.start_background();
+        let mut checks = 0;
+        while checks < 5 {
+            if let Some(sidecar_message::Kind::HealthCheck(_)) = plugin.next().await {
+                checks += 1;
+            }
+        }
+        // At least four checks went unanswered past their 50 ms.
+        assert_eq!(router.readiness().failures, 0);
+
+        bus.hold.send_replace(false);
+        let results = plugin.results(300).await;
+        assert!(results.values().all(Result::is_ok), "{results:?}");
+        until(
+            "a failed check, now that nothing holds the plugin back",
+            || router.readiness().failures >= 1,
+        )
+        .await;
     }
 }
