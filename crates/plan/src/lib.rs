@@ -589,6 +589,11 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
         .enabled_sidecars()
         .find(|s| s.port().is_some())
         .map(|s| s.name.as_str());
+    // A plugin: the workload in the network namespace of a bus sidecar. It reaches the bus
+    // only through its sidecar, on 127.0.0.1, so it is not told where a Bus API is.
+    let plugin = namespace_of
+        .and_then(|ns| decl.enabled_sidecars().find(|s| s.name == ns))
+        .is_some_and(|s| tether_spec::bus::runs_sidecar(&tether_spec::bus::words(s)));
     let (target, workload_network) = match kind {
         WorkloadArgv::HostProcess => (WorkloadTarget::HostProcess, None),
         WorkloadArgv::Container { network: None, .. } => (WorkloadTarget::Container, None),
@@ -615,7 +620,8 @@ pub fn plan(decl: &Declaration, session: &str, argv: &[String]) -> Result<Plan, 
 
         // How the workload reaches it.
         let stem = env_stem(&decl.env_prefix, &s.name);
-        if let Some(port) = s.port() {
+        let hidden = plugin && tether_spec::bus::serve_args(&tether_spec::bus::words(s)).is_some();
+        if let Some(port) = s.port().filter(|_| !hidden) {
             let in_namespace = namespace_of == Some(s.name.as_str());
             let (host, port_value) = match target {
                 WorkloadTarget::HostProcess | WorkloadTarget::HostNetwork => (

@@ -154,6 +154,28 @@ fn a_shared_namespace_workload_joins_the_sidecar_and_uses_localhost() {
     assert_eq!(got, argv(&want));
 }
 
+/// A plugin (the workload in a bus sidecar's namespace) reaches the bus only through its
+/// sidecar: it is told where the sidecar is, not where the Bus API is. Another workload beside
+/// the same Bus API is told.
+#[test]
+fn a_plugin_is_not_told_where_the_bus_api_is() {
+    let sidecars = "sidecars:\n  bus-api:\n    image: tether:local\n    command: [bus, serve]\n    lifecycle: shared\n    interface: { kind: port, port: 8443 }\n  bus:\n    image: tether:local\n    entrypoint: [tether-sidecar]\n    lifecycle: session\n    interface: { kind: port, port: 9191 }\n";
+    let got = rewritten(
+        &format!("{sidecars}workload:\n  network_mode: shared-namespace\n  sidecar: bus\n"),
+        "docker run --rm plugin:dev",
+    );
+    let want = format!(
+        "docker run --rm --network container:tether-demo-s1-bus {LABELS} -e TETHER_BUS_HOST=127.0.0.1 -e TETHER_BUS_PORT=9191 plugin:dev"
+    );
+    assert_eq!(got, argv(&want));
+
+    let got = rewritten(sidecars, "docker run --rm app:dev");
+    let want = format!(
+        "docker run --rm --network tether-demo {LABELS} -e TETHER_BUS_API_HOST=bus-api -e TETHER_BUS_API_PORT=8443 -e TETHER_BUS_HOST=bus -e TETHER_BUS_PORT=9191 app:dev"
+    );
+    assert_eq!(got, argv(&want));
+}
+
 #[test]
 fn arguments_after_the_image_are_never_read_or_changed() {
     let got = rewritten(

@@ -1,6 +1,16 @@
 //! What the declaration knows of a sidecar that runs `tether bus serve`, read from its words
 //! (entrypoint, then command) the way the command line would be.
 
+/// A sidecar's words: its entrypoint, then its command, as the command line would have them.
+pub fn words(s: &crate::model::Sidecar) -> Vec<String> {
+    s.entrypoint
+        .iter()
+        .flatten()
+        .chain(s.command.iter().flatten())
+        .cloned()
+        .collect()
+}
+
 /// Where the arguments of `bus serve` start, when the words run `tether bus serve`: `bus serve`
 /// first (an image whose entrypoint is tether), or after a program named `tether`.
 pub fn serve_args(words: &[String]) -> Option<usize> {
