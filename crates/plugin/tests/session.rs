@@ -357,11 +357,19 @@ async fn acks_and_health_answers_go_before_the_publishes_queued_before_them() {
     // 64 publishes of 64 KiB (4 MiB: within the SDK's budget, but 4 times what the fake's
     // flow-control windows take while it reads nothing), queued before d1's ack.
     session.deliver("d1", "flood:64:65536");
+    // on_message called the 64 publishes (each queued) before it returned.
+    loop {
+        if let Event::Done(data) = event(&mut events).await {
+            assert_eq!(data, "flood:64:65536");
+            break;
+        }
+    }
     session.deliver("d2", "x");
     session.health_check(1);
     session.health_check(2);
-    // Reading nothing yet, wait until d1's ack and the first health answer are queued: the
-    // worker enters d2 after it queued d1's ack, and health checks are answered one at a time.
+    // Reading nothing yet, wait until d1's ack and the first health answer are queued, after
+    // the publishes: the worker enters d2 after it queued d1's ack, and health checks are
+    // answered one at a time.
     let (mut entered_d2, mut checks) = (false, 0);
     while !entered_d2 || checks < 2 {
         match event(&mut events).await {
