@@ -12,13 +12,96 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::code_and_message;
 
-/// What travels to the sidecar: a message, or the end of the plugin's half of the session.
+/// What the plugin's publishes queued or sent and not yet answered by the sidecar may weigh
+/// together: 16 MiB, the sidecar's own budget for the publishes it took from the plugin. A
+/// publish past it waits (in [`Bus::send`]) until the sidecar answered enough of those before
+/// it, so a plugin that publishes faster than the bus answers does not grow its memory without
+/// bound. See [`publish_weight`].
+pub(crate) const PUBLISH_BUDGET: usize = 16 * 1024 * 1024;
+
+/// The least a publish weighs against [`PUBLISH_BUDGET`] (as the sidecar counts it).
+const PUBLISH_MIN_WEIGHT: usize = 1024;
+
+/// A publish's share of [`PUBLISH_BUDGET`]: its data, topic and headers in bytes, at least
+/// [`PUBLISH_MIN_WEIGHT`], and at most the whole budget, so that a publish larger than the budget
+/// still goes (alone).
+pub(crate) fn publish_weight(publish: &PluginPublish) -> usize {
+    let headers: usize = publish.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (publish.data.len() + publish.topic.len() + headers).clamp(PUBLISH_MIN_WEIGHT, PUBLISH_BUDGET)
+}
+
+/// A message for the session's control queue, or the end of the plugin's half of the session.
 pub(crate) enum Out {
     Msg(PluginMessage),
     Close,
 }
 
-pub(crate) type OutTx = mpsc::UnboundedSender<Out>;
+/// The plugin's half of one session: two queues, which the session's writer empties in this
+/// order. The control queue (Hello, acks, nacks, health answers, the half-close) goes before any
+/// publish still queued, so an ack does not wait behind the publishes and pass its deadline;
+/// publishes keep their order among themselves, and only those within [`PUBLISH_BUDGET`] are
+/// queued at all.
+#[derive(Clone)]
+pub(crate) struct OutTx {
+    control: mpsc::UnboundedSender<Out>,
+    publishes: mpsc::UnboundedSender<PluginMessage>,
+}
+
+/// The writer's ends of an [`OutTx`].
+pub(crate) struct OutRx {
+    control: mpsc::UnboundedReceiver<Out>,
+    publishes: mpsc::UnboundedReceiver<PluginMessage>,
+    /// The Close came (or the control queue's senders are gone): only the publishes queued before
+    /// it are still sent.
+    closing: bool,
+}
+
+/// A send to a session that ended.
+#[derive(Debug)]
+pub(crate) struct Gone;
+
+impl OutTx {
+    pub(crate) fn new() -> (OutTx, OutRx) {
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (publishes, publishes_rx) = mpsc::unbounded_channel();
+        (
+            OutTx { control, publishes },
+            OutRx {
+                control: control_rx,
+                publishes: publishes_rx,
+                closing: false,
+            },
+        )
+    }
+
+    /// Queues a control message (or the half-close) ahead of the queued publishes.
+    pub(crate) fn send(&self, out: Out) -> Result<(), Gone> {
+        self.control.send(out).map_err(|_| Gone)
+    }
+
+    /// Queues a publish after the publishes queued before it.
+    fn publish(&self, message: PluginMessage) -> Result<(), Gone> {
+        self.publishes.send(message).map_err(|_| Gone)
+    }
+}
+
+impl OutRx {
+    /// The next message to send: a control message if one waits, else the oldest publish; `None`
+    /// once the half-close came and the publishes queued before it are sent.
+    pub(crate) async fn next(&mut self) -> Option<PluginMessage> {
+        if !self.closing {
+            tokio::select! {
+                biased;
+                out = self.control.recv() => match out {
+                    Some(Out::Msg(message)) => return Some(message),
+                    Some(Out::Close) | None => self.closing = true,
+                },
+                Some(message) = self.publishes.recv() => return Some(message),
+            }
+        }
+        self.publishes.try_recv().ok()
+    }
+}
 
 /// A cloneable handle that publishes through the sidecar. Usable from any task, with any number
 /// of publishes in flight at once; a publish waiting when the connection drops is sent again
@@ -247,20 +330,30 @@ impl Bus {
             idempotency_key: idempotency_key
                 .unwrap_or_else(|| format!("{}-{request_id}", shared.key_prefix)),
         };
+        let weight = publish_weight(&message);
         let (reply, answer) = oneshot::channel();
         {
             let mut state = shared.lock();
             if state.closed {
                 return Err(PublishError::Closed { topic });
             }
-            if let Some(out) = &state.out {
-                // A send to a session that just ended fails; the publish stays pending and is
-                // sent again on the next session.
-                let _ = out.send(Out::Msg(publish_message(message.clone())));
+            let pending = Pending {
+                message,
+                reply,
+                weight,
+            };
+            if state.waiting.is_empty() && state.fits(weight) {
+                state.admit(request_id, pending);
+            } else {
+                // Past the budget: queued by `Shared::resolve` once the sidecar answered enough
+                // of the publishes before it, in the order they were called.
+                state.waiting.insert(request_id, pending);
             }
-            state.pending.insert(request_id, Pending { message, reply });
-            shared.pending_count.send_replace(state.pending.len());
+            shared.pending_count.send_replace(state.count());
         }
+        // A caller that gives up while its publish waits for the budget withdraws it (it was
+        // never sent); one already queued or sent stays, as before, until the sidecar answers.
+        let _withdraw = Withdraw { shared, request_id };
         answer.await.unwrap_or(Err(PublishError::Closed { topic }))
     }
 
@@ -285,16 +378,75 @@ impl fmt::Debug for Bus {
 struct Pending {
     message: PluginPublish,
     reply: oneshot::Sender<Result<Published, PublishError>>,
+    /// Its share of [`PUBLISH_BUDGET`].
+    weight: usize,
 }
 
 #[derive(Default)]
 struct State {
     /// The live session's outgoing half; None between sessions.
     out: Option<OutTx>,
-    /// Publishes sent (or to send) and not answered yet, by request id.
+    /// Publishes queued or sent (or to send on the next session) and not answered yet, by
+    /// request id.
     pending: BTreeMap<u64, Pending>,
+    /// What `pending` weighs; at most [`PUBLISH_BUDGET`].
+    weight: usize,
+    /// Publishes held back by [`PUBLISH_BUDGET`], by request id (the order they were called).
+    waiting: BTreeMap<u64, Pending>,
     /// The plugin stopped: no more publishes.
     closed: bool,
+}
+
+impl State {
+    /// Publishes waiting for their result, sent or not.
+    fn count(&self) -> usize {
+        self.pending.len() + self.waiting.len()
+    }
+
+    /// Whether a publish of `weight` fits beside those pending.
+    fn fits(&self, weight: usize) -> bool {
+        self.weight + weight <= PUBLISH_BUDGET
+    }
+
+    /// Makes a publish pending and queues it on the live session, if any.
+    fn admit(&mut self, request_id: u64, pending: Pending) {
+        self.weight += pending.weight;
+        if let Some(out) = &self.out {
+            // A send to a session that just ended fails; the publish stays pending and is sent
+            // again on the next session.
+            let _ = out.publish(publish_message(pending.message.clone()));
+        }
+        self.pending.insert(request_id, pending);
+    }
+
+    /// Admits the publishes held back, oldest first, while they fit.
+    fn admit_waiting(&mut self) {
+        while let Some(weight) = self.waiting.first_key_value().map(|(_, p)| p.weight) {
+            if !self.fits(weight) {
+                break;
+            }
+            if let Some((request_id, pending)) = self.waiting.pop_first() {
+                self.admit(request_id, pending);
+            }
+        }
+    }
+}
+
+/// Withdraws a publish still held back by the budget when its caller stops waiting.
+struct Withdraw<'a> {
+    shared: &'a Shared,
+    request_id: u64,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        if state.waiting.remove(&self.request_id).is_some() {
+            // It may have held back smaller publishes behind it.
+            state.admit_waiting();
+            self.shared.pending_count.send_replace(state.count());
+        }
+    }
 }
 
 /// The state behind every clone of a [`Bus`].
@@ -337,7 +489,7 @@ impl Shared {
             );
         }
         for pending in state.pending.values() {
-            let _ = out.send(Out::Msg(publish_message(pending.message.clone())));
+            let _ = out.publish(publish_message(pending.message.clone()));
         }
         state.out = Some(out.clone());
     }
@@ -352,10 +504,14 @@ impl Shared {
         let pending = {
             let mut state = self.lock();
             let pending = state.pending.remove(&result.request_id);
-            self.pending_count.send_replace(state.pending.len());
+            if let Some(pending) = &pending {
+                state.weight -= pending.weight;
+                state.admit_waiting();
+            }
+            self.pending_count.send_replace(state.count());
             pending
         };
-        let Some(Pending { message, reply }) = pending else {
+        let Some(Pending { message, reply, .. }) = pending else {
             tracing::debug!(
                 request_id = result.request_id,
                 "a publish result for no waiting publish (answered before)"
@@ -379,7 +535,7 @@ impl Shared {
         let _ = reply.send(outcome);
     }
 
-    /// Waits until no publish waits for its result.
+    /// Waits until no publish waits for its result (sent or held back by the budget).
     pub(crate) async fn idle(&self) {
         let mut count = self.pending_count.subscribe();
         let _ = count.wait_for(|n| *n == 0).await;
@@ -389,7 +545,7 @@ impl Shared {
     /// publishing fails with [`PublishError::Closed`].
     pub(crate) fn close_if_idle(&self, out: &OutTx) -> bool {
         let mut state = self.lock();
-        if !state.pending.is_empty() {
+        if state.count() != 0 {
             return false;
         }
         state.closed = true;
@@ -404,11 +560,13 @@ impl Shared {
             let mut state = self.lock();
             state.closed = true;
             state.out = None;
-            let pending = std::mem::take(&mut state.pending);
+            let mut pending = std::mem::take(&mut state.pending);
+            pending.append(&mut state.waiting);
+            state.weight = 0;
             self.pending_count.send_replace(0);
             pending
         };
-        for (_, Pending { message, reply }) in pending {
+        for (_, Pending { message, reply, .. }) in pending {
             let _ = reply.send(Err(PublishError::Closed {
                 topic: message.topic,
             }));
@@ -491,6 +649,104 @@ mod tests {
             PublishError::Closed { topic: t() }.to_string(),
             "cannot publish to `signals.x`: the session with the sidecar ended before it answered"
         );
+    }
+
+    #[test]
+    fn a_publish_weighs_its_data_topic_and_headers_within_bounds() {
+        let publish = |data: usize, headers: &[(&str, &str)]| PluginPublish {
+            topic: "t.x".into(),
+            data: vec![0; data],
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            idempotency_key: "not counted".into(),
+            request_id: 1,
+        };
+        assert_eq!(publish_weight(&publish(0, &[])), 1024);
+        assert_eq!(publish_weight(&publish(2000, &[("ab", "cde")])), 2008);
+        assert_eq!(
+            publish_weight(&publish(PUBLISH_BUDGET * 2, &[])),
+            PUBLISH_BUDGET
+        );
+    }
+
+    /// Polls `call` once: the SDK has queued it, or holds it back, when this returns.
+    async fn call_once<F: std::future::Future + Unpin>(call: &mut F) {
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut *call).poll(cx))
+        })
+        .await;
+        assert!(first.is_pending());
+    }
+
+    fn queued_topics(rx: &mut OutRx) -> Vec<String> {
+        std::iter::from_fn(|| rx.publishes.try_recv().ok())
+            .map(|m| match m.kind {
+                Some(plugin_message::Kind::Publish(p)) => p.topic,
+                other => panic!("not a publish: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn held_back_publishes_go_in_call_order_and_a_dropped_one_never_goes() {
+        let bus = Bus {
+            shared: Arc::new(Shared::new()),
+        };
+        let (out, mut rx) = OutTx::new();
+        bus.shared.attach(&out);
+        // `a` leaves 1 KiB of the budget: `b` (2 KiB) waits, and `c` (1 KiB) waits behind it.
+        let mut a = Box::pin(bus.publish("a", vec![0; PUBLISH_BUDGET - 1024 - 1]));
+        let mut b = Box::pin(bus.publish("b", vec![0; 2048]));
+        let mut c = Box::pin(bus.publish("c", vec![]));
+        call_once(&mut a).await;
+        call_once(&mut b).await;
+        call_once(&mut c).await;
+        assert_eq!(queued_topics(&mut rx), ["a"]);
+        // `b`'s caller gives up: `b` is withdrawn, and `c` now fits.
+        drop(b);
+        assert_eq!(queued_topics(&mut rx), ["c"]);
+        assert_eq!(bus.shared.lock().count(), 2);
+        // Answering `a` sends nothing more.
+        bus.shared.resolve(PublishResult {
+            request_id: 1,
+            result: Some(publish_result::Result::Accepted(
+                tether_bus_proto::v1::PublishAccepted { sequence: 7 },
+            )),
+        });
+        assert_eq!(a.await, Ok(Published { sequence: 7 }));
+        assert_eq!(queued_topics(&mut rx), Vec::<String>::new());
+        // The end of the plugin fails what still waits.
+        bus.shared.close();
+        assert_eq!(c.await, Err(PublishError::Closed { topic: "c".into() }));
+    }
+
+    #[tokio::test]
+    async fn the_writer_sends_control_messages_first_and_half_closes_after_the_publishes() {
+        let publish = |topic: &str| {
+            publish_message(PluginPublish {
+                topic: topic.into(),
+                ..PluginPublish::default()
+            })
+        };
+        let ack = |id: &str| PluginMessage {
+            kind: Some(plugin_message::Kind::Ack(tether_bus_proto::v1::PluginAck {
+                delivery_id: id.into(),
+            })),
+        };
+        let (out, mut rx) = OutTx::new();
+        out.publish(publish("p1")).unwrap();
+        out.publish(publish("p2")).unwrap();
+        out.send(Out::Msg(ack("d1"))).unwrap();
+        out.send(Out::Msg(ack("d2"))).unwrap();
+        out.send(Out::Close).unwrap();
+        out.send(Out::Msg(ack("after the close"))).unwrap();
+        let mut sent = Vec::new();
+        while let Some(message) = rx.next().await {
+            sent.push(message);
+        }
+        assert_eq!(sent, [ack("d1"), ack("d2"), publish("p1"), publish("p2")]);
     }
 
     #[test]

@@ -60,6 +60,15 @@
 //! - Every publish carries an idempotency key (a random one when the caller gives none).
 //!   [`Bus::publish`] returns `Ok` once the sidecar accepted the message, which makes it
 //!   durable; publishes waiting when the connection drops are sent again after the reconnect.
+//! - Acks, nacks and health answers go to the sidecar ahead of the publishes still queued (the
+//!   publishes keep their order among themselves), so that they do not wait behind a burst of
+//!   publishes and miss their deadlines.
+//! - What the plugin publishes is bounded: while the publishes queued or sent and not yet
+//!   answered by the sidecar weigh 16 MiB (`PUBLISH_BUDGET`, the sidecar's own budget; a
+//!   publish weighs its data, topic and headers, at least 1 KiB), a further publish waits in
+//!   [`Bus::publish`] until enough of them are answered (in the order the calls were made; one
+//!   larger than 16 MiB goes alone). A publish dropped while it waits so is never sent; one that
+//!   waits when the session ends for good fails with [`PublishError::Closed`].
 //! - Stop (the sidecar's, SIGTERM or SIGINT, or [`Options::stop_when`]): `on_stop` runs once,
 //!   the `on_message` in flight finishes and its ack or nack is sent, the publishes in flight
 //!   get their results, then the SDK half-closes the session and [`run`] returns `Ok(())`.

@@ -447,16 +447,14 @@ async fn attempt(endpoint: &Endpoint, hello: &Hello, reconnecting: bool) -> Resu
             None => text,
         })
     })?;
-    let (out, rx) = mpsc::unbounded_channel();
+    let (out, rx) = OutTx::new();
     let _ = out.send(Out::Msg(PluginMessage {
         kind: Some(plugin_message::Kind::Hello(hello.clone())),
     }));
-    // The plugin's half of the call: everything queued, until Out::Close (the half-close).
+    // The plugin's half of the call: control messages first, then publishes in order, until
+    // Out::Close (the half-close, after the publishes queued before it).
     let outgoing = futures_util::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Some(Out::Msg(message)) => Some((message, rx)),
-            Some(Out::Close) | None => None,
-        }
+        rx.next().await.map(|message| (message, rx))
     });
     let mut client = PluginServiceClient::new(channel);
     let response = client

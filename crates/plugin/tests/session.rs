@@ -307,6 +307,209 @@ async fn many_publishes_are_in_flight_at_once() {
     within(run).await.unwrap().unwrap();
 }
 
+/// Reads the plugin's next `n` messages.
+async fn read(session: &mut support::Session, n: usize) -> Vec<Kind> {
+    let mut messages = Vec::new();
+    for _ in 0..n {
+        messages.push(session.recv().await);
+    }
+    messages
+}
+
+/// The topics of the publishes among `messages`, in their order.
+fn published_topics(messages: &[Kind]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            Kind::Publish(p) => Some(p.topic.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn flood_topics(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("flood.{i}")).collect()
+}
+
+/// Collects the test plugin's events until `n` publish results came; returns them in order.
+async fn publish_results(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    n: usize,
+) -> Vec<Result<u64, PublishError>> {
+    let mut results = Vec::new();
+    while results.len() < n {
+        if let Event::Published(result) = event(events).await {
+            results.push(result);
+        }
+    }
+    results
+}
+
+#[tokio::test]
+async fn acks_and_health_answers_go_before_the_publishes_queued_before_them() {
+    let mut sidecar = Sidecar::start().await;
+    let (plugin, mut events, _gate) = TestPlugin::new();
+    let run = spawn_plugin(plugin, options(&sidecar));
+    let mut session = sidecar.next().await;
+    session.welcome();
+    assert!(matches!(event(&mut events).await, Event::Start));
+
+    // 64 publishes of 64 KiB (4 MiB: within the SDK's budget, but 4 times what the fake's
+    // flow-control windows take while it reads nothing), queued before d1's ack.
+    session.deliver("d1", "flood:64:65536");
+    // on_message called the 64 publishes (each queued) before it returned.
+    loop {
+        if let Event::Done(data) = event(&mut events).await {
+            assert_eq!(data, "flood:64:65536");
+            break;
+        }
+    }
+    session.deliver("d2", "x");
+    session.health_check(1);
+    session.health_check(2);
+    // Reading nothing yet, wait until d1's ack and the first health answer are queued, after
+    // the publishes: the worker enters d2 after it queued d1's ack, and health checks are
+    // answered one at a time.
+    let (mut entered_d2, mut checks) = (false, 0);
+    while !entered_d2 || checks < 2 {
+        match event(&mut events).await {
+            Event::Entered(m) if m.data == b"x" => entered_d2 = true,
+            Event::Health => checks += 1,
+            _ => {}
+        }
+    }
+
+    // 64 publishes, two acks, two health answers.
+    let messages = read(&mut session, 68).await;
+    let at = |wanted: &Kind| messages.iter().position(|m| m == wanted).unwrap();
+    let last_publish = messages
+        .iter()
+        .rposition(|m| matches!(m, Kind::Publish(_)))
+        .unwrap();
+    assert!(
+        at(&ack("d1")) < last_publish,
+        "d1's ack waited behind every queued publish (at {} of {})",
+        at(&ack("d1")),
+        messages.len()
+    );
+    assert!(
+        at(&health(1)) < last_publish,
+        "the health answer waited behind every queued publish (at {} of {})",
+        at(&health(1)),
+        messages.len()
+    );
+    assert!(at(&ack("d1")) < at(&ack("d2")), "acks keep their order");
+    assert!(at(&health(1)) < at(&health(2)));
+    // The publishes keep the order they were called in.
+    assert_eq!(published_topics(&messages), flood_topics(0..64));
+
+    for m in messages {
+        if let Kind::Publish(p) = m {
+            session.accept(p.request_id, p.request_id);
+        }
+    }
+    let results = publish_results(&mut events, 64).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    stop(session).await;
+    within(run).await.unwrap().unwrap();
+}
+
+/// Just under 1 MiB of data: with its topic (`flood.N`) a publish weighs at most 1 MiB, so 16 of
+/// them fit the SDK's 16 MiB budget and a 17th does not.
+const NEAR_MIB: usize = 1024 * 1024 - 16;
+
+#[tokio::test]
+async fn publishes_past_16_mib_unanswered_wait_for_the_sidecars_answers() {
+    let mut sidecar = Sidecar::start().await;
+    let (plugin, mut events, _gate) = TestPlugin::new();
+    let run = spawn_plugin(plugin, options(&sidecar));
+    let mut session = sidecar.next().await;
+    session.welcome();
+    assert!(matches!(event(&mut events).await, Event::Start));
+
+    // 40 publishes called at once; the fake answers none yet.
+    session.deliver("d1", &format!("flood:40:{NEAR_MIB}"));
+    // 16 publishes and d1's ack (which may pass publishes queued before it).
+    let mut received = read(&mut session, 17).await;
+    assert!(
+        received.contains(&ack("d1")),
+        "{:?}",
+        published_topics(&received)
+    );
+    assert_eq!(published_topics(&received), flood_topics(0..16));
+    // Nothing else was sent: the next message is the answer to a health check sent now.
+    session.health_check(1);
+    assert_eq!(session.recv().await, health(1));
+
+    // One answer lets one more publish go, and only one.
+    let first = publish(
+        received.remove(
+            received
+                .iter()
+                .position(|m| matches!(m, Kind::Publish(_)))
+                .unwrap(),
+        ),
+    );
+    assert_eq!(first.topic, "flood.0");
+    session.accept(first.request_id, 1);
+    let next = publish(session.recv().await);
+    assert_eq!(next.topic, "flood.16");
+    session.health_check(2);
+    assert_eq!(session.recv().await, health(2));
+
+    // Answering the rest lets the others go, in order.
+    received.push(Kind::Publish(next));
+    let mut topics = Vec::new();
+    for m in received {
+        if let Kind::Publish(p) = m {
+            topics.push(p.topic.clone());
+            session.accept(p.request_id, p.request_id);
+        }
+    }
+    while topics.len() < 39 {
+        let p = publish(session.recv().await);
+        topics.push(p.topic.clone());
+        session.accept(p.request_id, p.request_id);
+    }
+    assert_eq!(topics, flood_topics(1..40));
+    let results = publish_results(&mut events, 40).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    stop(session).await;
+    within(run).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn publishes_held_back_fail_when_the_session_ends_while_stopping() {
+    let mut sidecar = Sidecar::start().await;
+    let (plugin, mut events, _gate) = TestPlugin::new();
+    let run = spawn_plugin(plugin, options(&sidecar));
+    let mut session = sidecar.next().await;
+    session.welcome();
+    assert!(matches!(event(&mut events).await, Event::Start));
+
+    session.deliver("d1", &format!("flood:40:{NEAR_MIB}"));
+    let received = read(&mut session, 17).await;
+    assert_eq!(published_topics(&received), flood_topics(0..16));
+    // Stop: the drain waits for all 40 results; the sidecar goes away before giving any.
+    session.stop();
+    loop {
+        if matches!(event(&mut events).await, Event::Stop) {
+            break;
+        }
+    }
+    session.fail(Status::unavailable("the sidecar crashed"));
+    within(run).await.unwrap().unwrap();
+    let results = publish_results(&mut events, 40).await;
+    for (i, result) in results.into_iter().enumerate() {
+        assert_eq!(
+            result,
+            Err(PublishError::Closed {
+                topic: format!("flood.{i}")
+            })
+        );
+    }
+}
+
 #[tokio::test]
 async fn stop_runs_on_stop_lets_the_message_in_flight_finish_then_half_closes() {
     let mut sidecar = Sidecar::start().await;

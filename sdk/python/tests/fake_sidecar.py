@@ -32,6 +32,10 @@ class FakeSession:
         self.metadata = dict(context.invocation_metadata())
         self.incoming: "queue.Queue[object]" = queue.Queue()
         self.outgoing: "queue.Queue[object]" = queue.Queue()
+        # Cleared, the fake reads nothing more from the plugin (after the read under way), so
+        # that HTTP/2 flow control holds the plugin's messages back.
+        self.reading = threading.Event()
+        self.reading.set()
 
     # what the plugin sent
     def recv(self, timeout: float = WAIT):
@@ -114,6 +118,7 @@ class FakeSidecar(pb_grpc.PluginServiceServicer):
             try:
                 for msg in request_iterator:
                     session.incoming.put(msg)
+                    session.reading.wait()
             except Exception:  # the call was cancelled: nothing more comes
                 return
             session.incoming.put(HALF_CLOSED)

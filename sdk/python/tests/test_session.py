@@ -338,6 +338,159 @@ def test_publish_after_run_returned_raises_session_closed(sidecar):
         plugin.bus.publish("signals.late", b"")
 
 
+# -- what goes first, and how much waits -------------------------------------------------------
+
+
+def until(condition, what):
+    """Waits (bounded by WAIT) until ``condition()`` holds."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {WAIT} s"
+        time.sleep(0.01)
+
+
+class Call:
+    """``fn(*args)`` on a daemon thread: a publish that never returns cannot hang the run."""
+
+    def __init__(self, fn, *args, **kw):
+        self.done = threading.Event()
+        self.value = None
+        self.error = None
+
+        def target():
+            try:
+                self.value = fn(*args, **kw)
+            except BaseException as e:  # handed to the test by result()
+                self.error = e
+            finally:
+                self.done.set()
+
+        threading.Thread(target=target, daemon=True).start()
+
+    def result(self):
+        wait(self.done, "the call")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def recv_all(session, n):
+    return [session.recv() for _ in range(n)]
+
+
+def kinds(messages):
+    return [m.WhichOneof("kind") for m in messages]
+
+
+def test_acks_and_health_answers_go_before_the_publishes_queued_before_them(sidecar):
+    # 60 publishes of 256 KiB (15 MiB: within the SDK's budget, far more than the transport
+    # buffers while the fake reads nothing), all queued before d1's ack.
+    n, size = 60, 256 * 1024
+    results = []
+    queued = threading.Event()
+
+    def on_message(bus, msg):
+        if msg.delivery_id == "d1":
+            results.extend(Call(bus.publish, f"signals.flood.{i}", b"x" * size)
+                           for i in range(n))
+            until(lambda: len(bus._pending) == n, "the publishes queued")
+            queued.set()
+
+    plugin = Probe(on_message=on_message)
+    running, session = start(sidecar, plugin)
+    session.reading.clear()
+    session.deliver("d1")
+    wait(queued, "the publishes queued")
+    session.deliver("d2")
+    session.health_check(1)
+    session.health_check(2)
+    # Reading nothing yet, wait until d1's ack and the first health answer are queued, after
+    # the publishes: d2 starts after d1's ack was queued, and health checks are answered one at
+    # a time.
+    until(lambda: "message d2" in plugin.calls and plugin.calls.count("health") == 2,
+          "d2 and two health checks")
+    session.reading.set()
+
+    messages = recv_all(session, n + 4)
+    order = kinds(messages)
+    last_publish = len(order) - 1 - order[::-1].index("publish")
+    acks = [i for i, m in enumerate(messages) if m.WhichOneof("kind") == "ack"]
+    answers = [i for i, m in enumerate(messages) if m.WhichOneof("kind") == "health"]
+    assert [messages[i].ack.delivery_id for i in acks] == ["d1", "d2"]
+    assert [messages[i].health.id for i in answers] == [1, 2]
+    assert acks[0] < last_publish, f"d1's ack waited behind every publish: {order}"
+    assert answers[0] < last_publish, f"the health answer waited behind every publish: {order}"
+    publishes = [m.publish for m in messages if m.WhichOneof("kind") == "publish"]
+    ids = [p.request_id for p in publishes]
+    assert ids == sorted(ids), "publishes keep the order of the calls"
+    for p in publishes:
+        session.accept(p.request_id, p.request_id)
+    assert sorted(f.result() for f in results) == ids
+    finish(running, session)
+
+
+# Just under 1 MiB: with its topic a publish weighs at most 1 MiB, so 16 fit the 16 MiB budget.
+NEAR_MIB = 1024 * 1024 - 64
+
+
+def flood(results, n):
+    def on_message(bus, msg):
+        if msg.delivery_id == "d1":
+            results.extend(Call(bus.publish, f"signals.flood.{i}", b"x" * NEAR_MIB)
+                           for i in range(n))
+    return on_message
+
+
+def test_publishes_past_16_mib_unanswered_wait_for_the_sidecars_answers(sidecar):
+    results = []
+    plugin = Probe(on_message=flood(results, 40))
+    running, session = start(sidecar, plugin)
+    session.deliver("d1")
+    first = recv_all(session, 17)  # 16 publishes and d1's ack, which may pass them
+    assert sorted(kinds(first)) == ["ack"] + ["publish"] * 16
+    # Nothing else was sent: the next message answers a health check sent now.
+    session.health_check(1)
+    assert session.recv_kind("health").id == 1
+    # A publish that waits for the budget past its timeout was never sent.
+    with pytest.raises(tp.PublishTimeout, match="not sent within 0.2 s, behind 16 MiB"):
+        plugin.bus.publish("signals.late", b"", timeout=0.2)
+
+    # One answer lets one more publish go, and only one.
+    publishes = [m.publish for m in first if m.WhichOneof("kind") == "publish"]
+    session.accept(publishes[0].request_id, 1)
+    publishes.append(session.recv_kind("publish"))
+    session.health_check(2)
+    assert session.recv_kind("health").id == 2
+
+    # Answering the rest lets the others go.
+    for p in publishes[1:]:
+        session.accept(p.request_id, p.request_id)
+    while len(publishes) < 40:
+        p = session.recv_kind("publish")
+        publishes.append(p)
+        session.accept(p.request_id, p.request_id)
+    assert sorted(p.topic for p in publishes) == sorted(f"signals.flood.{i}"
+                                                        for i in range(40))
+    assert all(f.result() >= 1 for f in results)
+    finish(running, session)
+
+
+def test_publishes_held_back_fail_when_the_session_ends_while_stopping(sidecar):
+    results = []
+    plugin = Probe(on_message=flood(results, 40))
+    running, session = start(sidecar, plugin)
+    session.deliver("d1")
+    assert sorted(kinds(recv_all(session, 17))) == ["ack"] + ["publish"] * 16
+    until(lambda: len(results) == 40, "the publish calls")
+    session.stop()  # the drain waits for every result
+    wait(plugin.stopped, "on_stop")
+    session.end(grpc.StatusCode.UNAVAILABLE, "the sidecar crashed")
+    for f in results:
+        with pytest.raises(tp.SessionClosed):
+            f.result()
+    assert running.join() is None
+
+
 # -- step 6: stop ------------------------------------------------------------------------------
 
 

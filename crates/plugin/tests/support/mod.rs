@@ -239,7 +239,9 @@ pub enum Event {
 
 /// A plugin steered by the deliveries' data: steps separated by `+`, each `slow` (wait for a
 /// permit of `gate`), `panic`, `nack`, `publish:<topic>`, `burst:<n>` (n publishes at once from n
-/// tasks); anything else acks.
+/// tasks), `flood:<n>:<bytes>` (n publishes of `bytes` bytes on `flood.0`, `flood.1`, ...,
+/// each called before on_message goes on, their results reported later, in order, by a task of
+/// their own); anything else acks.
 pub struct TestPlugin {
     pub subscriptions: Vec<Subscription>,
     pub events: mpsc::UnboundedSender<Event>,
@@ -317,6 +319,29 @@ impl Plugin for TestPlugin {
                 for task in tasks {
                     self.report(Event::Published(task.await.unwrap().map(|p| p.sequence)));
                 }
+            } else if let Some(spec) = step.strip_prefix("flood:") {
+                let (n, bytes) = spec.split_once(':').unwrap();
+                let (n, bytes) = (n.parse::<usize>().unwrap(), bytes.parse::<usize>().unwrap());
+                let mut calls = Vec::new();
+                for i in 0..n {
+                    let bus = bus.clone();
+                    let mut call = Box::pin(async move {
+                        bus.publish(format!("flood.{i}"), vec![b'x'; bytes]).await
+                    });
+                    // Polled once here: the SDK has queued the publish (or held it back) when
+                    // this returns, so the calls are made in order, before on_message returns.
+                    let first =
+                        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx)))
+                            .await;
+                    assert!(first.is_pending(), "flood.{i} answered before it was sent");
+                    calls.push(call);
+                }
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    for call in calls {
+                        let _ = events.send(Event::Published(call.await.map(|p| p.sequence)));
+                    }
+                });
             }
         }
         self.report(Event::Done(data));

@@ -10,8 +10,16 @@ Threads of one :func:`run`:
 * the worker: ``on_start``, then ``on_message`` for each delivery in order, one at a time;
 * the health thread: ``on_health_check``, once ``on_start`` returned;
 * gRPC's own thread that sends the session's outbox (the request iterator).
+
+What the plugin sends goes through two queues (``_Outbox``): control messages (Hello, acks,
+nacks, health answers) go before any publish still queued, so that they do not wait behind a
+burst of publishes (an ack past its deadline is delivered again); publishes keep their order.
+Publishes are bounded: while those queued or sent and not yet answered by the sidecar weigh
+``PUBLISH_BUDGET`` (16 MiB, the sidecar's own budget), a further ``publish`` blocks until enough
+of them are answered.
 """
 
+import collections
 import itertools
 import logging
 import os
@@ -57,8 +65,65 @@ CLOSE_WAIT = 30.0
 TRANSIENT = frozenset({"OK", "UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED", "UNKNOWN",
                        "INTERNAL", "ABORTED"})
 
-_CLOSE = object()
 _START = object()
+
+# What the plugin's publishes queued or sent and not yet answered by the sidecar may weigh
+# together: 16 MiB, the sidecar's own budget for what it took from the plugin. A publish past it
+# blocks (in call order) until the sidecar answered enough of those before it.
+PUBLISH_BUDGET = 16 * 1024 * 1024
+# The least a publish weighs, as the sidecar counts it.
+PUBLISH_MIN_WEIGHT = 1024
+
+
+def _publish_weight(p: "pb.PluginPublish") -> int:
+    """A publish's share of PUBLISH_BUDGET: its data, topic and headers in bytes, at least
+    PUBLISH_MIN_WEIGHT and at most the whole budget (a larger publish goes alone)."""
+    size = len(p.data) + len(p.topic.encode()) + sum(
+        len(k.encode()) + len(v.encode()) for k, v in p.headers.items())
+    return min(max(size, PUBLISH_MIN_WEIGHT), PUBLISH_BUDGET)
+
+
+class _Outbox:
+    """What the plugin sends on one session: control messages before the publishes queued,
+    each kind in its order. ``get`` blocks without polling until there is something to send."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._control: "collections.deque[pb.PluginMessage]" = collections.deque()
+        self._publishes: "collections.deque[pb.PluginMessage]" = collections.deque()
+        self._closing = False  # half-close once what was queued before is sent
+        self._cancelled = False  # the call is over: send nothing more
+
+    def put(self, msg: pb.PluginMessage, publish: bool = False) -> None:
+        with self._cond:
+            if self._closing or self._cancelled:
+                return
+            (self._publishes if publish else self._control).append(msg)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify()
+
+    def get(self) -> Optional[pb.PluginMessage]:
+        """The next message to send, or None to end the plugin's half of the call."""
+        with self._cond:
+            while True:
+                if self._cancelled:
+                    return None
+                if self._control:
+                    return self._control.popleft()
+                if self._publishes:
+                    return self._publishes.popleft()
+                if self._closing:
+                    return None
+                self._cond.wait()
 
 
 class _Event(NamedTuple):
@@ -92,8 +157,8 @@ class _Session:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF * 1000)),
         ])
-        # What the plugin sends, in order; _CLOSE half-closes. SimpleQueue: put never blocks.
-        self.outbox: "queue.SimpleQueue[object]" = queue.SimpleQueue()
+        # What the plugin sends: control messages first, then publishes; put never blocks.
+        self.outbox = _Outbox()
         self.ended = threading.Event()
         self.code = ""
         self.details = ""
@@ -102,22 +167,29 @@ class _Session:
 
     def requests(self) -> Iterator[pb.PluginMessage]:
         while True:
-            item = self.outbox.get()
-            if item is _CLOSE:
+            msg = self.outbox.get()
+            if msg is None:
                 return
-            yield item  # type: ignore[misc]
+            yield msg
 
     def send(self, msg: pb.PluginMessage) -> None:
+        """Queues a control message (Hello, ack, nack, health answer) ahead of the publishes."""
         if not self.ended.is_set():
             self.outbox.put(msg)
 
+    def send_publish(self, msg: pb.PluginMessage) -> None:
+        """Queues a publish after the publishes queued before it."""
+        if not self.ended.is_set():
+            self.outbox.put(msg, publish=True)
+
     def half_close(self) -> None:
-        self.outbox.put(_CLOSE)
+        """Ends the plugin's half of the call once what is queued is sent."""
+        self.outbox.close()
 
     def cancel(self) -> None:
         if self.call is not None:
             cast(grpc.Call, self.call).cancel()
-        self.outbox.put(_CLOSE)
+        self.outbox.cancel()
 
     def close(self) -> None:
         self.cancel()
@@ -126,10 +198,11 @@ class _Session:
 
 
 class _Pending:
-    __slots__ = ("msg", "done", "sequence", "error")
+    __slots__ = ("msg", "weight", "done", "sequence", "error")
 
     def __init__(self, msg: pb.PluginMessage) -> None:
         self.msg = msg
+        self.weight = _publish_weight(msg.publish)
         self.done = threading.Event()
         self.sequence = 0
         self.error: Optional[Tuple[Type[BusError], str, Optional[str]]] = None
@@ -147,7 +220,13 @@ class Bus:
         self._addr = addr
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
+        # Publishes queued or sent (or to send on the next session), not answered yet.
         self._pending: Dict[int, _Pending] = {}
+        # Publishes held back by PUBLISH_BUDGET, in call order.
+        self._waiting: Dict[int, _Pending] = {}
+        # Publishes sent whose caller gave up (timeout): they hold their weight until answered.
+        self._abandoned: Dict[int, int] = {}
+        self._weight = 0  # what _pending and _abandoned weigh
         self._session: Optional[_Session] = None
         self._closed = False
         self._welcome: Optional[pb.Welcome] = None
@@ -171,7 +250,9 @@ class Bus:
 
         Accepted means durable: on the bus, or in the sidecar's outbox. While the connection to
         the sidecar is down, the publish waits and is sent again after the reconnect, with the
-        same idempotency key, so the bus stores it once.
+        same idempotency key, so the bus stores it once. While the publishes not yet answered
+        weigh 16 MiB (``PUBLISH_BUDGET``: data, topic and headers, at least 1 KiB each), it
+        waits before it is sent, in call order, until enough of them are answered.
 
         Args:
             topic: a concrete topic (no wildcards), within the instance's publish grants.
@@ -179,8 +260,8 @@ class Bus:
             headers: string headers carried with the message.
             idempotency_key: the bus stores a message once per key and topic; a random one
                 when ``None``.
-            timeout: seconds to wait for the sidecar's answer; ``None`` waits as long as the
-                session lasts.
+            timeout: seconds to wait for the sidecar's answer (the wait for the budget
+                included); ``None`` waits as long as the session lasts.
 
         Returns:
             The message's sequence in the topic's log; 0 while it waits in the sidecar's outbox.
@@ -205,13 +286,24 @@ class Bus:
                                     f"{self._addr} is over")
             rid = next(self._ids)
             msg.publish.request_id = rid
-            self._pending[rid] = pending
-            if self._session is not None:
-                self._session.send(msg)
+            if not self._waiting and self._fits(pending.weight):
+                self._admit(rid, pending)
+            else:
+                self._waiting[rid] = pending  # _admit_waiting sends it when its turn comes
         if not pending.done.wait(timeout):
             with self._cond:
-                self._pending.pop(rid, None)
+                held = self._waiting.pop(rid, None) is not None
+                if held:
+                    self._admit_waiting()  # it may have held back smaller ones
+                else:
+                    sent = self._pending.pop(rid, None)
+                    if sent is not None:
+                        self._abandoned[rid] = sent.weight
                 self._cond.notify_all()
+            if held:
+                raise PublishTimeout(
+                    f"publish to {topic!r}: not sent within {timeout:g} s, behind 16 MiB of "
+                    f"publishes the sidecar at {self._addr} has not answered yet")
             raise PublishTimeout(f"publish to {topic!r}: no answer from the sidecar at "
                                  f"{self._addr} within {timeout:g} s; publishing again with "
                                  f"idempotency_key={msg.publish.idempotency_key!r} stores it once")
@@ -219,6 +311,26 @@ class Bus:
             cls, text, code = pending.error
             raise cls(text, code)
         return pending.sequence
+
+    # -- the budget (with _cond held) --------------------------------------------------------
+
+    def _fits(self, weight: int) -> bool:
+        return self._weight + weight <= PUBLISH_BUDGET
+
+    def _admit(self, rid: int, pending: _Pending) -> None:
+        self._weight += pending.weight
+        self._pending[rid] = pending
+        if self._session is not None:
+            self._session.send_publish(pending.msg)
+
+    def _admit_waiting(self) -> None:
+        """Sends the publishes held back, oldest first, while they fit."""
+        while self._waiting:
+            rid, pending = next(iter(self._waiting.items()))
+            if not self._fits(pending.weight):
+                return
+            del self._waiting[rid]
+            self._admit(rid, pending)
 
     # -- for the runner ----------------------------------------------------------------------
 
@@ -228,15 +340,25 @@ class Bus:
             self._session = session
             self._welcome = session.welcome
             for rid in sorted(self._pending):
-                session.send(self._pending[rid].msg)
+                session.send_publish(self._pending[rid].msg)
 
     def _detach(self) -> None:
         with self._cond:
             self._session = None
+            # Nobody waits for these and they are not sent again: the lost session's answers
+            # to them will never come.
+            self._weight -= sum(self._abandoned.values())
+            self._abandoned.clear()
+            self._admit_waiting()
 
     def _resolve(self, result: pb.PublishResult) -> None:
         with self._cond:
             pending = self._pending.pop(result.request_id, None)
+            if pending is not None:
+                self._weight -= pending.weight
+            else:
+                self._weight -= self._abandoned.pop(result.request_id, 0)
+            self._admit_waiting()
             self._cond.notify_all()
         if pending is None:
             log.debug("a result for request %d that nobody waits for", result.request_id)
@@ -263,11 +385,11 @@ class Bus:
         """Waits for every pending publish's result (while ``session`` lasts, until
         ``deadline``), then refuses new publishes."""
         with self._cond:
-            while self._pending and not session.ended.is_set():
+            while (self._pending or self._waiting) and not session.ended.is_set():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     log.warning("%d publishes still unanswered at the drain timeout",
-                                len(self._pending))
+                                len(self._pending) + len(self._waiting))
                     break
                 self._cond.wait(left)
             self._closed = True
@@ -277,9 +399,11 @@ class Bus:
         with self._cond:
             self._closed = True
             self._session = None
-            pending, self._pending = self._pending, {}
+            pending = list(self._pending.values()) + list(self._waiting.values())
+            self._pending, self._waiting, self._abandoned = {}, {}, {}
+            self._weight = 0
             self._cond.notify_all()
-        for p in pending.values():
+        for p in pending:
             p.error = error
             p.done.set()
 
@@ -465,7 +589,7 @@ class _Runner:
             code, details = "INTERNAL", f"{type(e).__name__}: {e}"
         session.code, session.details = code, details
         session.ended.set()
-        session.outbox.put(_CLOSE)
+        session.outbox.cancel()
         self.bus._wake()
         self._control.put(_Event("ended", session))
 
