@@ -19,15 +19,18 @@ use crate::error::code_and_message;
 /// bound. See [`publish_weight`].
 pub(crate) const PUBLISH_BUDGET: usize = 16 * 1024 * 1024;
 
-/// The least a publish weighs against [`PUBLISH_BUDGET`] (as the sidecar counts it).
-const PUBLISH_MIN_WEIGHT: usize = 1024;
+/// The unit a publish weighs in against [`PUBLISH_BUDGET`] (as the sidecar counts it).
+const PUBLISH_UNIT: usize = 1024;
 
-/// A publish's share of [`PUBLISH_BUDGET`]: its data, topic and headers in bytes, at least
-/// [`PUBLISH_MIN_WEIGHT`], and at most the whole budget, so that a publish larger than the budget
-/// still goes (alone).
+/// A publish's share of [`PUBLISH_BUDGET`], counted as the sidecar counts it (its encoded size
+/// in started KiB, at least one), and at most the whole budget, so that a publish larger than
+/// the budget still goes (alone). Counted alike, and over a superset (what the sidecar has not
+/// read yet too), the SDK's budget is spent no later than the sidecar's: the sidecar does not
+/// stop reading while acks and health answers wait here.
 pub(crate) fn publish_weight(publish: &PluginPublish) -> usize {
-    let headers: usize = publish.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    (publish.data.len() + publish.topic.len() + headers).clamp(PUBLISH_MIN_WEIGHT, PUBLISH_BUDGET)
+    use prost::Message as _;
+    let units = publish.encoded_len().div_ceil(PUBLISH_UNIT).max(1);
+    (units * PUBLISH_UNIT).min(PUBLISH_BUDGET)
 }
 
 /// A message for the session's control queue, or the end of the plugin's half of the session.
@@ -660,11 +663,15 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            idempotency_key: "not counted".into(),
+            idempotency_key: "counted too".into(),
             request_id: 1,
         };
         assert_eq!(publish_weight(&publish(0, &[])), 1024);
-        assert_eq!(publish_weight(&publish(2000, &[("ab", "cde")])), 2008);
+        // Encoded: 990 + 3 (data) + 5 (topic) + 13 (key) + 2 (request id) = 1,013 bytes.
+        assert_eq!(publish_weight(&publish(990, &[])), 1024);
+        // 1,033 bytes encoded: a second KiB started, as the sidecar counts it.
+        assert_eq!(publish_weight(&publish(1010, &[])), 2048);
+        assert_eq!(publish_weight(&publish(2000, &[("ab", "cde")])), 2048);
         assert_eq!(
             publish_weight(&publish(PUBLISH_BUDGET * 2, &[])),
             PUBLISH_BUDGET
@@ -696,9 +703,10 @@ mod tests {
         };
         let (out, mut rx) = OutTx::new();
         bus.shared.attach(&out);
-        // `a` leaves 1 KiB of the budget: `b` (2 KiB) waits, and `c` (1 KiB) waits behind it.
-        let mut a = Box::pin(bus.publish("a", vec![0; PUBLISH_BUDGET - 1024 - 1]));
-        let mut b = Box::pin(bus.publish("b", vec![0; 2048]));
+        // `a` leaves 2 KiB of the budget (its encoded size rounds up to the KiB): `b` (3 KiB)
+        // waits, and `c` (1 KiB) waits behind it.
+        let mut a = Box::pin(bus.publish("a", vec![0; PUBLISH_BUDGET - 2048 - 100]));
+        let mut b = Box::pin(bus.publish("b", vec![0; 2200]));
         let mut c = Box::pin(bus.publish("c", vec![]));
         call_once(&mut a).await;
         call_once(&mut b).await;

@@ -65,7 +65,7 @@
 //!   publishes and miss their deadlines.
 //! - What the plugin publishes is bounded: while the publishes queued or sent and not yet
 //!   answered by the sidecar weigh 16 MiB (`PUBLISH_BUDGET`, the sidecar's own budget; a
-//!   publish weighs its data, topic and headers, at least 1 KiB), a further publish waits in
+//!   publish weighs its encoded size in started KiB, as the sidecar counts it), a further publish waits in
 //!   [`Bus::publish`] until enough of them are answered (in the order the calls were made; one
 //!   larger than 16 MiB goes alone). A publish dropped while it waits so is never sent; one that
 //!   waits when the session ends for good fails with [`PublishError::Closed`].

@@ -71,16 +71,18 @@ _START = object()
 # together: 16 MiB, the sidecar's own budget for what it took from the plugin. A publish past it
 # blocks (in call order) until the sidecar answered enough of those before it.
 PUBLISH_BUDGET = 16 * 1024 * 1024
-# The least a publish weighs, as the sidecar counts it.
-PUBLISH_MIN_WEIGHT = 1024
+# The unit a publish weighs in, as the sidecar counts it.
+PUBLISH_UNIT = 1024
 
 
 def _publish_weight(p: "pb.PluginPublish") -> int:
-    """A publish's share of PUBLISH_BUDGET: its data, topic and headers in bytes, at least
-    PUBLISH_MIN_WEIGHT and at most the whole budget (a larger publish goes alone)."""
-    size = len(p.data) + len(p.topic.encode()) + sum(
-        len(k.encode()) + len(v.encode()) for k, v in p.headers.items())
-    return min(max(size, PUBLISH_MIN_WEIGHT), PUBLISH_BUDGET)
+    """A publish's share of PUBLISH_BUDGET, counted as the sidecar counts it (its encoded size
+    in started KiB, at least one) and at most the whole budget (a larger publish goes alone).
+    Counted alike, and over more (what the sidecar has not read yet too), the SDK's budget is
+    spent no later than the sidecar's, so the sidecar does not stop reading while acks and
+    health answers wait here."""
+    units = max(1, -(-p.ByteSize() // PUBLISH_UNIT))
+    return min(units * PUBLISH_UNIT, PUBLISH_BUDGET)
 
 
 class _Outbox:
@@ -251,7 +253,7 @@ class Bus:
         Accepted means durable: on the bus, or in the sidecar's outbox. While the connection to
         the sidecar is down, the publish waits and is sent again after the reconnect, with the
         same idempotency key, so the bus stores it once. While the publishes not yet answered
-        weigh 16 MiB (``PUBLISH_BUDGET``: data, topic and headers, at least 1 KiB each), it
+        weigh 16 MiB (``PUBLISH_BUDGET``: its encoded size in started KiB, as the sidecar counts it), it
         waits before it is sent, in call order, until enough of them are answered.
 
         Args:
