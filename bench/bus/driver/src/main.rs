@@ -101,7 +101,7 @@ struct Seen {
     /// End-to-end latencies (ns) of the rate and saturation phases.
     latency: [Vec<u64>; 3],
     /// The rate phase's (send time, latency) in ns, in arrival order: written to the file
-    /// TETHER_BENCH_TIMELINE names, to see when slow deliveries happened.
+    /// TETHER_BENCH_TIMELINE_FILE names, to see when slow deliveries happened.
     timeline: Vec<(u64, u64)>,
     redelivered: u64,
     /// When the last first-time delivery arrived (ns since the epoch).
@@ -356,7 +356,7 @@ where
     rate_ack.sort_unstable();
     let mut sat_ack = sat.ack;
     sat_ack.sort_unstable();
-    if let Some(path) = std::env::var("TETHER_BENCH_TIMELINE")
+    if let Some(path) = std::env::var("TETHER_BENCH_TIMELINE_FILE")
         .ok()
         .filter(|p| !p.is_empty())
     {
