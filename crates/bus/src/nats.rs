@@ -333,6 +333,65 @@ fn bump(wake: &OnceLock<Arc<watch::Sender<u64>>>) {
     }
 }
 
+/// How long a start tries again to reach a NATS server that cannot be reached yet.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(15);
+
+/// The client's options: name, timeout, the wake-up on reconnect, and the credentials and CA
+/// `options` name.
+async fn connect_options(
+    options: &NatsOptions,
+    woken: Arc<OnceLock<Arc<watch::Sender<u64>>>>,
+) -> Result<async_nats::ConnectOptions> {
+    let mut connect = async_nats::ConnectOptions::new()
+        .name("tether bus")
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            // Back after a disconnection: what was published meanwhile woke no one.
+            if matches!(event, async_nats::Event::Connected) {
+                bump(&woken);
+            }
+            async move {
+                tracing::info!("NATS: {event}");
+            }
+        });
+    if let Some(creds) = &options.creds {
+        connect = connect.credentials_file(creds).await.map_err(|e| {
+            StoreError::new(format!(
+                "cannot use the NATS credentials file {}: {e}",
+                creds.display()
+            ))
+        })?;
+    }
+    if let Some((user, password)) = &options.user {
+        connect = connect.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(ca) = &options.ca {
+        std::fs::metadata(ca).map_err(|e| {
+            StoreError::new(format!(
+                "cannot read the NATS CA file {}: {e}",
+                ca.display()
+            ))
+        })?;
+        connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    Ok(connect)
+}
+
+/// Whether a failed connection may pass by itself: the server could not be reached, reset the
+/// connection or did not answer in time, or its name did not resolve yet; not a refused
+/// credential, a failed TLS handshake or a malformed address.
+fn may_pass(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    let handshake = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData && io.get_ref().is_some());
+    match e.kind() {
+        Kind::Io => !handshake,
+        Kind::TimedOut | Kind::Dns => true,
+        _ => false,
+    }
+}
+
 /// What a failed connection says: a refused credential and a failed TLS handshake in words
 /// that name the flag to look at (a password is never part of it: the client library does not
 /// repeat it).
@@ -431,43 +490,26 @@ impl NatsStore {
             return Err(StoreError::new("no NATS server named"));
         }
         let wake: Arc<OnceLock<Arc<watch::Sender<u64>>>> = Arc::default();
-        let woken = wake.clone();
-        let mut connect = async_nats::ConnectOptions::new()
-            .name("tether bus")
-            .connection_timeout(Duration::from_secs(5))
-            .event_callback(move |event| {
-                // Back after a disconnection: what was published meanwhile woke no one.
-                if matches!(event, async_nats::Event::Connected) {
-                    bump(&woken);
+        // A server that cannot be reached yet (starting beside the bus, as under Compose or in
+        // a Pod; or resetting a connection under load) is tried again for CONNECT_PATIENCE; a
+        // refused credential or a failed TLS handshake stops the start at once.
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        let mut pause = Duration::from_millis(200);
+        let client = loop {
+            let connect = connect_options(options, wake.clone()).await?;
+            match connect.connect(options.urls.as_slice()).await {
+                Ok(client) => break client,
+                Err(e) if may_pass(&e) && tokio::time::Instant::now() + pause < deadline => {
+                    tracing::info!(
+                        "NATS at {servers}: {}; trying again in {pause:?}",
+                        connect_problem(&e, options)
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
-                async move {
-                    tracing::info!("NATS: {event}");
-                }
-            });
-        if let Some(creds) = &options.creds {
-            connect = connect.credentials_file(creds).await.map_err(|e| {
-                StoreError::new(format!(
-                    "cannot use the NATS credentials file {}: {e}",
-                    creds.display()
-                ))
-            })?;
-        }
-        if let Some((user, password)) = &options.user {
-            connect = connect.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(ca) = &options.ca {
-            std::fs::metadata(ca).map_err(|e| {
-                StoreError::new(format!(
-                    "cannot read the NATS CA file {}: {e}",
-                    ca.display()
-                ))
-            })?;
-            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        let client = connect
-            .connect(options.urls.as_slice())
-            .await
-            .map_err(|e| failed(connect_problem(&e, options)))?;
+                Err(e) => return Err(failed(connect_problem(&e, options))),
+            }
+        };
         let js = jetstream::new(client.clone());
         let retention = options.retention;
         let stream_config = stream::Config {

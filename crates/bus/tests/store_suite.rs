@@ -1024,3 +1024,35 @@ async fn nats_a_claim_before_natss_timers_fired_asks_again_soon() {
     })
     .await;
 }
+
+/// A NATS server that cannot be reached when the bus starts (it starts beside the bus, as under
+/// Compose or in a Pod) is tried again: the store connects once it is up. Before, the first
+/// refused connection stopped the start.
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_server_that_comes_up_after_the_bus_starts_is_reached() {
+    use tether_bus::nats::{NatsOptions, NatsStore};
+    let Some(mut server) = NatsServer::start(&[]).await else {
+        return;
+    };
+    server.stop();
+    let url = server.url.clone();
+    let connecting =
+        tokio::spawn(async move { NatsStore::connect(&NatsOptions::new(vec![url])).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.start_again().await;
+    let store = connecting
+        .await
+        .unwrap()
+        .expect("connected once the server is up");
+    store
+        .publish(
+            NewMessage {
+                topic: "t.a".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .await
+        .unwrap();
+}
