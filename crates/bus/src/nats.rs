@@ -382,14 +382,19 @@ async fn connect_options(
 /// credential, a failed TLS handshake or a malformed address.
 fn may_pass(e: &async_nats::ConnectError) -> bool {
     use async_nats::ConnectErrorKind as Kind;
-    let handshake = std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData && io.get_ref().is_some());
     match e.kind() {
-        Kind::Io => !handshake,
+        Kind::Io => !tls_handshake_failed(e),
         Kind::TimedOut | Kind::Dns => true,
         _ => false,
     }
+}
+
+/// Whether the connection failed in its TLS handshake: that comes as an I/O error of kind
+/// InvalidData holding rustls's error.
+fn tls_handshake_failed(e: &async_nats::ConnectError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData && io.get_ref().is_some())
 }
 
 /// What a failed connection says: a refused credential and a failed TLS handshake in words
@@ -399,10 +404,7 @@ fn connect_problem(e: &async_nats::ConnectError, options: &NatsOptions) -> Strin
     use async_nats::ConnectErrorKind as Kind;
     let source =
         std::error::Error::source(e).map_or_else(|| e.kind().to_string(), |s| s.to_string());
-    // The handshake's failure comes as an I/O error of kind InvalidData holding rustls's error.
-    let handshake = std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData && io.get_ref().is_some());
+    let handshake = tls_handshake_failed(e);
     match e.kind() {
         Kind::AuthorizationViolation => match (&options.creds, &options.user) {
             (Some(creds), _) => format!(
