@@ -1912,6 +1912,25 @@ mod tests {
         );
     }
 
+    /// The consumer the committer tests open as `c`: `t.*`, at most 5 deliveries.
+    fn consumer(ack_deadline: Duration) -> ConsumerConfig {
+        ConsumerConfig {
+            pattern: "t.*".into(),
+            ack_deadline,
+            max_deliver: 5,
+        }
+    }
+
+    /// A claim of up to 10 of consumer `c`'s messages by `holder` at `now_ms`.
+    fn claim(holder: &str, now_ms: u64) -> Op {
+        Op::Claim {
+            consumer: "c".into(),
+            holder: holder.into(),
+            now_ms,
+            max: 10,
+        }
+    }
+
     /// Runs `ops` as one batch of the committer; answers their replies.
     fn run(c: &mut Committer, ops: Vec<Op>) -> Vec<tokio::sync::oneshot::Receiver<Result<Done>>> {
         let mut answers = Vec::new();
@@ -1947,11 +1966,7 @@ mod tests {
     async fn a_crash_loses_no_answered_write_the_journal_holds() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Committer::open(dir.path(), Retention::default(), SyncMode::Always).unwrap();
-        let config = ConsumerConfig {
-            pattern: "t.*".into(),
-            ack_deadline: Duration::from_millis(1000),
-            max_deliver: 5,
-        };
+        let config = consumer(Duration::from_millis(1000));
         let mut answers = run(
             &mut c,
             vec![
@@ -1960,18 +1975,7 @@ mod tests {
                 Op::PublishMany(vec![msg("t.a", "m2", "k2"), msg("t.b", "m3", "")], 1),
             ],
         );
-        answers.push(
-            run(
-                &mut c,
-                vec![Op::Claim {
-                    consumer: "c".into(),
-                    holder: "h".into(),
-                    now_ms: 2,
-                    max: 10,
-                }],
-            )
-            .remove(0),
-        );
+        answers.push(run(&mut c, vec![claim("h", 2)]).remove(0));
         let Ok(Ok(Done::Claimed(claimed))) = answers.pop().unwrap().try_recv() else {
             panic!("the claim is answered at once");
         };
@@ -2058,11 +2062,7 @@ mod tests {
             max_bytes: 2_500,
         };
         let mut c = Committer::open(dir.path(), small, SyncMode::Always).unwrap();
-        let config = ConsumerConfig {
-            pattern: "t.*".into(),
-            ack_deadline: Duration::from_secs(30),
-            max_deliver: 5,
-        };
+        let config = consumer(Duration::from_secs(30));
         let kib = "x".repeat(1000);
         run(
             &mut c,
@@ -2092,11 +2092,7 @@ mod tests {
     fn a_duplicate_publish_is_answered_once_the_store_is_durable() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Committer::open(dir.path(), Retention::default(), SyncMode::Always).unwrap();
-        let config = ConsumerConfig {
-            pattern: "t.*".into(),
-            ack_deadline: Duration::from_secs(30),
-            max_deliver: 5,
-        };
+        let config = consumer(Duration::from_secs(30));
         run(
             &mut c,
             vec![
@@ -2104,15 +2100,7 @@ mod tests {
                 Op::Publish(msg("t.a", "m", "k"), 1),
             ],
         );
-        run(
-            &mut c,
-            vec![Op::Claim {
-                consumer: "c".into(),
-                holder: "h".into(),
-                now_ms: 1,
-                max: 10,
-            }],
-        );
+        run(&mut c, vec![claim("h", 1)]);
         let syncs = c.stats.syncs.load(Ordering::Relaxed);
         let mut dup = run(&mut c, vec![Op::Publish(msg("t.a", "m", "k"), 2)]);
         assert!(matches!(
@@ -2133,11 +2121,7 @@ mod tests {
     fn an_ack_that_finds_nothing_waits_for_the_sync_of_the_ack_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Committer::open(dir.path(), Retention::default(), SyncMode::Always).unwrap();
-        let config = ConsumerConfig {
-            pattern: "t.*".into(),
-            ack_deadline: Duration::from_secs(30),
-            max_deliver: 5,
-        };
+        let config = consumer(Duration::from_secs(30));
         run(
             &mut c,
             vec![
@@ -2145,15 +2129,7 @@ mod tests {
                 Op::Publish(msg("t.a", "m", ""), 1),
             ],
         );
-        let mut claimed = run(
-            &mut c,
-            vec![Op::Claim {
-                consumer: "c".into(),
-                holder: "h".into(),
-                now_ms: 1,
-                max: 10,
-            }],
-        );
+        let mut claimed = run(&mut c, vec![claim("h", 1)]);
         let Ok(Ok(Done::Claimed(claimed))) = claimed.remove(0).try_recv() else {
             panic!("the claim is answered at once");
         };

@@ -15,6 +15,24 @@ fn options(sidecar: &Sidecar) -> Options {
     Options::new(sidecar.addr.to_string()).connect_timeout(Duration::from_secs(20))
 }
 
+/// The test plugin, with [`options`], running against a fake sidecar: its first session
+/// welcomed and `on_start` seen. The sidecar stops when dropped: keep it.
+async fn started() -> (
+    Sidecar,
+    support::Session,
+    tokio::sync::mpsc::UnboundedReceiver<Event>,
+    std::sync::Arc<tokio::sync::Semaphore>,
+    tokio::task::JoinHandle<Result<(), Error>>,
+) {
+    let mut sidecar = Sidecar::start().await;
+    let (plugin, mut events, gate) = TestPlugin::new();
+    let run = spawn_plugin(plugin, options(&sidecar));
+    let mut session = sidecar.next().await;
+    session.welcome();
+    assert!(matches!(event(&mut events).await, Event::Start));
+    (sidecar, session, events, gate, run)
+}
+
 fn ack(id: &str) -> Kind {
     Kind::Ack(PluginAck {
         delivery_id: id.into(),
@@ -128,12 +146,7 @@ async fn health_waits_for_on_start_and_is_answered_beside_a_slow_message() {
 
 #[tokio::test]
 async fn ok_acks_err_nacks_with_reason_and_delay_in_order() {
-    let mut sidecar = Sidecar::start().await;
-    let (plugin, mut events, _gate) = TestPlugin::new();
-    let run = spawn_plugin(plugin, options(&sidecar));
-    let mut session = sidecar.next().await;
-    session.welcome();
-    assert!(matches!(event(&mut events).await, Event::Start));
+    let (_sidecar, mut session, mut events, _gate, run) = started().await;
 
     session.deliver("d1", "a");
     session.deliver("d2", "nack");
@@ -181,12 +194,7 @@ async fn ok_acks_err_nacks_with_reason_and_delay_in_order() {
 
 #[tokio::test]
 async fn a_panicking_on_message_is_a_nack_and_the_next_message_goes_on() {
-    let mut sidecar = Sidecar::start().await;
-    let (plugin, mut events, _gate) = TestPlugin::new();
-    let run = spawn_plugin(plugin, options(&sidecar));
-    let mut session = sidecar.next().await;
-    session.welcome();
-    assert!(matches!(event(&mut events).await, Event::Start));
+    let (_sidecar, mut session, _events, _gate, run) = started().await;
     session.deliver("d1", "panic");
     session.deliver("d2", "fine");
     assert_eq!(
@@ -204,12 +212,7 @@ async fn a_panicking_on_message_is_a_nack_and_the_next_message_goes_on() {
 
 #[tokio::test]
 async fn publishes_are_accepted_or_refused_by_code_with_an_idempotency_key() {
-    let mut sidecar = Sidecar::start().await;
-    let (plugin, mut events, _gate) = TestPlugin::new();
-    let run = spawn_plugin(plugin, options(&sidecar));
-    let mut session = sidecar.next().await;
-    session.welcome();
-    assert!(matches!(event(&mut events).await, Event::Start));
+    let (_sidecar, mut session, mut events, _gate, run) = started().await;
 
     session.deliver("d1", "publish:signals.buy");
     let p = publish(session.recv().await);
@@ -269,12 +272,7 @@ async fn publishes_are_accepted_or_refused_by_code_with_an_idempotency_key() {
 
 #[tokio::test]
 async fn many_publishes_are_in_flight_at_once() {
-    let mut sidecar = Sidecar::start().await;
-    let (plugin, mut events, _gate) = TestPlugin::new();
-    let run = spawn_plugin(plugin, options(&sidecar));
-    let mut session = sidecar.next().await;
-    session.welcome();
-    assert!(matches!(event(&mut events).await, Event::Start));
+    let (_sidecar, mut session, mut events, _gate, run) = started().await;
 
     session.deliver("d1", "burst:20");
     // All 20 arrive before the fake answers any of them.
@@ -347,12 +345,7 @@ async fn publish_results(
 
 #[tokio::test]
 async fn acks_and_health_answers_go_before_the_publishes_queued_before_them() {
-    let mut sidecar = Sidecar::start().await;
-    let (plugin, mut events, _gate) = TestPlugin::new();
-    let run = spawn_plugin(plugin, options(&sidecar));
-    let mut session = sidecar.next().await;
-    session.welcome();
-    assert!(matches!(event(&mut events).await, Event::Start));
+    let (_sidecar, mut session, mut events, _gate, run) = started().await;
 
     // 64 publishes of 64 KiB (4 MiB: within the SDK's budget, but 4 times what the fake's
     // flow-control windows take while it reads nothing), queued before d1's ack.
@@ -420,12 +413,7 @@ const NEAR_MIB: usize = 1024 * 1024 - 256;
 
 #[tokio::test]
 async fn publishes_past_16_mib_unanswered_wait_for_the_sidecars_answers() {
-    let mut sidecar = Sidecar::start().await;
-    let (plugin, mut events, _gate) = TestPlugin::new();
-    let run = spawn_plugin(plugin, options(&sidecar));
-    let mut session = sidecar.next().await;
-    session.welcome();
-    assert!(matches!(event(&mut events).await, Event::Start));
+    let (_sidecar, mut session, mut events, _gate, run) = started().await;
 
     // 40 publishes called at once; the fake answers none yet.
     session.deliver("d1", &format!("flood:40:{NEAR_MIB}"));
@@ -480,12 +468,7 @@ async fn publishes_past_16_mib_unanswered_wait_for_the_sidecars_answers() {
 
 #[tokio::test]
 async fn publishes_held_back_fail_when_the_session_ends_while_stopping() {
-    let mut sidecar = Sidecar::start().await;
-    let (plugin, mut events, _gate) = TestPlugin::new();
-    let run = spawn_plugin(plugin, options(&sidecar));
-    let mut session = sidecar.next().await;
-    session.welcome();
-    assert!(matches!(event(&mut events).await, Event::Start));
+    let (_sidecar, mut session, mut events, _gate, run) = started().await;
 
     session.deliver("d1", &format!("flood:40:{NEAR_MIB}"));
     let received = read(&mut session, 17).await;
@@ -512,12 +495,7 @@ async fn publishes_held_back_fail_when_the_session_ends_while_stopping() {
 
 #[tokio::test]
 async fn stop_runs_on_stop_lets_the_message_in_flight_finish_then_half_closes() {
-    let mut sidecar = Sidecar::start().await;
-    let (plugin, mut events, gate) = TestPlugin::new();
-    let run = spawn_plugin(plugin, options(&sidecar));
-    let mut session = sidecar.next().await;
-    session.welcome();
-    assert!(matches!(event(&mut events).await, Event::Start));
+    let (_sidecar, mut session, mut events, gate, run) = started().await;
 
     session.deliver("d1", "slow+publish:signals.late");
     session.deliver("d2", "never-started");

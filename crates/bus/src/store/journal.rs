@@ -536,6 +536,16 @@ mod tests {
             .collect()
     }
 
+    /// A new journal at `path` with the publishes `a.1`, `a.2` and `a.3` synced, as records 1-3.
+    fn three_synced(path: &Path) -> Journal {
+        let (mut j, _) = Journal::open(path, 0).unwrap();
+        for t in ["a.1", "a.2", "a.3"] {
+            j.append([&publish(t)], RETENTION);
+        }
+        j.sync().unwrap();
+        j
+    }
+
     const RETENTION: Retention = Retention {
         max_age: std::time::Duration::from_secs(60),
         max_bytes: 1000,
@@ -569,11 +579,7 @@ mod tests {
     fn reading_stops_at_a_torn_or_damaged_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let (mut j, _) = Journal::open(&path, 0).unwrap();
-        for t in ["a.1", "a.2", "a.3"] {
-            j.append([&publish(t)], RETENTION);
-        }
-        j.sync().unwrap();
+        three_synced(&path);
         let full = std::fs::read(&path).unwrap();
         let one = full.len() / 3;
 
@@ -594,11 +600,7 @@ mod tests {
     fn older_records_past_a_restart_are_not_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let (mut j, _) = Journal::open(&path, 0).unwrap();
-        for t in ["a.1", "a.2", "a.3"] {
-            j.append([&publish(t)], RETENTION);
-        }
-        j.sync().unwrap();
+        let mut j = three_synced(&path);
         // The store made records 1-3 durable.
         j.restart();
         j.append([&publish("b.4")], RETENTION);
