@@ -808,14 +808,19 @@ fn sidecars_move_to_another_bus_api_replica_when_theirs_is_killed() {
                     seen.lock().unwrap().deliveries.len() > HOLD
                 })
                 .await;
-                first.child.kill().unwrap();
+                // The kill is marked under the lock the subscriber takes to record each
+                // delivery and each ack, so what it holds at the kill is exactly what it held
+                // before: nothing of it is acked, nor is anything new taken, between the two.
+                {
+                    let mut seen = seen.lock().unwrap();
+                    first.child.kill().unwrap();
+                    seen.killed = true;
+                    killed_at = Some((answered.len(), seen.deliveries.len()));
+                }
                 // What it holds is acked now, through the other replica, well inside its ack
                 // deadline however slowly new deliveries come on a busy machine (held past
                 // the deadline, a delivery would rightly come again before its late ack).
                 flush.send_replace(true);
-                let mut seen = seen.lock().unwrap();
-                seen.killed = true;
-                killed_at = Some((answered.len(), seen.deliveries.len()));
             }
         }
         assert_eq!(answered.len(), MESSAGES);
