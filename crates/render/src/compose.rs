@@ -39,7 +39,8 @@ pub fn render(decl: &Declaration, base: &Path) -> Result<String, RenderError> {
     let mut secrets = Map::new();
     let mut depends = Map::new();
     for c in &plan.sidecars {
-        let (service, condition) = sidecar(decl, c, base, &mut notes, &mut volumes, &mut secrets);
+        let (service, condition) =
+            sidecar(decl, &plan, c, base, &mut notes, &mut volumes, &mut secrets);
         services.insert(c.sidecar.clone(), service);
         depends.insert(c.sidecar.clone(), json!({ "condition": condition }));
     }
@@ -217,6 +218,7 @@ fn host_path(path: &str, root: &str, base: &Path) -> String {
 /// One sidecar's service, and the condition the workload waits for.
 fn sidecar(
     decl: &Declaration,
+    plan: &Plan,
     c: &ContainerPlan,
     base: &Path,
     notes: &mut Vec<String>,
@@ -300,7 +302,12 @@ fn sidecar(
     if !c.secrets.is_empty() {
         let mut list = Vec::new();
         for secret in &c.secrets {
-            let key = format!("{}-{}", c.sidecar, secret.name);
+            let key = crate::secret_key(plan, c, &secret.name);
+            list.push(json!({ "source": key, "target": secret.name }));
+            if secrets.contains_key(&key) {
+                // Read from the same source as one before it: the same value, declared once.
+                continue;
+            }
             let file = match &secret.from {
                 SecretSource::File(path) => host_path(path, &decl.root, base),
                 SecretSource::Env(var) => {
@@ -312,8 +319,7 @@ fn sidecar(
                     file
                 }
             };
-            secrets.insert(key.clone(), json!({ "file": file }));
-            list.push(json!({ "source": key, "target": secret.name }));
+            secrets.insert(key, json!({ "file": file }));
         }
         s.insert("secrets".into(), Value::Array(list));
     }

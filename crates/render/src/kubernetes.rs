@@ -66,7 +66,7 @@ pub fn render(decl: &Declaration, options: &Options<'_>) -> Result<Rendered, Ren
     let mut secret_data = Map::new();
     for c in &plan.sidecars {
         for s in &c.secrets {
-            let key = secret_key(&plan, c, &s.name);
+            let key = crate::secret_key(&plan, c, &s.name);
             if secret_data.contains_key(&key) {
                 // Read from the same source as one before it: the same value, kept once.
                 continue;
@@ -265,19 +265,6 @@ fn volume_name(name: &str) -> String {
     n
 }
 
-/// The Secret's key holding secret `name` of sidecar `c`: `SIDECAR-NAME` of the first sidecar
-/// (in the plan's order) that declares a secret read from the same source, so that a value two
-/// sidecars read from one file or variable is in the Secret once and mounted in both.
-fn secret_key(plan: &Plan, c: &ContainerPlan, name: &str) -> String {
-    let from = c.secrets.iter().find(|s| s.name == name).map(|s| &s.from);
-    plan.sidecars
-        .iter()
-        .flat_map(|o| o.secrets.iter().map(move |s| (o, s)))
-        .find(|(_, s)| Some(&s.from) == from)
-        .map(|(o, s)| format!("{}-{}", o.sidecar, s.name))
-        .unwrap_or_else(|| format!("{}-{name}", c.sidecar))
-}
-
 fn metadata(name: &str, project: &str, sidecar: Option<&str>) -> Value {
     json!({ "name": name, "labels": pod_labels(project, sidecar) })
 }
@@ -439,7 +426,7 @@ fn secret_volume(
     let items: Vec<Value> = c
         .secrets
         .iter()
-        .map(|s| json!({ "key": secret_key(plan, c, &s.name), "path": s.name }))
+        .map(|s| json!({ "key": crate::secret_key(plan, c, &s.name), "path": s.name }))
         .collect();
     volumes.push(json!({ "name": vol, "secret": { "secretName": secret_name, "items": items, "defaultMode": 0o444 } }));
     push_mount(

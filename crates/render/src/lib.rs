@@ -18,6 +18,24 @@ pub(crate) fn workload_plan(
     Ok((image, plan))
 }
 
+/// The key under which secret `name` of sidecar `c` is rendered (a key of the Kubernetes Secret,
+/// a top-level secret of the Compose file): `SIDECAR-NAME` of the first sidecar (in the plan's
+/// order) that declares a secret read from the same source, so that a value two sidecars read
+/// from one file or variable is rendered once and mounted in both.
+pub(crate) fn secret_key(
+    plan: &tether_plan::Plan,
+    c: &tether_plan::ContainerPlan,
+    name: &str,
+) -> String {
+    let from = c.secrets.iter().find(|s| s.name == name).map(|s| &s.from);
+    plan.sidecars
+        .iter()
+        .flat_map(|o| o.secrets.iter().map(move |s| (o, s)))
+        .find(|(_, s)| Some(&s.from) == from)
+        .map(|(o, s)| format!("{}-{}", o.sidecar, s.name))
+        .unwrap_or_else(|| format!("{}-{name}", c.sidecar))
+}
+
 /// Why a declaration cannot be rendered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RenderError {

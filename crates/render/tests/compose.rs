@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{examples, load, name};
+use common::{examples, load, load_text, name};
 
 fn render(file: &Path) -> String {
     let decl = load(file);
@@ -57,4 +57,40 @@ fn tempfile_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("tether-render-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A value two sidecars read from one source is one top-level secret, mounted in both under
+/// their own names (and asked for once); one name read from two sources stays two secrets.
+#[test]
+fn a_secret_two_sidecars_read_from_one_source_is_declared_once() {
+    let text = "version: 1\nsidecars:\n  a:\n    image: a\n    lifecycle: shared\n    interface: { kind: port, port: 1 }\n    secrets: [{ name: t, from: \"env:TOKEN\" }, { name: k, from: \"file:k.pem\" }]\n  b:\n    image: b\n    lifecycle: shared\n    interface: { kind: port, port: 2 }\n    secrets: [{ name: token, from: \"env:TOKEN\" }, { name: k, from: \"file:other.pem\" }]\n";
+    let decl = load_text(text, Path::new("/p/two"));
+    let out = tether_render::compose::render(&decl, Path::new("/p/two")).unwrap();
+    let top: Vec<&str> = out
+        .lines()
+        .skip_while(|l| *l != "secrets:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(
+        top,
+        [
+            "  a-t:",
+            "    file: \"./.tether/secrets/a-t\"",
+            "  a-k:",
+            "    file: \"./k.pem\"",
+            "  b-k:",
+            "    file: \"./other.pem\"",
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains("    secrets:\n      - source: a-t\n        target: token\n      - source: b-k\n        target: k\n"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("comes from $TOKEN on the host").count(),
+        1,
+        "{out}"
+    );
 }

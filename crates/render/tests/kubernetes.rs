@@ -8,7 +8,7 @@ use tether_render::{Loss, RenderError};
 use tether_spec::model::SecretSource;
 
 mod common;
-use common::{examples, load, name};
+use common::{examples, load, load_text, name};
 
 fn lossy() -> Options<'static> {
     Options {
@@ -41,17 +41,7 @@ fn what_a_cluster_cannot_keep_is_refused_naming_the_field() {
         .unwrap()
         .replace(r#"listen: ":19090""#, r#"listen: "127.0.0.1:19090""#);
     assert!(text.contains("127.0.0.1:19090"));
-    let decl = tether_spec::load_texts(
-        tether_spec::SourceText {
-            name: "tether.yaml".into(),
-            text,
-        },
-        Vec::new(),
-        &dir,
-    )
-    .map_err(|e| format!("{e:?}"))
-    .unwrap()
-    .declaration;
+    let decl = load_text(&text, &dir);
     let strict = Options {
         allow_lossy: false,
         ..lossy()
@@ -164,16 +154,7 @@ fn a_secret_two_sidecars_read_from_one_source_is_in_the_secret_once() {
 
     // One name, two sources: two values, a key each.
     let two = "version: 1\nsidecars:\n  a:\n    image: a\n    lifecycle: shared\n    interface: { kind: port, port: 1 }\n    secrets: [{ name: t, from: \"file:a.token\" }]\n  b:\n    image: b\n    lifecycle: shared\n    interface: { kind: port, port: 2 }\n    secrets: [{ name: t, from: \"env:B_TOKEN\" }]\n";
-    let decl = tether_spec::load_texts(
-        tether_spec::SourceText {
-            name: "tether.yaml".into(),
-            text: two.into(),
-        },
-        Vec::new(),
-        Path::new("/p/two"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-    .declaration;
+    let decl = load_text(two, Path::new("/p/two"));
     let text = render(
         &decl,
         &Options {

@@ -21,6 +21,20 @@ pub fn load(file: &Path) -> tether_spec::model::Declaration {
         .declaration
 }
 
+/// A declaration from its text, as `tether.yaml` in `root`.
+pub fn load_text(text: &str, root: &Path) -> tether_spec::model::Declaration {
+    tether_spec::load_texts(
+        tether_spec::SourceText {
+            name: "tether.yaml".into(),
+            text: text.into(),
+        },
+        Vec::new(),
+        root,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"))
+    .declaration
+}
+
 /// The example's folder name, for snapshot names.
 pub fn name(file: &Path) -> String {
     file.parent()
