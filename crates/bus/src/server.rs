@@ -46,6 +46,11 @@ pub const DEFAULT_LISTEN_CONTAINER: &str = "0.0.0.0:8443";
 /// The files a container engine leaves at the root: Docker's, then Podman's.
 pub const CONTAINER_MARKERS: [&str; 2] = ["/.dockerenv", "/run/.containerenv"];
 
+/// How often the Bus API pings each client's connection (HTTP/2 PING), and how long it waits for
+/// the answer before closing it.
+const CLIENT_PING_EVERY: Duration = Duration::from_secs(10);
+const CLIENT_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// [`DEFAULT_LISTEN_CONTAINER`] when this process is PID 1 or runs in a container (a file of
 /// [`CONTAINER_MARKERS`] exists), [`DEFAULT_LISTEN`] otherwise.
 pub fn default_listen() -> SocketAddr {
@@ -407,7 +412,12 @@ impl Bound {
             drain,
             data_dir,
         } = self;
-        let mut builder = tonic::transport::Server::builder();
+        // A client gone without closing its connection (a sidecar's node lost or cut off)
+        // answers no ping: its connection is closed, and with it its subscription streams,
+        // instead of being held open for ever.
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(CLIENT_PING_EVERY))
+            .http2_keepalive_timeout(Some(CLIENT_PING_TIMEOUT));
         if let Some(tls) = tls {
             // Checked by tls::server already.
             builder = builder

@@ -671,19 +671,46 @@ fn numbered(i: usize) -> Vec<u8> {
     format!("m-{i:06}").into_bytes()
 }
 
+/// How the failover tests take away the Bus API replica the sidecars use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// `kill -9`: its connections are closed at once.
+    Kill,
+    /// `kill -STOP`: its connections stay open and nothing answers on them, as when its node is
+    /// lost or cut off. The sidecars notice by the pings they send (it is killed at the end).
+    Stop,
+}
+
 #[test]
 fn sidecars_move_to_another_bus_api_replica_when_theirs_is_killed() {
+    failover(Fault::Kill);
+}
+
+#[test]
+fn sidecars_move_to_another_bus_api_replica_when_theirs_stops_answering() {
+    failover(Fault::Stop);
+}
+
+/// Two replicas, a publishing and a subscribing sidecar with their plugins, 2,000 messages;
+/// `fault` strikes the replica in use when half are answered.
+fn failover(fault: Fault) {
     use sidecar_support::{Plugin, send, sidecar};
     use tether_bus_proto::v1::{PluginPublish, plugin_message, publish_result, sidecar_message};
 
     /// Messages in the stream, publishes in flight at once, and deliveries the subscribing
-    /// plugin holds unacked until the kill (it acks the oldest when one more comes).
+    /// plugin holds unacked until the fault (it acks the oldest when one more comes).
     const MESSAGES: usize = 2_000;
     const WINDOW: usize = 32;
     const HOLD: usize = 32;
-    /// The subscription's ack deadline: what the killed replica sent and nobody saw comes
-    /// again after it, and so would a delivery whose ack was lost.
-    const ACK_DEADLINE: Duration = Duration::from_secs(5);
+    // The subscription's ack deadline: what the failed replica sent and nobody saw comes again
+    // after it, and so would a delivery whose ack was lost. The deliveries held at the fault are
+    // acked at once, but a stopped replica holds their acks until the sidecar's pings find it
+    // gone (5 s at most): the deadline must not pass meanwhile, or they would rightly come
+    // again (before the ack is through).
+    let ack_deadline = match fault {
+        Fault::Kill => Duration::from_secs(5),
+        Fault::Stop => Duration::from_secs(20),
+    };
     let Some(nats) = NatsServer::start(&[]) else {
         return;
     };
@@ -705,7 +732,7 @@ fn sidecars_move_to_another_bus_api_replica_when_theirs_is_killed() {
             &["subscribe:feed.>"],
             &format!(
                 "ack_deadline: {}s\nmax_deliver: 1000\n",
-                ACK_DEADLINE.as_secs()
+                ack_deadline.as_secs()
             ),
         );
         for s in [&mut publishing, &mut consuming] {
@@ -765,7 +792,7 @@ fn sidecars_move_to_another_bus_api_replica_when_theirs_is_killed() {
             }
         });
 
-        // Publishes, WINDOW in flight; kill -9 of the replica in use once half were answered.
+        // Publishes, WINDOW in flight; the fault strikes the replica in use once half are answered.
         let mut answered = BTreeSet::new();
         let mut to_outbox = 0usize;
         let mut in_flight: HashMap<u64, usize> = HashMap::new();
@@ -813,7 +840,17 @@ fn sidecars_move_to_another_bus_api_replica_when_theirs_is_killed() {
                 // before: nothing of it is acked, nor is anything new taken, between the two.
                 {
                     let mut seen = seen.lock().unwrap();
-                    first.child.kill().unwrap();
+                    match fault {
+                        Fault::Kill => first.child.kill().unwrap(),
+                        Fault::Stop => {
+                            let pid = first.child.id().to_string();
+                            let stop = std::process::Command::new("kill")
+                                .args(["-STOP", &pid])
+                                .status()
+                                .unwrap();
+                            assert!(stop.success(), "kill -STOP {pid}: {stop}");
+                        }
+                    }
                     seen.killed = true;
                     killed_at = Some((answered.len(), seen.deliveries.len()));
                 }
@@ -825,12 +862,16 @@ fn sidecars_move_to_another_bus_api_replica_when_theirs_is_killed() {
         }
         assert_eq!(answered.len(), MESSAGES);
 
-        // Both sidecars moved to the other replica, and said so.
+        // Both sidecars moved to the other replica, and said so; from a stopped one, when it
+        // did not answer their pings (a call's own timeout is 10 s).
         for s in [&mut publishing, &mut consuming] {
-            s.proc.wait_for(&format!(
+            let moved = s.proc.wait_for(&format!(
                 "using the Bus API at http://{} (the one at http://{} failed: ",
                 second.addr, first.addr
             ));
+            if fault == Fault::Stop {
+                assert!(moved.contains("keep-alive timed out"), "{moved}");
+            }
         }
         // Every answered publish is delivered, and acked.
         until("every answered publish delivered", || {
@@ -844,7 +885,7 @@ fn sidecars_move_to_another_bus_api_replica_when_theirs_is_killed() {
         .await;
         // A lost ack shows as a delivery again after the ack deadline: wait past it (not a
         // measurement; a correct bus delivers nothing more).
-        tokio::time::sleep(ACK_DEADLINE + Duration::from_secs(2)).await;
+        tokio::time::sleep(ack_deadline + Duration::from_secs(2)).await;
         consumer.abort();
         let seen = seen.lock().unwrap();
         assert_eq!(
@@ -862,15 +903,15 @@ fn sidecars_move_to_another_bus_api_replica_when_theirs_is_killed() {
         assert_eq!(published_twice, Vec::<(&usize, &Vec<u64>)>::new());
         assert!(
             seen.acked_across >= HOLD,
-            "{} deliveries of the killed replica acked through the other",
+            "{} deliveries of the failed replica acked through the other",
             seen.acked_across
         );
         let again = seen.deliveries.values().filter(|s| s.len() > 1).count();
         let (answered_at_kill, delivered_at_kill) = killed_at.unwrap();
         eprintln!(
             "{MESSAGES} publishes answered ({to_outbox} kept in the outbox first), \
-             {answered_at_kill} before the kill -9 of the replica in use, when \
-             {delivered_at_kill} were delivered; {} deliveries of the killed replica acked \
+             {answered_at_kill} before the fault struck the replica in use, when \
+             {delivered_at_kill} were delivered; {} deliveries of the failed replica acked \
              through the other; every message delivered, {again} of them more than once, \
              none after its ack",
             seen.acked_across

@@ -748,6 +748,36 @@ async fn live_sidecars_ride_out_a_bus_restart() {
     assert_eq!((d.data.as_slice(), d.sequence), (&b"three"[..], 3));
 }
 
+/// A sidecar gone without closing its connection (its node lost or cut off; here a stopped
+/// process) answers none of the bus's pings: the bus closes the connection, and the
+/// subscription stream on it ends, instead of being held open for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_ends_the_subscription_of_a_sidecar_that_stops_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut bus, addr) = bus(&dir.path().join("bus"), &["--http", "127.0.0.1:0"]);
+    let metrics = bus.addr_after("/metrics on http://");
+    let mut s = sidecar(dir.path(), addr, "sub-1", &["subscribe:feed.>"], "");
+    let _plugin = Plugin::connect(s.addr, &["feed.>"], "").await.unwrap();
+    s.proc.wait_for("step 8/8");
+    let consumers = |n: u32| {
+        let line = format!("tether_bus_consumers {n}");
+        async move {
+            let until = Instant::now() + HANG;
+            loop {
+                let (_, body) = get(metrics, "/metrics");
+                if body.lines().any(|l| l == line) {
+                    return;
+                }
+                assert!(Instant::now() < until, "no `{line}` in\n{body}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    consumers(1).await;
+    s.proc.signal("-STOP");
+    consumers(0).await;
+}
+
 /// The next line of `proc` with `needle`, waiting up to `wait` (a drain of a large outbox may
 /// take longer than `HANG`).
 fn wait_long(proc: &mut Proc, needle: &str, wait: Duration) -> String {

@@ -34,6 +34,14 @@ use super::backoff::Backoff;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long dialing one replica may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the sidecar pings the replica it uses (HTTP/2 PING, also while no call is open),
+/// and how long it waits for the answer. A replica that is gone without closing its connection
+/// (its node lost or cut off, its process stopped) answers neither calls nor pings: the pings
+/// close the connection within both, failing its calls and its subscription streams, and the
+/// sidecar moves on (a call would otherwise wait for its whole timeout, a subscription for
+/// ever). A replica that is only slow answers pings: they are answered below its service.
+const PING_EVERY: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How to reach the Bus API: its addresses as configured and the TLS to speak.
 #[derive(Clone)]
@@ -194,8 +202,9 @@ impl Dialer {
             })?
             .connect_timeout(timeout.min(DIAL_TIMEOUT))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20));
+            .http2_keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
             let name = self.tls_server_name.as_deref().unwrap_or(&replica.host);
             endpoint = endpoint
