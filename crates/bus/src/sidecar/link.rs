@@ -97,7 +97,19 @@ pub struct Link(Arc<Shared>);
 
 /// A status as one line: its code and message.
 pub fn status_line(s: &Status) -> String {
-    let message = s.message();
+    let mut message = s.message().to_owned();
+    // A failure on this side (the connection broke, a ping went unanswered) says what it was
+    // only in its source: `http2 error` alone names nothing.
+    if let Some(source) = std::error::Error::source(s) {
+        let chain = crate::error_chain(source);
+        if !message.contains(&chain) {
+            message = if message.is_empty() {
+                chain
+            } else {
+                format!("{message}: {chain}")
+            };
+        }
+    }
     let code = format!("{:?}", s.code());
     if message.is_empty() {
         code
