@@ -33,6 +33,20 @@ pub use hyper::Method;
 /// The content type of the Prometheus text format.
 pub const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// One metric for [`prometheus`]: its name, type (`counter` or `gauge`), help text and value.
+pub type Metric<'a> = (&'a str, &'a str, &'a str, u64);
+
+/// Metrics in the Prometheus text format, in their order.
+pub fn prometheus(metrics: &[Metric<'_>]) -> String {
+    let mut out = String::new();
+    for (name, kind, help, value) in metrics {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    out
+}
+
 /// What a route answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {

@@ -615,7 +615,7 @@ fn json_string(s: &str) -> String {
 /// The metrics in the Prometheus text format.
 fn prometheus(m: &Metrics, store: &StoreStats, store_bytes: u64) -> String {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let rows: [(&str, &str, &str, u64); 11] = [
+    crate::http::prometheus(&[
         (
             "tether_bus_messages_published_total",
             "counter",
@@ -682,14 +682,7 @@ fn prometheus(m: &Metrics, store: &StoreStats, store_bytes: u64) -> String {
             "Durable commits of the store file (each lets the journal start again).",
             get(&store.checkpoints),
         ),
-    ];
-    let mut out = String::new();
-    for (name, kind, help, value) in rows {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    }
-    out
+    ])
 }
 
 struct Service<S> {

@@ -872,6 +872,8 @@ fn failover(fault: Fault) {
             if fault == Fault::Stop {
                 assert!(moved.contains("keep-alive timed out"), "{moved}");
             }
+            sidecar_support::until_metrics(s.health, &["tether_sidecar_bus_replica_moves_total 1"])
+                .await;
         }
         // Every answered publish is delivered, and acked.
         until("every answered publish delivered", || {

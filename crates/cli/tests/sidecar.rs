@@ -33,23 +33,6 @@ fn bus_on(data: &Path, listen: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     (p, addr)
 }
 
-/// `GET path` over HTTP/1.0: the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(HANG)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text[9..12].parse().unwrap();
-    let body = text
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    (code, body)
-}
-
 /// Polls `path` until its status is `code`; answers the body.
 async fn until_status(addr: SocketAddr, path: &str, code: u16) -> String {
     let until = Instant::now() + HANG;
@@ -275,6 +258,41 @@ async fn two_pairs_exchange_messages_both_ways_within_their_grants() {
     // One plugin session at a time.
     let second = Plugin::connect(oms.addr, &[], "").await.err().unwrap();
     assert_eq!(second.code(), tonic::Code::AlreadyExists);
+
+    // What each sidecar counted, on its health listener.
+    until_metrics(
+        oms.health,
+        &[
+            "tether_sidecar_publishes_total 1",
+            "tether_sidecar_publishes_kept_total 0",
+            "tether_sidecar_publishes_refused_total 2",
+            "tether_sidecar_publishes_in_flight 0",
+            "tether_sidecar_deliveries_total 1",
+            "tether_sidecar_redeliveries_total 0",
+            "tether_sidecar_deliveries_in_flight 0",
+            "tether_sidecar_acks_total 1",
+            "tether_sidecar_nacks_total 0",
+            "tether_sidecar_outbox_publishes 0",
+            "tether_sidecar_bus_replica_moves_total 0",
+        ],
+    )
+    .await;
+    until_metrics(
+        sig.health,
+        &[
+            "tether_sidecar_publishes_total 1",
+            "tether_sidecar_publishes_refused_total 0",
+            "tether_sidecar_deliveries_total 1",
+            "tether_sidecar_acks_total 1",
+        ],
+    )
+    .await;
+    let (code, body) = get(oms.health, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("# HELP tether_sidecar_acks_total Deliveries the plugin acked.\n# TYPE tether_sidecar_acks_total counter\ntether_sidecar_acks_total 1\n"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,6 +322,14 @@ async fn a_plugin_that_stops_answering_turns_readyz_then_healthz_503() {
     assert_eq!(get(s.health, "/readyz?bus").0, 200);
     s.proc
         .wait_for("the plugin did not answer a health check within 500ms (3 in a row)");
+    // Counted (at least those three: checks go on every second).
+    let (_, metrics) = get(s.health, "/metrics");
+    let failed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tether_sidecar_health_checks_failed_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no failed checks counted:\n{metrics}"));
+    assert!(failed >= 3, "{metrics}");
     drop(p);
 }
 
@@ -746,6 +772,28 @@ async fn live_sidecars_ride_out_a_bus_restart() {
     assert_eq!(accepted(&r), 3);
     let d = subscriber.delivery().await;
     assert_eq!((d.data.as_slice(), d.sequence), (&b"three"[..], 3));
+    // "one" and "three" went straight to the bus, "two" through the outbox, the fourth was
+    // refused; the subscriber saw each once.
+    until_metrics(
+        a.health,
+        &[
+            "tether_sidecar_publishes_total 2",
+            "tether_sidecar_publishes_kept_total 1",
+            "tether_sidecar_publishes_refused_total 1",
+            "tether_sidecar_outbox_forwarded_total 1",
+            "tether_sidecar_outbox_dropped_total 0",
+            "tether_sidecar_outbox_publishes 0",
+        ],
+    )
+    .await;
+    until_metrics(
+        b.health,
+        &[
+            "tether_sidecar_deliveries_total 3",
+            "tether_sidecar_redeliveries_total 0",
+        ],
+    )
+    .await;
 }
 
 /// A sidecar gone without closing its connection (its node lost or cut off; here a stopped
@@ -759,23 +807,9 @@ async fn the_bus_ends_the_subscription_of_a_sidecar_that_stops_answering() {
     let mut s = sidecar(dir.path(), addr, "sub-1", &["subscribe:feed.>"], "");
     let _plugin = Plugin::connect(s.addr, &["feed.>"], "").await.unwrap();
     s.proc.wait_for("step 8/8");
-    let consumers = |n: u32| {
-        let line = format!("tether_bus_consumers {n}");
-        async move {
-            let until = Instant::now() + HANG;
-            loop {
-                let (_, body) = get(metrics, "/metrics");
-                if body.lines().any(|l| l == line) {
-                    return;
-                }
-                assert!(Instant::now() < until, "no `{line}` in\n{body}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    consumers(1).await;
+    until_metrics(metrics, &["tether_bus_consumers 1"]).await;
     s.proc.signal("-STOP");
-    consumers(0).await;
+    until_metrics(metrics, &["tether_bus_consumers 0"]).await;
 }
 
 /// The next line of `proc` with `needle`, waiting up to `wait` (a drain of a large outbox may

@@ -1,4 +1,5 @@
-//! `/healthz` and `/readyz` of the sidecar, as Kubernetes probes read them, on [`crate::http`].
+//! `/healthz`, `/readyz` and `/metrics` of the sidecar, as Kubernetes probes and Prometheus read
+//! them, on [`crate::http`].
 //!
 //! - `/healthz`: 200 while the sidecar runs and the plugin answers health checks; 503 after
 //!   `health_failures` (3) failed checks in a row, so a liveness probe restarts a hung plugin.
@@ -6,6 +7,7 @@
 //!   and not draining; a 503 names what is missing in JSON.
 //! - `/readyz?bus`: only the sidecar's own part (registered, grants recovered): what a
 //!   Kubernetes startupProbe of a native sidecar can wait for before the plugin starts.
+//! - `/metrics`: what the sidecar counted, in the Prometheus text format (`metrics.rs`).
 
 use std::net::SocketAddr;
 
@@ -19,8 +21,14 @@ use crate::http::{Method, Reply};
 pub async fn serve(router: Router, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let routes =
-        move |_: &Method, path: &str, query: Option<&str>| answer(path, query, &router.readiness());
+    let routes = move |_: &Method, path: &str, query: Option<&str>| match path {
+        "/metrics" => Reply {
+            status: 200,
+            content_type: crate::http::PROMETHEUS,
+            body: router.metrics(),
+        },
+        _ => answer(path, query, &router.readiness()),
+    };
     tokio::spawn(crate::http::serve(listener, routes, std::future::pending()));
     Ok(local)
 }

@@ -14,7 +14,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tether_bus_proto::v1::bus_api_client::BusApiClient;
@@ -90,6 +90,8 @@ struct Shared {
     /// Set when the Bus API answered PublishBatch with UNIMPLEMENTED (a bus older than the
     /// call): batches go as single publishes from then on.
     no_batches: AtomicBool,
+    /// Moves to another replica so far.
+    moves: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -311,7 +313,13 @@ impl Link {
             reregistering: Mutex::new(()),
             closing: AtomicBool::new(false),
             no_batches: AtomicBool::new(false),
+            moves: AtomicU64::new(0),
         }))
+    }
+
+    /// How many times the sidecar moved to another replica.
+    pub fn moves(&self) -> u64 {
+        self.0.moves.load(Ordering::Relaxed)
     }
 
     /// The replica in use, as the logs name it.
@@ -383,6 +391,7 @@ impl Link {
                             status_line(why)
                         );
                         c.replica = r.clone();
+                        self.0.moves.fetch_add(1, Ordering::Relaxed);
                     }
                     return true;
                 }

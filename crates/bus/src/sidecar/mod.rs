@@ -20,6 +20,7 @@ mod backoff;
 mod fake;
 mod health;
 mod link;
+mod metrics;
 mod route;
 
 use std::fmt;
@@ -253,7 +254,7 @@ pub async fn run(
         Ok(addr) => done(
             Step::HealthServer,
             started,
-            format_args!("/healthz and /readyz on http://{addr}"),
+            format_args!("/healthz, /readyz and /metrics on http://{addr}"),
         ),
         Err(e) => tracing::warn!(
             "{} failed, going on without it: cannot listen on {}: {e}",

@@ -44,6 +44,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::backoff::Backoff;
 use super::config::Config;
 use super::link::{Link, status_line, transient};
+use super::metrics::{Counters, Snapshot, prometheus};
 use super::outbox::{Outbox, OutboxError};
 use super::{Ended, Step};
 use crate::policy::{Action, Grant};
@@ -208,6 +209,8 @@ struct Inner {
     key_prefix: String,
     key_counter: AtomicU64,
     accepted: Mutex<Option<mpsc::UnboundedSender<Accepted>>>,
+    /// What `/metrics` counts.
+    counters: Counters,
 }
 
 #[derive(Clone)]
@@ -299,6 +302,7 @@ impl Router {
             publishing: AtomicUsize::new(0),
             publish_budget: Arc::new(Semaphore::new(PUBLISH_BUDGET as usize)),
             budget_waits: AtomicU64::new(0),
+            counters: Counters::default(),
             budget_waiting: AtomicBool::new(false),
             published: Notify::new(),
             publish_tx,
@@ -312,6 +316,19 @@ impl Router {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.state.lock().expect("router state")
+    }
+
+    /// `/metrics`' body.
+    pub fn metrics(&self) -> String {
+        let in_flight = self.in_flight() as u64;
+        prometheus(&Snapshot {
+            counters: &self.0.counters,
+            replica_moves: self.0.link.moves(),
+            budget_waits: self.0.budget_waits.load(Ordering::SeqCst),
+            outbox: self.outbox().map_or(0, |o| o.len()),
+            publishing: self.0.publishing.load(Ordering::SeqCst) as u64,
+            in_flight,
+        })
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -569,6 +586,17 @@ impl Router {
                             let _share = share;
                             let request_id = p.request_id;
                             let result = this.publish(p).await;
+                            let c = &this.0.counters;
+                            Counters::add(
+                                match &result {
+                                    publish_result::Result::Accepted(a) if a.sequence == 0 => {
+                                        &c.kept
+                                    }
+                                    publish_result::Result::Accepted(_) => &c.published,
+                                    publish_result::Result::Refused(_) => &c.refused,
+                                },
+                                1,
+                            );
                             let _ = tx
                                 .send(message(sidecar_message::Kind::PublishResult(
                                     PublishResult {
@@ -583,6 +611,7 @@ impl Router {
                     }
                     Some(plugin_message::Kind::Ack(a)) => {
                         if self.state().in_flight.remove(&a.delivery_id).is_some() {
+                            Counters::add(&self.0.counters.acked, 1);
                             self.0.acks_pending.fetch_add(1, Ordering::SeqCst);
                             let _ = self.0.ack_tx.send(a.delivery_id);
                         } else {
@@ -591,6 +620,7 @@ impl Router {
                     }
                     Some(plugin_message::Kind::Nack(n)) => {
                         if self.state().in_flight.remove(&n.delivery_id).is_some() {
+                            Counters::add(&self.0.counters.nacked, 1);
                             tracing::debug!("nack of `{}`: {}", n.delivery_id, n.reason);
                             // Counted with the acks: the drain waits for it to reach the bus.
                             self.0.acks_pending.fetch_add(1, Ordering::SeqCst);
@@ -778,6 +808,7 @@ impl Router {
                 Some(a) => {
                     r.failures = r.failures.saturating_add(1);
                     r.plugin_healthy = false;
+                    Counters::add(&self.0.counters.health_failed, 1);
                     tracing::warn!(
                         "the plugin answered unhealthy{} ({} in a row)",
                         if a.detail.is_empty() {
@@ -791,6 +822,7 @@ impl Router {
                 None => {
                     r.failures = r.failures.saturating_add(1);
                     r.plugin_healthy = false;
+                    Counters::add(&self.0.counters.health_failed, 1);
                     tracing::warn!(
                         "the plugin did not answer a health check within {}ms ({} in a row)",
                         timeout.as_millis(),
@@ -977,6 +1009,11 @@ impl Router {
                 .as_ref()
                 .is_some_and(|c| c.id == conn && c.routing.is_some());
             if live {
+                let c = &self.0.counters;
+                Counters::add(&c.delivered, 1);
+                if delivery.redelivered > 0 {
+                    Counters::add(&c.redelivered, 1);
+                }
                 st.in_flight.insert(
                     id.clone(),
                     InFlight {
@@ -1235,6 +1272,7 @@ impl Router {
                             done.push(key);
                         }
                         Err(s) if !transient(&s) => {
+                            Counters::add(&self.0.counters.dropped, 1);
                             tracing::error!(
                                 "the bus refused a publish on `{topic}` kept in the outbox; dropped: {}",
                                 status_line(&s)
@@ -1255,6 +1293,7 @@ impl Router {
                 tracing::error!("cannot remove forwarded publishes from the outbox: {e}");
             }
             forwarded += sent;
+            Counters::add(&self.0.counters.forwarded, sent);
             if let Some(s) = failed {
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());

@@ -3,7 +3,7 @@
 //! session protocol by hand.
 #![allow(dead_code, clippy::print_stderr)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +19,37 @@ use tether_bus_proto::v1::{
     plugin_message, publish_result, sidecar_message,
 };
 use tokio::sync::mpsc;
+
+/// `GET path` over HTTP/1.0: the status code and the body.
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(HANG)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    (code, body)
+}
+
+/// Polls `/metrics` at `addr` until it has every line of `lines` (exact lines, such as
+/// `tether_sidecar_acks_total 1`); fails as hung after [`HANG`], showing the last body.
+pub async fn until_metrics(addr: SocketAddr, lines: &[&str]) {
+    let until = Instant::now() + HANG;
+    loop {
+        let (_, body) = get(addr, "/metrics");
+        if lines.iter().all(|want| body.lines().any(|l| l == *want)) {
+            return;
+        }
+        assert!(Instant::now() < until, "not all of {lines:?} in\n{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// How long any wait may take before the test fails as hung. Never a measurement.
 pub const HANG: Duration = Duration::from_secs(120);
@@ -136,7 +167,7 @@ pub fn sidecar(
 ) -> Sidecar {
     let proc = spawn_sidecar(dir, bus, instance, grants, config);
     let mut proc = proc;
-    let health = proc.addr_after("/healthz and /readyz on ");
+    let health = proc.addr_after("/healthz, /readyz and /metrics on ");
     let addr = proc.addr_after("plugins connect to ");
     Sidecar { proc, addr, health }
 }
