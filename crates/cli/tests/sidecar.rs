@@ -4,8 +4,7 @@
 //! a `kill -9`.
 #![allow(clippy::print_stderr)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
