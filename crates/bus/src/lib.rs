@@ -10,6 +10,7 @@
 //!
 //! - [`sidecar`]: the bus sidecar (`tether sidecar`), the plugin's side of the bus.
 
+pub mod client;
 pub mod file_error;
 pub mod http;
 #[cfg(feature = "nats")]
@@ -26,14 +27,28 @@ pub use server::{Backend, Bound, Metrics, Options, ServeError, Stopped, bind, se
 /// An error and its sources on one line, each part once (transport errors repeat their
 /// source's text).
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
+    causes(&e.to_string(), e.source())
+}
+
+/// `first`, then each of `source`'s chain once, on one line; tonic's generic `transport error`
+/// is left out when a cause follows it (it says nothing they do not).
+pub(crate) fn causes(
+    first: &str,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !first.is_empty() {
+        parts.push(first.to_owned());
+    }
     while let Some(s) = source {
         let text = s.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         source = s.source();
+    }
+    if parts.len() > 1 {
+        parts.retain(|p| p != "transport error");
     }
     parts.join(": ")
 }

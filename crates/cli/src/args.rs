@@ -284,7 +284,7 @@ pub enum Command {
     /// The bus sidecar: a plugin's side of the plugin bus, configured by the environment
     #[cfg(feature = "sidecar")]
     #[command(
-        after_help = "Environment (the container contract):\n  INSTANCE_ID          required: this instance's unique name (oms-1)\n  POOL_TYPE            required: the plugin's pool type (SignalPool)\n  IMAGE                the plugin's image, for the registry\n  REQUESTED_GRANTS     a JSON array of {\"topic\": PATTERN, \"action\": \"publish\"|\"subscribe\"}\n  TAGS                 a comma list of capability tags\n  SIDECAR_CONFIG       a YAML file: ack_deadline, max_deliver, drain_timeout, health_interval,\n                       health_timeout, health_failures, outbox_size, data_dir, connect_timeout,\n                       accept_timeout, max_in_flight, token_file, ca_file, tls_server_name\n  SIDECAR_BUS_API_URL  the Bus API [default: bus-api:8443]; https:// (or a ca_file) for TLS\n  SIDECAR_ADDR         where the plugin connects [default: 127.0.0.1:9191]\n  SIDECAR_HEALTH_ADDR  /healthz and /readyz [default: 0.0.0.0:9192]\n\nStart-up runs eight steps, each logged: connect to the Bus API, register, recover grants,\nrecover local state (the outbox), start the health server, open the plugin listener, accept\nthe plugin, begin routing. Steps 1-3 and 7 are fatal; 4-6 are logged and start-up goes on.\n\nSignals: SIGTERM or SIGINT drains: no new deliveries, stop to the plugin, in-flight messages\nfinished and acked (up to drain_timeout, 20s), the rest released to the bus, deregistered.\nA second signal stops at once.\n\nExit status: 0 drained; 1 a bad environment variable or config file, nothing started; 3 a\nfatal start-up step failed; 4 the drain timeout passed (unacked deliveries were released);\n128+N a second signal N during the drain."
+        after_help = "Environment (the container contract):\n  INSTANCE_ID          required: this instance's unique name (oms-1)\n  POOL_TYPE            required: the plugin's pool type (SignalPool)\n  IMAGE                the plugin's image, for the registry\n  REQUESTED_GRANTS     a JSON array of {\"topic\": PATTERN, \"action\": \"publish\"|\"subscribe\"}\n  TAGS                 a comma list of capability tags\n  SIDECAR_CONFIG       a YAML file: ack_deadline, max_deliver, drain_timeout, health_interval,\n                       health_timeout, health_failures, outbox_size, data_dir, connect_timeout,\n                       accept_timeout, max_in_flight, token_file, ca_file, tls_server_name\n  SIDECAR_BUS_API_URL  the Bus API [default: bus-api:8443]; https:// (or a ca_file) for TLS\n  SIDECAR_ADDR         where the plugin connects [default: 127.0.0.1:9191]\n  SIDECAR_HEALTH_ADDR  /healthz, /readyz and /metrics [default: 0.0.0.0:9192]\n\nStart-up runs eight steps, each logged: connect to the Bus API, register, recover grants,\nrecover local state (the outbox), start the health server, open the plugin listener, accept\nthe plugin, begin routing. Steps 1-3 and 7 are fatal; 4-6 are logged and start-up goes on.\n\nSignals: SIGTERM or SIGINT drains: no new deliveries, stop to the plugin, in-flight messages\nfinished and acked (up to drain_timeout, 20s), the rest released to the bus, deregistered.\nA second signal stops at once.\n\nExit status: 0 drained; 1 a bad environment variable or config file, nothing started; 3 a\nfatal start-up step failed; 4 the drain timeout passed (unacked deliveries were released);\n128+N a second signal N during the drain."
     )]
     Sidecar,
 }
@@ -297,6 +297,91 @@ pub enum BusCommand {
         after_help = "Examples:\n  tether bus serve                                  127.0.0.1:8443 (on a host), data in .tether/bus, no policy\n  tether bus serve --listen 0.0.0.0:8443 --data /var/lib/tether/bus --policy bus-policy.yaml\n  tether bus serve --tls-cert bus.crt --tls-key bus.key --http 127.0.0.1:9090 --sync 100ms\n  tether bus serve --backend nats --nats-url nats://h1:4222,nats://h2:4222 --replicas 3\n\nWithout --policy every grant an instance requests is given: for development only. The policy\nfile names each pool type's and instance's grants ({topic, action: publish|subscribe}) and\noptionally a token_file; a bad one is reported with file, line and column, and nothing starts.\n\nThe default listen address is 0.0.0.0:8443 when tether runs as PID 1 or inside a container\n(/.dockerenv or /run/.containerenv exists), 127.0.0.1:8443 otherwise.\n\nSignals: SIGTERM or SIGINT stops accepting calls, ends the subscription streams, lets calls in\nflight finish (clients still connected after 10 s are cut off), makes every write durable,\nand exits 0.\n\nWith --backend nats, topics are subjects of the stream TETHER (tether.msg.>), --max-age and\n--max-bytes limit the whole stream. A server that cannot be reached is tried again for 15 s\n(it may be starting beside the bus); one that still cannot, or refuses the credentials, stops\nthe start-up with an error naming the servers.\n\nExit status: 0 after SIGTERM/SIGINT; 1 a bad flag, policy or TLS file, nothing started; 2 the\naddress, the data folder or NATS cannot be used, or the server failed."
     )]
     Serve(ServeArgs),
+    /// Publish one message through the Bus API, registered as an instance the policy gives
+    /// the grant to
+    #[command(
+        after_help = "Examples:\n  tether bus publish orders.eu 'buy 10'                      through 127.0.0.1:8443, as tether-cli\n  echo '{\"qty\":10}' | tether bus publish orders.eu --header content-type=application/json\n  tether bus publish --bus https://bus:8443 --ca-file ca.pem --pool Ops --token-file ops.token orders.eu x\n\nWithout DATA (or with -) the message is what stdin holds. A bus with a policy gives the\ngrant to publish on TOPIC only to an instance or pool it names (--instance, --pool), with\nits token when it has one (--token-file; never on the command line).\n\nPrints the message's sequence in its topic (--json: {\"topic\", \"sequence\"}).\n\nExit status: 0 published; 1 a bad flag or topic; 2 the bus could not be reached, refused the\nregistration or the grant, or refused the publish."
+    )]
+    Publish(PublishArgs),
+    /// Print what arrives on topic patterns, as a subscriber of its own (or a member of a
+    /// queue group), until interrupted
+    #[command(
+        after_help = "Examples:\n  tether bus tail 'orders.>'                      every message on orders.>, acked as printed\n  tether bus tail 'orders.>' --count 1 --json     the next one as JSON, then exit\n  tether bus tail 'signals.*' --no-ack            look without taking: released at the end\n\nThe subscription is the instance's (--instance, default tether-cli) durable consumer of each\npattern: a first tail prints what the topics still hold, a later one goes on where the last\nstopped. Other subscribers get every message as before; with --group the tail shares the\nmessages with the group's members instead.\n\nEach message is one line: TOPIC #SEQUENCE, its headers, and its data (as text; --json: one\nobject per line with topic, sequence, redelivered, headers and data, or data_hex when the data\nis not UTF-8).\n\nExit status: 0 interrupted (SIGINT or SIGTERM) or --count reached; 1 a bad flag or pattern;\n2 the bus could not be reached, refused the registration or the grant, or ended the\nsubscription."
+    )]
+    Tail(TailArgs),
+}
+
+/// How `tether bus publish` and `tail` reach the Bus API, and as whom.
+#[cfg(feature = "bus")]
+#[derive(clap::Args)]
+pub struct BusClientArgs {
+    /// The Bus API: HOST:PORT, http://HOST:PORT or https://HOST:PORT
+    #[arg(long, value_name = "URL", default_value = "127.0.0.1:8443")]
+    pub bus: String,
+    /// The instance to register as
+    #[arg(long, value_name = "ID", default_value = "tether-cli")]
+    pub instance: String,
+    /// Its pool type
+    #[arg(long, value_name = "POOL", default_value = "TetherCli")]
+    pub pool: String,
+    /// A file holding the token the policy asks of the pool or the instance
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the bus's certificate: TLS
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The name the bus's certificate carries, when not the host of --bus
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// How long reaching the bus, registering and each call may take
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub timeout: std::time::Duration,
+}
+
+/// `tether bus publish`'s flags.
+#[cfg(feature = "bus")]
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub client: BusClientArgs,
+    /// The topic: dot-separated tokens, no wildcards (orders.eu)
+    #[arg(value_name = "TOPIC")]
+    pub topic: String,
+    /// The message; stdin when missing or `-`
+    #[arg(value_name = "DATA")]
+    pub data: Option<String>,
+    /// A header, NAME=VALUE (again for more)
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// An idempotency key: a publish repeated with the same key is stored once
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Print {"topic", "sequence"} as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tether bus tail`'s flags.
+#[cfg(feature = "bus")]
+#[derive(clap::Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub client: BusClientArgs,
+    /// Topic patterns: `*` one token, `>` the rest (orders.*, signals.>)
+    #[arg(value_name = "PATTERN", required = true)]
+    pub patterns: Vec<String>,
+    /// Share the messages with this queue group's members instead of getting every one
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Leave the messages unacked: given back at the end, for their subscribers to take
+    #[arg(long)]
+    pub no_ack: bool,
+    /// Exit after this many messages
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// One JSON object per message
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `tether bus serve`'s flags.

@@ -670,3 +670,210 @@ fn kill_9_loses_no_answered_publish_and_redelivers_only_unacked_messages() {
         "{lines:?}"
     );
 }
+
+/// `tether bus ARGS…` with `stdin`: its exit code, stdout and stderr.
+fn bus_cli(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    use std::io::Write as _;
+    let mut child = tether()
+        .arg("bus")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The messages `tail --json` printed, as (topic, sequence, data), sorted.
+fn tailed(stdout: &str) -> Vec<(String, u64, String)> {
+    let mut all: Vec<(String, u64, String)> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["topic"].as_str().unwrap().to_owned(),
+                v["sequence"].as_u64().unwrap(),
+                v["data"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// `tether bus publish` and `tail` as a user runs them: a message from the argument or from
+/// stdin, headers, `--json`, `--count`; a tail acks what it prints (the next one goes on after
+/// it), and `--no-ack` gives back what it printed (the next one prints it again).
+#[test]
+fn publish_and_tail_from_a_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(&dir.path().join("data"));
+    let bus = served.addr.to_string();
+    let ok = |out: (Option<i32>, String, String)| {
+        assert_eq!(out.0, Some(0), "{}", out.2);
+        out.1
+    };
+
+    assert_eq!(
+        ok(bus_cli(
+            &["publish", "--bus", &bus, "orders.eu", "buy 10"],
+            ""
+        )),
+        "published on orders.eu: sequence 1\n"
+    );
+    assert_eq!(
+        ok(bus_cli(
+            &[
+                "publish",
+                "--bus",
+                &bus,
+                "--header",
+                "content-type=text/plain",
+                "--json",
+                "orders.us"
+            ],
+            "two\nlines"
+        )),
+        "{\"topic\":\"orders.us\",\"sequence\":1}\n"
+    );
+
+    // A look without taking, as another instance.
+    let peek = |n: &str| {
+        ok(bus_cli(
+            &[
+                "tail",
+                "--bus",
+                &bus,
+                "--instance",
+                "peek",
+                "--no-ack",
+                "--json",
+                "--count",
+                n,
+                "orders.>",
+            ],
+            "",
+        ))
+    };
+    let both = vec![
+        ("orders.eu".to_owned(), 1, "buy 10".to_owned()),
+        ("orders.us".to_owned(), 1, "two\nlines".to_owned()),
+    ];
+    assert_eq!(tailed(&peek("2")), both);
+
+    // The default instance's own consumer: both, as text, acked.
+    let text = ok(bus_cli(
+        &["tail", "--bus", &bus, "--count", "2", "orders.>"],
+        "",
+    ));
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            "orders.eu #1: buy 10",
+            "orders.us #1 content-type=text/plain: two\\nlines"
+        ]
+    );
+    ok(bus_cli(
+        &["publish", "--bus", &bus, "orders.eu", "sell 5"],
+        "",
+    ));
+    // Acked before: only the new one.
+    assert_eq!(
+        ok(bus_cli(
+            &["tail", "--bus", &bus, "--count", "1", "orders.>"],
+            ""
+        )),
+        "orders.eu #2: sell 5\n"
+    );
+    // Given back before: all three for `peek`.
+    let mut all = both;
+    all.push(("orders.eu".to_owned(), 2, "sell 5".to_owned()));
+    all.sort();
+    assert_eq!(tailed(&peek("3")), all);
+}
+
+#[test]
+fn publish_and_tail_refuse_what_they_cannot_do_with_one_error() {
+    // Checked before anything is dialed.
+    let (code, out, err) = bus_cli(&["publish", "--bus", "127.0.0.1:1", "orders.*", "x"], "");
+    assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
+    assert!(err.starts_with("error: the topic: "), "{err}");
+    let (code, _, err) = bus_cli(&["publish", "--header", "novalue", "orders.eu", "x"], "");
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        "error: --header `novalue` is not NAME=VALUE\n  = hint: --header content-type=application/json\n"
+    );
+    let (code, _, err) = bus_cli(&["tail", "--bus", "127.0.0.1:1", "orders..x"], "");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.starts_with("error: the pattern `orders..x`: "), "{err}");
+    // No bus there.
+    let (code, _, err) = bus_cli(&["publish", "--bus", "127.0.0.1:1", "orders.eu", "x"], "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.starts_with("error: cannot reach the Bus API at http://127.0.0.1:1: "),
+        "{err}"
+    );
+
+    // A policy that gives the CLI's pool nothing, and a pool with a token.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(dir.path().join("ops.token"), "ops-secret\n").unwrap();
+    std::fs::write(
+        &policy,
+        "pools:\n  Ops:\n    grants: [{ topic: \"orders.>\", action: publish }]\n    token_file: ops.token\n",
+    )
+    .unwrap();
+    let served = serve_with(
+        &dir.path().join("data"),
+        &["--policy", policy.to_str().unwrap()],
+    );
+    let bus = served.addr.to_string();
+    let (code, _, err) = bus_cli(&["publish", "--bus", &bus, "orders.eu", "x"], "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.starts_with("error: the bus did not give instance `tether-cli` of pool `TetherCli` the grant to publish on `orders.eu`: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("  = hint: register as an instance or pool the bus's policy gives it to"),
+        "{err}"
+    );
+    let token = dir.path().join("ops.token");
+    let (code, out, err) = bus_cli(
+        &[
+            "publish",
+            "--bus",
+            &bus,
+            "--pool",
+            "Ops",
+            "--token-file",
+            token.to_str().unwrap(),
+            "orders.eu",
+            "x",
+        ],
+        "",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "published on orders.eu: sequence 1\n"),
+        "{err}"
+    );
+    // The token never shows.
+    assert!(!err.contains("ops-secret"), "{err}");
+}

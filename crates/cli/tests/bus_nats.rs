@@ -704,12 +704,12 @@ fn failover(fault: Fault) {
     const HOLD: usize = 32;
     // The subscription's ack deadline: what the failed replica sent and nobody saw comes again
     // after it, and so would a delivery whose ack was lost. The deliveries held at the fault are
-    // acked at once, but a stopped replica holds their acks until the sidecar's pings find it
-    // gone (5 s at most): the deadline must not pass meanwhile, or they would rightly come
-    // again (before the ack is through).
+    // acked at once, but a stopped replica holds their acks until the sidecar finds it gone
+    // (its pings: 10 s at most): the deadline must not pass meanwhile, or they would rightly
+    // come again (before the ack is through).
     let ack_deadline = match fault {
         Fault::Kill => Duration::from_secs(5),
-        Fault::Stop => Duration::from_secs(20),
+        Fault::Stop => Duration::from_secs(30),
     };
     let Some(nats) = NatsServer::start(&[]) else {
         return;
@@ -862,18 +862,23 @@ fn failover(fault: Fault) {
         }
         assert_eq!(answered.len(), MESSAGES);
 
-        // Both sidecars moved to the other replica, and said so; from a stopped one, when it
-        // did not answer their pings (a call's own timeout is 10 s).
+        // Both sidecars moved to the other replica, said so, and counted it (a false alarm on
+        // a busy machine may add a move: at least one).
         for s in [&mut publishing, &mut consuming] {
-            let moved = s.proc.wait_for(&format!(
+            s.proc.wait_for(&format!(
                 "using the Bus API at http://{} (the one at http://{} failed: ",
                 second.addr, first.addr
             ));
-            if fault == Fault::Stop {
-                assert!(moved.contains("keep-alive timed out"), "{moved}");
-            }
-            sidecar_support::until_metrics(s.health, &["tether_sidecar_bus_replica_moves_total 1"])
-                .await;
+            let moves = sidecar_support::metric(s.health, "tether_sidecar_bus_replica_moves_total");
+            assert!(moves >= 1, "{moves} moves counted");
+        }
+        // A subscription stream has no timeout of its own: on a replica that stopped answering
+        // it ends when its connection is closed (by the sidecar's pings, or as it moves), and
+        // is opened again on the other.
+        if fault == Fault::Stop {
+            consuming
+                .proc
+                .wait_for("the subscription to `feed.>` broke: ");
         }
         // Every answered publish is delivered, and acked.
         until("every answered publish delivered", || {

@@ -262,7 +262,7 @@ async fn two_pairs_exchange_messages_both_ways_within_their_grants() {
     until_metrics(
         oms.health,
         &[
-            "tether_sidecar_publishes_total 1",
+            "tether_sidecar_publishes_sent_total 1",
             "tether_sidecar_publishes_kept_total 0",
             "tether_sidecar_publishes_refused_total 2",
             "tether_sidecar_publishes_in_flight 0",
@@ -279,7 +279,7 @@ async fn two_pairs_exchange_messages_both_ways_within_their_grants() {
     until_metrics(
         sig.health,
         &[
-            "tether_sidecar_publishes_total 1",
+            "tether_sidecar_publishes_sent_total 1",
             "tether_sidecar_publishes_refused_total 0",
             "tether_sidecar_deliveries_total 1",
             "tether_sidecar_acks_total 1",
@@ -322,13 +322,8 @@ async fn a_plugin_that_stops_answering_turns_readyz_then_healthz_503() {
     s.proc
         .wait_for("the plugin did not answer a health check within 500ms (3 in a row)");
     // Counted (at least those three: checks go on every second).
-    let (_, metrics) = get(s.health, "/metrics");
-    let failed: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tether_sidecar_health_checks_failed_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no failed checks counted:\n{metrics}"));
-    assert!(failed >= 3, "{metrics}");
+    let failed = metric(s.health, "tether_sidecar_health_checks_failed_total");
+    assert!(failed >= 3, "{failed} failed checks counted");
     drop(p);
 }
 
@@ -776,7 +771,7 @@ async fn live_sidecars_ride_out_a_bus_restart() {
     until_metrics(
         a.health,
         &[
-            "tether_sidecar_publishes_total 2",
+            "tether_sidecar_publishes_sent_total 2",
             "tether_sidecar_publishes_kept_total 1",
             "tether_sidecar_publishes_refused_total 1",
             "tether_sidecar_outbox_forwarded_total 1",

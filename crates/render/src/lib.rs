@@ -21,19 +21,37 @@ pub(crate) fn workload_plan(
 /// The key under which secret `name` of sidecar `c` is rendered (a key of the Kubernetes Secret,
 /// a top-level secret of the Compose file): `SIDECAR-NAME` of the first sidecar (in the plan's
 /// order) that declares a secret read from the same source, so that a value two sidecars read
-/// from one file or variable is rendered once and mounted in both.
+/// from one file or variable is rendered once and mounted in both. Two sources whose keys would
+/// be one (sidecar `a`'s secret `b-t`, sidecar `a-b`'s `t`) keep a key each: the later one's
+/// gets `-2` (or the next number free).
 pub(crate) fn secret_key(
     plan: &tether_plan::Plan,
     c: &tether_plan::ContainerPlan,
     name: &str,
 ) -> String {
-    let from = c.secrets.iter().find(|s| s.name == name).map(|s| &s.from);
-    plan.sidecars
-        .iter()
-        .flat_map(|o| o.secrets.iter().map(move |s| (o, s)))
-        .find(|(_, s)| Some(&s.from) == from)
-        .map(|(o, s)| format!("{}-{}", o.sidecar, s.name))
-        .unwrap_or_else(|| format!("{}-{name}", c.sidecar))
+    let mut keys: Vec<(&tether_spec::model::SecretSource, String)> = Vec::new();
+    for o in &plan.sidecars {
+        for s in &o.secrets {
+            let key = match keys.iter().find(|(from, _)| **from == s.from) {
+                Some((_, key)) => key.clone(),
+                None => {
+                    let base = format!("{}-{}", o.sidecar, s.name);
+                    let mut key = base.clone();
+                    let mut n = 2;
+                    while keys.iter().any(|(_, k)| *k == key) {
+                        key = format!("{base}-{n}");
+                        n += 1;
+                    }
+                    keys.push((&s.from, key.clone()));
+                    key
+                }
+            };
+            if o.sidecar == c.sidecar && s.name == name {
+                return key;
+            }
+        }
+    }
+    format!("{}-{name}", c.sidecar)
 }
 
 /// Why a declaration cannot be rendered.

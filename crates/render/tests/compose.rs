@@ -93,4 +93,17 @@ fn a_secret_two_sidecars_read_from_one_source_is_declared_once() {
         1,
         "{out}"
     );
+
+    // Two sources whose keys would be one keep a key each.
+    let text = "version: 1\nsidecars:\n  a:\n    image: a\n    lifecycle: shared\n    interface: { kind: port, port: 1 }\n    secrets: [{ name: b-t, from: \"file:x\" }]\n  a-b:\n    image: b\n    lifecycle: shared\n    interface: { kind: port, port: 2 }\n    secrets: [{ name: t, from: \"file:y\" }]\n";
+    let root = Path::new("/p/two");
+    let out = tether_render::compose::render(&load_text(text, root), root).unwrap();
+    assert!(
+        out.ends_with("secrets:\n  a-b-t:\n    file: \"./x\"\n  a-b-t-2:\n    file: \"./y\"\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    secrets:\n      - source: a-b-t-2\n        target: t\n"),
+        "{out}"
+    );
 }

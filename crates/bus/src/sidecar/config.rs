@@ -359,7 +359,7 @@ fn parse_targets(value: &str) -> Result<(&'static str, Vec<String>), (String, &'
 }
 
 /// `(scheme, host:port)` of one Bus API address.
-fn parse_target(url: &str) -> Result<(&'static str, String), String> {
+pub(crate) fn parse_target(url: &str) -> Result<(&'static str, String), String> {
     let (scheme, rest) = match url.split_once("://") {
         None => ("http", url),
         Some(("http", rest)) => ("http", rest),

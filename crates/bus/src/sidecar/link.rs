@@ -38,10 +38,12 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// and how long it waits for the answer. A replica that is gone without closing its connection
 /// (its node lost or cut off, its process stopped) answers neither calls nor pings: the pings
 /// close the connection within both, failing its calls and its subscription streams, and the
-/// sidecar moves on (a call would otherwise wait for its whole timeout, a subscription for
-/// ever). A replica that is only slow answers pings: they are answered below its service.
-const PING_EVERY: Duration = Duration::from_secs(2);
-const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// sidecar moves on (a subscription would otherwise wait for TCP to give up). A replica that is
+/// only slow answers pings: they are answered below its service. The timeout leaves room for a
+/// ping queued behind a large upload (the outbox forwarded over a slow link) and for a sidecar
+/// paused for a few seconds on a busy node: a false alarm costs a move and new subscriptions.
+const PING_EVERY: Duration = Duration::from_secs(4);
+const PING_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// How to reach the Bus API: its addresses as configured and the TLS to speak.
 #[derive(Clone)]
@@ -99,19 +101,9 @@ pub struct Link(Arc<Shared>);
 
 /// A status as one line: its code and message.
 pub fn status_line(s: &Status) -> String {
-    let mut message = s.message().to_owned();
     // A failure on this side (the connection broke, a ping went unanswered) says what it was
     // only in its source: `http2 error` alone names nothing.
-    if let Some(source) = std::error::Error::source(s) {
-        let chain = crate::error_chain(source);
-        if !message.contains(&chain) {
-            message = if message.is_empty() {
-                chain
-            } else {
-                format!("{message}: {chain}")
-            };
-        }
-    }
+    let message = crate::causes(s.message(), std::error::Error::source(s));
     let code = format!("{:?}", s.code());
     if message.is_empty() {
         code

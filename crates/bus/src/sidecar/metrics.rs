@@ -54,7 +54,7 @@ pub fn prometheus(s: &Snapshot<'_>) -> String {
     let c = s.counters;
     crate::http::prometheus(&[
         (
-            "tether_sidecar_publishes_total",
+            "tether_sidecar_publishes_sent_total",
             "counter",
             "Publishes of the plugin answered with the sequence the bus gave them.",
             get(&c.published),

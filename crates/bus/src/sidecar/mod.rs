@@ -31,7 +31,8 @@ use tether_bus_proto::v1::RegisterRequest;
 use tokio::sync::mpsc;
 
 pub use config::Config;
-use link::{Link, status_line};
+use link::Link;
+pub(crate) use link::status_line;
 use route::{Accepted, Router};
 
 use crate::policy::Grant;

@@ -1,4 +1,5 @@
-//! `tether bus serve`: the Bus API server, until SIGTERM or SIGINT.
+//! `tether bus serve`: the Bus API server, until SIGTERM or SIGINT (`publish` and `tail` are in
+//! `bus_client`).
 
 use std::net::SocketAddr;
 
@@ -10,6 +11,8 @@ use crate::{exit, output};
 pub fn run(command: BusCommand) -> u8 {
     match command {
         BusCommand::Serve(flags) => serve(flags),
+        BusCommand::Publish(flags) => super::bus_client::publish(flags),
+        BusCommand::Tail(flags) => super::bus_client::tail(flags),
     }
 }
 

@@ -3,6 +3,8 @@
 
 #[cfg(feature = "bus")]
 pub mod bus;
+#[cfg(feature = "bus")]
+pub mod bus_client;
 pub mod check;
 pub mod ctl;
 pub mod init;

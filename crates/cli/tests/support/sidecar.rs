@@ -51,6 +51,15 @@ pub async fn until_metrics(addr: SocketAddr, lines: &[&str]) {
     }
 }
 
+/// The value of the metric `name` in `/metrics` at `addr` now.
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let (_, body) = get(addr, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
 /// How long any wait may take before the test fails as hung. Never a measurement.
 pub const HANG: Duration = Duration::from_secs(120);
 

@@ -1,0 +1,319 @@
+//! `tether bus publish` and `tether bus tail`: the Bus API from a shell, registered as an
+//! instance (`tether_bus::client`).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use tether_bus::client::{
+    Action, Client, ClientError, Delivery, Options, PublishRequest, Subscription, grant,
+};
+
+use crate::args::{BusClientArgs, PublishArgs, TailArgs};
+use crate::{exit, output};
+
+/// The options `flags` name; the token read from its file (never from argv).
+fn options(flags: &BusClientArgs) -> Result<Options, String> {
+    let token = match &flags.token_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--token-file {}: {e}", file.display()))?;
+            let token = text.trim().to_owned();
+            if token.is_empty() {
+                return Err(format!("--token-file {} is empty", file.display()));
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    Ok(Options {
+        url: flags.bus.clone(),
+        instance: flags.instance.clone(),
+        pool: flags.pool.clone(),
+        token,
+        ca_file: flags.ca_file.clone(),
+        tls_server_name: flags.tls_server_name.clone(),
+        timeout: flags.timeout,
+    })
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            output::error(format!("cannot start the runtime: {e}"));
+            None
+        }
+    }
+}
+
+fn client_error(e: &ClientError) -> u8 {
+    output::error_hint(&e.message, e.hint);
+    exit::INTERNAL
+}
+
+pub fn publish(flags: PublishArgs) -> u8 {
+    if let Err(e) = tether_bus::topic::validate_topic(&flags.topic) {
+        output::error(format!("the topic: {e}"));
+        return exit::INVALID;
+    }
+    let mut headers = BTreeMap::new();
+    for h in &flags.headers {
+        match h.split_once('=') {
+            Some((name, value)) if !name.is_empty() => {
+                headers.insert(name.to_owned(), value.to_owned());
+            }
+            _ => {
+                output::error_hint(
+                    format!("--header `{h}` is not NAME=VALUE"),
+                    Some("--header content-type=application/json"),
+                );
+                return exit::INVALID;
+            }
+        }
+    }
+    let options = match options(&flags.client) {
+        Ok(o) => o,
+        Err(e) => {
+            output::error(e);
+            return exit::INVALID;
+        }
+    };
+    let data = match flags.data.as_deref() {
+        Some(d) if d != "-" => d.as_bytes().to_vec(),
+        _ => {
+            let mut buf = Vec::new();
+            if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
+                output::error(format!("cannot read the message from stdin: {e}"));
+                return exit::INVALID;
+            }
+            buf
+        }
+    };
+    let Some(rt) = runtime() else {
+        return exit::INTERNAL;
+    };
+    rt.block_on(async move {
+        let mut client =
+            match Client::connect(&options, vec![grant(Action::Publish, &flags.topic)]).await {
+                Ok(c) => c,
+                Err(e) => return client_error(&e),
+            };
+        let request = PublishRequest {
+            topic: flags.topic.clone(),
+            data,
+            headers: headers.into_iter().collect(),
+            idempotency_key: flags.key.clone().unwrap_or_default(),
+        };
+        let result = client.publish(request).await;
+        let url = client.url().to_owned();
+        client.close().await;
+        match result {
+            Ok(sequence) => {
+                let line = if flags.json {
+                    serde_json::json!({ "topic": flags.topic, "sequence": sequence }).to_string()
+                } else {
+                    format!("published on {}: sequence {sequence}", flags.topic)
+                };
+                println!("{line}");
+                exit::OK
+            }
+            Err(s) => {
+                output::error(format!(
+                    "the Bus API at {url} refused the publish on `{}`: {} ({:?})",
+                    flags.topic,
+                    s.message(),
+                    s.code()
+                ));
+                exit::INTERNAL
+            }
+        }
+    })
+}
+
+/// One delivery as `tail` prints it.
+fn line(d: &Delivery, json: bool) -> String {
+    let headers: BTreeMap<&str, &str> = d
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let text = std::str::from_utf8(&d.data);
+    if json {
+        let mut o = serde_json::json!({
+            "topic": d.topic,
+            "sequence": d.sequence,
+            "redelivered": d.redelivered,
+            "subscription": d.subscription,
+            "headers": headers,
+        });
+        match text {
+            Ok(t) => o["data"] = t.into(),
+            Err(_) => {
+                o["data_hex"] = d
+                    .data
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+                    .into();
+            }
+        }
+        return o.to_string();
+    }
+    let mut out = format!("{} #{}", d.topic, d.sequence);
+    if d.redelivered > 0 {
+        out.push_str(&format!(" (delivered {} times before)", d.redelivered));
+    }
+    for (k, v) in &headers {
+        out.push_str(&format!(" {k}={v}"));
+    }
+    out.push_str(": ");
+    match text {
+        // One line per message: line breaks in the data are shown escaped.
+        Ok(t) => out.push_str(
+            &t.replace('\\', "\\\\")
+                .replace('\n', "\\n")
+                .replace('\r', "\\r"),
+        ),
+        Err(_) => out.push_str(&format!("({} bytes, not UTF-8)", d.data.len())),
+    }
+    out
+}
+
+pub fn tail(flags: TailArgs) -> u8 {
+    for p in &flags.patterns {
+        if let Err(e) = tether_bus::topic::validate_pattern(p) {
+            output::error(format!("the pattern `{p}`: {e}"));
+            return exit::INVALID;
+        }
+    }
+    if flags.count == Some(0) {
+        return exit::OK;
+    }
+    let options = match options(&flags.client) {
+        Ok(o) => o,
+        Err(e) => {
+            output::error(e);
+            return exit::INVALID;
+        }
+    };
+    let Some(rt) = runtime() else {
+        return exit::INTERNAL;
+    };
+    rt.block_on(async move {
+        let grants = flags
+            .patterns
+            .iter()
+            .map(|p| grant(Action::Subscribe, p))
+            .collect();
+        let mut client = match Client::connect(&options, grants).await {
+            Ok(c) => c,
+            Err(e) => return client_error(&e),
+        };
+        let url = client.url().to_owned();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Delivery, String>>(64);
+        let mut readers = Vec::new();
+        for pattern in &flags.patterns {
+            let sub = Subscription {
+                topic: pattern.clone(),
+                group: flags.group.clone().unwrap_or_default(),
+                ack_deadline_ms: 0,
+                max_deliver: 0,
+            };
+            let mut stream = match client.subscribe(sub).await {
+                Ok(s) => s,
+                Err(s) => {
+                    readers.iter().for_each(tokio::task::JoinHandle::abort);
+                    client.close().await;
+                    output::error(format!(
+                        "the Bus API at {url} refused the subscription to `{pattern}`: {} ({:?})",
+                        s.message(),
+                        s.code()
+                    ));
+                    return exit::INTERNAL;
+                }
+            };
+            let tx = tx.clone();
+            let pattern = pattern.clone();
+            readers.push(tokio::spawn(async move {
+                loop {
+                    let next = match stream.message().await {
+                        Ok(Some(d)) => Ok(d),
+                        Ok(None) => Err(format!("the bus ended the subscription to `{pattern}`")),
+                        Err(s) => Err(format!(
+                            "the subscription to `{pattern}` broke: {} ({:?})",
+                            s.message(),
+                            s.code()
+                        )),
+                    };
+                    let end = next.is_err();
+                    if tx.send(next).await.is_err() || end {
+                        return;
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        let signals = (
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+        );
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            readers.iter().for_each(tokio::task::JoinHandle::abort);
+            client.close().await;
+            output::error("cannot handle signals");
+            return exit::INTERNAL;
+        };
+        let mut printed = 0u64;
+        let mut stdout = std::io::stdout().lock();
+        let code = loop {
+            let next = tokio::select! {
+                d = rx.recv() => d,
+                _ = term.recv() => break exit::OK,
+                _ = int.recv() => break exit::OK,
+            };
+            let d = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    output::error(e);
+                    break exit::INTERNAL;
+                }
+                None => break exit::OK,
+            };
+            // A reader gone (`| head`) ends the tail; what was not printed is not acked.
+            if writeln!(stdout, "{}", line(&d, flags.json))
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                break exit::OK;
+            }
+            if !flags.no_ack
+                && let Err(s) = client.ack(vec![d.delivery_id.clone()]).await
+            {
+                output::error(format!(
+                    "cannot ack {} #{} (delivered again after its ack deadline): {} ({:?})",
+                    d.topic,
+                    d.sequence,
+                    s.message(),
+                    s.code()
+                ));
+                break exit::INTERNAL;
+            }
+            printed += 1;
+            if flags.count.is_some_and(|n| printed >= n) {
+                break exit::OK;
+            }
+        };
+        // The streams closed first (nothing more is handed to this session), then what it
+        // received and did not ack (--no-ack, or not printed yet) is given back.
+        for r in readers {
+            r.abort();
+            let _ = r.await;
+        }
+        drop(rx);
+        client.close().await;
+        code
+    })
+}
