@@ -15,9 +15,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
 
 pub use tether_bus_proto::v1::{Action, Delivery, PublishRequest, Subscription};
+pub use tonic::Code;
 
-/// Whom to reach and as whom.
-#[derive(Clone, Debug)]
+/// Whom to reach and as whom (no `Debug`: it holds the token).
+#[derive(Clone)]
 pub struct Options {
     /// `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`.
     pub url: String,
@@ -39,6 +40,8 @@ pub struct Options {
 pub struct ClientError {
     pub message: String,
     pub hint: Option<&'static str>,
+    /// The options themselves are wrong (the address, TLS): nothing was dialed.
+    pub usage: bool,
 }
 
 impl ClientError {
@@ -46,6 +49,15 @@ impl ClientError {
         Self {
             message,
             hint: None,
+            usage: false,
+        }
+    }
+
+    fn usage(message: String, hint: Option<&'static str>) -> Self {
+        Self {
+            message,
+            hint,
+            usage: true,
         }
     }
 }
@@ -67,12 +79,35 @@ pub struct Client {
 
 /// What `url` and `ca_file` make: the URL to dial.
 fn target(o: &Options) -> Result<String, ClientError> {
-    let (scheme, authority) =
-        crate::sidecar::config::parse_target(o.url.trim()).map_err(|e| ClientError {
-            message: format!("--bus {e}"),
-            hint: Some("HOST:PORT, http://HOST:PORT or https://HOST:PORT: 127.0.0.1:8443"),
-        })?;
-    let scheme = if o.ca_file.is_some() { "https" } else { scheme };
+    let url = o.url.trim();
+    let (scheme, authority) = crate::sidecar::config::parse_target(url).map_err(|e| {
+        ClientError::usage(
+            format!("--bus {e}"),
+            Some("HOST:PORT, http://HOST:PORT or https://HOST:PORT: 127.0.0.1:8443"),
+        )
+    })?;
+    let scheme = match (scheme, &o.ca_file) {
+        ("http", Some(_)) if url.starts_with("http://") => {
+            return Err(ClientError::usage(
+                format!("--ca-file is for TLS and --bus {url} says plain http"),
+                Some("https://HOST:PORT, or HOST:PORT alone, with --ca-file"),
+            ));
+        }
+        (_, Some(_)) => "https",
+        ("https", None) => {
+            return Err(ClientError::usage(
+                format!("--bus {url} is TLS and no CA file was given"),
+                Some("--ca-file FILE: the CA certificate (PEM) that signed the bus's"),
+            ));
+        }
+        (scheme, None) => scheme,
+    };
+    if scheme == "http" && o.tls_server_name.is_some() {
+        return Err(ClientError::usage(
+            "--tls-server-name is for TLS (--ca-file, or an https:// --bus)".into(),
+            None,
+        ));
+    }
     Ok(format!("{scheme}://{authority}"))
 }
 
@@ -80,26 +115,21 @@ impl Client {
     /// Connects to the bus and registers, asking for `grants`; every one must be given.
     pub async fn connect(o: &Options, grants: Vec<Grant>) -> Result<Self, ClientError> {
         let url = target(o)?;
+        // Pinged as a sidecar pings: a bus gone without closing the connection ends a tail
+        // instead of leaving it waiting.
         let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| ClientError::new(format!("--bus `{url}`: {e}")))?
+            .map_err(|e| ClientError::usage(format!("--bus `{url}`: {e}"), None))?
             .connect_timeout(o.timeout)
-            .tcp_nodelay(true);
-        if url.starts_with("https://") {
-            let tls = match &o.ca_file {
-                Some(ca) => crate::tls::client_tls(ca, o.tls_server_name.as_deref())
-                    .map_err(|e| ClientError::new(e.to_string()))?,
-                None => {
-                    return Err(ClientError {
-                        message: format!("{url} is TLS and no CA file was given"),
-                        hint: Some(
-                            "--ca-file FILE: the CA certificate (PEM) that signed the bus's",
-                        ),
-                    });
-                }
-            };
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(crate::sidecar::PING_EVERY)
+            .keep_alive_timeout(crate::sidecar::PING_TIMEOUT)
+            .keep_alive_while_idle(true);
+        if let Some(ca) = &o.ca_file {
+            let tls = crate::tls::client_tls(ca, o.tls_server_name.as_deref())
+                .map_err(|e| ClientError::usage(e.to_string(), None))?;
             endpoint = endpoint
                 .tls_config(tls)
-                .map_err(|e| ClientError::new(format!("TLS to {url}: {e}")))?;
+                .map_err(|e| ClientError::usage(format!("TLS to {url}: {e}"), None))?;
         }
         let channel = match tokio::time::timeout(o.timeout, endpoint.connect()).await {
             Ok(Ok(c)) => c,
@@ -140,8 +170,17 @@ impl Client {
             })?
             .into_inner();
         if let Some(r) = answer.refused.first() {
+            // Registered all the same: not left behind (a registration names its pool, and a
+            // later Register as another pool would have to carry this one's token).
+            if let Ok(session) = answer.session.parse::<MetadataValue<Ascii>>() {
+                let mut request = with_major(Request::new(DeregisterRequest {}));
+                request.metadata_mut().insert(SESSION_HEADER, session);
+                request.set_timeout(o.timeout);
+                let _ = api.deregister(request).await;
+            }
             let grant = r.grant.clone().unwrap_or_default();
             return Err(ClientError {
+                usage: false,
                 message: format!(
                     "the bus did not give instance `{}` of pool `{}` the grant to {} on `{}`: {}",
                     o.instance,

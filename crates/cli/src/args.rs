@@ -300,13 +300,13 @@ pub enum BusCommand {
     /// Publish one message through the Bus API, registered as an instance the policy gives
     /// the grant to
     #[command(
-        after_help = "Examples:\n  tether bus publish orders.eu 'buy 10'                      through 127.0.0.1:8443, as tether-cli\n  echo '{\"qty\":10}' | tether bus publish orders.eu --header content-type=application/json\n  tether bus publish --bus https://bus:8443 --ca-file ca.pem --pool Ops --token-file ops.token orders.eu x\n\nWithout DATA (or with -) the message is what stdin holds. A bus with a policy gives the\ngrant to publish on TOPIC only to an instance or pool it names (--instance, --pool), with\nits token when it has one (--token-file; never on the command line).\n\nPrints the message's sequence in its topic (--json: {\"topic\", \"sequence\"}).\n\nExit status: 0 published; 1 a bad flag or topic; 2 the bus could not be reached, refused the\nregistration or the grant, or refused the publish."
+        after_help = "Examples:\n  tether bus publish orders.eu 'buy 10'                      through 127.0.0.1:8443, as tether-cli\n  echo '{\"qty\":10}' | tether bus publish orders.eu --header content-type=application/json\n  tether bus publish --bus https://bus:8443 --ca-file ca.pem --pool Ops --token-file ops.token orders.eu x\n\nWithout DATA (or with -) the message is what stdin holds. A bus with a policy gives the\ngrant to publish on TOPIC only to an instance or pool it names (--instance, --pool), with\nits token when it has one (--token-file; never on the command line). Without --instance each\npublish registers as an instance of its own (tether-cli-publish-PID) and deregisters after.\n\nPrints the message's sequence in its topic (--json: {\"topic\", \"sequence\"}).\n\nExit status: 0 published; 1 a bad flag or topic; 2 the bus could not be reached, refused the\nregistration or the grant, or refused the publish."
     )]
     Publish(PublishArgs),
     /// Print what arrives on topic patterns, as a subscriber of its own (or a member of a
     /// queue group), until interrupted
     #[command(
-        after_help = "Examples:\n  tether bus tail 'orders.>'                      every message on orders.>, acked as printed\n  tether bus tail 'orders.>' --count 1 --json     the next one as JSON, then exit\n  tether bus tail 'signals.*' --no-ack            look without taking: released at the end\n\nThe subscription is the instance's (--instance, default tether-cli) durable consumer of each\npattern: a first tail prints what the topics still hold, a later one goes on where the last\nstopped. Other subscribers get every message as before; with --group the tail shares the\nmessages with the group's members instead.\n\nEach message is one line: TOPIC #SEQUENCE, its headers, and its data (as text; --json: one\nobject per line with topic, sequence, redelivered, headers and data, or data_hex when the data\nis not UTF-8).\n\nExit status: 0 interrupted (SIGINT or SIGTERM) or --count reached; 1 a bad flag or pattern;\n2 the bus could not be reached, refused the registration or the grant, or ended the\nsubscription."
+        after_help = "Examples:\n  tether bus tail 'orders.>'                      every message on orders.>, acked as printed\n  tether bus tail 'orders.>' --count 1 --json     the next one as JSON, then exit\n  tether bus tail 'signals.*' --no-ack            look without taking: given back at the end\n\nEach pattern is the instance's (--instance, default tether-cli-tail) own durable consumer:\nthe first tail of a pattern prints what its topics still hold, a later one of the same\ninstance and pattern goes on where the last stopped. Other subscribers get every message as\nbefore. Two tails at once need an --instance each (a Register replaces the instance's session).\n--no-ack holds what it printed until it ends, at most as many as the bus hands one subscriber\nunacked (256 by default).\n\nEach message is one line: TOPIC #SEQUENCE, its headers, and its data as text (control\ncharacters escaped; --json: one object per line with topic, sequence, redelivered,\nsubscription, headers, and data, or data_hex when the data is not UTF-8).\n\nExit status: 0 interrupted (SIGINT or SIGTERM), --count reached or stdout closed; 1 a bad\nflag or pattern; 2 the bus could not be reached, refused the registration or the grant, ended\nthe subscription, or refused an ack."
     )]
     Tail(TailArgs),
 }
@@ -318,9 +318,10 @@ pub struct BusClientArgs {
     /// The Bus API: HOST:PORT, http://HOST:PORT or https://HOST:PORT
     #[arg(long, value_name = "URL", default_value = "127.0.0.1:8443")]
     pub bus: String,
-    /// The instance to register as
-    #[arg(long, value_name = "ID", default_value = "tether-cli")]
-    pub instance: String,
+    /// The instance to register as [default: tether-cli-tail for `tail`; for `publish`,
+    /// tether-cli-publish-PID, an instance of its own]
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
     /// Its pool type
     #[arg(long, value_name = "POOL", default_value = "TetherCli")]
     pub pool: String,
@@ -370,10 +371,8 @@ pub struct TailArgs {
     /// Topic patterns: `*` one token, `>` the rest (orders.*, signals.>)
     #[arg(value_name = "PATTERN", required = true)]
     pub patterns: Vec<String>,
-    /// Share the messages with this queue group's members instead of getting every one
-    #[arg(long, value_name = "GROUP")]
-    pub group: Option<String>,
-    /// Leave the messages unacked: given back at the end, for their subscribers to take
+    /// Look without taking: the messages are not acked, and given back when the tail ends
+    /// (the next tail of this instance prints them again)
     #[arg(long)]
     pub no_ack: bool,
     /// Exit after this many messages

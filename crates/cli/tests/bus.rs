@@ -689,7 +689,25 @@ fn bus_cli(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
+    // A command that never ends (a tail short of its --count) fails the test as hung.
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(HANG).is_err() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    });
     let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    assert!(
+        out.status.code().is_some(),
+        "`tether bus {}` hung and was killed; it said:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -822,6 +840,22 @@ fn publish_and_tail_refuse_what_they_cannot_do_with_one_error() {
     let (code, _, err) = bus_cli(&["tail", "--bus", "127.0.0.1:1", "orders..x"], "");
     assert_eq!(code, Some(1), "{err}");
     assert!(err.starts_with("error: the pattern `orders..x`: "), "{err}");
+    // TLS asked for both ways, or not at all.
+    let (code, _, err) = bus_cli(
+        &["publish", "--bus", "http://127.0.0.1:1", "--ca-file", "ca.pem", "a.b", "x"],
+        "",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        "error: --ca-file is for TLS and --bus http://127.0.0.1:1 says plain http\n  = hint: https://HOST:PORT, or HOST:PORT alone, with --ca-file\n"
+    );
+    let (code, _, err) = bus_cli(&["tail", "--bus", "https://127.0.0.1:1", "a.>"], "");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.starts_with("error: --bus https://127.0.0.1:1 is TLS and no CA file was given\n"),
+        "{err}"
+    );
     // No bus there.
     let (code, _, err) = bus_cli(&["publish", "--bus", "127.0.0.1:1", "orders.eu", "x"], "");
     assert_eq!(code, Some(2), "{err}");
@@ -847,7 +881,11 @@ fn publish_and_tail_refuse_what_they_cannot_do_with_one_error() {
     let (code, _, err) = bus_cli(&["publish", "--bus", &bus, "orders.eu", "x"], "");
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.starts_with("error: the bus did not give instance `tether-cli` of pool `TetherCli` the grant to publish on `orders.eu`: "),
+        err.starts_with("error: the bus did not give instance `tether-cli-publish-"),
+        "{err}"
+    );
+    assert!(
+        err.contains("` of pool `TetherCli` the grant to publish on `orders.eu`: "),
         "{err}"
     );
     assert!(

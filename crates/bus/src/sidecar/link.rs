@@ -42,8 +42,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// only slow answers pings: they are answered below its service. The timeout leaves room for a
 /// ping queued behind a large upload (the outbox forwarded over a slow link) and for a sidecar
 /// paused for a few seconds on a busy node: a false alarm costs a move and new subscriptions.
-const PING_EVERY: Duration = Duration::from_secs(4);
-const PING_TIMEOUT: Duration = Duration::from_secs(6);
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(4);
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// How to reach the Bus API: its addresses as configured and the TLS to speak.
 #[derive(Clone)]

@@ -5,14 +5,15 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use tether_bus::client::{
-    Action, Client, ClientError, Delivery, Options, PublishRequest, Subscription, grant,
+    Action, Client, ClientError, Code, Delivery, Options, PublishRequest, Subscription, grant,
 };
 
 use crate::args::{BusClientArgs, PublishArgs, TailArgs};
 use crate::{exit, output};
 
-/// The options `flags` name; the token read from its file (never from argv).
-fn options(flags: &BusClientArgs) -> Result<Options, String> {
+/// The options `flags` name, as `instance` unless --instance says; the token read from its
+/// file (never from argv).
+fn options(flags: &BusClientArgs, instance: String) -> Result<Options, String> {
     let token = match &flags.token_file {
         Some(file) => {
             let text = std::fs::read_to_string(file)
@@ -27,7 +28,7 @@ fn options(flags: &BusClientArgs) -> Result<Options, String> {
     };
     Ok(Options {
         url: flags.bus.clone(),
-        instance: flags.instance.clone(),
+        instance: flags.instance.clone().unwrap_or(instance),
         pool: flags.pool.clone(),
         token,
         ca_file: flags.ca_file.clone(),
@@ -51,7 +52,28 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 fn client_error(e: &ClientError) -> u8 {
     output::error_hint(&e.message, e.hint);
-    exit::INTERNAL
+    if e.usage {
+        exit::INVALID
+    } else {
+        exit::INTERNAL
+    }
+}
+
+/// Text as one line for a terminal: backslashes, line breaks, tabs and other control
+/// characters escaped (an escape sequence in a message must not drive the terminal).
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub fn publish(flags: PublishArgs) -> u8 {
@@ -74,7 +96,9 @@ pub fn publish(flags: PublishArgs) -> u8 {
             }
         }
     }
-    let options = match options(&flags.client) {
+    // An instance of its own: publishes share nothing, and a tail's session stays its own.
+    let instance = format!("tether-cli-publish-{}", std::process::id());
+    let options = match options(&flags.client, instance) {
         Ok(o) => o,
         Err(e) => {
             output::error(e);
@@ -83,6 +107,13 @@ pub fn publish(flags: PublishArgs) -> u8 {
     };
     let data = match flags.data.as_deref() {
         Some(d) if d != "-" => d.as_bytes().to_vec(),
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            output::error_hint(
+                "no DATA, and stdin is a terminal",
+                Some("give the message as an argument or pipe it in (`-` reads the terminal until Ctrl-D)"),
+            );
+            return exit::INVALID;
+        }
         _ => {
             let mut buf = Vec::new();
             if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
@@ -167,20 +198,21 @@ fn line(d: &Delivery, json: bool) -> String {
         out.push_str(&format!(" (delivered {} times before)", d.redelivered));
     }
     for (k, v) in &headers {
-        out.push_str(&format!(" {k}={v}"));
+        out.push_str(&format!(" {}={}", escape(k), escape(v)));
     }
     out.push_str(": ");
     match text {
-        // One line per message: line breaks in the data are shown escaped.
-        Ok(t) => out.push_str(
-            &t.replace('\\', "\\\\")
-                .replace('\n', "\\n")
-                .replace('\r', "\\r"),
-        ),
+        // One line per message.
+        Ok(t) => out.push_str(&escape(t)),
         Err(_) => out.push_str(&format!("({} bytes, not UTF-8)", d.data.len())),
     }
     out
 }
+
+/// A `--no-ack` tail's subscription: an ack deadline of an hour, and deliveries enough that the
+/// messages it holds never become dead letters on its account.
+const NO_ACK_DEADLINE_MS: u32 = 3_600_000;
+const NO_ACK_MAX_DELIVER: u32 = 1_000_000;
 
 pub fn tail(flags: TailArgs) -> u8 {
     for p in &flags.patterns {
@@ -192,13 +224,14 @@ pub fn tail(flags: TailArgs) -> u8 {
     if flags.count == Some(0) {
         return exit::OK;
     }
-    let options = match options(&flags.client) {
+    let options = match options(&flags.client, "tether-cli-tail".to_owned()) {
         Ok(o) => o,
         Err(e) => {
             output::error(e);
             return exit::INVALID;
         }
     };
+    let instance = options.instance.clone();
     let Some(rt) = runtime() else {
         return exit::INTERNAL;
     };
@@ -216,11 +249,18 @@ pub fn tail(flags: TailArgs) -> u8 {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Delivery, String>>(64);
         let mut readers = Vec::new();
         for pattern in &flags.patterns {
+            // Looking without taking holds each message until the tail ends: long enough not
+            // to be handed it again meanwhile, nor to count it towards a dead letter.
+            let (ack_deadline_ms, max_deliver) = if flags.no_ack {
+                (NO_ACK_DEADLINE_MS, NO_ACK_MAX_DELIVER)
+            } else {
+                (0, 0)
+            };
             let sub = Subscription {
                 topic: pattern.clone(),
-                group: flags.group.clone().unwrap_or_default(),
-                ack_deadline_ms: 0,
-                max_deliver: 0,
+                group: String::new(),
+                ack_deadline_ms,
+                max_deliver,
             };
             let mut stream = match client.subscribe(sub).await {
                 Ok(s) => s,
@@ -292,13 +332,23 @@ pub fn tail(flags: TailArgs) -> u8 {
             if !flags.no_ack
                 && let Err(s) = client.ack(vec![d.delivery_id.clone()]).await
             {
-                output::error(format!(
-                    "cannot ack {} #{} (delivered again after its ack deadline): {} ({:?})",
-                    d.topic,
-                    d.sequence,
-                    s.message(),
-                    s.code()
-                ));
+                if s.code() == Code::Unauthenticated {
+                    output::error_hint(
+                        format!(
+                            "cannot ack {} #{}: the bus no longer knows this tail's session (another client registered as instance `{instance}` since)",
+                            d.topic, d.sequence
+                        ),
+                        Some("give each tail that runs at the same time an --instance of its own"),
+                    );
+                } else {
+                    output::error(format!(
+                        "cannot ack {} #{} (delivered again after its ack deadline): {} ({:?})",
+                        d.topic,
+                        d.sequence,
+                        s.message(),
+                        s.code()
+                    ));
+                }
                 break exit::INTERNAL;
             }
             printed += 1;
