@@ -842,7 +842,15 @@ fn publish_and_tail_refuse_what_they_cannot_do_with_one_error() {
     assert!(err.starts_with("error: the pattern `orders..x`: "), "{err}");
     // TLS asked for both ways, or not at all.
     let (code, _, err) = bus_cli(
-        &["publish", "--bus", "http://127.0.0.1:1", "--ca-file", "ca.pem", "a.b", "x"],
+        &[
+            "publish",
+            "--bus",
+            "http://127.0.0.1:1",
+            "--ca-file",
+            "ca.pem",
+            "a.b",
+            "x",
+        ],
         "",
     );
     assert_eq!(code, Some(1), "{err}");

@@ -110,7 +110,9 @@ pub fn publish(flags: PublishArgs) -> u8 {
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
             output::error_hint(
                 "no DATA, and stdin is a terminal",
-                Some("give the message as an argument or pipe it in (`-` reads the terminal until Ctrl-D)"),
+                Some(
+                    "give the message as an argument or pipe it in (`-` reads the terminal until Ctrl-D)",
+                ),
             );
             return exit::INVALID;
         }
