@@ -369,3 +369,16 @@ pub fn tail(flags: TailArgs) -> u8 {
         code
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn a_line_of_tail_drives_no_terminal() {
+        assert_eq!(
+            escape("a\tb\u{1b}[31mred\\ \r\nnext é"),
+            "a\\tb\\u{1b}[31mred\\\\ \\r\\nnext é"
+        );
+    }
+}
