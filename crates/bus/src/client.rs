@@ -17,6 +17,9 @@ use tonic::{Request, Status, Streaming};
 pub use tether_bus_proto::v1::{Action, Delivery, PublishRequest, Subscription};
 pub use tonic::Code;
 
+/// A failed call as one line: its message, its causes, its code.
+pub use crate::sidecar::status_line;
+
 /// Whom to reach and as whom (no `Debug`: it holds the token).
 #[derive(Clone)]
 pub struct Options {
@@ -69,7 +72,6 @@ impl std::fmt::Display for ClientError {
 }
 
 /// A registered instance.
-#[derive(Clone)]
 pub struct Client {
     api: BusApiClient<Channel>,
     session: MetadataValue<Ascii>,

@@ -32,7 +32,8 @@ use tokio::sync::mpsc;
 
 pub use config::Config;
 use link::Link;
-pub(crate) use link::{PING_EVERY, PING_TIMEOUT, status_line};
+pub use link::status_line;
+pub(crate) use link::{PING_EVERY, PING_TIMEOUT};
 use route::{Accepted, Router};
 
 use crate::policy::Grant;

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 
 use tether_bus::client::{
     Action, Client, ClientError, Code, Delivery, Options, PublishRequest, Subscription, grant,
+    status_line,
 };
 
 use crate::args::{BusClientArgs, PublishArgs, TailArgs};
@@ -155,10 +156,9 @@ pub fn publish(flags: PublishArgs) -> u8 {
             }
             Err(s) => {
                 output::error(format!(
-                    "the Bus API at {url} refused the publish on `{}`: {} ({:?})",
+                    "the Bus API at {url} refused the publish on `{}`: {}",
                     flags.topic,
-                    s.message(),
-                    s.code()
+                    status_line(&s)
                 ));
                 exit::INTERNAL
             }
@@ -209,6 +209,17 @@ fn line(d: &Delivery, json: bool) -> String {
         Err(_) => out.push_str(&format!("({} bytes, not UTF-8)", d.data.len())),
     }
     out
+}
+
+/// Ends a tail: its streams closed first (nothing more is handed to its session), then what it
+/// received and did not ack (--no-ack, or not printed yet) given back, and the instance
+/// deregistered.
+async fn end(readers: Vec<tokio::task::JoinHandle<()>>, client: Client) {
+    for r in readers {
+        r.abort();
+        let _ = r.await;
+    }
+    client.close().await;
 }
 
 /// A `--no-ack` tail's subscription: an ack deadline of an hour, and deliveries enough that the
@@ -267,12 +278,10 @@ pub fn tail(flags: TailArgs) -> u8 {
             let mut stream = match client.subscribe(sub).await {
                 Ok(s) => s,
                 Err(s) => {
-                    readers.iter().for_each(tokio::task::JoinHandle::abort);
-                    client.close().await;
+                    end(readers, client).await;
                     output::error(format!(
-                        "the Bus API at {url} refused the subscription to `{pattern}`: {} ({:?})",
-                        s.message(),
-                        s.code()
+                        "the Bus API at {url} refused the subscription to `{pattern}`: {}",
+                        status_line(&s)
                     ));
                     return exit::INTERNAL;
                 }
@@ -285,9 +294,8 @@ pub fn tail(flags: TailArgs) -> u8 {
                         Ok(Some(d)) => Ok(d),
                         Ok(None) => Err(format!("the bus ended the subscription to `{pattern}`")),
                         Err(s) => Err(format!(
-                            "the subscription to `{pattern}` broke: {} ({:?})",
-                            s.message(),
-                            s.code()
+                            "the subscription to `{pattern}` broke: {}",
+                            status_line(&s)
                         )),
                     };
                     let end = next.is_err();
@@ -303,8 +311,7 @@ pub fn tail(flags: TailArgs) -> u8 {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
         );
         let (Ok(mut term), Ok(mut int)) = signals else {
-            readers.iter().for_each(tokio::task::JoinHandle::abort);
-            client.close().await;
+            end(readers, client).await;
             output::error("cannot handle signals");
             return exit::INTERNAL;
         };
@@ -344,11 +351,10 @@ pub fn tail(flags: TailArgs) -> u8 {
                     );
                 } else {
                     output::error(format!(
-                        "cannot ack {} #{} (delivered again after its ack deadline): {} ({:?})",
+                        "cannot ack {} #{} (delivered again after its ack deadline): {}",
                         d.topic,
                         d.sequence,
-                        s.message(),
-                        s.code()
+                        status_line(&s)
                     ));
                 }
                 break exit::INTERNAL;
@@ -358,14 +364,8 @@ pub fn tail(flags: TailArgs) -> u8 {
                 break exit::OK;
             }
         };
-        // The streams closed first (nothing more is handed to this session), then what it
-        // received and did not ack (--no-ack, or not printed yet) is given back.
-        for r in readers {
-            r.abort();
-            let _ = r.await;
-        }
         drop(rx);
-        client.close().await;
+        end(readers, client).await;
         code
     })
 }
